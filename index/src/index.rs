@@ -1,0 +1,645 @@
+//! The index: generations, the single writer, and hybrid search over the current generation.
+//!
+//! Commit protocol (the store is the source of truth; BM25 and vectors are derived):
+//! 1. new chunk bodies and vectors are written to the store under fresh ids (invisible);
+//! 2. BM25 changes are committed with payload `generation + 1`;
+//! 3. the store commits document pointers and `generation + 1` in one transaction;
+//! 4. a new in-memory [`Generation`] is published with one atomic pointer swap.
+//!
+//! A crash before 3 leaves the store at the old generation: on open, BM25 is rebuilt from the
+//! store when its payload disagrees, and unreferenced chunk bodies are swept.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::bm25::Bm25;
+use crate::fusion::{Fusion, fuse};
+use crate::store::{DocChange, FORMAT_VERSION, Manifest, Store, StoredDoc};
+use crate::types::{
+    ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
+    SearchRequest,
+};
+use crate::vectors::{Segment, VectorOptions, top_k, validate};
+use crate::{IndexError, Result};
+
+/// How to open an index.
+#[derive(Debug, Clone)]
+pub struct IndexOptions {
+    pub embedder: EmbedderInfo,
+    pub vectors: VectorOptions,
+    pub fusion: Fusion,
+    /// Candidates taken from each retriever before fusion.
+    pub candidates: usize,
+}
+
+impl IndexOptions {
+    pub fn new(embedder: EmbedderInfo) -> IndexOptions {
+        IndexOptions {
+            embedder,
+            vectors: VectorOptions::default(),
+            fusion: Fusion::default(),
+            candidates: 100,
+        }
+    }
+}
+
+/// Counts for status pages and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexStats {
+    pub generation: u64,
+    pub documents: usize,
+    pub chunks: usize,
+    pub vector_segments: usize,
+    pub tombstones: usize,
+    pub bytes_on_disk: u64,
+    pub vector_memory_bytes: usize,
+    pub embedder: EmbedderInfo,
+}
+
+/// One committed, immutable state of the index. Readers hold an `Arc` to it for the length of
+/// a search; a commit publishes a new one and never mutates an old one.
+struct Generation {
+    number: u64,
+    searcher: tantivy::Searcher,
+    /// Live chunk id → its document.
+    live: HashMap<u64, Arc<DocumentRecord>>,
+    segments: Vec<Arc<Segment>>,
+    /// True when no live document carries access groups (lets searches skip a count).
+    all_public: bool,
+}
+
+impl Generation {
+    fn allowed(&self, id: u64, filter: &Filter) -> bool {
+        self.live.get(&id).is_some_and(|doc| visible(doc, filter))
+    }
+}
+
+/// Whether `doc` passes `filter`, access groups included (deny by default).
+fn visible(doc: &DocumentRecord, filter: &Filter) -> bool {
+    if !doc.access_groups.is_empty()
+        && !doc
+            .access_groups
+            .iter()
+            .any(|g| filter.caller_groups.iter().any(|c| c == g))
+    {
+        return false;
+    }
+    if !filter.sources.is_empty() && !filter.sources.iter().any(|s| s == &doc.source) {
+        return false;
+    }
+    if !filter
+        .metadata
+        .iter()
+        .all(|(k, v)| doc.metadata.get(k) == Some(v))
+    {
+        return false;
+    }
+    if let Some(range) = &filter.updated {
+        let Some(t) = doc.updated_at else {
+            return false;
+        };
+        let ts = t.timestamp();
+        if range.from.is_some_and(|f| ts < f.timestamp())
+            || range.to.is_some_and(|x| ts > x.timestamp())
+        {
+            return false;
+        }
+    }
+    true
+}
+
+fn filter_is_open(filter: &Filter) -> bool {
+    filter.sources.is_empty() && filter.metadata.is_empty() && filter.updated.is_none()
+}
+
+/// The hybrid index. Cheap to share behind an `Arc`; searches never block on the writer.
+pub struct Index {
+    dir: PathBuf,
+    options: IndexOptions,
+    store: Store,
+    bm25: Bm25,
+    current: ArcSwap<Generation>,
+    writer_lock: Mutex<()>,
+}
+
+impl Index {
+    /// Opens (or creates) the index in `dir`, checking the embedder recorded in its manifest and
+    /// repairing derived structures after a crash.
+    pub fn open(dir: &Path, options: IndexOptions) -> Result<Index> {
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let store = Store::open(&dir.join("store"))?;
+        match store.manifest()? {
+            Some(m) if m.embedder != options.embedder => {
+                return Err(IndexError::EmbedderMismatch {
+                    path: dir.to_path_buf(),
+                    found: m.embedder.to_string(),
+                    expected: options.embedder.to_string(),
+                });
+            }
+            Some(m) if m.format_version != FORMAT_VERSION => {
+                return Err(IndexError::Corrupt {
+                    path: dir.join("store"),
+                    reason: format!(
+                        "on-disk format {} but this cairn reads format {FORMAT_VERSION}",
+                        m.format_version
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => store.set_manifest(&Manifest {
+                format_version: FORMAT_VERSION,
+                embedder: options.embedder.clone(),
+            })?,
+        }
+        let bm25 = Bm25::open(&dir.join("bm25"))?;
+        let generation = store.generation()?;
+
+        // Load live documents and sweep chunk bodies left by an interrupted commit.
+        let mut live: HashMap<u64, Arc<DocumentRecord>> = HashMap::new();
+        let mut docs = Vec::new();
+        for doc in store.docs() {
+            let doc = doc?;
+            let rec = Arc::new(doc.record.clone());
+            for id in &doc.chunk_ids {
+                live.insert(*id, rec.clone());
+            }
+            docs.push(doc);
+        }
+        let orphans: Vec<u64> = store
+            .stored_chunk_ids()?
+            .into_iter()
+            .filter(|id| !live.contains_key(id))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                count = orphans.len(),
+                "removing chunks of an interrupted commit"
+            );
+            store.remove_chunks(&orphans)?;
+        }
+
+        if bm25.committed_generation()? != generation {
+            tracing::warn!(
+                store_generation = generation,
+                bm25_generation = bm25.committed_generation()?,
+                "BM25 index disagrees with the store; rebuilding it from the store"
+            );
+            let mut w = bm25.writer()?;
+            w.delete_all()?;
+            for doc in &docs {
+                for id in &doc.chunk_ids {
+                    let chunk = store.chunk(*id)?.ok_or_else(|| IndexError::Corrupt {
+                        path: dir.join("store"),
+                        reason: format!("document {} points at missing chunk {id}", doc.record.id),
+                    })?;
+                    w.add_chunk(*id, &doc.record, &chunk)?;
+                }
+            }
+            w.commit(generation)?;
+        }
+
+        let mut vectors = Vec::with_capacity(live.len());
+        for id in live.keys() {
+            let v = store.vector(*id)?.ok_or_else(|| IndexError::Corrupt {
+                path: dir.join("store"),
+                reason: format!("chunk {id} has no vector"),
+            })?;
+            if v.len() != options.embedder.dimension {
+                return Err(IndexError::Corrupt {
+                    path: dir.join("store"),
+                    reason: format!("chunk {id} has a {}-d vector", v.len()),
+                });
+            }
+            vectors.push((*id, v));
+        }
+        vectors.sort_by_key(|(id, _)| *id);
+        let segment = Segment::build(options.embedder.dimension, vectors, &options.vectors);
+        let searcher = bm25.reload()?;
+        let all_public = live.values().all(|d| d.access_groups.is_empty());
+        let gen0 = Generation {
+            number: generation,
+            searcher,
+            live,
+            segments: if segment.is_empty() {
+                Vec::new()
+            } else {
+                vec![Arc::new(segment)]
+            },
+            all_public,
+        };
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            options,
+            store,
+            bm25,
+            current: ArcSwap::from_pointee(gen0),
+            writer_lock: Mutex::new(()),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &IndexOptions {
+        &self.options
+    }
+
+    /// The single writer. Blocks while another writer is open; readers are never blocked.
+    pub fn writer(&self) -> Writer<'_> {
+        let guard = match self.writer_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        Writer {
+            index: self,
+            _guard: guard,
+            upserts: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+
+    /// The stored document, if indexed.
+    pub fn document(&self, doc_id: &str) -> Result<Option<DocumentRecord>> {
+        Ok(self.store.doc(doc_id)?.map(|d| d.record))
+    }
+
+    /// Content hash of an indexed document (for incremental ingest).
+    pub fn content_hash(&self, doc_id: &str) -> Result<Option<String>> {
+        Ok(self.store.doc(doc_id)?.map(|d| d.record.content_hash))
+    }
+
+    /// Ids of the indexed documents of `source`.
+    pub fn document_ids(&self, source: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for d in self.store.docs() {
+            let d = d?;
+            if d.record.source == source {
+                out.push(d.record.id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks of a document in order.
+    pub fn chunks_of(&self, doc_id: &str) -> Result<Vec<ChunkRecord>> {
+        let Some(doc) = self.store.doc(doc_id)? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(doc.chunk_ids.len());
+        for id in doc.chunk_ids {
+            if let Some(c) = self.store.chunk(id)? {
+                out.push(c);
+            }
+        }
+        out.sort_by_key(|c| c.ordinal);
+        Ok(out)
+    }
+
+    pub fn stats(&self) -> IndexStats {
+        let g = self.current.load();
+        let total: usize = g.segments.iter().map(|s| s.len()).sum();
+        IndexStats {
+            generation: g.number,
+            documents: self.store.doc_count(),
+            chunks: g.live.len(),
+            vector_segments: g.segments.len(),
+            tombstones: total.saturating_sub(g.live.len()),
+            bytes_on_disk: self.store.size_on_disk() + self.bm25.size_on_disk(),
+            vector_memory_bytes: g.segments.iter().map(|s| s.memory_bytes()).sum(),
+            embedder: self.options.embedder.clone(),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.current.load().number
+    }
+
+    /// Hybrid (or single-retriever) search with filters applied inside each retriever.
+    pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        let g = self.current.load_full();
+        let candidates = self.options.candidates.max(req.k);
+        let want_bm25 = matches!(req.mode, SearchMode::Bm25 | SearchMode::Hybrid);
+        let want_vec = matches!(req.mode, SearchMode::Dense | SearchMode::Hybrid);
+
+        let bm25_hits = if want_bm25 {
+            self.bm25
+                .search(&g.searcher, &req.text, candidates, &req.filter)?
+                .into_iter()
+                .filter(|(id, _)| g.live.contains_key(id))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let vec_hits = match (&req.vector, want_vec) {
+            (Some(v), true) => self.vector_search(&g, v, candidates, &req.filter)?,
+            (None, true) if req.mode == SearchMode::Dense => {
+                return Err(IndexError::InvalidDocument(
+                    "dense search needs a query vector".into(),
+                ));
+            }
+            _ => Vec::new(),
+        };
+        let fused: Vec<(u64, ScoreBreakdown)> = match req.mode {
+            SearchMode::Hybrid => fuse(&bm25_hits, &vec_hits, &self.options.fusion),
+            SearchMode::Bm25 => single(&bm25_hits, true),
+            SearchMode::Dense => single(&vec_hits, false),
+        };
+        let mut hits = Vec::with_capacity(req.k);
+        for (id, breakdown) in fused.into_iter().take(req.k) {
+            // A concurrent commit may have swept a chunk of an older generation; skip it.
+            let (Some(chunk), Some(doc)) = (self.store.chunk(id)?, g.live.get(&id)) else {
+                continue;
+            };
+            let snippet = if req.snippets {
+                Some(self.bm25.snippet(&g.searcher, &req.text, &chunk.text)?)
+            } else {
+                None
+            };
+            hits.push(Hit {
+                chunk_id: chunk.chunk_id(),
+                score: breakdown.fused,
+                breakdown,
+                chunk,
+                document: (**doc).clone(),
+                snippet,
+            });
+        }
+        Ok(hits)
+    }
+
+    fn vector_search(
+        &self,
+        g: &Generation,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(u64, f32)>> {
+        let q = validate("query", query, self.options.embedder.dimension)?;
+        let allowed = |id: u64| g.allowed(id, filter);
+        let total = g.live.len().max(1);
+        let allowed_count = if g.all_public && filter_is_open(filter) {
+            total
+        } else {
+            g.live.values().filter(|d| visible(d, filter)).count()
+        };
+        let fraction = allowed_count as f32 / total as f32;
+        let mut all = Vec::new();
+        for seg in &g.segments {
+            all.extend(seg.search(&q, k, &allowed, fraction, &self.options.vectors));
+        }
+        Ok(top_k(all, k))
+    }
+
+    /// Exact (brute-force) dense search: the oracle for recall measurements.
+    pub fn exact_vector_search(
+        &self,
+        query: &[f32],
+        k: usize,
+        filter: &Filter,
+    ) -> Result<Vec<(String, f32)>> {
+        let g = self.current.load_full();
+        let q = validate("query", query, self.options.embedder.dimension)?;
+        let allowed = |id: u64| g.allowed(id, filter);
+        let mut all = Vec::new();
+        for seg in &g.segments {
+            all.extend(seg.exact(&q, k, &allowed));
+        }
+        let mut out = Vec::new();
+        for (id, s) in top_k(all, k) {
+            if let Some(c) = self.store.chunk(id)? {
+                out.push((c.chunk_id(), s));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn single(hits: &[(u64, f32)], is_bm25: bool) -> Vec<(u64, ScoreBreakdown)> {
+    hits.iter()
+        .enumerate()
+        .map(|(i, (id, s))| {
+            let mut b = ScoreBreakdown {
+                fused: *s,
+                ..Default::default()
+            };
+            if is_bm25 {
+                b.bm25_rank = Some(i + 1);
+                b.bm25_score = Some(*s);
+            } else {
+                b.vector_rank = Some(i + 1);
+                b.vector_similarity = Some(*s);
+            }
+            (*id, b)
+        })
+        .collect()
+}
+
+/// Stages changes; [`Writer::commit`] publishes them as one new generation. Dropping a writer
+/// without committing discards them.
+pub struct Writer<'a> {
+    index: &'a Index,
+    _guard: MutexGuard<'a, ()>,
+    upserts: Vec<(DocumentRecord, Vec<(ChunkRecord, Vec<f32>)>)>,
+    deletes: Vec<String>,
+}
+
+impl Writer<'_> {
+    /// Stages a document and its chunks, replacing any previous version. Validates every chunk
+    /// (non-empty text, vector of the right dimension, finite, non-zero) before staging.
+    pub fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()> {
+        if doc.id.is_empty() || doc.source.is_empty() {
+            return Err(IndexError::InvalidDocument(
+                "a document needs a non-empty id and source".into(),
+            ));
+        }
+        let dim = self.index.options.embedder.dimension;
+        let mut staged = Vec::with_capacity(chunks.len());
+        for c in chunks {
+            let name = c.chunk.chunk_id();
+            if c.chunk.doc_id != doc.id {
+                return Err(IndexError::InvalidDocument(format!(
+                    "chunk {name} belongs to {} but was given with {}",
+                    c.chunk.doc_id, doc.id
+                )));
+            }
+            if c.chunk.text.trim().is_empty() {
+                return Err(IndexError::EmptyText { chunk: name });
+            }
+            let v = validate(&name, &c.vector, dim)?;
+            staged.push((c.chunk, v));
+        }
+        self.deletes.retain(|d| d != &doc.id);
+        self.upserts.retain(|(d, _)| d.id != doc.id);
+        self.upserts.push((doc, staged));
+        Ok(())
+    }
+
+    /// Stages the removal of a document.
+    pub fn delete(&mut self, doc_id: &str) {
+        self.upserts.retain(|(d, _)| d.id != doc_id);
+        if !self.deletes.iter().any(|d| d == doc_id) {
+            self.deletes.push(doc_id.to_string());
+        }
+    }
+
+    pub fn pending(&self) -> usize {
+        self.upserts.len() + self.deletes.len()
+    }
+
+    /// Writes and publishes a new generation; returns its number. On error nothing is
+    /// published and the previous generation keeps serving.
+    pub fn commit(self) -> Result<u64> {
+        let index = self.index;
+        let old = index.current.load_full();
+        if self.upserts.is_empty() && self.deletes.is_empty() {
+            return Ok(old.number);
+        }
+        let next = old.number + 1;
+        let store = &index.store;
+
+        // 1. Chunk bodies and vectors under fresh ids.
+        let n_chunks: usize = self.upserts.iter().map(|(_, c)| c.len()).sum();
+        let mut next_id = store.reserve_chunk_ids(n_chunks as u64)?;
+        let mut changes = Vec::new();
+        let mut new_vectors = Vec::with_capacity(n_chunks);
+        let mut dead: Vec<u64> = Vec::new();
+        let mut bm25 = index.bm25.writer()?;
+        let mut new_live: Vec<(u64, Arc<DocumentRecord>)> = Vec::new();
+        let mut removed_docs: HashSet<String> = HashSet::new();
+        for doc_id in &self.deletes {
+            if let Some(prev) = store.doc(doc_id)? {
+                dead.extend(prev.chunk_ids);
+                bm25.delete_doc(doc_id);
+                changes.push(DocChange::Remove(doc_id.clone()));
+                removed_docs.insert(doc_id.clone());
+            }
+        }
+        for (doc, chunks) in &self.upserts {
+            if let Some(prev) = store.doc(&doc.id)? {
+                dead.extend(prev.chunk_ids);
+            }
+            bm25.delete_doc(&doc.id);
+            let rec = Arc::new(doc.clone());
+            let mut ids = Vec::with_capacity(chunks.len());
+            let mut items = Vec::with_capacity(chunks.len());
+            for (chunk, vector) in chunks {
+                let id = next_id;
+                next_id += 1;
+                ids.push(id);
+                items.push((id, chunk, vector.as_slice()));
+                bm25.add_chunk(id, doc, chunk)?;
+                new_vectors.push((id, vector.clone()));
+                new_live.push((id, rec.clone()));
+            }
+            store.put_chunks(&items)?;
+            removed_docs.insert(doc.id.clone());
+            changes.push(DocChange::Put(StoredDoc {
+                record: doc.clone(),
+                chunk_ids: ids,
+            }));
+        }
+        // 2. BM25, then 3. the store's commit point.
+        bm25.commit(next)?;
+        store.commit(&changes, next)?;
+
+        // 4. Build and publish the new generation.
+        let dead_set: HashSet<u64> = dead.iter().copied().collect();
+        let mut live: HashMap<u64, Arc<DocumentRecord>> = old
+            .live
+            .iter()
+            .filter(|(id, d)| !dead_set.contains(id) && !removed_docs.contains(&d.id))
+            .map(|(id, d)| (*id, d.clone()))
+            .collect();
+        live.extend(new_live);
+        let segments = plan_segments(
+            &old.segments,
+            new_vectors,
+            &live,
+            index.options.embedder.dimension,
+            &index.options.vectors,
+        );
+        let searcher = index.bm25.reload()?;
+        let all_public = live.values().all(|d| d.access_groups.is_empty());
+        index.current.store(Arc::new(Generation {
+            number: next,
+            searcher,
+            live,
+            segments,
+            all_public,
+        }));
+        // Old bodies are unreachable from the new generation; a reader still on the old one
+        // skips a hit whose body is gone.
+        store.remove_chunks(&dead)?;
+        tracing::debug!(
+            generation = next,
+            upserts = self.upserts.len(),
+            deletes = self.deletes.len(),
+            "committed"
+        );
+        Ok(next)
+    }
+}
+
+/// The vector segments of the next generation: the old ones, plus one for the new vectors;
+/// segments without a graph are merged once there are several or they grow large, and any
+/// segment whose dead fraction passes the threshold is rebuilt from its live rows.
+fn plan_segments(
+    old: &[Arc<Segment>],
+    new_vectors: Vec<(u64, Vec<f32>)>,
+    live: &HashMap<u64, Arc<DocumentRecord>>,
+    dim: usize,
+    options: &VectorOptions,
+) -> Vec<Arc<Segment>> {
+    let is_live = |id: u64| live.contains_key(&id);
+    let mut keep: Vec<Arc<Segment>> = Vec::new();
+    let mut small: Vec<(u64, Vec<f32>)> = Vec::new();
+    let mut small_segments = 0usize;
+    for seg in old {
+        let alive = seg.ids().iter().filter(|id| is_live(**id)).count();
+        if alive == 0 {
+            continue;
+        }
+        let dead_fraction = 1.0 - alive as f32 / seg.len() as f32;
+        if !seg.has_graph() {
+            small_segments += 1;
+            small.extend(seg.live_rows(&is_live));
+        } else if dead_fraction > options.rebuild_dead_fraction {
+            keep.push(Arc::new(Segment::build(
+                dim,
+                seg.live_rows(&is_live),
+                options,
+            )));
+        } else {
+            keep.push(seg.clone());
+        }
+    }
+    let new_segment = (!new_vectors.is_empty()).then(|| Segment::build(dim, new_vectors, options));
+    let merge = small_segments >= 4 || small.len() >= options.exact_below;
+    if merge {
+        if let Some(s) = new_segment {
+            small.extend(s.live_rows(&is_live));
+        }
+        if !small.is_empty() {
+            keep.push(Arc::new(Segment::build(dim, small, options)));
+        }
+    } else {
+        // Reuse the small segments unchanged: rebuilding them would copy for nothing.
+        for seg in old {
+            if !seg.has_graph() && seg.ids().iter().any(|id| is_live(*id)) {
+                keep.push(seg.clone());
+            }
+        }
+        if let Some(s) = new_segment {
+            keep.push(Arc::new(s));
+        }
+    }
+    keep
+}

@@ -1,0 +1,29 @@
+//! cairn-index: the in-process hybrid index.
+//!
+//! Owns documents and chunks (sled), vectors (hnsw_rs plus an exact scan), words (tantivy BM25),
+//! filters, access control at search time, and score fusion. It is synchronous (rayon inside)
+//! and never performs network I/O: it must not depend on tokio, axum or reqwest.
+//!
+//! The single entry point is [`Index`]: readers call [`Index::search`] on the current committed
+//! generation while one [`Writer`] stages upserts and deletes and publishes a new generation
+//! atomically on [`Writer::commit`].
+
+mod bm25;
+mod error;
+mod fusion;
+mod index;
+mod store;
+mod types;
+mod vectors;
+
+pub use error::IndexError;
+pub use fusion::{Fusion, fuse};
+pub use index::{Index, IndexOptions, IndexStats, Writer};
+pub use types::{
+    ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
+    SearchRequest, TimeRange, chunk_id_string,
+};
+pub use vectors::VectorOptions;
+
+/// Result type of this crate.
+pub type Result<T> = std::result::Result<T, IndexError>;

@@ -1,0 +1,244 @@
+//! Vectors: an hnsw_rs graph for large corpora plus an exact scan that is both the correctness
+//! oracle and the faster path for small corpora and selective filters.
+//!
+//! Vectors are L2-normalised at the edge (validated: right dimension, finite, non-zero), so dot
+//! product equals cosine similarity. hnsw_rs cannot delete, so vectors live in immutable
+//! [`Segment`]s: a replaced or deleted chunk stays in its segment as a tombstone and is filtered
+//! out by the generation's live set during search; segments whose dead fraction passes
+//! `rebuild_dead_fraction` are rebuilt from their live rows, and small segments are merged.
+
+use anndists::dist::DistDot;
+use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::prelude::FilterT;
+use serde::{Deserialize, Serialize};
+
+use crate::{IndexError, Result};
+
+/// Tunables for vector search.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorOptions {
+    /// HNSW links per node.
+    pub m: usize,
+    pub ef_construction: usize,
+    pub ef_search: usize,
+    /// Below this many live vectors, search by exact scan instead of the graph.
+    pub exact_below: usize,
+    /// When a filter keeps less than this fraction of vectors, scan the allowed ones exactly.
+    pub exact_filter_fraction: f32,
+    /// Rebuild the graph when this fraction of its nodes are tombstones.
+    pub rebuild_dead_fraction: f32,
+}
+
+impl Default for VectorOptions {
+    fn default() -> Self {
+        VectorOptions {
+            m: 16,
+            ef_construction: 100,
+            ef_search: 64,
+            exact_below: 20_000,
+            exact_filter_fraction: 0.05,
+            rebuild_dead_fraction: 0.25,
+        }
+    }
+}
+
+/// Checks a vector and returns it L2-normalised.
+pub fn validate(chunk: &str, v: &[f32], dim: usize) -> Result<Vec<f32>> {
+    if v.len() != dim {
+        return Err(IndexError::WrongDimension {
+            chunk: chunk.to_string(),
+            got: v.len(),
+            expected: dim,
+        });
+    }
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(IndexError::InvalidVector {
+            chunk: chunk.to_string(),
+        });
+    }
+    let norm = dot(v, v).sqrt();
+    if norm < 1e-12 || !norm.is_finite() {
+        return Err(IndexError::InvalidVector {
+            chunk: chunk.to_string(),
+        });
+    }
+    Ok(v.iter().map(|x| x / norm).collect())
+}
+
+/// Dot product with eight independent accumulators so the compiler vectorises it with the
+/// baseline instruction set (no `target-cpu=native` needed).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// An immutable run of vectors: contiguous rows for the exact scan, plus an HNSW graph once the
+/// segment is large enough. Segments are shared between generations and never mutated, so
+/// readers search them without locks while a writer builds the next generation.
+pub struct Segment {
+    dim: usize,
+    ids: Vec<u64>,
+    data: Vec<f32>,
+    graph: Option<Hnsw<'static, f32, DistDot>>,
+}
+
+impl Segment {
+    /// Builds a segment from validated, normalised vectors; with a graph when `len >= exact_below`.
+    pub fn build(dim: usize, items: Vec<(u64, Vec<f32>)>, options: &VectorOptions) -> Segment {
+        let mut ids = Vec::with_capacity(items.len());
+        let mut data = Vec::with_capacity(items.len() * dim);
+        for (id, v) in items {
+            debug_assert_eq!(v.len(), dim);
+            ids.push(id);
+            data.extend_from_slice(&v);
+        }
+        let graph = (ids.len() >= options.exact_below).then(|| {
+            let g = Hnsw::new(
+                options.m,
+                ids.len(),
+                16,
+                options.ef_construction,
+                DistDot {},
+            );
+            let rows: Vec<(&[f32], usize)> = (0..ids.len())
+                .map(|i| (&data[i * dim..(i + 1) * dim], i))
+                .collect();
+            g.parallel_insert_slice(&rows);
+            g
+        });
+        Segment {
+            dim,
+            ids,
+            data,
+            graph,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn has_graph(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    pub fn ids(&self) -> &[u64] {
+        &self.ids
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+
+    /// (id, vector) of rows for which `keep` holds; used to merge segments.
+    pub fn live_rows(&self, keep: &dyn Fn(u64) -> bool) -> Vec<(u64, Vec<f32>)> {
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| keep(**id))
+            .map(|(i, id)| (*id, self.row(i).to_vec()))
+            .collect()
+    }
+
+    /// Top-`k` (id, cosine) among rows for which `allowed` holds. Uses the graph unless the
+    /// filter is selective (`allowed_fraction` below the option), where the graph's filtered
+    /// search degrades and an exact scan of the allowed rows is faster and exact.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: &(dyn Fn(u64) -> bool + Sync),
+        allowed_fraction: f32,
+        options: &VectorOptions,
+    ) -> Vec<(u64, f32)> {
+        match &self.graph {
+            Some(graph) if allowed_fraction >= options.exact_filter_fraction => {
+                let filter = |row: &usize| allowed(self.ids[*row]);
+                let ef = options.ef_search.max(k);
+                graph
+                    .search_filter(query, k, ef, Some(&filter as &dyn FilterT))
+                    .into_iter()
+                    .map(|n| (self.ids[n.d_id], 1.0 - n.distance))
+                    .collect()
+            }
+            _ => self.exact(query, k, allowed),
+        }
+    }
+
+    /// Exact top-`k` by scanning every allowed row.
+    pub fn exact(
+        &self,
+        query: &[f32],
+        k: usize,
+        allowed: &(dyn Fn(u64) -> bool + Sync),
+    ) -> Vec<(u64, f32)> {
+        let scored: Vec<(u64, f32)> = self
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| allowed(**id))
+            .map(|(i, id)| (*id, dot(query, self.row(i))))
+            .collect();
+        top_k(scored, k)
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.data.len() * 4 + self.ids.len() * 8
+    }
+}
+
+/// The best `k` by score, best first, ties by id.
+pub fn top_k(mut scored: Vec<(u64, f32)>, k: usize) -> Vec<(u64, f32)> {
+    let k = k.min(scored.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored.truncate(k);
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    scored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_matches_naive_for_odd_lengths() {
+        let a: Vec<f32> = (0..13).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..13).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - naive).abs() < 1e-4);
+    }
+
+    #[test]
+    fn validate_rejects_bad_vectors() {
+        assert!(matches!(
+            validate("c", &[1.0, 0.0], 3),
+            Err(IndexError::WrongDimension { got: 2, .. })
+        ));
+        assert!(validate("c", &[f32::NAN, 1.0], 2).is_err());
+        assert!(validate("c", &[0.0, 0.0], 2).is_err());
+        let v = validate("c", &[3.0, 4.0], 2).expect("valid");
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+    }
+}

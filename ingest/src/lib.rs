@@ -1,0 +1,20 @@
+//! cairn-ingest: turns sources into indexed chunks and loses nothing on the way.
+//!
+//! Owns the [`Connector`] trait and its implementations (files, CRM exports, knowledge-base
+//! APIs), text extraction, normalisation, chunking, the [`Embedder`] trait, and the incremental
+//! [`pipeline`] that writes into `cairn-index`. Every document a connector reports ends as
+//! indexed, unchanged, skipped (with a reason) or failed (with the error) in a [`pipeline::Report`].
+//! It never serves HTTP.
+
+pub mod chunking;
+pub mod connectors;
+pub mod embed;
+pub mod error;
+pub mod pipeline;
+pub mod source;
+
+pub use chunking::{Chunk, Chunker, ChunkerOptions};
+pub use connectors::{Connector, Item, SyncState, SyncSummary};
+pub use embed::{Embedder, HashEmbedder};
+pub use error::IngestError;
+pub use source::{Body, SourceDocument};

@@ -1,0 +1,376 @@
+//! The incremental pipeline: listing → hash check → chunk → embed → index, in bounded batches.
+//!
+//! Invariant: every listed document gets exactly one report line (indexed, unchanged,
+//! skipped, failed) and documents are deleted only when the connector's listing was complete
+//! (or it reported them deleted explicitly). A failed document keeps its previously indexed
+//! version. Batches are committed as they fill, so memory stays bounded and a crash loses at
+//! most the open batch.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use chrono::Utc;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use cairn_index::{ChunkInput, ChunkRecord, DocumentRecord, Index};
+
+use crate::IngestError;
+use crate::chunking::Chunker;
+use crate::connectors::{Connector, Item, SyncState};
+use crate::embed::Embedder;
+use crate::source::SourceDocument;
+
+/// What happened to one document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Indexed { chunks: usize },
+    Unchanged,
+    Skipped { reason: String },
+    Failed { error: String },
+    Deleted,
+}
+
+impl Outcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Indexed { .. } => "indexed",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped { .. } => "skipped",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Deleted => "deleted",
+        }
+    }
+}
+
+/// One report line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReportLine {
+    pub doc_id: String,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Counts by outcome.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counts {
+    pub indexed: usize,
+    pub unchanged: usize,
+    pub skipped: usize,
+    pub failed: usize,
+    pub deleted: usize,
+    pub chunks: usize,
+}
+
+/// The report of one source's run; kept by the caller and shown by the admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub source: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub counts: Counts,
+    /// Whether the listing was complete (deletions were reconciled).
+    pub reconciled: bool,
+    /// Every document that was not simply indexed or unchanged, plus deletions.
+    pub lines: Vec<ReportLine>,
+    pub state: SyncState,
+    pub seconds: f64,
+}
+
+/// Live progress for progress bars and job status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    pub listed: usize,
+    pub processed: usize,
+    pub chunks: usize,
+}
+
+/// Pipeline tunables.
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// Documents chunked and embedded together.
+    pub batch_docs: usize,
+    /// Documents per index commit.
+    pub commit_every: usize,
+    /// Re-embed everything even when the content hash is unchanged.
+    pub full: bool,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions {
+            batch_docs: 32,
+            commit_every: 512,
+            full: false,
+        }
+    }
+}
+
+struct Run<'a> {
+    source: String,
+    index: &'a Index,
+    chunker: &'a Chunker,
+    embedder: &'a Arc<dyn Embedder>,
+    options: &'a PipelineOptions,
+    progress: &'a (dyn Fn(&Progress) + Sync),
+    seen: HashSet<String>,
+    batch: Vec<SourceDocument>,
+    uncommitted: usize,
+    counts: Counts,
+    lines: Vec<ReportLine>,
+    state: Progress,
+    writer: Option<cairn_index::Writer<'a>>,
+    fatal: Option<IngestError>,
+}
+
+impl<'a> Run<'a> {
+    fn doc_id(&self, external: &str) -> String {
+        DocumentRecord::make_id(&self.source, external)
+    }
+
+    fn writer(&mut self) -> &mut cairn_index::Writer<'a> {
+        self.writer.get_or_insert_with(|| self.index.writer())
+    }
+
+    fn line(&mut self, doc_id: String, outcome: Outcome) {
+        match &outcome {
+            Outcome::Indexed { chunks } => {
+                self.counts.indexed += 1;
+                self.counts.chunks += chunks;
+            }
+            Outcome::Unchanged => self.counts.unchanged += 1,
+            Outcome::Skipped { .. } => self.counts.skipped += 1,
+            Outcome::Failed { .. } => self.counts.failed += 1,
+            Outcome::Deleted => self.counts.deleted += 1,
+        }
+        if !matches!(outcome, Outcome::Deleted) {
+            self.state.processed += 1;
+        }
+        if !matches!(outcome, Outcome::Indexed { .. } | Outcome::Unchanged) {
+            self.lines.push(ReportLine { doc_id, outcome });
+        }
+        (self.progress)(&self.state);
+    }
+
+    fn accept(&mut self, item: Item) -> Result<(), IngestError> {
+        self.state.listed += 1;
+        let doc_id = self.doc_id(item.external_id());
+        self.seen.insert(doc_id.clone());
+        match item {
+            Item::Document(doc) => {
+                let hash = doc.content_hash();
+                if !self.options.full && self.index.content_hash(&doc_id)?.as_deref() == Some(&hash)
+                {
+                    self.line(doc_id, Outcome::Unchanged);
+                } else {
+                    self.batch.push(doc);
+                    if self.batch.len() >= self.options.batch_docs {
+                        self.flush_batch()?;
+                    }
+                }
+            }
+            Item::Skipped { reason, .. } => {
+                // A document that is now deliberately excluded must not stay searchable.
+                if self.index.content_hash(&doc_id)?.is_some() {
+                    self.writer().delete(&doc_id);
+                    self.uncommitted += 1;
+                }
+                self.line(doc_id, Outcome::Skipped { reason });
+            }
+            Item::Failed { error, .. } => self.line(doc_id, Outcome::Failed { error }),
+        }
+        if self.uncommitted >= self.options.commit_every {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), IngestError> {
+        let docs = std::mem::take(&mut self.batch);
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let source = self.source.clone();
+        // CPU work in parallel: chunking.
+        let chunked: Vec<(SourceDocument, Vec<crate::chunking::Chunk>)> = docs
+            .into_par_iter()
+            .map(|d| {
+                let chunks = self.chunker.chunk(&d.body);
+                (d, chunks)
+            })
+            .collect();
+        let texts: Vec<&str> = chunked
+            .iter()
+            .flat_map(|(_, cs)| cs.iter().map(|c| c.text.as_str()))
+            .collect();
+        let vectors = self.embedder.embed_passages(&texts)?;
+        if vectors.len() != texts.len() {
+            return Err(IngestError::Embed {
+                embedder: self.embedder.info().name,
+                message: format!("{} vectors for {} texts", vectors.len(), texts.len()),
+            });
+        }
+        let mut vectors = vectors.into_iter();
+        for (doc, chunks) in chunked {
+            let doc_id = DocumentRecord::make_id(&source, &doc.external_id);
+            if chunks.is_empty() {
+                self.line(
+                    doc_id,
+                    Outcome::Skipped {
+                        reason: "no text to index after extraction".into(),
+                    },
+                );
+                continue;
+            }
+            let record = DocumentRecord {
+                id: doc_id.clone(),
+                source: source.clone(),
+                external_id: doc.external_id.clone(),
+                title: doc.title.clone(),
+                url: doc.url.clone(),
+                updated_at: doc.updated_at,
+                metadata: doc.metadata.clone(),
+                access_groups: doc.access_groups.clone(),
+                content_hash: doc.content_hash(),
+            };
+            let n = chunks.len();
+            let inputs: Vec<ChunkInput> = chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| ChunkInput {
+                    chunk: ChunkRecord {
+                        doc_id: doc_id.clone(),
+                        ordinal: i as u32,
+                        text: c.text,
+                        heading_path: c.heading_path,
+                        page: c.page,
+                        char_start: c.char_start,
+                        char_end: c.char_end,
+                    },
+                    vector: vectors.next().unwrap_or_default(),
+                })
+                .collect();
+            match self.writer().upsert(record, inputs) {
+                Ok(()) => {
+                    self.uncommitted += 1;
+                    self.state.chunks += n;
+                    self.line(doc_id, Outcome::Indexed { chunks: n });
+                }
+                Err(e) => self.line(
+                    doc_id,
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    },
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), IngestError> {
+        self.flush_batch()?;
+        if let Some(w) = self.writer.take() {
+            w.commit()?;
+        }
+        self.uncommitted = 0;
+        Ok(())
+    }
+}
+
+/// Runs one source into the index and returns its report.
+pub fn run(
+    connector: &mut dyn Connector,
+    index: &Index,
+    chunker: &Chunker,
+    embedder: &Arc<dyn Embedder>,
+    state: &SyncState,
+    options: &PipelineOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+    cancel: &AtomicBool,
+) -> Result<Report, IngestError> {
+    let started = Instant::now();
+    let started_at = Utc::now().to_rfc3339();
+    let source = connector.name().to_string();
+    let mut run = Run {
+        source: source.clone(),
+        index,
+        chunker,
+        embedder,
+        options,
+        progress,
+        seen: HashSet::new(),
+        batch: Vec::new(),
+        uncommitted: 0,
+        counts: Counts::default(),
+        lines: Vec::new(),
+        state: Progress::default(),
+        writer: None,
+        fatal: None,
+    };
+    let summary = connector.list(state, options.full, &mut |item| {
+        if cancel.load(Ordering::Relaxed) {
+            return false;
+        }
+        match run.accept(item) {
+            Ok(()) => true,
+            Err(e) => {
+                run.fatal = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = run.fatal.take() {
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        // Keep what was committed; the open batch is dropped and redone by the next run.
+        return Err(IngestError::Cancelled);
+    }
+    run.flush_batch()?;
+
+    // Deletions: explicit ones always; unlisted ones only after a complete listing.
+    let mut to_delete: BTreeMap<String, ()> = BTreeMap::new();
+    for ext in &summary.deleted {
+        to_delete.insert(run.doc_id(ext), ());
+    }
+    if summary.complete {
+        for id in index.document_ids(&source)? {
+            if !run.seen.contains(&id) {
+                to_delete.insert(id, ());
+            }
+        }
+    }
+    for id in to_delete.into_keys() {
+        if index.content_hash(&id)?.is_some() {
+            run.writer().delete(&id);
+            run.line(id, Outcome::Deleted);
+        }
+    }
+    run.commit()?;
+
+    let now = Utc::now().to_rfc3339();
+    let new_state = SyncState {
+        watermark: summary
+            .watermark
+            .clone()
+            .or_else(|| state.watermark.clone()),
+        last_reconciled: if summary.complete {
+            Some(now.clone())
+        } else {
+            state.last_reconciled.clone()
+        },
+    };
+    Ok(Report {
+        source,
+        started_at,
+        finished_at: now,
+        counts: run.counts,
+        reconciled: summary.complete,
+        lines: run.lines,
+        state: new_state,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
