@@ -1,0 +1,280 @@
+//! The command line: `cairn serve | ingest | search | ask`, with progress bars and tables.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::mpsc;
+
+use cairn_index::{Filter, SearchMode};
+use cairn_ingest::pipeline::Report;
+
+use crate::answer::{AnswerEvent, AskRequest, answer};
+use crate::config::{Config, Overrides};
+use crate::engine::{Engine, HitView};
+use crate::server::{AppState, AskResponse, SearchResponse, router};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "Self-hosted retrieval-augmented question answering: ingest, hybrid search, cited answers.",
+    after_help = "Example:\n  cairn serve                      # ingest the configured sources if needed, then serve on 127.0.0.1:7700\n  cairn ask \"How do refunds work?\""
+)]
+pub struct Cli {
+    /// Configuration file; missing is fine for the default path (built-in defaults apply).
+    #[arg(long, global = true, default_value = "config.toml")]
+    pub config: PathBuf,
+    /// Data directory (index, job state); overrides `data_dir` in the config.
+    #[arg(long, global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// More log output (-v info, -vv debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the HTTP server; ingests the configured sources first when the index is empty.
+    #[command(after_help = "Example:\n  cairn serve --bind 0.0.0.0:7700")]
+    Serve {
+        /// Listen address; overrides `[server] bind`.
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Run connectors into the index and print a summary table; exits 1 if any document failed.
+    #[command(after_help = "Example:\n  cairn ingest --source docs --full")]
+    Ingest {
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Re-chunk and re-embed every document, even unchanged ones.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Hybrid search from the terminal.
+    #[command(after_help = "Example:\n  cairn search \"refund window\" --k 5 --json")]
+    Search {
+        query: String,
+        /// Number of hits.
+        #[arg(long, default_value_t = 10)]
+        k: usize,
+        /// Print `{"hits": [...]}` JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a question; the answer streams to the terminal, then its numbered sources.
+    #[command(after_help = "Example:\n  cairn ask \"How long do refunds take?\" --json")]
+    Ask {
+        question: String,
+        /// Print the non-streaming /ask JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "warn,cairn=info",
+            1 => "info",
+            _ => "debug",
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    let is_default = cli.config == PathBuf::from("config.toml");
+    let overrides = Overrides {
+        data_dir: cli.data_dir.clone(),
+        bind: match &cli.command {
+            Command::Serve { bind } => bind.clone(),
+            _ => None,
+        },
+    };
+    let config = Config::load(&cli.config, !is_default, &overrides)?;
+    let engine = Arc::new(Engine::open(config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve { .. } => {
+            if engine.index.stats().documents == 0 && !engine.config.sources.is_empty() {
+                let reports = ingest_with_progress(&engine, None, false, cli.quiet)?;
+                print_reports(&reports);
+            }
+            runtime.block_on(serve(engine))?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Ingest { source, full } => {
+            let reports = ingest_with_progress(&engine, source.as_deref(), full, cli.quiet)?;
+            print_reports(&reports);
+            let failed: usize = reports.iter().map(|r| r.counts.failed).sum();
+            Ok(if failed > 0 {
+                std::process::ExitCode::from(1)
+            } else {
+                std::process::ExitCode::SUCCESS
+            })
+        }
+        Command::Search { query, k, json } => {
+            let hits = engine.search(&query, k, Filter::default(), SearchMode::Hybrid)?;
+            let views: Vec<HitView> = hits.iter().map(HitView::from_hit).collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&SearchResponse {
+                        hits: views,
+                        took_ms: 0.0
+                    })?
+                );
+            } else if views.is_empty() {
+                println!("no results");
+            } else {
+                for (i, h) in views.iter().enumerate() {
+                    println!("{:>2}. {:.4}  {}  ({})", i + 1, h.score, h.title, h.chunk_id);
+                    println!("    {}", strip_marks(&h.snippet));
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
+    }
+}
+
+fn strip_marks(s: &str) -> String {
+    s.replace("<mark>", "").replace("</mark>", "").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'")
+}
+
+async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
+    let bind = engine.config.bind;
+    let app = router(Arc::new(AppState { engine }));
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind"))?;
+    tracing::info!(%bind, "cairn is serving");
+    eprintln!("cairn is serving on http://{bind}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn ask(engine: Arc<Engine>, question: String, json: bool) -> anyhow::Result<std::process::ExitCode> {
+    let req = AskRequest {
+        question,
+        filter: Filter::default(),
+        top_k: engine.config.retrieval.top_k,
+        conversation: Vec::new(),
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    tokio::spawn(answer(engine, req, tx));
+    let mut resp = AskResponse::default();
+    while let Some(ev) = rx.recv().await {
+        if !json {
+            match &ev {
+                AnswerEvent::Token(t) => {
+                    use std::io::Write;
+                    print!("{t}");
+                    let _ = std::io::stdout().flush();
+                }
+                AnswerEvent::Error { message, .. } => eprintln!("\n{message}"),
+                _ => {}
+            }
+        }
+        resp.apply(ev);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp)?);
+    } else {
+        println!();
+        if !resp.citations.is_empty() {
+            println!("\nSources:");
+            for c in &resp.citations {
+                println!("  [{}] {} — {}", c.n, c.title, c.url.as_deref().unwrap_or(&c.doc_id));
+            }
+        }
+    }
+    Ok(if resp.error.is_some() {
+        std::process::ExitCode::from(1)
+    } else {
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+fn ingest_with_progress(
+    engine: &Arc<Engine>,
+    source: Option<&str>,
+    full: bool,
+    quiet: bool,
+) -> anyhow::Result<Vec<Report>> {
+    let multi = MultiProgress::new();
+    if quiet {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let bar = multi.add(ProgressBar::new_spinner());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix}: {pos} documents, {msg} ({per_sec}, {elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let cancel = AtomicBool::new(false);
+    let reports = engine.ingest(
+        source,
+        full,
+        &|name, p| {
+            bar.set_prefix(name.to_string());
+            bar.set_position(p.processed as u64);
+            bar.set_message(format!("{} chunks", p.chunks));
+        },
+        &cancel,
+    );
+    bar.finish_and_clear();
+    reports
+}
+
+fn print_reports(reports: &[Report]) {
+    println!(
+        "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8}",
+        "source", "indexed", "unchanged", "skipped", "failed", "deleted", "chunks", "seconds"
+    );
+    for r in reports {
+        let c = &r.counts;
+        println!(
+            "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8.2}",
+            r.source, c.indexed, c.unchanged, c.skipped, c.failed, c.deleted, c.chunks, r.seconds
+        );
+        for line in &r.lines {
+            let detail = match &line.outcome {
+                cairn_ingest::pipeline::Outcome::Skipped { reason } => reason.clone(),
+                cairn_ingest::pipeline::Outcome::Failed { error } => error.clone(),
+                _ => String::new(),
+            };
+            println!("  {:<9} {} {}", line.outcome.label(), line.doc_id, detail);
+        }
+    }
+}

@@ -1,0 +1,534 @@
+//! Configuration: `config.toml` (every key optional) < environment (`CAIRN__SECTION__KEY`) <
+//! command-line flags, deserialised into raw structs with `deny_unknown_fields`, then validated
+//! and resolved by [`Config::load`]. A bad value stops startup naming the file, key and reason.
+//!
+//! Relative paths in a config file are resolved against that file's directory. Secrets are
+//! references (`api_key = "env:VARIABLE"`) resolved here, never literals.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use cairn_index::{Fusion, VectorOptions};
+use cairn_ingest::ChunkerOptions;
+
+/// A configuration problem, with where it was found and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {file}: {message}")]
+    Invalid { file: String, message: String },
+    #[error("config {file}: key `{key}`: {message}")]
+    Key {
+        file: String,
+        key: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawConfig {
+    /// Where the index, job state and caches live.
+    pub data_dir: PathBuf,
+    pub server: RawServer,
+    pub embedder: RawEmbedder,
+    pub chunking: ChunkerOptions,
+    pub index: RawIndex,
+    pub retrieval: RawRetrieval,
+    pub answer: RawAnswer,
+    pub providers: BTreeMap<String, RawProvider>,
+    pub routes: BTreeMap<String, Vec<String>>,
+    pub sources: Vec<RawSource>,
+}
+
+impl Default for RawConfig {
+    fn default() -> Self {
+        let mut providers = BTreeMap::new();
+        providers.insert(
+            "local".to_string(),
+            RawProvider {
+                kind: ProviderKind::Extractive,
+                base_url: None,
+                api_key: None,
+            },
+        );
+        let mut routes = BTreeMap::new();
+        routes.insert("answer".to_string(), vec!["local".to_string()]);
+        RawConfig {
+            data_dir: PathBuf::from("data"),
+            server: RawServer::default(),
+            embedder: RawEmbedder::default(),
+            chunking: ChunkerOptions::default(),
+            index: RawIndex::default(),
+            retrieval: RawRetrieval::default(),
+            answer: RawAnswer::default(),
+            providers,
+            routes,
+            sources: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub max_question_chars: usize,
+    pub request_timeout_secs: u64,
+    pub keep_alive_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind: "127.0.0.1:7700".into(),
+            max_body_bytes: 64 * 1024,
+            max_question_chars: 2000,
+            request_timeout_secs: 60,
+            keep_alive_secs: 15,
+        }
+    }
+}
+
+/// Which embedder turns text into vectors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawEmbedder {
+    /// `hash` (deterministic, not semantic; tests and offline demos).
+    pub kind: String,
+    /// Dimension of the hash embedder.
+    pub dimension: usize,
+}
+
+impl Default for RawEmbedder {
+    fn default() -> Self {
+        RawEmbedder {
+            kind: "hash".into(),
+            dimension: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawIndex {
+    pub candidates: usize,
+    pub fusion: Fusion,
+    pub vectors: VectorOptions,
+}
+
+impl Default for RawIndex {
+    fn default() -> Self {
+        RawIndex {
+            candidates: 100,
+            fusion: Fusion::default(),
+            vectors: VectorOptions::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRetrieval {
+    /// Chunks given to the model.
+    pub top_k: usize,
+    /// A hit counts as relevant when it matched words (BM25) or its cosine similarity is at
+    /// least this; with no relevant hit, /ask answers "I don't know" without calling a model.
+    pub min_similarity: f32,
+    /// Upper bound on context words sent to the model.
+    pub max_context_words: usize,
+}
+
+impl Default for RawRetrieval {
+    fn default() -> Self {
+        RawRetrieval {
+            top_k: 5,
+            min_similarity: 0.5,
+            max_context_words: 1500,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawAnswer {
+    /// The versioned prompt file.
+    pub prompt: PathBuf,
+    /// The route in `[routes]` used for answers.
+    pub route: String,
+    /// Shown to users when every provider of the route failed.
+    pub fallback_text: String,
+    pub no_answer_text: String,
+}
+
+impl Default for RawAnswer {
+    fn default() -> Self {
+        RawAnswer {
+            prompt: PathBuf::from("prompts/answer.v1.toml"),
+            route: "answer".into(),
+            fallback_text: "The answer service is unavailable right now. The sources below may help.".into(),
+            no_answer_text: "I don't know: nothing in the indexed sources answers this.".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Gemini,
+    Mistral,
+    OpenaiCompatible,
+    Extractive,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: ProviderKind,
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// A reference such as `env:OPENAI_API_KEY`, never the key itself.
+    #[serde(default)]
+    pub api_key: Option<String>,
+}
+
+/// A `[[sources]]` table; `kind` selects the connector.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RawSource {
+    Files(RawFilesSource),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilesSource {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default)]
+    pub include: Vec<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub url_base: Option<String>,
+    #[serde(default)]
+    pub access_groups: Vec<String>,
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+fn default_max_file_bytes() -> u64 {
+    50 * 1024 * 1024
+}
+
+impl RawSource {
+    pub fn name(&self) -> &str {
+        match self {
+            RawSource::Files(s) => &s.name,
+        }
+    }
+}
+
+/// A provider with its secret resolved.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// The resolved key (never logged; `Debug` of the config is not printed).
+    pub api_key: Option<String>,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any (for messages).
+    pub origin: String,
+    pub data_dir: PathBuf,
+    pub bind: SocketAddr,
+    pub server: RawServer,
+    pub embedder: RawEmbedder,
+    pub chunking: ChunkerOptions,
+    pub index: RawIndex,
+    pub retrieval: RawRetrieval,
+    pub answer: RawAnswer,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    /// Route → (provider name, model) in order.
+    pub routes: BTreeMap<String, Vec<(String, String)>>,
+    pub sources: Vec<RawSource>,
+}
+
+/// Overrides from command-line flags (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+}
+
+impl Config {
+    /// Loads `path` (which may be absent only when it is the default path), layers the
+    /// environment and `overrides`, and validates.
+    pub fn load(path: &Path, must_exist: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::load_with_env(path, must_exist, overrides, |k| std::env::var(k).ok(), true)
+    }
+
+    /// As [`Config::load`] with an explicit environment lookup (tests).
+    pub fn load_with_env(
+        path: &Path,
+        must_exist: bool,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+        use_process_env: bool,
+    ) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let exists = path.exists();
+        if must_exist && !exists {
+            return Err(ConfigError::Invalid {
+                file: origin,
+                message: "file not found; pass --config with an existing file".into(),
+            });
+        }
+        let mut fig = Figment::from(Serialized::defaults(RawConfig::default()));
+        if exists {
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        if use_process_env {
+            fig = fig.merge(Env::prefixed("CAIRN__").split("__"));
+        }
+        if let Some(d) = &overrides.data_dir {
+            fig = fig.merge(("data_dir", d.clone()));
+        }
+        if let Some(b) = &overrides.bind {
+            fig = fig.merge(("server.bind", b.clone()));
+        }
+        let raw: RawConfig = fig.extract().map_err(|e| ConfigError::Invalid {
+            file: origin.clone(),
+            message: e
+                .into_iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        validate(raw, &origin, &base, &env)
+    }
+}
+
+fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Resolves an `env:NAME` reference.
+pub fn resolve_secret(
+    reference: &str,
+    key: &str,
+    origin: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let Some(var) = reference.strip_prefix("env:") else {
+        return Err(ConfigError::Key {
+            file: origin.into(),
+            key: key.into(),
+            message: "secrets must be references like \"env:VARIABLE\", not literal values".into(),
+        });
+    };
+    match env(var) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ConfigError::Key {
+            file: origin.into(),
+            key: key.into(),
+            message: format!("environment variable {var} is not set; export it or remove this provider"),
+        }),
+    }
+}
+
+fn validate(
+    raw: RawConfig,
+    origin: &str,
+    base: &Path,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let key_err = |key: &str, message: String| ConfigError::Key {
+        file: origin.into(),
+        key: key.into(),
+        message,
+    };
+    let bind: SocketAddr = raw.server.bind.parse().map_err(|e| {
+        key_err(
+            "server.bind",
+            format!("`{}` is not a socket address like 127.0.0.1:7700 ({e})", raw.server.bind),
+        )
+    })?;
+    if raw.embedder.kind != "hash" {
+        return Err(key_err(
+            "embedder.kind",
+            format!("unknown embedder `{}`; available: hash", raw.embedder.kind),
+        ));
+    }
+    if raw.embedder.dimension < 8 || raw.embedder.dimension > 4096 {
+        return Err(key_err("embedder.dimension", "must be between 8 and 4096".into()));
+    }
+    if raw.retrieval.top_k == 0 || raw.retrieval.top_k > 50 {
+        return Err(key_err("retrieval.top_k", "must be between 1 and 50".into()));
+    }
+    if raw.chunking.max_tokens < 16 {
+        return Err(key_err("chunking.max_tokens", "must be at least 16".into()));
+    }
+    let mut providers = BTreeMap::new();
+    for (name, p) in &raw.providers {
+        let api_key = match &p.api_key {
+            Some(r) => Some(resolve_secret(r, &format!("providers.{name}.api_key"), origin, env)?),
+            None => None,
+        };
+        providers.insert(
+            name.clone(),
+            ProviderConfig {
+                name: name.clone(),
+                kind: p.kind,
+                base_url: p.base_url.clone(),
+                api_key,
+            },
+        );
+    }
+    let mut routes = BTreeMap::new();
+    for (route, targets) in &raw.routes {
+        let mut resolved = Vec::new();
+        for t in targets {
+            let (name, model) = t.split_once(':').unwrap_or((t.as_str(), ""));
+            if !providers.contains_key(name) {
+                return Err(key_err(
+                    &format!("routes.{route}"),
+                    format!("`{t}` names provider `{name}`, which no [providers.{name}] table defines"),
+                ));
+            }
+            resolved.push((name.to_string(), model.to_string()));
+        }
+        if resolved.is_empty() {
+            return Err(key_err(&format!("routes.{route}"), "needs at least one provider".into()));
+        }
+        routes.insert(route.clone(), resolved);
+    }
+    if !routes.contains_key(&raw.answer.route) {
+        return Err(key_err(
+            "answer.route",
+            format!("route `{}` is not defined in [routes]", raw.answer.route),
+        ));
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut sources = Vec::new();
+    for (i, s) in raw.sources.into_iter().enumerate() {
+        let name = s.name().to_string();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(key_err(
+                &format!("sources[{i}].name"),
+                format!("`{name}` must be non-empty and use only letters, digits, - and _"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(key_err(&format!("sources[{i}].name"), format!("`{name}` is used twice")));
+        }
+        sources.push(match s {
+            RawSource::Files(mut f) => {
+                f.path = resolve(base, &f.path);
+                RawSource::Files(f)
+            }
+        });
+    }
+    let mut answer = raw.answer;
+    answer.prompt = resolve(base, &answer.prompt);
+    Ok(Config {
+        origin: origin.into(),
+        data_dir: resolve(base, &raw.data_dir),
+        bind,
+        server: raw.server,
+        embedder: raw.embedder,
+        chunking: raw.chunking,
+        index: raw.index,
+        retrieval: raw.retrieval,
+        answer,
+        providers,
+        routes,
+        sources,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, toml).expect("write");
+        let env: BTreeMap<String, String> =
+            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load_with_env(&path, true, &Overrides::default(), |k| env.get(k).cloned(), false)
+    }
+
+    #[test]
+    fn a_single_source_table_is_a_valid_config() {
+        let c = load("[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n", &[])
+            .expect("valid");
+        assert_eq!(c.sources.len(), 1);
+        let RawSource::Files(f) = &c.sources[0];
+        assert!(f.path.ends_with("corpus") && f.path.is_absolute() || f.path.starts_with("/"));
+        assert_eq!(c.bind.port(), 7700);
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_file() {
+        let e = load("[server]\nbnd = \"127.0.0.1:1\"\n", &[]).expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("bnd") && msg.contains("config.toml"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let e = load("[retrieval]\ntop_k = \"five\"\n", &[]).expect_err("must fail");
+        assert!(e.to_string().contains("top_k"), "{e}");
+    }
+
+    #[test]
+    fn bad_bind_address_is_reported() {
+        let e = load("[server]\nbind = \"localhost:notaport\"\n", &[]).expect_err("must fail");
+        assert!(e.to_string().contains("server.bind"), "{e}");
+    }
+
+    #[test]
+    fn missing_secret_variable_is_reported() {
+        let toml = "[providers.oa]\nkind = \"openai\"\napi_key = \"env:CAIRN_TEST_MISSING_KEY\"\n";
+        let e = load(toml, &[]).expect_err("must fail");
+        assert!(e.to_string().contains("CAIRN_TEST_MISSING_KEY"), "{e}");
+        let ok = load(toml, &[("CAIRN_TEST_MISSING_KEY", "sk-test")]).expect("resolves");
+        assert_eq!(ok.providers["oa"].api_key.as_deref(), Some("sk-test"));
+    }
+
+    #[test]
+    fn literal_secret_is_refused() {
+        let e = load("[providers.oa]\nkind = \"openai\"\napi_key = \"sk-123\"\n", &[])
+            .expect_err("must fail");
+        assert!(e.to_string().contains("env:"), "{e}");
+    }
+
+    #[test]
+    fn unknown_source_kind_and_field_are_refused() {
+        assert!(load("[[sources]]\nname = \"x\"\nkind = \"ftp\"\n", &[]).is_err());
+        let e = load("[[sources]]\nname = \"x\"\nkind = \"files\"\npath = \"a\"\nglob = \"*\"\n", &[])
+            .expect_err("must fail");
+        assert!(e.to_string().contains("glob"), "{e}");
+    }
+}

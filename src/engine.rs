@@ -1,0 +1,233 @@
+//! The engine: everything a running cairn holds (config, index, embedder, chunker, providers,
+//! prompt) and the operations the CLI and the server share — ingest, search and the
+//! source-state files.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use serde::Serialize;
+
+use cairn_index::{Filter, Hit, Index, IndexOptions, SearchMode, SearchRequest};
+use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
+use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
+use cairn_ingest::{Chunker, Connector, Embedder, HashEmbedder, SyncState};
+
+use crate::config::{Config, RawSource};
+use crate::prompt::Prompt;
+use crate::providers::{Provider, Router, Target, extractive::Extractive};
+
+pub struct Engine {
+    pub config: Config,
+    pub index: Arc<Index>,
+    pub embedder: Arc<dyn Embedder>,
+    pub chunker: Chunker,
+    pub router: Router,
+    pub prompt: Prompt,
+    ingest_lock: Mutex<()>,
+}
+
+/// A search hit as the API and CLI show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HitView {
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub title: String,
+    pub url: Option<String>,
+    pub source: String,
+    pub score: f32,
+    pub snippet: String,
+    pub page: Option<u32>,
+    pub heading_path: Vec<String>,
+    pub updated_at: Option<String>,
+    pub breakdown: cairn_index::ScoreBreakdown,
+}
+
+impl HitView {
+    pub fn from_hit(h: &Hit) -> HitView {
+        HitView {
+            doc_id: h.document.id.clone(),
+            chunk_id: h.chunk_id.clone(),
+            title: h.document.title.clone(),
+            url: h.document.url.clone(),
+            source: h.document.source.clone(),
+            score: h.score,
+            snippet: h.snippet.clone().unwrap_or_default(),
+            page: h.chunk.page,
+            heading_path: h.chunk.heading_path.clone(),
+            updated_at: h.document.updated_at.map(|t| t.to_rfc3339()),
+            breakdown: h.breakdown.clone(),
+        }
+    }
+}
+
+fn build_router(config: &Config) -> anyhow::Result<Router> {
+    let mut router = Router::default();
+    for (route, targets) in &config.routes {
+        let mut out = Vec::new();
+        for (name, model) in targets {
+            let p = &config.providers[name];
+            let provider = match p.kind {
+                crate::config::ProviderKind::Extractive => Provider::Extractive(Extractive::default()),
+                other => anyhow::bail!(
+                    "config {}: providers.{name}: kind {other:?} is not available in this build; use kind = \"extractive\"",
+                    config.origin
+                ),
+            };
+            out.push(Target {
+                provider_name: name.clone(),
+                model: if model.is_empty() { p.kind_label() } else { model.clone() },
+                provider,
+            });
+        }
+        router.routes.insert(route.clone(), out);
+    }
+    Ok(router)
+}
+
+impl crate::config::ProviderConfig {
+    fn kind_label(&self) -> String {
+        format!("{:?}", self.kind).to_lowercase()
+    }
+}
+
+impl Engine {
+    /// Opens the index and everything around it. Fails with a message naming what to fix.
+    pub fn open(config: Config) -> anyhow::Result<Engine> {
+        let embedder: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(config.embedder.dimension));
+        let mut options = IndexOptions::new(embedder.info());
+        options.candidates = config.index.candidates;
+        options.fusion = config.index.fusion.clone();
+        options.vectors = config.index.vectors.clone();
+        let index_dir = config.data_dir.join("index");
+        let index = Index::open(&index_dir, options)
+            .with_context(|| format!("opening the index in {}", index_dir.display()))?;
+        let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
+        let router = build_router(&config)?;
+        let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
+        Ok(Engine {
+            config,
+            index: Arc::new(index),
+            embedder,
+            chunker,
+            router,
+            prompt,
+            ingest_lock: Mutex::new(()),
+        })
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.config.data_dir.join("state")
+    }
+
+    /// The persisted sync state of a source.
+    pub fn source_state(&self, name: &str) -> SyncState {
+        let path = self.state_dir().join(format!("{name}.state.json"));
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    /// The last report of a source, if it ever ran.
+    pub fn last_report(&self, name: &str) -> Option<Report> {
+        let path = self.state_dir().join(format!("{name}.report.json"));
+        std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    fn write_atomic(&self, file: &str, value: &impl Serialize) -> anyhow::Result<()> {
+        let dir = self.state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let tmp = dir.join(format!(".{file}.tmp"));
+        let dst = dir.join(file);
+        std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &dst).with_context(|| format!("replacing {}", dst.display()))?;
+        Ok(())
+    }
+
+    fn connector(&self, source: &RawSource) -> anyhow::Result<Box<dyn Connector>> {
+        Ok(match source {
+            RawSource::Files(f) => Box::new(FilesConnector::new(
+                &f.name,
+                FilesOptions {
+                    root: f.path.clone(),
+                    include: f.include.clone(),
+                    exclude: f.exclude.clone(),
+                    max_file_bytes: f.max_file_bytes,
+                    url_base: f.url_base.clone(),
+                    access_groups: f.access_groups.clone(),
+                },
+            )?),
+        })
+    }
+
+    /// Runs the named source (or all) into the index, one at a time, keeping each report.
+    pub fn ingest(
+        &self,
+        only: Option<&str>,
+        full: bool,
+        progress: &(dyn Fn(&str, &Progress) + Sync),
+        cancel: &AtomicBool,
+    ) -> anyhow::Result<Vec<Report>> {
+        let _guard = self
+            .ingest_lock
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a previous ingest panicked"))?;
+        let sources: Vec<&RawSource> = self
+            .config
+            .sources
+            .iter()
+            .filter(|s| only.is_none_or(|n| s.name() == n))
+            .collect();
+        if let Some(n) = only
+            && sources.is_empty()
+        {
+            anyhow::bail!("no source named `{n}` in {}", self.config.origin);
+        }
+        let mut reports = Vec::new();
+        for source in sources {
+            let name = source.name().to_string();
+            let mut connector = self.connector(source)?;
+            let state = self.source_state(&name);
+            let options = PipelineOptions {
+                full,
+                ..PipelineOptions::default()
+            };
+            let report = pipeline::run(
+                connector.as_mut(),
+                &self.index,
+                &self.chunker,
+                &self.embedder,
+                &state,
+                &options,
+                &|p| progress(&name, p),
+                cancel,
+            )
+            .with_context(|| format!("ingesting source `{name}`"))?;
+            self.write_atomic(&format!("{name}.state.json"), &report.state)?;
+            self.write_atomic(&format!("{name}.report.json"), &report)?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// Hybrid search with snippets (blocking; call from a blocking thread in async code).
+    pub fn search(&self, text: &str, k: usize, filter: Filter, mode: SearchMode) -> anyhow::Result<Vec<Hit>> {
+        let vector = match mode {
+            SearchMode::Bm25 => None,
+            _ => Some(self.embedder.embed_query(text)?),
+        };
+        Ok(self.index.search(&SearchRequest {
+            text: text.to_string(),
+            vector,
+            k,
+            mode,
+            filter,
+            snippets: true,
+        })?)
+    }
+}

@@ -1,0 +1,12 @@
+//! cairn: a self-hosted retrieval-augmented question-answering server.
+//!
+//! The root package glues the crates together: configuration, the provider layer, the answer
+//! pipeline, and the HTTP server. Indexing lives in `cairn-index`, ingestion in `cairn-ingest`.
+
+pub mod answer;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod prompt;
+pub mod providers;
+pub mod server;

@@ -1,0 +1,334 @@
+//! The HTTP server: routes, request validation, SSE framing, and the one error shape
+//! `{"error": {"code", "message"}}` with an exhaustive status mapping.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use futures::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+
+use cairn_index::{Filter, SearchMode, TimeRange};
+
+use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer};
+use crate::engine::{Engine, HitView};
+use crate::providers::{Message, Role};
+
+/// Errors a client can get, each with a stable code.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the question is {chars} characters; the limit is {limit}")]
+    QuestionTooLong { chars: usize, limit: usize },
+    #[error("unknown source `{0}` in filters; see GET /search for the available sources")]
+    UnknownSource(String),
+    #[error("the request body is larger than the {0} byte limit")]
+    BodyTooLarge(usize),
+    #[error("internal error; the operator can find details in the server log")]
+    Internal,
+}
+
+impl ApiError {
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::QuestionTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long"),
+            ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        (status, Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(e.body_text()),
+            JsonRejection::JsonSyntaxError(e) => ApiError::InvalidJson(e.body_text()),
+            JsonRejection::MissingJsonContentType(_) => {
+                ApiError::InvalidJson("send the body with `content-type: application/json`".into())
+            }
+            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge(0),
+            other => ApiError::InvalidJson(other.body_text()),
+        }
+    }
+}
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+}
+
+/// Builds the router (tests drive it in-process with `oneshot`).
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.engine.config.server.max_body_bytes;
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/search", get(search))
+        .route("/ask", post(ask))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-cache")],
+        Html(include_str!("page/index.html")),
+    )
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    let stats = s.engine.index.stats();
+    Json(json!({
+        "status": "ready",
+        "index": {"generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
+        "embedder": stats.embedder,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchParams {
+    pub q: String,
+    pub k: Option<usize>,
+    pub source: Option<String>,
+    pub mode: Option<SearchMode>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SearchResponse {
+    pub hits: Vec<HitView>,
+    pub took_ms: f64,
+}
+
+fn check_sources(engine: &Engine, sources: &[String]) -> Result<(), ApiError> {
+    for s in sources {
+        if !engine.config.sources.iter().any(|c| c.name() == s) {
+            return Err(ApiError::UnknownSource(s.clone()));
+        }
+    }
+    Ok(())
+}
+
+async fn search(
+    State(s): State<Arc<AppState>>,
+    params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SearchResponse>, ApiError> {
+    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let k = p.k.unwrap_or(10);
+    if k == 0 || k > 100 {
+        return Err(ApiError::InvalidRequest("`k` must be between 1 and 100".into()));
+    }
+    let limit = s.engine.config.server.max_question_chars;
+    let chars = p.q.chars().count();
+    if chars > limit {
+        return Err(ApiError::QuestionTooLong { chars, limit });
+    }
+    let sources: Vec<String> = p.source.into_iter().filter(|x| !x.is_empty()).collect();
+    check_sources(&s.engine, &sources)?;
+    let filter = Filter {
+        sources,
+        ..Filter::default()
+    };
+    let engine = s.engine.clone();
+    let mode = p.mode.unwrap_or_default();
+    let started = std::time::Instant::now();
+    let hits = tokio::task::spawn_blocking(move || engine.search(&p.q, k, filter, mode))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "search task panicked");
+            ApiError::Internal
+        })?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "search failed");
+            ApiError::Internal
+        })?;
+    Ok(Json(SearchResponse {
+        hits: hits.iter().map(HitView::from_hit).collect(),
+        took_ms: started.elapsed().as_secs_f64() * 1000.0,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskFilters {
+    #[serde(default)]
+    pub source: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub updated_after: Option<DateTime<Utc>>,
+    pub updated_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskBody {
+    pub question: String,
+    pub filters: Option<AskFilters>,
+    pub top_k: Option<usize>,
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub conversation: Vec<Turn>,
+}
+
+/// The non-streaming `/ask` response.
+#[derive(Debug, Serialize, Default)]
+pub struct AskResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub retrieval: Vec<HitView>,
+    pub usage: Option<UsageView>,
+    pub trace_id: Option<String>,
+    pub outcome: Option<String>,
+    pub error: Option<serde_json::Value>,
+}
+
+impl AskResponse {
+    pub fn apply(&mut self, ev: AnswerEvent) {
+        match ev {
+            AnswerEvent::Retrieval(h) => self.retrieval = h,
+            AnswerEvent::Token(t) => self.answer.push_str(&t),
+            AnswerEvent::Citation(c) => self.citations.push(c),
+            AnswerEvent::Usage(u) => self.usage = Some(u),
+            AnswerEvent::Done { trace_id, outcome, .. } => {
+                self.trace_id = Some(trace_id);
+                self.outcome = Some(outcome.to_string());
+            }
+            AnswerEvent::Error { code, message } => {
+                self.error = Some(json!({"code": code, "message": message}));
+            }
+        }
+    }
+}
+
+pub fn validate_ask(engine: &Engine, body: AskBody) -> Result<(AskRequest, bool), ApiError> {
+    let question = body.question.trim().to_string();
+    if question.is_empty() {
+        return Err(ApiError::InvalidRequest("`question` must not be empty".into()));
+    }
+    let limit = engine.config.server.max_question_chars;
+    let chars = question.chars().count();
+    if chars > limit {
+        return Err(ApiError::QuestionTooLong { chars, limit });
+    }
+    if question.chars().any(|c| c.is_control() && !c.is_whitespace()) {
+        return Err(ApiError::InvalidRequest("`question` contains control characters".into()));
+    }
+    let top_k = body.top_k.unwrap_or(engine.config.retrieval.top_k);
+    if top_k == 0 || top_k > 50 {
+        return Err(ApiError::InvalidRequest("`top_k` must be between 1 and 50".into()));
+    }
+    let mut filter = Filter::default();
+    if let Some(f) = body.filters {
+        check_sources(engine, &f.source)?;
+        filter.sources = f.source;
+        filter.metadata = f.metadata;
+        if f.updated_after.is_some() || f.updated_before.is_some() {
+            filter.updated = Some(TimeRange {
+                from: f.updated_after,
+                to: f.updated_before,
+            });
+        }
+    }
+    let conversation = body
+        .conversation
+        .into_iter()
+        .map(|t| Message {
+            role: t.role,
+            content: t.content,
+        })
+        .collect();
+    Ok((
+        AskRequest {
+            question,
+            filter,
+            top_k,
+            conversation,
+        },
+        body.stream.unwrap_or(true),
+    ))
+}
+
+fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
+    let (name, data) = match ev {
+        AnswerEvent::Retrieval(h) => ("retrieval", json!({"hits": h})),
+        AnswerEvent::Token(t) => ("token", json!({"text": t})),
+        AnswerEvent::Citation(c) => ("citation", json!(c)),
+        AnswerEvent::Usage(u) => ("usage", json!(u)),
+        AnswerEvent::Done {
+            trace_id,
+            outcome,
+            dropped_citations,
+        } => (
+            "done",
+            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations}),
+        ),
+        AnswerEvent::Error { code, message } => ("error", json!({"code": code, "message": message})),
+    };
+    Event::default()
+        .id(id.to_string())
+        .event(name)
+        .data(data.to_string())
+}
+
+async fn ask(
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<AskBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let (req, stream) = validate_ask(&s.engine, body)?;
+    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
+    let engine = s.engine.clone();
+    tokio::spawn(answer(engine, req, tx));
+    if stream {
+        let events = ReceiverStream::new(rx)
+            .enumerate()
+            .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
+        let keep_alive = KeepAlive::new()
+            .interval(Duration::from_secs(s.engine.config.server.keep_alive_secs.max(1)))
+            .text("keep-alive");
+        Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+    } else {
+        let mut resp = AskResponse::default();
+        let mut rx = rx;
+        while let Some(ev) = rx.recv().await {
+            resp.apply(ev);
+        }
+        Ok(Json(resp).into_response())
+    }
+}
