@@ -154,7 +154,10 @@ fn best_quote(answer: &str, n: usize, chunk_text: &str) -> String {
 /// Whether a hit is relevant enough to ground an answer.
 fn relevant(hit: &Hit, min_similarity: f32) -> bool {
     hit.breakdown.bm25_score.is_some_and(|s| s > 0.0)
-        || hit.breakdown.vector_similarity.is_some_and(|s| s >= min_similarity)
+        || hit
+            .breakdown
+            .vector_similarity
+            .is_some_and(|s| s >= min_similarity)
 }
 
 /// Runs the pipeline, sending events to `tx`. Returns when done or when the receiver is gone.
@@ -179,7 +182,9 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
             tracing::warn!(error = %e, "retrieval failed");
             send(AnswerEvent::Error {
                 code: "retrieval_failed",
-                message: "Searching the index failed; try again, and tell the operator if it persists.".into(),
+                message:
+                    "Searching the index failed; try again, and tell the operator if it persists."
+                        .into(),
             })
             .await;
             return;
@@ -194,7 +199,11 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
             return;
         }
     };
-    if !send(AnswerEvent::Retrieval(hits.iter().map(HitView::from_hit).collect())).await {
+    if !send(AnswerEvent::Retrieval(
+        hits.iter().map(HitView::from_hit).collect(),
+    ))
+    .await
+    {
         return;
     }
 
@@ -204,7 +213,13 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
     let mut seen_text: HashSet<String> = HashSet::new();
     let mut budget = engine.config.retrieval.max_context_words;
     for h in hits.iter().filter(|h| relevant(h, min_sim)) {
-        let norm: String = h.chunk.text.split_whitespace().collect::<Vec<_>>().join(" ").to_lowercase();
+        let norm: String = h
+            .chunk
+            .text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase();
         let n_words = h.chunk.text.split_whitespace().count();
         if !seen_text.insert(norm) || n_words > budget {
             continue;
@@ -244,7 +259,9 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
             text: h.chunk.text.clone(),
         })
         .collect();
-    let chat = engine.prompt.render(&req.question, &passages, &req.conversation);
+    let chat = engine
+        .prompt
+        .render(&req.question, &passages, &req.conversation);
     let targets = engine.router.targets(&engine.config.answer.route);
 
     let mut filter = CitationFilter::new(1..=passages.len());
@@ -320,7 +337,11 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
     } else {
         "answered"
     };
-    let by_n: BTreeMap<usize, &Hit> = context.iter().enumerate().map(|(i, h)| (i + 1, *h)).collect();
+    let by_n: BTreeMap<usize, &Hit> = context
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (i + 1, *h))
+        .collect();
     for n in &filter.used {
         let Some(h) = by_n.get(n) else { continue };
         let c = Citation {
@@ -373,11 +394,19 @@ mod tests {
     fn keeps_known_markers_drops_unknown_across_deltas() {
         let mut f = CitationFilter::new([1, 2]);
         let mut out = String::new();
-        for d in ["Refunds take five days [", "1]. Shipping is free [", "7] always [2", "]."] {
+        for d in [
+            "Refunds take five days [",
+            "1]. Shipping is free [",
+            "7] always [2",
+            "].",
+        ] {
             out.push_str(&f.push(d));
         }
         out.push_str(&f.finish());
-        assert_eq!(out, "Refunds take five days [1]. Shipping is free always [2].");
+        assert_eq!(
+            out,
+            "Refunds take five days [1]. Shipping is free always [2]."
+        );
         assert_eq!(f.used, vec![1, 2]);
         assert_eq!(f.dropped, 1);
     }

@@ -119,7 +119,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     };
     let config = Config::load(&cli.config, !is_default, &overrides)?;
     let engine = Arc::new(Engine::open(config)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Serve { .. } => {
             if engine.index.stats().documents == 0 && !engine.config.sources.is_empty() {
@@ -154,7 +156,13 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("no results");
             } else {
                 for (i, h) in views.iter().enumerate() {
-                    println!("{:>2}. {:.4}  {}  ({})", i + 1, h.score, h.title, h.chunk_id);
+                    println!(
+                        "{:>2}. {:.4}  {}  ({})",
+                        i + 1,
+                        h.score,
+                        h.title,
+                        h.chunk_id
+                    );
                     println!("    {}", strip_marks(&h.snippet));
                 }
             }
@@ -165,15 +173,21 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 }
 
 fn strip_marks(s: &str) -> String {
-    s.replace("<mark>", "").replace("</mark>", "").replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'")
+    s.replace("<mark>", "")
+        .replace("</mark>", "")
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
 }
 
 async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let bind = engine.config.bind;
     let app = router(Arc::new(AppState { engine }));
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind"))?;
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind")
+    })?;
     tracing::info!(%bind, "cairn is serving");
     eprintln!("cairn is serving on http://{bind}");
     axum::serve(listener, app)
@@ -184,7 +198,11 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ask(engine: Arc<Engine>, question: String, json: bool) -> anyhow::Result<std::process::ExitCode> {
+async fn ask(
+    engine: Arc<Engine>,
+    question: String,
+    json: bool,
+) -> anyhow::Result<std::process::ExitCode> {
     let req = AskRequest {
         question,
         filter: Filter::default(),
@@ -215,7 +233,12 @@ async fn ask(engine: Arc<Engine>, question: String, json: bool) -> anyhow::Resul
         if !resp.citations.is_empty() {
             println!("\nSources:");
             for c in &resp.citations {
-                println!("  [{}] {} — {}", c.n, c.title, c.url.as_deref().unwrap_or(&c.doc_id));
+                println!(
+                    "  [{}] {} — {}",
+                    c.n,
+                    c.title,
+                    c.url.as_deref().unwrap_or(&c.doc_id)
+                );
             }
         }
     }
@@ -238,8 +261,10 @@ fn ingest_with_progress(
     }
     let bar = multi.add(ProgressBar::new_spinner());
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix}: {pos} documents, {msg} ({per_sec}, {elapsed})")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template(
+            "{spinner} {prefix}: {pos} documents, {msg} ({per_sec}, {elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     bar.enable_steady_tick(Duration::from_millis(120));
     let cancel = AtomicBool::new(false);

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use cairn_index::{Fusion, VectorOptions};
 use cairn_ingest::ChunkerOptions;
 
+pub use crate::providers::config::{ProviderConfig, ProviderKind, RawProvider};
+
 /// A configuration problem, with where it was found and what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -171,32 +173,11 @@ impl Default for RawAnswer {
         RawAnswer {
             prompt: PathBuf::from("prompts/answer.v1.toml"),
             route: "answer".into(),
-            fallback_text: "The answer service is unavailable right now. The sources below may help.".into(),
+            fallback_text:
+                "The answer service is unavailable right now. The sources below may help.".into(),
             no_answer_text: "I don't know: nothing in the indexed sources answers this.".into(),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ProviderKind {
-    Openai,
-    Anthropic,
-    Gemini,
-    Mistral,
-    OpenaiCompatible,
-    Extractive,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawProvider {
-    pub kind: ProviderKind,
-    #[serde(default)]
-    pub base_url: Option<String>,
-    /// A reference such as `env:OPENAI_API_KEY`, never the key itself.
-    #[serde(default)]
-    pub api_key: Option<String>,
 }
 
 /// A `[[sources]]` table; `kind` selects the connector.
@@ -235,16 +216,6 @@ impl RawSource {
     }
 }
 
-/// A provider with its secret resolved.
-#[derive(Debug, Clone)]
-pub struct ProviderConfig {
-    pub name: String,
-    pub kind: ProviderKind,
-    pub base_url: Option<String>,
-    /// The resolved key (never logged; `Debug` of the config is not printed).
-    pub api_key: Option<String>,
-}
-
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -274,7 +245,11 @@ pub struct Overrides {
 impl Config {
     /// Loads `path` (which may be absent only when it is the default path), layers the
     /// environment and `overrides`, and validates.
-    pub fn load(path: &Path, must_exist: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+    pub fn load(
+        path: &Path,
+        must_exist: bool,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
         Self::load_with_env(path, must_exist, overrides, |k| std::env::var(k).ok(), true)
     }
 
@@ -351,7 +326,9 @@ pub fn resolve_secret(
         _ => Err(ConfigError::Key {
             file: origin.into(),
             key: key.into(),
-            message: format!("environment variable {var} is not set; export it or remove this provider"),
+            message: format!(
+                "environment variable {var} is not set; export it or remove this provider"
+            ),
         }),
     }
 }
@@ -370,7 +347,10 @@ fn validate(
     let bind: SocketAddr = raw.server.bind.parse().map_err(|e| {
         key_err(
             "server.bind",
-            format!("`{}` is not a socket address like 127.0.0.1:7700 ({e})", raw.server.bind),
+            format!(
+                "`{}` is not a socket address like 127.0.0.1:7700 ({e})",
+                raw.server.bind
+            ),
         )
     })?;
     if raw.embedder.kind != "hash" {
@@ -380,10 +360,16 @@ fn validate(
         ));
     }
     if raw.embedder.dimension < 8 || raw.embedder.dimension > 4096 {
-        return Err(key_err("embedder.dimension", "must be between 8 and 4096".into()));
+        return Err(key_err(
+            "embedder.dimension",
+            "must be between 8 and 4096".into(),
+        ));
     }
     if raw.retrieval.top_k == 0 || raw.retrieval.top_k > 50 {
-        return Err(key_err("retrieval.top_k", "must be between 1 and 50".into()));
+        return Err(key_err(
+            "retrieval.top_k",
+            "must be between 1 and 50".into(),
+        ));
     }
     if raw.chunking.max_tokens < 16 {
         return Err(key_err("chunking.max_tokens", "must be at least 16".into()));
@@ -391,7 +377,12 @@ fn validate(
     let mut providers = BTreeMap::new();
     for (name, p) in &raw.providers {
         let api_key = match &p.api_key {
-            Some(r) => Some(resolve_secret(r, &format!("providers.{name}.api_key"), origin, env)?),
+            Some(r) => Some(resolve_secret(
+                r,
+                &format!("providers.{name}.api_key"),
+                origin,
+                env,
+            )?),
             None => None,
         };
         providers.insert(
@@ -412,13 +403,18 @@ fn validate(
             if !providers.contains_key(name) {
                 return Err(key_err(
                     &format!("routes.{route}"),
-                    format!("`{t}` names provider `{name}`, which no [providers.{name}] table defines"),
+                    format!(
+                        "`{t}` names provider `{name}`, which no [providers.{name}] table defines"
+                    ),
                 ));
             }
             resolved.push((name.to_string(), model.to_string()));
         }
         if resolved.is_empty() {
-            return Err(key_err(&format!("routes.{route}"), "needs at least one provider".into()));
+            return Err(key_err(
+                &format!("routes.{route}"),
+                "needs at least one provider".into(),
+            ));
         }
         routes.insert(route.clone(), resolved);
     }
@@ -432,14 +428,21 @@ fn validate(
     let mut sources = Vec::new();
     for (i, s) in raw.sources.into_iter().enumerate() {
         let name = s.name().to_string();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
             return Err(key_err(
                 &format!("sources[{i}].name"),
                 format!("`{name}` must be non-empty and use only letters, digits, - and _"),
             ));
         }
         if !names.insert(name.clone()) {
-            return Err(key_err(&format!("sources[{i}].name"), format!("`{name}` is used twice")));
+            return Err(key_err(
+                &format!("sources[{i}].name"),
+                format!("`{name}` is used twice"),
+            ));
         }
         sources.push(match s {
             RawSource::Files(mut f) => {
@@ -474,15 +477,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.toml");
         std::fs::write(&path, toml).expect("write");
-        let env: BTreeMap<String, String> =
-            env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Config::load_with_env(&path, true, &Overrides::default(), |k| env.get(k).cloned(), false)
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(
+            &path,
+            true,
+            &Overrides::default(),
+            |k| env.get(k).cloned(),
+            false,
+        )
     }
 
     #[test]
     fn a_single_source_table_is_a_valid_config() {
-        let c = load("[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n", &[])
-            .expect("valid");
+        let c = load(
+            "[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n",
+            &[],
+        )
+        .expect("valid");
         assert_eq!(c.sources.len(), 1);
         let RawSource::Files(f) = &c.sources[0];
         assert!(f.path.ends_with("corpus") && f.path.is_absolute() || f.path.starts_with("/"));
@@ -519,16 +533,22 @@ mod tests {
 
     #[test]
     fn literal_secret_is_refused() {
-        let e = load("[providers.oa]\nkind = \"openai\"\napi_key = \"sk-123\"\n", &[])
-            .expect_err("must fail");
+        let e = load(
+            "[providers.oa]\nkind = \"openai\"\napi_key = \"sk-123\"\n",
+            &[],
+        )
+        .expect_err("must fail");
         assert!(e.to_string().contains("env:"), "{e}");
     }
 
     #[test]
     fn unknown_source_kind_and_field_are_refused() {
         assert!(load("[[sources]]\nname = \"x\"\nkind = \"ftp\"\n", &[]).is_err());
-        let e = load("[[sources]]\nname = \"x\"\nkind = \"files\"\npath = \"a\"\nglob = \"*\"\n", &[])
-            .expect_err("must fail");
+        let e = load(
+            "[[sources]]\nname = \"x\"\nkind = \"files\"\npath = \"a\"\nglob = \"*\"\n",
+            &[],
+        )
+        .expect_err("must fail");
         assert!(e.to_string().contains("glob"), "{e}");
     }
 }

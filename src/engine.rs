@@ -16,7 +16,7 @@ use cairn_ingest::{Chunker, Connector, Embedder, HashEmbedder, SyncState};
 
 use crate::config::{Config, RawSource};
 use crate::prompt::Prompt;
-use crate::providers::{Provider, Router, Target, extractive::Extractive};
+use crate::providers::Router;
 
 pub struct Engine {
     pub config: Config,
@@ -62,36 +62,6 @@ impl HitView {
     }
 }
 
-fn build_router(config: &Config) -> anyhow::Result<Router> {
-    let mut router = Router::default();
-    for (route, targets) in &config.routes {
-        let mut out = Vec::new();
-        for (name, model) in targets {
-            let p = &config.providers[name];
-            let provider = match p.kind {
-                crate::config::ProviderKind::Extractive => Provider::Extractive(Extractive::default()),
-                other => anyhow::bail!(
-                    "config {}: providers.{name}: kind {other:?} is not available in this build; use kind = \"extractive\"",
-                    config.origin
-                ),
-            };
-            out.push(Target {
-                provider_name: name.clone(),
-                model: if model.is_empty() { p.kind_label() } else { model.clone() },
-                provider,
-            });
-        }
-        router.routes.insert(route.clone(), out);
-    }
-    Ok(router)
-}
-
-impl crate::config::ProviderConfig {
-    fn kind_label(&self) -> String {
-        format!("{:?}", self.kind).to_lowercase()
-    }
-}
-
 impl Engine {
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
@@ -104,7 +74,8 @@ impl Engine {
         let index = Index::open(&index_dir, options)
             .with_context(|| format!("opening the index in {}", index_dir.display()))?;
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
-        let router = build_router(&config)?;
+        let router = Router::from_config(&config.providers, &config.routes)
+            .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         Ok(Engine {
             config,
@@ -216,7 +187,13 @@ impl Engine {
     }
 
     /// Hybrid search with snippets (blocking; call from a blocking thread in async code).
-    pub fn search(&self, text: &str, k: usize, filter: Filter, mode: SearchMode) -> anyhow::Result<Vec<Hit>> {
+    pub fn search(
+        &self,
+        text: &str,
+        k: usize,
+        filter: Filter,
+        mode: SearchMode,
+    ) -> anyhow::Result<Vec<Hit>> {
         let vector = match mode {
             SearchMode::Bm25 => None,
             _ => Some(self.embedder.embed_query(text)?),

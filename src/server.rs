@@ -14,10 +14,10 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
-use futures::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use cairn_index::{Filter, SearchMode, TimeRange};
@@ -48,7 +48,9 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
-            ApiError::QuestionTooLong { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long"),
+            ApiError::QuestionTooLong { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long")
+            }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -59,7 +61,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        (status, Json(json!({"error": {"code": code, "message": self.to_string()}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": self.to_string()}})),
+        )
+            .into_response()
     }
 }
 
@@ -145,7 +151,9 @@ async fn search(
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let k = p.k.unwrap_or(10);
     if k == 0 || k > 100 {
-        return Err(ApiError::InvalidRequest("`k` must be between 1 and 100".into()));
+        return Err(ApiError::InvalidRequest(
+            "`k` must be between 1 and 100".into(),
+        ));
     }
     let limit = s.engine.config.server.max_question_chars;
     let chars = p.q.chars().count();
@@ -225,7 +233,9 @@ impl AskResponse {
             AnswerEvent::Token(t) => self.answer.push_str(&t),
             AnswerEvent::Citation(c) => self.citations.push(c),
             AnswerEvent::Usage(u) => self.usage = Some(u),
-            AnswerEvent::Done { trace_id, outcome, .. } => {
+            AnswerEvent::Done {
+                trace_id, outcome, ..
+            } => {
                 self.trace_id = Some(trace_id);
                 self.outcome = Some(outcome.to_string());
             }
@@ -239,19 +249,28 @@ impl AskResponse {
 pub fn validate_ask(engine: &Engine, body: AskBody) -> Result<(AskRequest, bool), ApiError> {
     let question = body.question.trim().to_string();
     if question.is_empty() {
-        return Err(ApiError::InvalidRequest("`question` must not be empty".into()));
+        return Err(ApiError::InvalidRequest(
+            "`question` must not be empty".into(),
+        ));
     }
     let limit = engine.config.server.max_question_chars;
     let chars = question.chars().count();
     if chars > limit {
         return Err(ApiError::QuestionTooLong { chars, limit });
     }
-    if question.chars().any(|c| c.is_control() && !c.is_whitespace()) {
-        return Err(ApiError::InvalidRequest("`question` contains control characters".into()));
+    if question
+        .chars()
+        .any(|c| c.is_control() && !c.is_whitespace())
+    {
+        return Err(ApiError::InvalidRequest(
+            "`question` contains control characters".into(),
+        ));
     }
     let top_k = body.top_k.unwrap_or(engine.config.retrieval.top_k);
     if top_k == 0 || top_k > 50 {
-        return Err(ApiError::InvalidRequest("`top_k` must be between 1 and 50".into()));
+        return Err(ApiError::InvalidRequest(
+            "`top_k` must be between 1 and 50".into(),
+        ));
     }
     let mut filter = Filter::default();
     if let Some(f) = body.filters {
@@ -298,7 +317,9 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
             "done",
             json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations}),
         ),
-        AnswerEvent::Error { code, message } => ("error", json!({"code": code, "message": message})),
+        AnswerEvent::Error { code, message } => {
+            ("error", json!({"code": code, "message": message}))
+        }
     };
     Event::default()
         .id(id.to_string())
@@ -320,7 +341,9 @@ async fn ask(
             .enumerate()
             .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
         let keep_alive = KeepAlive::new()
-            .interval(Duration::from_secs(s.engine.config.server.keep_alive_secs.max(1)))
+            .interval(Duration::from_secs(
+                s.engine.config.server.keep_alive_secs.max(1),
+            ))
             .text("keep-alive");
         Ok(Sse::new(events).keep_alive(keep_alive).into_response())
     } else {

@@ -23,9 +23,9 @@ impl Default for Extractive {
 }
 
 const STOP: &[&str] = &[
-    "a", "an", "the", "is", "are", "was", "were", "be", "to", "of", "in", "on", "for", "and",
-    "or", "what", "how", "do", "does", "can", "i", "my", "it", "with", "by", "at", "as", "from",
-    "that", "this", "which", "who", "when", "where", "why", "you", "your", "about", "me", "we",
+    "a", "an", "the", "is", "are", "was", "were", "be", "to", "of", "in", "on", "for", "and", "or",
+    "what", "how", "do", "does", "can", "i", "my", "it", "with", "by", "at", "as", "from", "that",
+    "this", "which", "who", "when", "where", "why", "you", "your", "about", "me", "we",
 ];
 
 /// Lower-cased content words with a crude suffix fold so "refunds" meets "refund".
@@ -57,8 +57,8 @@ pub fn sentences(text: &str) -> Vec<String> {
         let chars: Vec<char> = para.chars().collect();
         for (i, c) in chars.iter().enumerate() {
             cur.push(*c);
-            let end = matches!(c, '.' | '!' | '?')
-                && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+            let end =
+                matches!(c, '.' | '!' | '?') && chars.get(i + 1).is_none_or(|n| n.is_whitespace());
             if end {
                 let s = cur.trim().to_string();
                 if !s.is_empty() {
@@ -181,19 +181,37 @@ mod tests {
         let answer = e.compose(
             "How long do refunds take?",
             &[
-                p(1, "Shipping is free over fifty euros. Parcels leave the warehouse daily."),
-                p(2, "Refunds take five business days to reach your card after we receive the item."),
+                p(
+                    1,
+                    "Shipping is free over fifty euros. Parcels leave the warehouse daily.",
+                ),
+                p(
+                    2,
+                    "Refunds take five business days to reach your card after we receive the item.",
+                ),
             ],
         );
-        assert!(answer.contains("Refunds take five business days"), "{answer}");
-        assert!(answer.contains("days to reach your card after we receive the item [2]."), "{answer}");
+        assert!(
+            answer.contains("Refunds take five business days"),
+            "{answer}"
+        );
+        assert!(
+            answer.contains("days to reach your card after we receive the item [2]."),
+            "{answer}"
+        );
         assert!(!answer.contains("[1]"), "{answer}");
     }
 
     #[test]
     fn no_overlap_gives_empty_answer() {
         let e = Extractive::default();
-        assert_eq!(e.compose("quantum chromodynamics", &[p(1, "Refunds take five days to arrive.")]), "");
+        assert_eq!(
+            e.compose(
+                "quantum chromodynamics",
+                &[p(1, "Refunds take five days to arrive.")]
+            ),
+            ""
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! route (`answer = ["local", ...]`) to providers tried in order. Application code never sees a
 //! vendor type; vendor modules own their wire structs and pure mapping functions.
 
+pub mod config;
 pub mod extractive;
 
 use std::collections::BTreeMap;
@@ -80,7 +81,9 @@ pub enum ChatEvent {
 /// Provider failures, typed so the gateway can decide on retries and fallbacks.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum ProviderError {
-    #[error("provider `{provider}` rejected the credentials; check the variable named in its `api_key`")]
+    #[error(
+        "provider `{provider}` rejected the credentials; check the variable named in its `api_key`"
+    )]
     Auth { provider: String },
     #[error("provider `{provider}` is rate limited")]
     RateLimited {
@@ -156,5 +159,44 @@ pub struct Router {
 impl Router {
     pub fn targets(&self, route: &str) -> &[Target] {
         self.routes.get(route).map(Vec::as_slice).unwrap_or(&[])
+    }
+}
+
+impl Router {
+    /// Resolves every route's `(provider name, model)` targets to providers.
+    pub fn from_config(
+        providers: &BTreeMap<String, config::ProviderConfig>,
+        routes: &BTreeMap<String, Vec<(String, String)>>,
+    ) -> Result<Router, String> {
+        let mut router = Router::default();
+        for (route, targets) in routes {
+            let mut out = Vec::new();
+            for (name, model) in targets {
+                let p = providers
+                    .get(name)
+                    .ok_or_else(|| format!("routes.{route}: no provider named `{name}`"))?;
+                let provider = match p.kind {
+                    config::ProviderKind::Extractive => {
+                        Provider::Extractive(extractive::Extractive::default())
+                    }
+                    other => {
+                        return Err(format!(
+                            "providers.{name}: kind {other:?} is not available in this build; use kind = \"extractive\""
+                        ));
+                    }
+                };
+                out.push(Target {
+                    provider_name: name.clone(),
+                    model: if model.is_empty() {
+                        "extractive".to_string()
+                    } else {
+                        model.clone()
+                    },
+                    provider,
+                });
+            }
+            router.routes.insert(route.clone(), out);
+        }
+        Ok(router)
     }
 }
