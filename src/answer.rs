@@ -98,8 +98,11 @@ impl CitationFilter {
             let digits: usize = tail.chars().take_while(|c| c.is_ascii_digit()).count();
             let after = &tail[digits..];
             if after.is_empty() && digits <= 4 {
-                // Undecided: wait for more text.
-                self.held = rest[open..].to_string();
+                // Undecided: hold the marker (and the space before it, dropped with it if the
+                // marker turns out unknown) until more text arrives.
+                let kept = out.trim_end_matches(' ').len();
+                self.held = format!("{}{}", &out[kept..], &rest[open..]);
+                out.truncate(kept);
                 return out;
             }
             if digits > 0 && after.starts_with(']') {

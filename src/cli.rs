@@ -109,7 +109,7 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
-    let is_default = cli.config == PathBuf::from("config.toml");
+    let is_default = cli.config.as_os_str() == "config.toml";
     let overrides = Overrides {
         data_dir: cli.data_dir.clone(),
         bind: match &cli.command {

@@ -175,8 +175,10 @@ impl Engine {
                 &self.embedder,
                 &state,
                 &options,
-                &|p| progress(&name, p),
-                cancel,
+                pipeline::Control {
+                    progress: &|p| progress(&name, p),
+                    cancel,
+                },
             )
             .with_context(|| format!("ingesting source `{name}`"))?;
             self.write_atomic(&format!("{name}.state.json"), &report.state)?;

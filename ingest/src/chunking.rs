@@ -105,10 +105,9 @@ impl Chunker {
         for (start, piece) in raw {
             let piece_chars = piece.chars().count();
             let mut chunk = Chunk {
-                text: piece.replace('\u{c}', "\n"),
+                text: piece.replace('\u{c}', "").trim().to_string(),
                 heading_path: heading_path_at(&headings, start),
-                page: matches!(body, Body::Pages(_))
-                    .then(|| 1 + page_breaks.iter().filter(|b| **b < start).count() as u32),
+                page: matches!(body, Body::Pages(_)).then(|| page_at(&page_breaks, start, piece)),
                 char_start: start,
                 char_end: start + piece_chars,
             };
@@ -136,6 +135,13 @@ impl Chunker {
         }
         out
     }
+}
+
+/// The page a chunk starting at `start` belongs to: the page of its first non-blank char.
+fn page_at(page_breaks: &[usize], start: usize, piece: &str) -> u32 {
+    let lead = piece.chars().take_while(|c| c.is_whitespace()).count();
+    let first = start + lead;
+    1 + page_breaks.iter().filter(|b| **b < first).count() as u32
 }
 
 /// (char offset, level, title) of every ATX heading outside fenced code.

@@ -280,6 +280,14 @@ impl<'a> Run<'a> {
     }
 }
 
+/// How a caller watches and stops a run.
+pub struct Control<'a> {
+    /// Called after every document.
+    pub progress: &'a (dyn Fn(&Progress) + Sync),
+    /// Set to stop the run after the current document (committed work is kept).
+    pub cancel: &'a AtomicBool,
+}
+
 /// Runs one source into the index and returns its report.
 pub fn run(
     connector: &mut dyn Connector,
@@ -288,9 +296,9 @@ pub fn run(
     embedder: &Arc<dyn Embedder>,
     state: &SyncState,
     options: &PipelineOptions,
-    progress: &(dyn Fn(&Progress) + Sync),
-    cancel: &AtomicBool,
+    control: Control<'_>,
 ) -> Result<Report, IngestError> {
+    let Control { progress, cancel } = control;
     let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
     let source = connector.name().to_string();

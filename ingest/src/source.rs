@@ -16,11 +16,12 @@ pub enum Body {
 }
 
 impl Body {
-    /// The whole text as the chunker sees it; pages are joined by form feeds.
+    /// The whole text as the chunker sees it; pages are joined by a form feed and a blank
+    /// line, so the splitter treats a page break as a paragraph break.
     pub fn full_text(&self) -> String {
         match self {
             Body::Markdown(s) | Body::Text(s) => s.clone(),
-            Body::Pages(p) => p.join("\u{c}"),
+            Body::Pages(p) => p.join("\u{c}\n\n"),
         }
     }
 

@@ -1,0 +1,5 @@
+//! cairn's end-to-end tests, linked into one binary (faster to build than one per file).
+
+mod cli;
+mod e2e;
+mod support;
