@@ -15,6 +15,7 @@ use cairn_index::{Filter, Hit, SearchMode};
 
 use crate::engine::{Engine, HitView};
 use crate::providers::{ChatEvent, ContextPassage, FinishReason, Message, Usage};
+use crate::trace::{RetrievedChunk, Trace};
 
 /// One verified citation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -163,51 +164,156 @@ fn relevant(hit: &Hit, min_similarity: f32) -> bool {
             .is_some_and(|s| s >= min_similarity)
 }
 
-/// Runs the pipeline, sending events to `tx`. Returns when done or when the receiver is gone.
-pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<AnswerEvent>) {
-    let started = Instant::now();
-    let trace_id = uuid::Uuid::new_v4().to_string();
-    let send = |ev: AnswerEvent| {
-        let tx = tx.clone();
-        async move { tx.send(ev).await.is_ok() }
-    };
+/// Sends events to the client and records what was sent for the trace.
+struct Out {
+    tx: mpsc::Sender<AnswerEvent>,
+    gone: bool,
+}
 
+impl Out {
+    async fn send(&mut self, ev: AnswerEvent) -> bool {
+        if self.gone {
+            return false;
+        }
+        if self.tx.send(ev).await.is_err() {
+            self.gone = true;
+        }
+        !self.gone
+    }
+}
+
+/// Runs the pipeline, sending events to `tx`, and records a trace whatever the outcome.
+/// Returns when done or when the receiver is gone (client disconnected).
+pub async fn answer(
+    engine: Arc<Engine>,
+    req: AskRequest,
+    caller: String,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
+    let started = Instant::now();
+    let mut trace = Trace {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: chrono::Utc::now().to_rfc3339(),
+        route: engine.config.answer.route.clone(),
+        caller,
+        prompt_version: engine.prompt.version.clone(),
+        question: Some(req.question.clone()),
+        ..Trace::default()
+    };
+    let mut out = Out { tx, gone: false };
+    let deadline = std::time::Duration::from_secs(engine.config.server.request_timeout_secs.max(1));
+    let outcome = match tokio::time::timeout(
+        deadline,
+        run(&engine, &req, &mut trace, &mut out, started),
+    )
+    .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // Dropping the pipeline future cancels the upstream call.
+            let _ = out
+                .send(AnswerEvent::Error {
+                    code: "deadline_exceeded",
+                    message: format!(
+                        "The answer took longer than {} s and was stopped; try again or ask a narrower question.",
+                        deadline.as_secs()
+                    ),
+                })
+                .await;
+            "deadline_exceeded"
+        }
+    };
+    trace.outcome = match (out.gone, outcome) {
+        (true, _) => "client_disconnected".to_string(),
+        (false, o) => o.to_string(),
+    };
+    trace.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    crate::metrics::request("ask", &trace.outcome, started.elapsed().as_secs_f64());
+    if let Some(t) = trace.timings.first_token_ms {
+        metrics::histogram!(crate::metrics::FIRST_TOKEN_SECONDS).record(t / 1000.0);
+    }
+    tracing::info!(
+        trace_id = %trace.id,
+        prompt_version = %trace.prompt_version,
+        provider = trace.provider.as_deref().unwrap_or(""),
+        outcome = %trace.outcome,
+        ms = trace.timings.total_ms as u64,
+        "answer"
+    );
+    engine.traces.push(trace);
+}
+
+fn no_usage() -> UsageView {
+    UsageView {
+        input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: 0.0,
+        model: String::new(),
+        provider: String::new(),
+        cache_hit: false,
+    }
+}
+
+async fn run(
+    engine: &Arc<Engine>,
+    req: &AskRequest,
+    trace: &mut Trace,
+    out: &mut Out,
+    started: Instant,
+) -> &'static str {
     // Retrieval (CPU-bound: embedding + index) off the async threads.
     let eng = engine.clone();
     let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
-    let hits = match tokio::task::spawn_blocking(move || {
-        eng.search(&question, k, filter, SearchMode::Hybrid)
+    let retrieved = tokio::task::spawn_blocking(move || {
+        let vector = eng.embedder.embed_query(&question)?;
+        let hits = eng.search_with_vector(
+            &question,
+            Some(vector.clone()),
+            k,
+            filter,
+            SearchMode::Hybrid,
+        )?;
+        Ok::<_, anyhow::Error>((hits, vector))
     })
-    .await
-    {
+    .await;
+    let (hits, question_vec) = match retrieved {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "retrieval failed");
-            send(AnswerEvent::Error {
+            out.send(AnswerEvent::Error {
                 code: "retrieval_failed",
                 message:
                     "Searching the index failed; try again, and tell the operator if it persists."
                         .into(),
             })
             .await;
-            return;
+            return "retrieval_failed";
         }
         Err(e) => {
             tracing::error!(error = %e, "retrieval task panicked");
-            send(AnswerEvent::Error {
+            out.send(AnswerEvent::Error {
                 code: "internal",
                 message: "An internal error occurred.".into(),
             })
             .await;
-            return;
+            return "internal";
         }
     };
-    if !send(AnswerEvent::Retrieval(
-        hits.iter().map(HitView::from_hit).collect(),
-    ))
-    .await
+    trace.timings.retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
+    trace.retrieved = hits
+        .iter()
+        .map(|h| RetrievedChunk {
+            chunk_id: h.chunk_id.clone(),
+            score: h.score,
+        })
+        .collect();
+    if !out
+        .send(AnswerEvent::Retrieval(
+            hits.iter().map(HitView::from_hit).collect(),
+        ))
+        .await
     {
-        return;
+        return "client_disconnected";
     }
 
     // Context: relevant hits, deduplicated, within the word budget.
@@ -233,24 +339,55 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
 
     if context.is_empty() {
         // Nothing clears the relevance gate: say so without calling a model.
+        metrics::counter!(crate::metrics::NO_ANSWER).increment(1);
         let text = engine.config.answer.no_answer_text.clone();
-        let _ = send(AnswerEvent::Token(text)).await;
-        let _ = send(AnswerEvent::Usage(UsageView {
-            input_tokens: 0,
-            output_tokens: 0,
-            cost_usd: 0.0,
-            model: String::new(),
-            provider: String::new(),
-            cache_hit: false,
-        }))
-        .await;
-        let _ = send(AnswerEvent::Done {
-            trace_id,
-            outcome: "no_answer",
-            dropped_citations: 0,
-        })
-        .await;
-        return;
+        trace.answer = Some(text.clone());
+        let _ = out.send(AnswerEvent::Token(text)).await;
+        let _ = out.send(AnswerEvent::Usage(no_usage())).await;
+        let _ = out
+            .send(AnswerEvent::Done {
+                trace_id: trace.id.clone(),
+                outcome: "no_answer",
+                dropped_citations: 0,
+            })
+            .await;
+        return "no_answer";
+    }
+
+    let targets = engine.router.targets(&engine.config.answer.route);
+    let first_model = targets.first().map(|t| t.model.clone()).unwrap_or_default();
+    let versions: Vec<(String, String)> = context
+        .iter()
+        .map(|h| (h.chunk_id.clone(), h.document.content_hash.clone()))
+        .collect();
+    let cache_key = crate::cache::context_key(&versions, &first_model, &engine.prompt.version);
+    if let Some((cached, kind)) = engine.cache.get(&req.question, &question_vec, &cache_key) {
+        metrics::counter!(crate::metrics::CACHE_HITS, "kind" => kind.label()).increment(1);
+        trace.cache_hit = Some(kind.label().to_string());
+        trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        trace.answer = Some(cached.answer.clone());
+        trace.model = Some(cached.usage.model.clone());
+        trace.provider = Some(cached.usage.provider.clone());
+        if !out.send(AnswerEvent::Token(cached.answer.clone())).await {
+            return "client_disconnected";
+        }
+        for c in cached.citations {
+            if !out.send(AnswerEvent::Citation(c)).await {
+                return "client_disconnected";
+            }
+        }
+        let mut usage = cached.usage;
+        usage.cache_hit = true;
+        usage.cost_usd = 0.0;
+        let _ = out.send(AnswerEvent::Usage(usage)).await;
+        let _ = out
+            .send(AnswerEvent::Done {
+                trace_id: trace.id.clone(),
+                outcome: cached.outcome,
+                dropped_citations: 0,
+            })
+            .await;
+        return cached.outcome;
     }
 
     let passages: Vec<ContextPassage> = context
@@ -265,19 +402,20 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
     let chat = engine
         .prompt
         .render(&req.question, &passages, &req.conversation);
-    let targets = engine.router.targets(&engine.config.answer.route);
 
     let mut filter = CitationFilter::new(1..=passages.len());
     let mut answer_text = String::new();
     let mut usage = Usage::default();
     let mut used_target = None;
-    let mut last_error = None;
     'targets: for target in targets {
         let mut stream = match target.provider.chat_stream(&target.model, &chat).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(provider = %target.provider_name, error = %e, "provider failed before streaming");
-                last_error = Some(e);
+                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => target.provider_name.clone()).increment(1);
+                trace
+                    .provider_errors
+                    .push(format!("{}: {e}", target.provider_name));
                 continue;
             }
         };
@@ -285,12 +423,17 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
         while let Some(ev) = stream.next().await {
             match ev {
                 Ok(ChatEvent::TextDelta(d)) => {
-                    started_output = true;
+                    if !started_output {
+                        started_output = true;
+                        trace.timings.first_token_ms =
+                            Some(started.elapsed().as_secs_f64() * 1000.0);
+                    }
                     let shown = filter.push(&d);
                     if !shown.is_empty() {
                         answer_text.push_str(&shown);
-                        if !send(AnswerEvent::Token(shown)).await {
-                            return; // client gone: dropping the stream cancels the upstream call
+                        if !out.send(AnswerEvent::Token(shown)).await {
+                            // Client gone: returning drops the stream, cancelling the upstream call.
+                            return "client_disconnected";
                         }
                     }
                 }
@@ -299,16 +442,22 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
                 Ok(ChatEvent::Finish(_)) => {}
                 Err(e) => {
                     tracing::warn!(provider = %target.provider_name, error = %e, "provider stream failed");
+                    metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => target.provider_name.clone()).increment(1);
+                    trace
+                        .provider_errors
+                        .push(format!("{}: {e}", target.provider_name));
                     if !started_output {
-                        last_error = Some(e);
                         continue 'targets;
                     }
-                    let _ = send(AnswerEvent::Error {
-                        code: "provider_stream_failed",
-                        message: "The answer was cut off by a provider error; the part above is incomplete.".into(),
-                    })
-                    .await;
-                    return;
+                    trace.provider = Some(target.provider_name.clone());
+                    trace.answer = Some(answer_text.clone());
+                    let _ = out
+                        .send(AnswerEvent::Error {
+                            code: "provider_stream_failed",
+                            message: "The answer was cut off by a provider error; the part above is incomplete.".into(),
+                        })
+                        .await;
+                    return "provider_stream_failed";
                 }
             }
         }
@@ -316,25 +465,29 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
         break;
     }
     let Some(target) = used_target else {
-        tracing::warn!(error = ?last_error, "every provider of the route failed");
-        let _ = send(AnswerEvent::Error {
-            code: "providers_unavailable",
-            message: engine.config.answer.fallback_text.clone(),
-        })
-        .await;
-        return;
+        tracing::warn!(errors = ?trace.provider_errors, "every provider of the route failed");
+        let _ = out
+            .send(AnswerEvent::Error {
+                code: "providers_unavailable",
+                message: engine.config.answer.fallback_text.clone(),
+            })
+            .await;
+        return "providers_unavailable";
     };
+    trace.provider = Some(target.provider_name.clone());
+    trace.model = Some(target.model.clone());
     let tail = filter.finish();
     if !tail.is_empty() {
         answer_text.push_str(&tail);
-        if !send(AnswerEvent::Token(tail)).await {
-            return;
+        if !out.send(AnswerEvent::Token(tail)).await {
+            return "client_disconnected";
         }
     }
     let outcome = if answer_text.trim().is_empty() {
-        let text = engine.config.answer.no_answer_text.clone();
-        if !send(AnswerEvent::Token(text)).await {
-            return;
+        metrics::counter!(crate::metrics::NO_ANSWER).increment(1);
+        answer_text = engine.config.answer.no_answer_text.clone();
+        if !out.send(AnswerEvent::Token(answer_text.clone())).await {
+            return "client_disconnected";
         }
         "no_answer"
     } else {
@@ -345,6 +498,7 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
         .enumerate()
         .map(|(i, h)| (i + 1, *h))
         .collect();
+    let mut citations = Vec::new();
     for n in &filter.used {
         let Some(h) = by_n.get(n) else { continue };
         let c = Citation {
@@ -358,35 +512,46 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
             char_end: h.chunk.char_end,
             quote: best_quote(&answer_text, *n, &h.chunk.text),
         };
-        if !send(AnswerEvent::Citation(c)).await {
-            return;
+        citations.push(c.clone());
+        if !out.send(AnswerEvent::Citation(c)).await {
+            return "client_disconnected";
         }
     }
-    let _ = send(AnswerEvent::Usage(UsageView {
+    let usage_view = UsageView {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
         cost_usd: 0.0,
         model: target.model.clone(),
         provider: target.provider_name.clone(),
         cache_hit: false,
-    }))
-    .await;
-    tracing::info!(
-        trace_id = %trace_id,
-        prompt_version = %engine.prompt.version,
-        provider = %target.provider_name,
-        context = context.len(),
-        citations = filter.used.len(),
-        dropped_citations = filter.dropped,
-        ms = started.elapsed().as_millis() as u64,
-        "answered"
+    };
+    trace.input_tokens = usage.input_tokens;
+    trace.output_tokens = usage.output_tokens;
+    trace.dropped_citations = filter.dropped;
+    trace.answer = Some(answer_text.clone());
+    metrics::counter!(crate::metrics::TOKENS, "kind" => "input").increment(usage.input_tokens);
+    metrics::counter!(crate::metrics::TOKENS, "kind" => "output").increment(usage.output_tokens);
+    metrics::counter!(crate::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
+    engine.cache.put(
+        &req.question,
+        question_vec,
+        &cache_key,
+        crate::cache::Cached {
+            answer: answer_text,
+            citations,
+            usage: usage_view.clone(),
+            outcome,
+        },
     );
-    let _ = send(AnswerEvent::Done {
-        trace_id,
-        outcome,
-        dropped_citations: filter.dropped,
-    })
-    .await;
+    let _ = out.send(AnswerEvent::Usage(usage_view)).await;
+    let _ = out
+        .send(AnswerEvent::Done {
+            trace_id: trace.id.clone(),
+            outcome,
+            dropped_citations: filter.dropped,
+        })
+        .await;
+    outcome
 }
 
 #[cfg(test)]

@@ -71,6 +71,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the hash to put in `[[auth.keys]] hash` for an API key (the key itself is never stored).
+    #[command(
+        name = "hash-key",
+        after_help = "Example:\n  cairn hash-key \"$(openssl rand -hex 24)\""
+    )]
+    HashKey { key: String },
     /// Ask a question; the answer streams to the terminal, then its numbered sources.
     #[command(after_help = "Example:\n  cairn ask \"How long do refunds take?\" --json")]
     Ask {
@@ -109,6 +115,10 @@ pub fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::HashKey { key } = &cli.command {
+        println!("{}", crate::auth::hash_key(key));
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     let is_default = cli.config.as_os_str() == "config.toml";
     let overrides = Overrides {
         data_dir: cli.data_dir.clone(),
@@ -169,6 +179,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
+        Command::HashKey { .. } => Ok(std::process::ExitCode::SUCCESS),
     }
 }
 
@@ -184,18 +195,50 @@ fn strip_marks(s: &str) -> String {
 
 async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let bind = engine.config.bind;
-    let app = router(Arc::new(AppState { engine }));
+    let grace = Duration::from_secs(engine.config.server.shutdown_grace_secs);
+    crate::metrics::handle();
+    let app = router(AppState::new(engine)?);
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind")
     })?;
     tracing::info!(%bind, "cairn is serving");
     eprintln!("cairn is serving on http://{bind}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    // In-flight streams finish during the grace period; after it the process exits anyway.
+    let mut stop_rx = stop_rx;
+    tokio::select! {
+        r = server => r?,
+        _ = async {
+            let _ = stop_rx.wait_for(|v| *v).await;
+            tokio::time::sleep(grace).await;
+        } => eprintln!("shutdown grace period over; closing remaining connections"),
+    }
     Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
 }
 
 async fn ask(
@@ -210,7 +253,7 @@ async fn ask(
         conversation: Vec::new(),
     };
     let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(answer(engine, req, tx));
+    tokio::spawn(answer(engine, req, "cli".to_string(), tx));
     let mut resp = AskResponse::default();
     while let Some(ev) = rx.recv().await {
         if !json {

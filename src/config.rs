@@ -16,6 +16,10 @@ use serde::{Deserialize, Serialize};
 use cairn_index::{Fusion, VectorOptions};
 use cairn_ingest::ChunkerOptions;
 
+use crate::auth::RawAuth;
+use crate::cache::RawCache;
+use crate::trace::RawTraces;
+
 pub use crate::providers::config::{ProviderConfig, ProviderKind, RawProvider};
 
 /// A configuration problem, with where it was found and what to do.
@@ -44,6 +48,9 @@ pub struct RawConfig {
     pub answer: RawAnswer,
     pub providers: BTreeMap<String, RawProvider>,
     pub routes: BTreeMap<String, Vec<String>>,
+    pub auth: RawAuth,
+    pub cache: RawCache,
+    pub traces: RawTraces,
     pub sources: Vec<RawSource>,
 }
 
@@ -70,6 +77,9 @@ impl Default for RawConfig {
             answer: RawAnswer::default(),
             providers,
             routes,
+            auth: RawAuth::default(),
+            cache: RawCache::default(),
+            traces: RawTraces::default(),
             sources: Vec::new(),
         }
     }
@@ -83,6 +93,8 @@ pub struct RawServer {
     pub max_question_chars: usize,
     pub request_timeout_secs: u64,
     pub keep_alive_secs: u64,
+    /// On SIGTERM/Ctrl-C, in-flight streams get this long to finish.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for RawServer {
@@ -93,6 +105,7 @@ impl Default for RawServer {
             max_question_chars: 2000,
             request_timeout_secs: 60,
             keep_alive_secs: 15,
+            shutdown_grace_secs: 20,
         }
     }
 }
@@ -214,6 +227,12 @@ impl RawSource {
             RawSource::Files(s) => &s.name,
         }
     }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RawSource::Files(_) => "files",
+        }
+    }
 }
 
 /// Validated configuration.
@@ -232,6 +251,9 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Route → (provider name, model) in order.
     pub routes: BTreeMap<String, Vec<(String, String)>>,
+    pub auth: RawAuth,
+    pub cache: RawCache,
+    pub traces: RawTraces,
     pub sources: Vec<RawSource>,
 }
 
@@ -451,6 +473,33 @@ fn validate(
             }
         });
     }
+    let mut key_names = std::collections::HashSet::new();
+    for (i, k) in raw.auth.keys.iter().enumerate() {
+        if crate::auth::parse_hash(&k.hash).is_none() {
+            return Err(key_err(
+                &format!("auth.keys[{i}].hash"),
+                "must be \"sha256:<64 hex digits>\"; `cairn hash-key` prints it for a key".into(),
+            ));
+        }
+        if !key_names.insert(k.name.clone()) {
+            return Err(key_err(
+                &format!("auth.keys[{i}].name"),
+                format!("`{}` is used twice", k.name),
+            ));
+        }
+        if k.scopes.is_empty() {
+            return Err(key_err(
+                &format!("auth.keys[{i}].scopes"),
+                "needs at least one of ask, search, admin".into(),
+            ));
+        }
+    }
+    if raw.cache.capacity == 0 {
+        return Err(key_err(
+            "cache.capacity",
+            "must be at least 1 (set enabled = false to turn the cache off)".into(),
+        ));
+    }
     let mut answer = raw.answer;
     answer.prompt = resolve(base, &answer.prompt);
     Ok(Config {
@@ -465,6 +514,9 @@ fn validate(
         answer,
         providers,
         routes,
+        auth: raw.auth,
+        cache: raw.cache,
+        traces: raw.traces,
         sources,
     })
 }

@@ -14,9 +14,11 @@ use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
 use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
 use cairn_ingest::{Chunker, Connector, Embedder, HashEmbedder, SyncState};
 
+use crate::cache::AnswerCache;
 use crate::config::{Config, RawSource};
 use crate::prompt::Prompt;
 use crate::providers::Router;
+use crate::trace::Traces;
 
 pub struct Engine {
     pub config: Config,
@@ -25,6 +27,8 @@ pub struct Engine {
     pub chunker: Chunker,
     pub router: Router,
     pub prompt: Prompt,
+    pub cache: AnswerCache,
+    pub traces: Traces,
     ingest_lock: Mutex<()>,
 }
 
@@ -77,6 +81,8 @@ impl Engine {
         let router = Router::from_config(&config.providers, &config.routes)
             .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
+        let cache = AnswerCache::new(config.cache.clone());
+        let traces = Traces::open(&config.data_dir, config.traces.clone())?;
         Ok(Engine {
             config,
             index: Arc::new(index),
@@ -84,6 +90,8 @@ impl Engine {
             chunker,
             router,
             prompt,
+            cache,
+            traces,
             ingest_lock: Mutex::new(()),
         })
     }
@@ -200,6 +208,18 @@ impl Engine {
             SearchMode::Bm25 => None,
             _ => Some(self.embedder.embed_query(text)?),
         };
+        self.search_with_vector(text, vector, k, filter, mode)
+    }
+
+    /// As [`Engine::search`] with the query already embedded.
+    pub fn search_with_vector(
+        &self,
+        text: &str,
+        vector: Option<Vec<f32>>,
+        k: usize,
+        filter: Filter,
+        mode: SearchMode,
+    ) -> anyhow::Result<Vec<Hit>> {
         Ok(self.index.search(&SearchRequest {
             text: text.to_string(),
             vector,

@@ -4,9 +4,15 @@
 //! pipeline, and the HTTP server. Indexing lives in `cairn-index`, ingestion in `cairn-ingest`.
 
 pub mod answer;
+pub mod auth;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod jobs;
+pub mod metrics;
+pub mod openai_compat;
 pub mod prompt;
 pub mod providers;
 pub mod server;
+pub mod trace;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use cairn_index::{Filter, SearchMode, TimeRange};
 
 use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer};
+use crate::auth::{Auth, AuthError, Caller, Scope};
 use crate::engine::{Engine, HitView};
+use crate::jobs::{Jobs, StartError};
 use crate::providers::{Message, Role};
 
 /// Errors a client can get, each with a stable code.
@@ -39,6 +41,18 @@ pub enum ApiError {
     UnknownSource(String),
     #[error("the request body is larger than the {0} byte limit")]
     BodyTooLarge(usize),
+    #[error("this endpoint needs an API key: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("the API key is not valid")]
+    InvalidKey,
+    #[error("this API key lacks the `{0}` scope")]
+    Forbidden(&'static str),
+    #[error("rate limit reached; retry in {0} s")]
+    RateLimited(u64),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("job {0} is still running; wait for it (GET /admin/jobs/{0}) before starting another")]
+    JobRunning(String),
     #[error("internal error; the operator can find details in the server log")]
     Internal,
 }
@@ -53,6 +67,12 @@ impl ApiError {
             }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::JobRunning(_) => (StatusCode::CONFLICT, "job_running"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -61,11 +81,17 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        (
+        let mut resp = (
             status,
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
         )
-            .into_response()
+            .into_response();
+        if let ApiError::RateLimited(secs) = self
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
     }
 }
 
@@ -85,6 +111,32 @@ impl From<JsonRejection> for ApiError {
 
 pub struct AppState {
     pub engine: Arc<Engine>,
+    pub auth: Arc<Auth>,
+    pub jobs: Arc<Jobs>,
+}
+
+impl AppState {
+    pub fn new(engine: Arc<Engine>) -> anyhow::Result<Arc<AppState>> {
+        let auth = Auth::new(&engine.config.auth);
+        let jobs = Jobs::open(&engine.config.data_dir)?;
+        Ok(Arc::new(AppState { engine, auth, jobs }))
+    }
+
+    pub fn authorize_scope(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
+        let value = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        self.auth.check(value, scope).map_err(|e| match e {
+            AuthError::Missing => ApiError::Unauthorized,
+            AuthError::Invalid => ApiError::InvalidKey,
+            AuthError::Forbidden(s) => ApiError::Forbidden(match s {
+                Scope::Ask => "ask",
+                Scope::Search => "search",
+                Scope::Admin => "admin",
+            }),
+            AuthError::RateLimited { retry_after_secs } => ApiError::RateLimited(retry_after_secs),
+        })
+    }
 }
 
 /// Builds the router (tests drive it in-process with `oneshot`).
@@ -96,6 +148,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/search", get(search))
         .route("/ask", post(ask))
+        .route(
+            "/v1/chat/completions",
+            post(crate::openai_compat::chat_completions),
+        )
+        .route("/metrics", get(metrics_text))
+        .route("/admin/reindex", post(admin_reindex))
+        .route("/admin/jobs", get(admin_jobs))
+        .route("/admin/jobs/{id}", get(admin_job))
+        .route("/admin/sources", get(admin_sources))
+        .route("/admin/traces", get(admin_traces))
+        .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -105,6 +168,127 @@ async fn page() -> impl IntoResponse {
         [(header::CACHE_CONTROL, "no-cache")],
         Html(include_str!("page/index.html")),
     )
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("route {}", uri.path()))
+}
+
+async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+    let stats = s.engine.index.stats();
+    metrics::gauge!(crate::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
+    metrics::gauge!(crate::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
+    metrics::gauge!(crate::metrics::INDEX_GENERATION).set(stats.generation as f64);
+    metrics::gauge!(crate::metrics::JOBS_RUNNING).set(if s.jobs.running().is_some() {
+        1.0
+    } else {
+        0.0
+    });
+    let body = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexBody {
+    pub source: Option<String>,
+    #[serde(default)]
+    pub full: bool,
+}
+
+async fn admin_reindex(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Option<Json<ReindexBody>>,
+) -> Result<Response, ApiError> {
+    let caller = s.authorize_scope(&headers, Scope::Admin)?;
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let job = s
+        .jobs
+        .start(s.engine.clone(), body.source.clone(), body.full)
+        .map_err(|e| match e {
+            StartError::UnknownSource(n) => ApiError::UnknownSource(n),
+            StartError::Busy(id) => ApiError::JobRunning(id),
+        })?;
+    tracing::info!(audit = "reindex", caller = %caller.name, job = %job.id, source = ?body.source, full = body.full, "admin action");
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitParams {
+    pub limit: Option<usize>,
+}
+
+async fn admin_jobs(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<LimitParams>,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Admin)?;
+    Ok(Json(json!({"jobs": s.jobs.list(p.limit.unwrap_or(50))})).into_response())
+}
+
+async fn admin_job(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Admin)?;
+    let job = s
+        .jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    Ok(Json(job).into_response())
+}
+
+async fn admin_sources(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Admin)?;
+    let engine = s.engine.clone();
+    let sources = tokio::task::spawn_blocking(move || {
+        engine
+            .config
+            .sources
+            .iter()
+            .map(|src| {
+                let name = src.name();
+                let state = engine.source_state(name);
+                let report = engine.last_report(name);
+                let documents = engine
+                    .index
+                    .document_ids(name)
+                    .map(|v| v.len())
+                    .unwrap_or(0);
+                json!({
+                    "name": name,
+                    "kind": src.kind(),
+                    "documents": documents,
+                    "watermark": state.watermark,
+                    "last_reconciled": state.last_reconciled,
+                    "last_sync": report.as_ref().map(|r| r.finished_at.clone()),
+                    "last_counts": report.as_ref().map(|r| r.counts.clone()),
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|_| ApiError::Internal)?;
+    Ok(Json(json!({"sources": sources})).into_response())
+}
+
+async fn admin_traces(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(p): Query<LimitParams>,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Admin)?;
+    let limit = p.limit.unwrap_or(50).min(1000);
+    Ok(Json(json!({"traces": s.engine.traces.recent(limit)})).into_response())
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -146,8 +330,10 @@ fn check_sources(engine: &Engine, sources: &[String]) -> Result<(), ApiError> {
 
 async fn search(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
+    let caller = s.authorize_scope(&headers, Scope::Search)?;
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let k = p.k.unwrap_or(10);
     if k == 0 || k > 100 {
@@ -164,21 +350,30 @@ async fn search(
     check_sources(&s.engine, &sources)?;
     let filter = Filter {
         sources,
+        caller_groups: caller.groups,
         ..Filter::default()
     };
     let engine = s.engine.clone();
     let mode = p.mode.unwrap_or_default();
     let started = std::time::Instant::now();
-    let hits = tokio::task::spawn_blocking(move || engine.search(&p.q, k, filter, mode))
+    let result = tokio::task::spawn_blocking(move || engine.search(&p.q, k, filter, mode))
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "search task panicked");
             ApiError::Internal
-        })?
-        .map_err(|e| {
-            tracing::warn!(error = %e, "search failed");
-            ApiError::Internal
-        })?;
+        })
+        .and_then(|r| {
+            r.map_err(|e| {
+                tracing::warn!(error = %e, "search failed");
+                ApiError::Internal
+            })
+        });
+    crate::metrics::request(
+        "search",
+        if result.is_ok() { "ok" } else { "error" },
+        started.elapsed().as_secs_f64(),
+    );
+    let hits = result?;
     Ok(Json(SearchResponse {
         hits: hits.iter().map(HitView::from_hit).collect(),
         took_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -246,7 +441,11 @@ impl AskResponse {
     }
 }
 
-pub fn validate_ask(engine: &Engine, body: AskBody) -> Result<(AskRequest, bool), ApiError> {
+pub fn validate_ask(
+    engine: &Engine,
+    body: AskBody,
+    caller: &Caller,
+) -> Result<(AskRequest, bool), ApiError> {
     let question = body.question.trim().to_string();
     if question.is_empty() {
         return Err(ApiError::InvalidRequest(
@@ -272,7 +471,10 @@ pub fn validate_ask(engine: &Engine, body: AskBody) -> Result<(AskRequest, bool)
             "`top_k` must be between 1 and 50".into(),
         ));
     }
-    let mut filter = Filter::default();
+    let mut filter = Filter {
+        caller_groups: caller.groups.clone(),
+        ..Filter::default()
+    };
     if let Some(f) = body.filters {
         check_sources(engine, &f.source)?;
         filter.sources = f.source;
@@ -329,13 +531,15 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
 
 async fn ask(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
     body: Result<Json<AskBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
+    let caller = s.authorize_scope(&headers, Scope::Ask)?;
     let Json(body) = body?;
-    let (req, stream) = validate_ask(&s.engine, body)?;
+    let (req, stream) = validate_ask(&s.engine, body, &caller)?;
     let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
     let engine = s.engine.clone();
-    tokio::spawn(answer(engine, req, tx));
+    tokio::spawn(answer(engine, req, caller.name, tx));
     if stream {
         let events = ReceiverStream::new(rx)
             .enumerate()

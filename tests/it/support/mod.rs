@@ -24,6 +24,7 @@ pub fn repo() -> PathBuf {
 pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub engine: Arc<Engine>,
+    pub state: Arc<AppState>,
 }
 
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
@@ -46,24 +47,27 @@ impl TestApp {
     }
 
     pub fn with_config(extra: &str) -> TestApp {
+        Self::with_setup(|_| extra.to_string())
+    }
+
+    /// `setup` may create files in the test directory and returns extra config text.
+    pub fn with_setup(setup: impl FnOnce(&Path) -> String) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = write_config(dir.path(), extra);
+        let extra = setup(dir.path());
+        let path = write_config(dir.path(), &extra);
         let config = Config::load(&path, true, &Overrides::default()).expect("config");
         let engine = Engine::open(config).expect("engine");
         let reports = engine
             .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
             .expect("ingest");
-        assert_eq!(reports[0].counts.failed, 0);
-        TestApp {
-            dir,
-            engine: Arc::new(engine),
-        }
+        assert!(reports.iter().all(|r| r.counts.failed == 0), "{reports:?}");
+        let engine = Arc::new(engine);
+        let state = AppState::new(engine.clone()).expect("state");
+        TestApp { dir, engine, state }
     }
 
     pub fn router(&self) -> axum::Router {
-        router(Arc::new(AppState {
-            engine: self.engine.clone(),
-        }))
+        router(self.state.clone())
     }
 
     /// Serves on a loopback port; returns the address.
@@ -78,6 +82,19 @@ impl TestApp {
         });
         addr
     }
+}
+
+/// A request with a bearer key.
+pub fn with_key(mut req: Request<Body>, key: &str) -> Request<Body> {
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {key}").parse().expect("header"),
+    );
+    req
+}
+
+pub fn get(uri: &str) -> Request<Body> {
+    Request::get(uri).body(Body::empty()).expect("request")
 }
 
 pub fn post_json(uri: &str, body: &str) -> Request<Body> {

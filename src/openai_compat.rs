@@ -1,0 +1,181 @@
+//! `POST /v1/chat/completions`: the RAG pipeline behind the OpenAI Chat Completions shape, so
+//! OpenAI SDKs and bot frameworks can use cairn unchanged. The last user message is the
+//! question, earlier turns are the conversation. Citations ride in an extra top-level
+//! `citations` field (on the final chunk when streaming); clients that do not know it ignore it.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::answer::{AnswerEvent, answer};
+use crate::auth::Scope;
+use crate::providers::Role;
+use crate::server::{ApiError, AppState, AskBody, AskResponse, Turn, validate_ask};
+
+#[derive(Debug, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    /// A string, or an array of `{type: "text", text}` parts.
+    pub content: Value,
+}
+
+/// The accepted subset of the OpenAI request; unknown fields (temperature, user, …) are
+/// accepted and ignored, as OpenAI-compatible servers commonly do.
+#[derive(Debug, Deserialize)]
+pub struct ChatCompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub messages: Vec<ChatMessage>,
+    #[serde(default)]
+    pub stream: bool,
+}
+
+fn text_of(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
+    let last_user = req
+        .messages
+        .iter()
+        .rposition(|m| m.role == "user")
+        .ok_or_else(|| ApiError::InvalidRequest("`messages` needs a user message".into()))?;
+    let conversation = req.messages[..last_user]
+        .iter()
+        .filter_map(|m| {
+            let role = match m.role.as_str() {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                _ => return None, // system prompts are cairn's own
+            };
+            Some(Turn {
+                role,
+                content: text_of(&m.content),
+            })
+        })
+        .collect();
+    Ok(AskBody {
+        question: text_of(&req.messages[last_user].content),
+        filters: None,
+        top_k: None,
+        stream: Some(req.stream),
+        conversation,
+    })
+}
+
+pub async fn chat_completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let caller = s.authorize_scope(&headers, Scope::Ask)?;
+    let Json(req) = body?;
+    let (ask, stream) = validate_ask(&s.engine, to_ask(&req)?, &caller)?;
+    let model = req.model.clone().unwrap_or_else(|| "cairn".into());
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = chrono::Utc::now().timestamp();
+    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
+    tokio::spawn(answer(s.engine.clone(), ask, caller.name, tx));
+    if !stream {
+        let mut resp = AskResponse::default();
+        let mut rx = rx;
+        while let Some(ev) = rx.recv().await {
+            resp.apply(ev);
+        }
+        let usage = resp.usage.as_ref();
+        let (pt, ct) = usage.map_or((0, 0), |u| (u.input_tokens, u.output_tokens));
+        let content = match (&resp.error, resp.answer.is_empty()) {
+            (Some(e), true) => e["message"].as_str().unwrap_or_default().to_string(),
+            _ => resp.answer.clone(),
+        };
+        return Ok(Json(json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": if resp.error.is_some() { "error" } else { "stop" },
+            }],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+            "citations": resp.citations,
+            "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome, "error": resp.error},
+        }))
+        .into_response());
+    }
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
+        let mut v = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        if let (Some((k, x)), Some(obj)) = (extra, v.as_object_mut()) {
+            obj.insert(k.to_string(), x);
+        }
+        Event::default().data(v.to_string())
+    };
+    let mut citations: Vec<Value> = Vec::new();
+    let mut first = true;
+    let events = ReceiverStream::new(rx).filter_map(move |ev| {
+        let out = match ev {
+            AnswerEvent::Token(t) => {
+                let delta = if first {
+                    json!({"role": "assistant", "content": t})
+                } else {
+                    json!({"content": t})
+                };
+                first = false;
+                vec![chunk(delta, None, None)]
+            }
+            AnswerEvent::Citation(c) => {
+                citations.push(json!(c));
+                vec![]
+            }
+            AnswerEvent::Error { code, message } => vec![
+                chunk(
+                    json!({"content": message}),
+                    Some("error"),
+                    Some(("error", json!({"code": code}))),
+                ),
+                Event::default().data("[DONE]"),
+            ],
+            AnswerEvent::Done { .. } => vec![
+                chunk(
+                    json!({}),
+                    Some("stop"),
+                    Some(("citations", Value::Array(std::mem::take(&mut citations)))),
+                ),
+                Event::default().data("[DONE]"),
+            ],
+            AnswerEvent::Retrieval(_) | AnswerEvent::Usage(_) => vec![],
+        };
+        futures::future::ready(if out.is_empty() { None } else { Some(out) })
+    });
+    let flat =
+        events.flat_map(|v| futures::stream::iter(v.into_iter().map(Ok::<Event, Infallible>)));
+    Ok(Sse::new(flat)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}

@@ -1,0 +1,142 @@
+//! Request traces: one record per /ask (timings, provider, tokens, cost, retrieved chunks,
+//! prompt version, cache hit, outcome), kept in memory with bounded retention and appended to
+//! `state/traces.jsonl` (compacted to the retention at start). Question and answer text are
+//! recorded only when `[traces] record_text = true`.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawTraces {
+    /// Traces kept (oldest dropped first).
+    pub keep: usize,
+    /// Also store question and answer text (off: data minimisation).
+    pub record_text: bool,
+}
+
+impl Default for RawTraces {
+    fn default() -> Self {
+        RawTraces {
+            keep: 1000,
+            record_text: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Timings {
+    pub retrieve_ms: f64,
+    pub first_token_ms: Option<f64>,
+    pub total_ms: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RetrievedChunk {
+    pub chunk_id: String,
+    pub score: f32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Trace {
+    pub id: String,
+    pub at: String,
+    pub route: String,
+    pub caller: String,
+    pub timings: Timings,
+    pub provider: Option<String>,
+    pub model: Option<String>,
+    /// Providers tried before the one that served, with their errors.
+    pub provider_errors: Vec<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub retrieved: Vec<RetrievedChunk>,
+    pub prompt_version: String,
+    pub cache_hit: Option<String>,
+    pub dropped_citations: usize,
+    pub outcome: String,
+    pub question: Option<String>,
+    pub answer: Option<String>,
+}
+
+pub struct Traces {
+    config: RawTraces,
+    path: PathBuf,
+    recent: Mutex<VecDeque<Trace>>,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl Traces {
+    pub fn open(data_dir: &std::path::Path, config: RawTraces) -> anyhow::Result<Traces> {
+        let dir = data_dir.join("state");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("traces.jsonl");
+        let mut recent: VecDeque<Trace> = VecDeque::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                if let Ok(t) = serde_json::from_str::<Trace>(line) {
+                    recent.push_back(t);
+                    if recent.len() > config.keep {
+                        recent.pop_front();
+                    }
+                }
+            }
+        }
+        // Compact to the retention so the file stays bounded across restarts.
+        let tmp = dir.join(".traces.jsonl.tmp");
+        let mut out = String::new();
+        for t in &recent {
+            out.push_str(&serde_json::to_string(t)?);
+            out.push('\n');
+        }
+        std::fs::write(&tmp, out)?;
+        std::fs::rename(&tmp, &path)?;
+        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        Ok(Traces {
+            config,
+            path,
+            recent: Mutex::new(recent),
+            file: Mutex::new(Some(file)),
+        })
+    }
+
+    pub fn record_text(&self) -> bool {
+        self.config.record_text
+    }
+
+    pub fn push(&self, mut trace: Trace) {
+        if !self.config.record_text {
+            trace.question = None;
+            trace.answer = None;
+        }
+        if let Ok(mut f) = self.file.lock()
+            && let Some(file) = f.as_mut()
+            && let Ok(line) = serde_json::to_string(&trace)
+            && let Err(e) = writeln!(file, "{line}")
+        {
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot append trace");
+        }
+        let mut recent = match self.recent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        recent.push_back(trace);
+        while recent.len() > self.config.keep {
+            recent.pop_front();
+        }
+    }
+
+    /// Newest first.
+    pub fn recent(&self, limit: usize) -> Vec<Trace> {
+        let recent = match self.recent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        recent.iter().rev().take(limit).cloned().collect()
+    }
+}

@@ -1,0 +1,329 @@
+//! The query server's operational contract: keys, scopes, access groups, rate limits, admin
+//! jobs, traces, metrics, the answer cache and the OpenAI-compatible endpoint.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use crate::support::{self, TestApp, body_json, get, post_json, with_key};
+
+const ADMIN: &str = "admin-key-123";
+const BOT: &str = "bot-key-456";
+const HR: &str = "hr-key-789";
+
+fn keyed_app() -> TestApp {
+    TestApp::with_setup(|dir| {
+        let secret = dir.join("secret");
+        std::fs::create_dir_all(&secret).expect("mkdir");
+        std::fs::write(
+            secret.join("salaries.md"),
+            "# Salary bands\n\nThe salary band for senior engineers is confidential and reviewed every March.",
+        )
+        .expect("write");
+        format!(
+            r#"
+[auth]
+anonymous_scopes = ["search"]
+[[auth.keys]]
+name = "admin"
+hash = "{}"
+scopes = ["admin", "ask", "search"]
+[[auth.keys]]
+name = "bot"
+hash = "{}"
+scopes = ["ask", "search"]
+rate_per_minute = 60
+burst = 3
+[[auth.keys]]
+name = "hr"
+hash = "{}"
+scopes = ["ask", "search"]
+access_groups = ["hr"]
+[[sources]]
+name = "hr"
+kind = "files"
+path = {:?}
+access_groups = ["hr"]
+"#,
+            cairn::auth::hash_key(ADMIN),
+            cairn::auth::hash_key(BOT),
+            cairn::auth::hash_key(HR),
+            secret
+        )
+    })
+}
+
+async fn status_code(
+    app: &TestApp,
+    req: axum::http::Request<axum::body::Body>,
+) -> (StatusCode, Value) {
+    let resp = app.router().oneshot(req).await.expect("response");
+    let status = resp.status();
+    (status, body_json(resp).await)
+}
+
+#[tokio::test]
+async fn scopes_and_keys_are_enforced() {
+    let app = keyed_app();
+    let ask = r#"{"question":"refunds","stream":false}"#;
+    let (s, j) = status_code(&app, post_json("/ask", ask)).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (s, j) = status_code(&app, with_key(post_json("/ask", ask), "wrong")).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_key"))
+    );
+    let (s, _) = status_code(&app, with_key(post_json("/ask", ask), BOT)).await;
+    assert_eq!(s, StatusCode::OK);
+    // Admin refuses every other scope and the anonymous page.
+    for req in [
+        with_key(get("/admin/sources"), BOT),
+        with_key(post_json("/admin/reindex", "{}"), BOT),
+    ] {
+        let (s, j) = status_code(&app, req).await;
+        assert_eq!(
+            (s, j["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("forbidden"))
+        );
+    }
+    let (s, _) = status_code(&app, get("/admin/traces")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Anonymous search is allowed by this config.
+    let (s, _) = status_code(&app, get("/search?q=refund")).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn access_groups_hold_in_search_ask_and_chat_completions() {
+    let app = keyed_app();
+    let q = "/search?q=salary%20band%20senior%20engineers";
+    let (_, anon) = status_code(&app, get(q)).await;
+    assert!(
+        anon["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .all(|h| h["source"] != "hr"),
+        "{anon}"
+    );
+    let (_, hr) = status_code(&app, with_key(get(q), HR)).await;
+    assert_eq!(hr["hits"][0]["source"], "hr", "{hr}");
+
+    // A bot asking for the HR document, even filtering on the source, gets nothing from it.
+    let body = r#"{"question":"What is the salary band for senior engineers?","stream":false,"filters":{"source":["hr"]}}"#;
+    let (_, bot) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    assert_eq!(bot["outcome"], "no_answer", "{bot}");
+    assert!(!bot.to_string().contains("confidential"));
+    let (_, hr) = status_code(&app, with_key(post_json("/ask", body), HR)).await;
+    assert_eq!(hr["citations"][0]["doc_id"], "hr:salaries.md", "{hr}");
+
+    // The cached HR answer is never served to the bot (different retrieved chunk set).
+    let body = r#"{"question":"What is the salary band for senior engineers?","stream":false}"#;
+    let (_, hr1) = status_code(&app, with_key(post_json("/ask", body), HR)).await;
+    assert!(hr1.to_string().contains("confidential"));
+    let (_, bot2) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    assert!(!bot2.to_string().contains("confidential"), "{bot2}");
+
+    let chat = r#"{"model":"x","messages":[{"role":"user","content":"What is the salary band for senior engineers?"}]}"#;
+    let (_, c) = status_code(&app, with_key(post_json("/v1/chat/completions", chat), BOT)).await;
+    assert!(!c.to_string().contains("confidential"), "{c}");
+}
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_retry_after() {
+    let app = keyed_app();
+    let mut limited = None;
+    for _ in 0..10 {
+        let resp = app
+            .router()
+            .oneshot(with_key(get("/search?q=refund"), BOT))
+            .await
+            .expect("response");
+        if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let resp = limited.expect("the bot key (burst 3) must be limited within 10 requests");
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("secs");
+    assert!(retry >= 1);
+    assert_eq!(body_json(resp).await["error"]["code"], "rate_limited");
+}
+
+#[tokio::test]
+async fn reindex_job_runs_in_background_and_reports() {
+    let app = keyed_app();
+    let (s, job) = status_code(
+        &app,
+        with_key(
+            post_json("/admin/reindex", r#"{"source":"samples","full":true}"#),
+            ADMIN,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().expect("id").to_string();
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (_, j) = status_code(&app, with_key(get(&format!("/admin/jobs/{id}")), ADMIN)).await;
+        if j["state"] == "succeeded" || j["state"] == "failed" {
+            last = j;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert_eq!(last["counts"]["indexed"], 6, "{last}");
+    assert_eq!(last["reports"][0]["source"], "samples");
+
+    let (s, j) = status_code(
+        &app,
+        with_key(post_json("/admin/reindex", r#"{"source":"nope"}"#), ADMIN),
+    )
+    .await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("unknown_filter"))
+    );
+    let (s, _) = status_code(&app, with_key(get("/admin/jobs/missing"), ADMIN)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (_, sources) = status_code(&app, with_key(get("/admin/sources"), ADMIN)).await;
+    let samples = sources["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == "samples")
+        .expect("samples")
+        .clone();
+    assert_eq!(samples["documents"], 6);
+    assert!(samples["last_reconciled"].is_string(), "{samples}");
+}
+
+#[tokio::test]
+async fn interrupted_job_is_reported_after_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jobs_dir = dir.path().join("state/jobs");
+    std::fs::create_dir_all(&jobs_dir).expect("mkdir");
+    std::fs::write(
+        jobs_dir.join("j1.json"),
+        r#"{"id":"j1","source":null,"full":false,"state":"running","created_at":"2026-01-01T00:00:00Z","started_at":null,"finished_at":null,"progress":{"source":null,"listed":3,"processed":2,"chunks":4},"counts":{"indexed":0,"unchanged":0,"skipped":0,"failed":0,"deleted":0,"chunks":0},"reports":[],"error":null}"#,
+    )
+    .expect("write");
+    let jobs = cairn::jobs::Jobs::open(dir.path()).expect("open");
+    let j = jobs.get("j1").expect("job");
+    assert_eq!(j.state, cairn::jobs::JobState::Interrupted);
+    assert!(j.error.expect("reason").contains("start it again"));
+}
+
+#[tokio::test]
+async fn traces_metrics_and_cache() {
+    let app = keyed_app();
+    let body = r#"{"question":"What does express shipping cost?","stream":false}"#;
+    let (_, first) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    assert_eq!(first["usage"]["cache_hit"], false);
+    let (_, second) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    assert_eq!(second["usage"]["cache_hit"], true, "{second}");
+    assert_eq!(second["answer"], first["answer"]);
+    assert_eq!(second["citations"], first["citations"]);
+
+    let (_, traces) = status_code(&app, with_key(get("/admin/traces?limit=5"), ADMIN)).await;
+    let t = &traces["traces"][0];
+    assert_eq!(t["cache_hit"], "exact", "{t}");
+    assert_eq!(t["prompt_version"], "answer.v1");
+    assert_eq!(t["caller"], "bot");
+    assert!(
+        t["question"].is_null(),
+        "question text must not be kept by default"
+    );
+    assert!(!t["retrieved"].as_array().expect("retrieved").is_empty());
+    assert_eq!(traces["traces"][1]["outcome"], "answered");
+
+    cairn::metrics::handle();
+    let _ = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    let resp = app
+        .router()
+        .oneshot(get("/metrics"))
+        .await
+        .expect("metrics");
+    let text = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), 1 << 22)
+            .await
+            .expect("body")
+            .to_vec(),
+    )
+    .expect("utf8");
+    assert!(text.contains("cairn_requests_total"), "{text}");
+    assert!(text.contains("cairn_answer_cache_hits_total"), "{text}");
+    assert!(text.contains("cairn_index_documents"), "{text}");
+}
+
+#[tokio::test]
+async fn openai_compatible_endpoint_json_and_stream() {
+    let app = TestApp::new();
+    let body = r#"{"model":"cairn","messages":[{"role":"system","content":"be nice"},{"role":"user","content":"How long do refunds take?"}]}"#;
+    let (s, j) = status_code(&app, post_json("/v1/chat/completions", body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(j["object"], "chat.completion");
+    let content = j["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("content");
+    assert!(content.contains("5 business days"), "{content}");
+    assert_eq!(
+        j["citations"][0]["doc_id"],
+        "samples:help-center/refunds.md"
+    );
+
+    let addr = app.serve().await;
+    let text = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.replace("\"messages\"", "\"stream\":true,\"messages\""))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    let events = support::parse_sse(&text);
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(&e.data).expect("json"))
+        .collect();
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c["object"] == "chat.completion.chunk")
+    );
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(streamed, content);
+    let last = chunks.last().expect("final chunk");
+    assert_eq!(last["choices"][0]["finish_reason"], "stop");
+    assert_eq!(
+        last["citations"][0]["doc_id"],
+        "samples:help-center/refunds.md"
+    );
+}
+
+#[tokio::test]
+async fn unknown_route_is_a_typed_404() {
+    let app = TestApp::new();
+    let (s, j) = status_code(&app, get("/nope")).await;
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+}
