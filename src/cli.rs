@@ -71,6 +71,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure retrieval quality on a BEIR-layout dataset.
+    #[command(subcommand)]
+    Eval(EvalCommand),
     /// Print the hash to put in `[[auth.keys]] hash` for an API key (the key itself is never stored).
     #[command(
         name = "hash-key",
@@ -82,6 +85,28 @@ pub enum Command {
     Ask {
         question: String,
         /// Print the non-streaming /ask JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode.
+    #[command(after_help = "Example:\n  cairn eval retrieval --dataset ../data/scifact --split train --json")]
+    Retrieval {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// bm25, dense, hybrid, or all (repeatable).
+        #[arg(long, default_value = "all")]
+        mode: Vec<String>,
+        /// Evaluate only the first N judged queries (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// One JSON object per mode, one per line.
         #[arg(long)]
         json: bool,
     },
@@ -180,6 +205,50 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
         Command::HashKey { .. } => Ok(std::process::ExitCode::SUCCESS),
+        Command::Eval(EvalCommand::Retrieval {
+            dataset,
+            split,
+            mode,
+            limit,
+            json,
+        }) => {
+            let mut modes = Vec::new();
+            for m in &mode {
+                match m.as_str() {
+                    "all" => modes.extend([SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid]),
+                    "bm25" => modes.push(SearchMode::Bm25),
+                    "dense" => modes.push(SearchMode::Dense),
+                    "hybrid" => modes.push(SearchMode::Hybrid),
+                    other => anyhow::bail!("unknown --mode `{other}`; use bm25, dense, hybrid or all"),
+                }
+            }
+            let results = crate::eval::retrieval(
+                &engine,
+                &crate::eval::EvalOptions {
+                    dataset,
+                    split,
+                    modes,
+                    limit,
+                },
+            )?;
+            if json {
+                for r in &results {
+                    println!("{}", serde_json::to_string(r)?);
+                }
+            } else {
+                println!(
+                    "{:<8} {:>8} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
+                    "mode", "queries", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
+                );
+                for r in &results {
+                    println!(
+                        "{:<8} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
+                        r.mode, r.queries, r.ndcg_10, r.recall_10, r.recall_100, r.mrr_10, r.latency_p50_ms, r.latency_p99_ms
+                    );
+                }
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod eval;
 pub mod jobs;
 pub mod metrics;
 pub mod openai_compat;

@@ -1,0 +1,346 @@
+//! `cairn eval retrieval`: retrieval quality on any dataset in the BEIR layout
+//! (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`). The corpus is ingested with the
+//! configured embedder and chunker into a throw-away index (cached under the data directory,
+//! keyed by the corpus file and the embedder), every judged query is run, chunk hits are folded
+//! into documents (best rank wins), and nDCG@10, Recall@10/100 and MRR@10 are reported per mode
+//! with latency. Metric functions are pure and tested against hand-computed cases.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use cairn_index::{Filter, Index, IndexOptions, SearchMode, SearchRequest};
+use cairn_ingest::pipeline::{self, PipelineOptions};
+use cairn_ingest::{Body, Connector, IngestError, Item, SourceDocument, SyncState, SyncSummary};
+
+use crate::engine::Engine;
+
+/// Graded relevance judgements: query id → (doc id → grade).
+pub type Qrels = HashMap<String, HashMap<String, u32>>;
+
+/// nDCG@k with linear gains (as trec_eval's `ndcg_cut`): DCG = Σ rel_i / log2(i + 1).
+pub fn ndcg_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 {
+    let dcg: f64 = ranked
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, d)| f64::from(*rels.get(d).unwrap_or(&0)) / ((i + 2) as f64).log2())
+        .sum();
+    let mut ideal: Vec<u32> = rels.values().copied().filter(|r| *r > 0).collect();
+    ideal.sort_unstable_by(|a, b| b.cmp(a));
+    let idcg: f64 = ideal
+        .iter()
+        .take(k)
+        .enumerate()
+        .map(|(i, r)| f64::from(*r) / ((i + 2) as f64).log2())
+        .sum();
+    if idcg == 0.0 { 0.0 } else { dcg / idcg }
+}
+
+/// Fraction of relevant documents found in the top `k`.
+pub fn recall_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 {
+    let relevant: HashSet<&String> = rels.iter().filter(|(_, r)| **r > 0).map(|(d, _)| d).collect();
+    if relevant.is_empty() {
+        return 0.0;
+    }
+    let found = ranked.iter().take(k).filter(|d| relevant.contains(d)).count();
+    found as f64 / relevant.len() as f64
+}
+
+/// Reciprocal rank of the first relevant document within the top `k`.
+pub fn mrr_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 {
+    ranked
+        .iter()
+        .take(k)
+        .position(|d| rels.get(d).is_some_and(|r| *r > 0))
+        .map_or(0.0, |i| 1.0 / (i + 1) as f64)
+}
+
+/// One mode's results, as printed by `--json` (one object per line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub queries: usize,
+    #[serde(rename = "ndcg@10")]
+    pub ndcg_10: f64,
+    #[serde(rename = "recall@10")]
+    pub recall_10: f64,
+    #[serde(rename = "recall@100")]
+    pub recall_100: f64,
+    #[serde(rename = "mrr@10")]
+    pub mrr_10: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+#[derive(Deserialize)]
+struct RawCorpusDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    #[serde(default)]
+    title: String,
+    #[serde(default)]
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct RawQuery {
+    #[serde(rename = "_id")]
+    id: String,
+    text: String,
+}
+
+/// Reads `qrels/<split>.tsv` (header line optional).
+pub fn read_qrels(path: &Path) -> anyhow::Result<Qrels> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut out: Qrels = HashMap::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        let cols: Vec<&str> = line.split('\t').collect();
+        if cols.len() < 3 {
+            continue;
+        }
+        let Ok(score) = cols[2].trim().parse::<u32>() else {
+            if i == 0 {
+                continue; // header
+            }
+            anyhow::bail!("{}:{}: score `{}` is not a number", path.display(), i + 1, cols[2]);
+        };
+        out.entry(cols[0].to_string())
+            .or_default()
+            .insert(cols[1].to_string(), score);
+    }
+    Ok(out)
+}
+
+/// Lists a BEIR corpus as documents (title and text as plain text).
+struct BeirCorpus {
+    path: PathBuf,
+}
+
+impl Connector for BeirCorpus {
+    fn name(&self) -> &str {
+        "beir"
+    }
+
+    fn list(
+        &mut self,
+        _state: &SyncState,
+        _full: bool,
+        emit: &mut dyn FnMut(Item) -> bool,
+    ) -> Result<SyncSummary, IngestError> {
+        let err = |m: String| IngestError::Connector {
+            source_name: "beir".into(),
+            message: m,
+        };
+        let file = std::fs::File::open(&self.path).map_err(|e| err(format!("{}: {e}", self.path.display())))?;
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| err(e.to_string()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let item = match serde_json::from_str::<RawCorpusDoc>(&line) {
+                Ok(d) => Item::Document(SourceDocument {
+                    external_id: d.id,
+                    title: d.title,
+                    url: None,
+                    updated_at: None,
+                    metadata: BTreeMap::new(),
+                    access_groups: Vec::new(),
+                    body: Body::Text(d.text),
+                }),
+                Err(e) => Item::Failed {
+                    external_id: format!("line-{}", i + 1),
+                    error: e.to_string(),
+                },
+            };
+            if !emit(item) {
+                break;
+            }
+        }
+        Ok(SyncSummary {
+            complete: true,
+            deleted: Vec::new(),
+            watermark: None,
+        })
+    }
+}
+
+/// Options of one evaluation.
+pub struct EvalOptions {
+    pub dataset: PathBuf,
+    pub split: String,
+    pub modes: Vec<SearchMode>,
+    /// Evaluate only the first N judged queries (0 = all).
+    pub limit: usize,
+}
+
+fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    let mut h = Sha256::new();
+    h.update(corpus.canonicalize()?.to_string_lossy().as_bytes());
+    h.update(meta.len().to_le_bytes());
+    h.update(format!("{:?}", meta.modified().ok()).as_bytes());
+    h.update(engine.embedder.info().to_string().as_bytes());
+    h.update(serde_json::to_vec(&engine.config.chunking)?);
+    Ok(engine
+        .config
+        .data_dir
+        .join("eval")
+        .join(&hex::encode(h.finalize())[..16]))
+}
+
+/// Builds (or reuses) the dataset's index and evaluates every mode.
+pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<ModeResult>> {
+    let corpus = options.dataset.join("corpus.jsonl");
+    let qrels = read_qrels(&options.dataset.join("qrels").join(format!("{}.tsv", options.split)))?;
+    let dir = cache_dir(engine, &corpus)?;
+    let mut index_options = IndexOptions::new(engine.embedder.info());
+    index_options.candidates = engine.config.index.candidates.max(100);
+    index_options.fusion = engine.config.index.fusion.clone();
+    index_options.vectors = engine.config.index.vectors.clone();
+    let index = Index::open(&dir, index_options).with_context(|| format!("opening eval index {}", dir.display()))?;
+    if index.stats().documents == 0 {
+        eprintln!("building the evaluation index in {} (cached for later runs)", dir.display());
+        let report = pipeline::run(
+            &mut BeirCorpus { path: corpus.clone() },
+            &index,
+            &engine.chunker,
+            &engine.embedder,
+            &SyncState::default(),
+            &PipelineOptions::default(),
+            pipeline::Control {
+                progress: &|_| {},
+                cancel: &AtomicBool::new(false),
+            },
+        )?;
+        eprintln!(
+            "indexed {} documents ({} chunks) in {:.1} s",
+            report.counts.indexed, report.counts.chunks, report.seconds
+        );
+    }
+    let file = std::fs::File::open(options.dataset.join("queries.jsonl"))?;
+    let mut queries: Vec<RawQuery> = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let q: RawQuery = serde_json::from_str(&line)?;
+        if qrels.contains_key(&q.id) {
+            queries.push(q);
+        }
+    }
+    queries.sort_by(|a, b| a.id.cmp(&b.id));
+    if options.limit > 0 {
+        queries.truncate(options.limit);
+    }
+    anyhow::ensure!(!queries.is_empty(), "no query of queries.jsonl is judged in split `{}`", options.split);
+    let index = Arc::new(index);
+    let mut results = Vec::new();
+    for mode in &options.modes {
+        let mut ndcg = 0.0;
+        let (mut r10, mut r100, mut mrr) = (0.0, 0.0, 0.0);
+        let mut latencies = Vec::with_capacity(queries.len());
+        for q in &queries {
+            let started = Instant::now();
+            let vector = match mode {
+                SearchMode::Bm25 => None,
+                _ => Some(engine.embedder.embed_query(&q.text)?),
+            };
+            let hits = index.search(&SearchRequest {
+                text: q.text.clone(),
+                vector,
+                k: 300,
+                mode: *mode,
+                filter: Filter::default(),
+                snippets: false,
+            })?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            let mut seen = HashSet::new();
+            let ranked: Vec<String> = hits
+                .iter()
+                .map(|h| h.document.external_id.clone())
+                .filter(|d| seen.insert(d.clone()))
+                .take(100)
+                .collect();
+            let rels = &qrels[&q.id];
+            ndcg += ndcg_at(&ranked, rels, 10);
+            r10 += recall_at(&ranked, rels, 10);
+            r100 += recall_at(&ranked, rels, 100);
+            mrr += mrr_at(&ranked, rels, 10);
+        }
+        latencies.sort_by(f64::total_cmp);
+        let n = queries.len() as f64;
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        results.push(ModeResult {
+            mode: match mode {
+                SearchMode::Bm25 => "bm25",
+                SearchMode::Dense => "dense",
+                SearchMode::Hybrid => "hybrid",
+            }
+            .to_string(),
+            queries: queries.len(),
+            ndcg_10: ndcg / n,
+            recall_10: r10 / n,
+            recall_100: r100 / n,
+            mrr_10: mrr / n,
+            latency_p50_ms: pct(0.5),
+            latency_p99_ms: pct(0.99),
+        });
+    }
+    Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rels(pairs: &[(&str, u32)]) -> HashMap<String, u32> {
+        pairs.iter().map(|(d, r)| (d.to_string(), *r)).collect()
+    }
+
+    fn ranked(ids: &[&str]) -> Vec<String> {
+        ids.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ndcg_hand_computed_with_grades() {
+        // Ranking a, b, c with rel(a)=0, rel(b)=2, rel(c)=1.
+        // DCG = 0/log2(2) + 2/log2(3) + 1/log2(4) = 1.26186 + 0.5 = 1.76186
+        // IDCG = 2/log2(2) + 1/log2(3) = 2 + 0.63093 = 2.63093
+        let r = rels(&[("a", 0), ("b", 2), ("c", 1)]);
+        let v = ndcg_at(&ranked(&["a", "b", "c"]), &r, 10);
+        assert!((v - 1.761_86 / 2.630_93).abs() < 1e-4, "{v}");
+        assert!((ndcg_at(&ranked(&["b", "c", "a"]), &r, 10) - 1.0).abs() < 1e-12);
+        assert_eq!(ndcg_at(&ranked(&["x"]), &r, 10), 0.0);
+        // Cut-off: the relevant doc at rank 2 is outside @1.
+        assert_eq!(ndcg_at(&ranked(&["a", "b"]), &r, 1), 0.0);
+    }
+
+    #[test]
+    fn recall_and_mrr_hand_computed() {
+        let r = rels(&[("b", 1), ("d", 1), ("z", 0)]);
+        let list = ranked(&["a", "b", "c", "d"]);
+        assert!((recall_at(&list, &r, 2) - 0.5).abs() < 1e-12);
+        assert!((recall_at(&list, &r, 10) - 1.0).abs() < 1e-12);
+        assert!((mrr_at(&list, &r, 10) - 0.5).abs() < 1e-12);
+        assert_eq!(mrr_at(&list, &r, 1), 0.0);
+    }
+
+    #[test]
+    fn qrels_with_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("test.tsv");
+        std::fs::write(&p, "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\t2\n").expect("write");
+        let q = read_qrels(&p).expect("qrels");
+        assert_eq!(q["q1"]["d2"], 2);
+    }
+}
