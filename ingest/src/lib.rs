@@ -10,6 +10,7 @@ pub mod chunking;
 pub mod connectors;
 pub mod embed;
 pub mod error;
+pub mod extract;
 pub mod pipeline;
 pub mod source;
 
