@@ -11,6 +11,7 @@ pub mod connectors;
 pub mod embed;
 pub mod error;
 pub mod extract;
+pub mod normalise;
 pub mod pipeline;
 pub mod source;
 

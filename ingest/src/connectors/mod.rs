@@ -1,6 +1,7 @@
 //! Connectors: each lists a source's documents with stable ids and reports what it could not
 //! read. The pipeline decides what is new, changed, unchanged or gone.
 
+pub mod crm;
 pub mod files;
 
 use crate::source::SourceDocument;
