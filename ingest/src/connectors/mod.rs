@@ -3,6 +3,7 @@
 
 pub mod crm;
 pub mod files;
+pub mod kb_api;
 
 use crate::source::SourceDocument;
 
