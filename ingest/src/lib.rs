@@ -9,6 +9,7 @@
 pub mod chunking;
 pub mod connectors;
 pub mod embed;
+pub mod embed_cache;
 pub mod error;
 pub mod extract;
 pub mod normalise;
