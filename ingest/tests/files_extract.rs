@@ -101,6 +101,21 @@ fn truncated_and_garbage_pdfs_fail_never_panic() {
 }
 
 #[test]
+fn extraction_past_the_time_limit_is_abandoned_as_failed() {
+    let bytes = std::fs::read(pdf_fixture("crazyones.pdf")).expect("read");
+    let opts = PdfOptions {
+        timeout: Duration::from_nanos(1),
+        pdftotext_fallback: false,
+    };
+    match extract_pdf(bytes, None, &opts) {
+        PdfText::Failed(e) => assert!(e.contains("no result within"), "{e}"),
+        // A machine fast enough to parse it within the limit is not an error either.
+        PdfText::Pages(_) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn files_connector_reads_html_and_pdf_and_reports_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::copy(pdf_fixture("crazyones.pdf"), dir.path().join("crazy.pdf")).expect("copy");
