@@ -93,7 +93,9 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode.
-    #[command(after_help = "Example:\n  cairn eval retrieval --dataset ../data/scifact --split train --json")]
+    #[command(
+        after_help = "Example:\n  cairn eval retrieval --dataset ../data/scifact --split train --json"
+    )]
     Retrieval {
         /// Folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
         #[arg(long)]
@@ -215,11 +217,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let mut modes = Vec::new();
             for m in &mode {
                 match m.as_str() {
-                    "all" => modes.extend([SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid]),
+                    "all" => {
+                        modes.extend([SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid])
+                    }
                     "bm25" => modes.push(SearchMode::Bm25),
                     "dense" => modes.push(SearchMode::Dense),
                     "hybrid" => modes.push(SearchMode::Hybrid),
-                    other => anyhow::bail!("unknown --mode `{other}`; use bm25, dense, hybrid or all"),
+                    other => {
+                        anyhow::bail!("unknown --mode `{other}`; use bm25, dense, hybrid or all")
+                    }
                 }
             }
             let results = crate::eval::retrieval(
@@ -238,12 +244,26 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             } else {
                 println!(
                     "{:<8} {:>8} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
-                    "mode", "queries", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
+                    "mode",
+                    "queries",
+                    "nDCG@10",
+                    "Recall@10",
+                    "Recall@100",
+                    "MRR@10",
+                    "p50 ms",
+                    "p99 ms"
                 );
                 for r in &results {
                     println!(
                         "{:<8} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
-                        r.mode, r.queries, r.ndcg_10, r.recall_10, r.recall_100, r.mrr_10, r.latency_p50_ms, r.latency_p99_ms
+                        r.mode,
+                        r.queries,
+                        r.ndcg_10,
+                        r.recall_10,
+                        r.recall_100,
+                        r.mrr_10,
+                        r.latency_p50_ms,
+                        r.latency_p99_ms
                     );
                 }
             }

@@ -198,6 +198,57 @@ impl Default for RawAnswer {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawSource {
     Files(RawFilesSource),
+    Crm(RawCrmSource),
+    KbApi(RawKbApiSource),
+}
+
+/// A `kind = "crm"` source: `name` plus the CRM connector's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawCrmSource {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: cairn_ingest::connectors::crm::CrmOptions,
+}
+
+/// A `kind = "kb_api"` source: `name` plus the knowledge-base connector's settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawKbApiSource {
+    pub name: String,
+    #[serde(flatten)]
+    pub options: cairn_ingest::connectors::kb_api::KbApiOptions,
+}
+
+/// Splits `name` off a source table and deserialises the rest strictly into the connector's
+/// options (`#[serde(flatten)]` would silently accept unknown keys).
+fn name_and_options<'de, D, T>(d: D) -> Result<(String, T), D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    use serde::de::Error;
+    let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    let name = match map.remove("name") {
+        Some(serde_json::Value::String(s)) => s,
+        Some(_) => return Err(D::Error::custom("`name` must be a string")),
+        None => return Err(D::Error::missing_field("name")),
+    };
+    let options =
+        serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+    Ok((name, options))
+}
+
+impl<'de> Deserialize<'de> for RawCrmSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (name, options) = name_and_options(d)?;
+        Ok(RawCrmSource { name, options })
+    }
+}
+
+impl<'de> Deserialize<'de> for RawKbApiSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (name, options) = name_and_options(d)?;
+        Ok(RawKbApiSource { name, options })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +266,20 @@ pub struct RawFilesSource {
     pub access_groups: Vec<String>,
     #[serde(default = "default_max_file_bytes")]
     pub max_file_bytes: u64,
+    /// Wall-clock limit for extracting one PDF; past it the file is reported failed.
+    #[serde(default = "default_pdf_timeout_secs")]
+    pub pdf_timeout_secs: u64,
+    /// Try the `pdftotext` binary (poppler-utils) when pdf-extract fails, if it is installed.
+    #[serde(default = "default_true")]
+    pub pdftotext_fallback: bool,
+}
+
+fn default_pdf_timeout_secs() -> u64 {
+    30
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_file_bytes() -> u64 {
@@ -225,12 +290,16 @@ impl RawSource {
     pub fn name(&self) -> &str {
         match self {
             RawSource::Files(s) => &s.name,
+            RawSource::Crm(s) => &s.name,
+            RawSource::KbApi(s) => &s.name,
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             RawSource::Files(_) => "files",
+            RawSource::Crm(_) => "crm",
+            RawSource::KbApi(_) => "kb_api",
         }
     }
 }
@@ -471,6 +540,24 @@ fn validate(
                 f.path = resolve(base, &f.path);
                 RawSource::Files(f)
             }
+            RawSource::Crm(mut c) => {
+                c.options.path = resolve(base, &c.options.path);
+                RawSource::Crm(c)
+            }
+            RawSource::KbApi(mut k) => {
+                use cairn_ingest::connectors::kb_api::KbAuth;
+                let key = format!("sources[{i}].auth.token");
+                // Tokens are references; resolve them here so a missing variable stops startup.
+                match &mut k.options.auth {
+                    KbAuth::None => {}
+                    KbAuth::Bearer { token, .. } | KbAuth::BasicToken { token, .. } => {
+                        if let Some(t) = token.as_mut() {
+                            *t = resolve_secret(t, &key, origin, env)?;
+                        }
+                    }
+                }
+                RawSource::KbApi(k)
+            }
         });
     }
     let mut key_names = std::collections::HashSet::new();
@@ -550,8 +637,10 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.sources.len(), 1);
-        let RawSource::Files(f) = &c.sources[0];
-        assert!(f.path.ends_with("corpus") && f.path.is_absolute() || f.path.starts_with("/"));
+        let RawSource::Files(f) = &c.sources[0] else {
+            panic!("expected a files source");
+        };
+        assert!(f.path.ends_with("corpus") && f.path.is_absolute());
         assert_eq!(c.bind.port(), 7700);
     }
 
@@ -591,6 +680,24 @@ mod tests {
         )
         .expect_err("must fail");
         assert!(e.to_string().contains("env:"), "{e}");
+    }
+
+    #[test]
+    fn crm_and_kb_api_sources_parse_and_resolve_secrets() {
+        let toml = "[[sources]]\nname = \"sf\"\nkind = \"crm\"\npath = \"accounts.csv\"\nid = \"ID\"\nid_kind = \"salesforce\"\n\n[[sources]]\nname = \"kb\"\nkind = \"kb_api\"\nurl = \"http://127.0.0.1:1/api/v2/help_center/articles.json\"\nauth = { kind = \"bearer\", token = \"env:KB_TOKEN\" }\n";
+        let c = load(toml, &[("KB_TOKEN", "t0k")]).expect("valid");
+        assert_eq!(c.sources.len(), 2);
+        match &c.sources[1] {
+            RawSource::KbApi(k) => assert!(format!("{:?}", k.options.auth).contains("t0k")),
+            other => panic!("{other:?}"),
+        }
+        let e = load(toml, &[]).expect_err("missing variable");
+        assert!(e.to_string().contains("KB_TOKEN"), "{e}");
+        let literal = toml.replace("env:KB_TOKEN", "t0k");
+        assert!(load(&literal, &[]).is_err(), "literal tokens are refused");
+        let bad = toml.replace("id_kind", "idkind");
+        let e = load(&bad, &[("KB_TOKEN", "x")]).expect_err("unknown crm key");
+        assert!(e.to_string().contains("idkind"), "{e}");
     }
 
     #[test]

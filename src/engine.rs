@@ -10,7 +10,11 @@ use anyhow::Context;
 use serde::Serialize;
 
 use cairn_index::{Filter, Hit, Index, IndexOptions, SearchMode, SearchRequest};
+use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
+use cairn_ingest::connectors::kb_api::KbApiConnector;
+use cairn_ingest::embed_cache::EmbeddingCache;
+use cairn_ingest::extract::PdfOptions;
 use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
 use cairn_ingest::{Chunker, Connector, Embedder, HashEmbedder, SyncState};
 
@@ -29,6 +33,7 @@ pub struct Engine {
     pub prompt: Prompt,
     pub cache: AnswerCache,
     pub traces: Traces,
+    embed_cache: Arc<EmbeddingCache>,
     ingest_lock: Mutex<()>,
 }
 
@@ -83,6 +88,10 @@ impl Engine {
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
         let traces = Traces::open(&config.data_dir, config.traces.clone())?;
+        let embed_cache = Arc::new(
+            EmbeddingCache::open(&config.data_dir.join("embed-cache"))
+                .context("opening the embedding cache")?,
+        );
         Ok(Engine {
             config,
             index: Arc::new(index),
@@ -92,6 +101,7 @@ impl Engine {
             prompt,
             cache,
             traces,
+            embed_cache,
             ingest_lock: Mutex::new(()),
         })
     }
@@ -139,8 +149,14 @@ impl Engine {
                     max_file_bytes: f.max_file_bytes,
                     url_base: f.url_base.clone(),
                     access_groups: f.access_groups.clone(),
+                    pdf: PdfOptions {
+                        timeout: std::time::Duration::from_secs(f.pdf_timeout_secs.max(1)),
+                        pdftotext_fallback: f.pdftotext_fallback,
+                    },
                 },
             )?),
+            RawSource::Crm(c) => Box::new(CrmConnector::new(&c.name, c.options.clone())?),
+            RawSource::KbApi(k) => Box::new(KbApiConnector::new(&k.name, k.options.clone())?),
         })
     }
 
@@ -174,6 +190,7 @@ impl Engine {
             let state = self.source_state(&name);
             let options = PipelineOptions {
                 full,
+                embedding_cache: Some(self.embed_cache.clone()),
                 ..PipelineOptions::default()
             };
             let report = pipeline::run(

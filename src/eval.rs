@@ -46,11 +46,19 @@ pub fn ndcg_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 
 
 /// Fraction of relevant documents found in the top `k`.
 pub fn recall_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 {
-    let relevant: HashSet<&String> = rels.iter().filter(|(_, r)| **r > 0).map(|(d, _)| d).collect();
+    let relevant: HashSet<&String> = rels
+        .iter()
+        .filter(|(_, r)| **r > 0)
+        .map(|(d, _)| d)
+        .collect();
     if relevant.is_empty() {
         return 0.0;
     }
-    let found = ranked.iter().take(k).filter(|d| relevant.contains(d)).count();
+    let found = ranked
+        .iter()
+        .take(k)
+        .filter(|d| relevant.contains(d))
+        .count();
     found as f64 / relevant.len() as f64
 }
 
@@ -111,7 +119,12 @@ pub fn read_qrels(path: &Path) -> anyhow::Result<Qrels> {
             if i == 0 {
                 continue; // header
             }
-            anyhow::bail!("{}:{}: score `{}` is not a number", path.display(), i + 1, cols[2]);
+            anyhow::bail!(
+                "{}:{}: score `{}` is not a number",
+                path.display(),
+                i + 1,
+                cols[2]
+            );
         };
         out.entry(cols[0].to_string())
             .or_default()
@@ -140,7 +153,8 @@ impl Connector for BeirCorpus {
             source_name: "beir".into(),
             message: m,
         };
-        let file = std::fs::File::open(&self.path).map_err(|e| err(format!("{}: {e}", self.path.display())))?;
+        let file = std::fs::File::open(&self.path)
+            .map_err(|e| err(format!("{}: {e}", self.path.display())))?;
         for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
             let line = line.map_err(|e| err(e.to_string()))?;
             if line.trim().is_empty() {
@@ -183,7 +197,8 @@ pub struct EvalOptions {
 }
 
 fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
-    let meta = std::fs::metadata(corpus).with_context(|| format!("reading {}", corpus.display()))?;
+    let meta =
+        std::fs::metadata(corpus).with_context(|| format!("reading {}", corpus.display()))?;
     let mut h = Sha256::new();
     h.update(corpus.canonicalize()?.to_string_lossy().as_bytes());
     h.update(meta.len().to_le_bytes());
@@ -200,17 +215,28 @@ fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
 /// Builds (or reuses) the dataset's index and evaluates every mode.
 pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<ModeResult>> {
     let corpus = options.dataset.join("corpus.jsonl");
-    let qrels = read_qrels(&options.dataset.join("qrels").join(format!("{}.tsv", options.split)))?;
+    let qrels = read_qrels(
+        &options
+            .dataset
+            .join("qrels")
+            .join(format!("{}.tsv", options.split)),
+    )?;
     let dir = cache_dir(engine, &corpus)?;
     let mut index_options = IndexOptions::new(engine.embedder.info());
     index_options.candidates = engine.config.index.candidates.max(100);
     index_options.fusion = engine.config.index.fusion.clone();
     index_options.vectors = engine.config.index.vectors.clone();
-    let index = Index::open(&dir, index_options).with_context(|| format!("opening eval index {}", dir.display()))?;
+    let index = Index::open(&dir, index_options)
+        .with_context(|| format!("opening eval index {}", dir.display()))?;
     if index.stats().documents == 0 {
-        eprintln!("building the evaluation index in {} (cached for later runs)", dir.display());
+        eprintln!(
+            "building the evaluation index in {} (cached for later runs)",
+            dir.display()
+        );
         let report = pipeline::run(
-            &mut BeirCorpus { path: corpus.clone() },
+            &mut BeirCorpus {
+                path: corpus.clone(),
+            },
             &index,
             &engine.chunker,
             &engine.embedder,
@@ -242,7 +268,11 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
     if options.limit > 0 {
         queries.truncate(options.limit);
     }
-    anyhow::ensure!(!queries.is_empty(), "no query of queries.jsonl is judged in split `{}`", options.split);
+    anyhow::ensure!(
+        !queries.is_empty(),
+        "no query of queries.jsonl is judged in split `{}`",
+        options.split
+    );
     let index = Arc::new(index);
     let mut results = Vec::new();
     for mode in &options.modes {

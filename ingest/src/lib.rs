@@ -9,7 +9,10 @@
 pub mod chunking;
 pub mod connectors;
 pub mod embed;
+pub mod embed_cache;
 pub mod error;
+pub mod extract;
+pub mod normalise;
 pub mod pipeline;
 pub mod source;
 

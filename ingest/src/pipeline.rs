@@ -4,7 +4,8 @@
 //! skipped, failed) and documents are deleted only when the connector's listing was complete
 //! (or it reported them deleted explicitly). A failed document keeps its previously indexed
 //! version. Batches are committed as they fill, so memory stays bounded and a crash loses at
-//! most the open batch.
+//! most the open batch. With an [`EmbeddingCache`] in the options, chunks whose text was
+//! embedded before (by the same model) are not sent to the embedder again.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::IngestError;
 use crate::chunking::Chunker;
 use crate::connectors::{Connector, Item, SyncState};
 use crate::embed::Embedder;
+use crate::embed_cache::EmbeddingCache;
 use crate::source::SourceDocument;
 
 /// What happened to one document.
@@ -63,6 +65,12 @@ pub struct Counts {
     pub failed: usize,
     pub deleted: usize,
     pub chunks: usize,
+    /// Chunk texts sent to the embedder.
+    #[serde(default)]
+    pub embedded: usize,
+    /// Chunk vectors served by the embedding cache.
+    #[serde(default)]
+    pub embed_cache_hits: usize,
 }
 
 /// The report of one source's run; kept by the caller and shown by the admin API.
@@ -97,6 +105,8 @@ pub struct PipelineOptions {
     pub commit_every: usize,
     /// Re-embed everything even when the content hash is unchanged.
     pub full: bool,
+    /// Vectors by chunk text, so reindexing re-embeds only new text (see [`EmbeddingCache`]).
+    pub embedding_cache: Option<Arc<EmbeddingCache>>,
 }
 
 impl Default for PipelineOptions {
@@ -105,6 +115,7 @@ impl Default for PipelineOptions {
             batch_docs: 32,
             commit_every: 512,
             full: false,
+            embedding_cache: None,
         }
     }
 }
@@ -206,7 +217,18 @@ impl<'a> Run<'a> {
             .iter()
             .flat_map(|(_, cs)| cs.iter().map(|c| c.text.as_str()))
             .collect();
-        let vectors = self.embedder.embed_passages(&texts)?;
+        let vectors = match &self.options.embedding_cache {
+            Some(cache) => {
+                let (vectors, stats) = cache.embed_passages(self.embedder.as_ref(), &texts)?;
+                self.counts.embedded += stats.embedded;
+                self.counts.embed_cache_hits += stats.hits;
+                vectors
+            }
+            None => {
+                self.counts.embedded += texts.len();
+                self.embedder.embed_passages(&texts)?
+            }
+        };
         if vectors.len() != texts.len() {
             return Err(IngestError::Embed {
                 embedder: self.embedder.info().name,
@@ -358,6 +380,9 @@ pub fn run(
         }
     }
     run.commit()?;
+    if let Some(cache) = &options.embedding_cache {
+        cache.flush();
+    }
 
     let now = Utc::now().to_rfc3339();
     let new_state = SyncState {

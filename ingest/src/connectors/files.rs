@@ -1,6 +1,8 @@
 //! The files connector: a directory tree filtered by include/exclude globs.
 //!
-//! Reads Markdown and plain text. Paths never escape the configured root: every entry is
+//! Reads Markdown, plain text, HTML (converted to Markdown, see [`crate::extract`]) and PDF
+//! (text per page, isolated extraction; encrypted or image-only files are skipped with a
+//! reason, unreadable ones fail). Paths never escape the configured root: every entry is
 //! canonicalised and checked, so a symlink pointing outside is skipped with that reason.
 //! The external id is the path relative to the root, with `/` separators.
 
@@ -12,6 +14,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 
 use super::{Connector, Item, SyncState, SyncSummary};
 use crate::IngestError;
+use crate::extract::{PdfOptions, PdfText, extract_pdf, html_title, html_to_markdown};
 use crate::source::{Body, SourceDocument};
 
 /// Settings of a files source.
@@ -25,6 +28,8 @@ pub struct FilesOptions {
     /// Base for document URLs (`<base>/<relative path>`); `file://` URLs when unset.
     pub url_base: Option<String>,
     pub access_groups: Vec<String>,
+    /// PDF extraction limits (time limit, `pdftotext` fallback).
+    pub pdf: PdfOptions,
 }
 
 pub struct FilesConnector {
@@ -104,26 +109,42 @@ impl FilesConnector {
             Ok(b) => b,
             Err(e) => return fail(format!("cannot read: {e}")),
         };
+        let mut html_page_title = None;
         let body = match ext.as_str() {
             "md" | "markdown" => Body::Markdown(decode_text(&bytes)),
             "txt" | "text" | "" => Body::Text(decode_text(&bytes)),
+            "html" | "htm" | "xhtml" => {
+                let html = decode_text(&bytes);
+                html_page_title = html_title(&html);
+                Body::Markdown(html_to_markdown(&html))
+            }
+            "pdf" => match extract_pdf(bytes, Some(&real), &self.options.pdf) {
+                PdfText::Pages(pages) => Body::Pages(pages),
+                PdfText::Skipped(reason) => return skip(reason),
+                PdfText::Failed(error) => return fail(error),
+            },
             other => return skip(format!("unsupported file type `.{other}`")),
         };
         if body.is_blank() {
             return skip("no text content".to_string());
         }
         let updated_at = meta.modified().ok().map(DateTime::<Utc>::from);
-        let title = title_of(&body).unwrap_or_else(|| {
-            real.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_else(|| rel.to_string())
-        });
+        let title = html_page_title
+            .or_else(|| title_of(&body))
+            .unwrap_or_else(|| {
+                real.file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| rel.to_string())
+            });
         let url = match &self.options.url_base {
             Some(base) => format!("{}/{}", base.trim_end_matches('/'), rel),
             None => format!("file://{}", real.display()),
         };
         let mut metadata = BTreeMap::new();
         metadata.insert("path".to_string(), rel.to_string());
+        if let Body::Pages(p) = &body {
+            metadata.insert("pages".to_string(), p.len().to_string());
+        }
         metadata.insert("type".to_string(), ext);
         Item::Document(SourceDocument {
             external_id: rel.to_string(),
@@ -247,6 +268,7 @@ mod tests {
             max_file_bytes: 1 << 20,
             url_base: None,
             access_groups: vec![],
+            pdf: PdfOptions::default(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Connectors: each lists a source's documents with stable ids and reports what it could not
 //! read. The pipeline decides what is new, changed, unchanged or gone.
 
+pub mod crm;
 pub mod files;
+pub mod kb_api;
 
 use crate::source::SourceDocument;
 
