@@ -574,12 +574,15 @@ fn single(hits: &[(u64, f32)], is_bm25: bool) -> Vec<(u64, ScoreBreakdown)> {
         .collect()
 }
 
+/// A staged document with its validated, normalised chunks.
+type StagedDoc = (DocumentRecord, Vec<(ChunkRecord, Vec<f32>)>);
+
 /// Stages changes; [`Writer::commit`] publishes them as one new generation. Dropping a writer
 /// without committing discards them.
 pub struct Writer<'a> {
     index: &'a Index,
     _guard: MutexGuard<'a, ()>,
-    upserts: Vec<(DocumentRecord, Vec<(ChunkRecord, Vec<f32>)>)>,
+    upserts: Vec<StagedDoc>,
     deletes: Vec<String>,
 }
 
@@ -673,10 +676,10 @@ impl Writer<'_> {
             }
             store.put_chunks(&items)?;
             removed_docs.insert(doc.id.clone());
-            changes.push(DocChange::Put(StoredDoc {
+            changes.push(DocChange::Put(Box::new(StoredDoc {
                 record: doc.clone(),
                 chunk_ids: ids,
-            }));
+            })));
         }
         // 2. BM25, then 3. the store's commit point.
         bm25.commit(next)?;

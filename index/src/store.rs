@@ -38,7 +38,7 @@ pub struct StoredDoc {
 
 /// One staged change to the documents tree, applied in a single transaction.
 pub enum DocChange {
-    Put(StoredDoc),
+    Put(Box<StoredDoc>),
     Remove(String),
 }
 
