@@ -5,9 +5,9 @@
 //! 2. BM25 changes are committed with payload `generation + 1`;
 //! 3. the store commits document pointers and `generation + 1` in one transaction, then the
 //!    `committed-generation` marker file is updated (it detects a store that lost commits);
-//! 4. a new in-memory [`Generation`] is published with one atomic pointer swap.
-//!
-//! 5. graph segments not yet on disk are dumped and listed (with sha256s) in the store.
+//! 4. a new in-memory [`Generation`] is published with one atomic pointer swap;
+//! 5. graph segments not yet on disk are dumped and listed (with sha256s) in the store;
+//! 6. chunk bodies the commit replaced are deleted once no reader holds an older generation.
 //!
 //! A crash before 3 leaves the store at the old generation: on open, BM25 is rebuilt from the
 //! store when its payload disagrees, and unreferenced chunk bodies are swept. Persisted graphs
