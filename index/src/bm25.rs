@@ -125,12 +125,17 @@ impl Bm25 {
             }
             other => tv(other),
         })?;
+        check_files(&index, path)?;
         index.tokenizers().register(ANALYZER, analyzer());
+        // Opening the reader opens every segment file: a failure here is a damaged index.
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
-            .map_err(tv)?;
+            .map_err(|e: tantivy::TantivyError| IndexError::Corrupt {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
         Ok(Bm25 {
             path: path.to_path_buf(),
             index,
@@ -299,6 +304,29 @@ impl Bm25 {
     pub fn size_on_disk(&self) -> u64 {
         dir_size(&self.path)
     }
+}
+
+/// Verifies the checksum of every file of the committed segments, so a truncated or garbled
+/// file is reported at open instead of failing (or panicking) in a search. Missing files are
+/// caught when the reader opens the segments.
+fn check_files(index: &TantivyIndex, path: &Path) -> Result<()> {
+    let corrupt = |file: &Path, reason: String| IndexError::Corrupt {
+        path: path.join(file),
+        reason,
+    };
+    let metas = index
+        .load_metas()
+        .map_err(|e| corrupt(Path::new("meta.json"), e.to_string()))?;
+    if metas.segments.is_empty() {
+        return Ok(());
+    }
+    let damaged = index
+        .validate_checksum()
+        .map_err(|e| corrupt(Path::new("meta.json"), e.to_string()))?;
+    if let Some(file) = damaged.iter().next() {
+        return Err(corrupt(file, "checksum mismatch".into()));
+    }
+    Ok(())
 }
 
 pub fn dir_size(path: &Path) -> u64 {

@@ -3,15 +3,20 @@
 //! Commit protocol (the store is the source of truth; BM25 and vectors are derived):
 //! 1. new chunk bodies and vectors are written to the store under fresh ids (invisible);
 //! 2. BM25 changes are committed with payload `generation + 1`;
-//! 3. the store commits document pointers and `generation + 1` in one transaction;
-//! 4. a new in-memory [`Generation`] is published with one atomic pointer swap.
+//! 3. the store commits document pointers and `generation + 1` in one transaction, then the
+//!    `committed-generation` marker file is updated (it detects a store that lost commits);
+//! 4. a new in-memory [`Generation`] is published with one atomic pointer swap;
+//! 5. graph segments not yet on disk are dumped and listed (with sha256s) in the store;
+//! 6. chunk bodies the commit replaced are deleted once no reader holds an older generation.
 //!
 //! A crash before 3 leaves the store at the old generation: on open, BM25 is rebuilt from the
-//! store when its payload disagrees, and unreferenced chunk bodies are swept.
+//! store when its payload disagrees, and unreferenced chunk bodies are swept. Persisted graphs
+//! are loaded at open when their checksums match and rebuilt from stored vectors otherwise;
+//! live vectors no persisted graph covers go into a fresh segment.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -23,7 +28,7 @@ use crate::types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest,
 };
-use crate::vectors::{Segment, VectorOptions, top_k, validate};
+use crate::vectors::{PersistedSegment, Segment, VectorOptions, top_k, validate};
 use crate::{IndexError, Result};
 
 /// How to open an index.
@@ -124,12 +129,42 @@ pub struct Index {
     bm25: Bm25,
     current: ArcSwap<Generation>,
     writer_lock: Mutex<()>,
+    /// Chunk bodies a commit made unreachable, with the generation that could still read them,
+    /// oldest first. They are deleted from the store once no reader holds that generation or
+    /// any older one, so a search never loses a hit of the generation it started on.
+    retired: Mutex<Vec<(Weak<Generation>, Vec<u64>)>>,
+    /// Graph segments loaded from disk at open (rather than rebuilt).
+    graphs_loaded: usize,
 }
 
 impl Index {
     /// Opens (or creates) the index in `dir`, checking the embedder recorded in its manifest and
     /// repairing derived structures after a crash.
+    ///
+    /// A damaged store is reported as [`IndexError::Corrupt`] naming the file; a damaged BM25
+    /// index is derived data, so it is discarded and rebuilt from the store instead. Panics
+    /// raised by the storage libraries on malformed files are turned into `Corrupt` as well.
     pub fn open(dir: &Path, options: IndexOptions) -> Result<Index> {
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Index::open_inner(dir, options)
+        }));
+        match opened {
+            Ok(result) => result,
+            Err(panic) => {
+                let reason = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("unknown panic");
+                Err(IndexError::Corrupt {
+                    path: dir.to_path_buf(),
+                    reason: format!("reading the index failed: {reason}"),
+                })
+            }
+        }
+    }
+
+    fn open_inner(dir: &Path, options: IndexOptions) -> Result<Index> {
         std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
             path: dir.to_path_buf(),
             source,
@@ -158,7 +193,24 @@ impl Index {
                 embedder: options.embedder.clone(),
             })?,
         }
-        let bm25 = Bm25::open(&dir.join("bm25"))?;
+        check_committed_marker(dir, store.generation()?)?;
+        let bm25_dir = dir.join("bm25");
+        let bm25 = match Bm25::open(&bm25_dir) {
+            Ok(b) => b,
+            Err(IndexError::Corrupt { path, reason }) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    %reason,
+                    "BM25 index is damaged; rebuilding it from the store"
+                );
+                std::fs::remove_dir_all(&bm25_dir).map_err(|source| IndexError::Io {
+                    path: bm25_dir.clone(),
+                    source,
+                })?;
+                Bm25::open(&bm25_dir)?
+            }
+            Err(e) => return Err(e),
+        };
         let generation = store.generation()?;
 
         // Load live documents and sweep chunk bodies left by an interrupted commit.
@@ -205,7 +257,7 @@ impl Index {
             w.commit(generation)?;
         }
 
-        let mut vectors = Vec::with_capacity(live.len());
+        let mut vectors = HashMap::with_capacity(live.len());
         for id in live.keys() {
             let v = store.vector(*id)?.ok_or_else(|| IndexError::Corrupt {
                 path: dir.join("store"),
@@ -217,31 +269,87 @@ impl Index {
                     reason: format!("chunk {id} has a {}-d vector", v.len()),
                 });
             }
-            vectors.push((*id, v));
+            vectors.insert(*id, v);
         }
-        vectors.sort_by_key(|(id, _)| *id);
-        let segment = Segment::build(options.embedder.dimension, vectors, &options.vectors);
+        let graphs_dir = dir.join("graphs");
+        let mut segments = load_graphs(
+            &store.graph_segments()?,
+            &graphs_dir,
+            &mut vectors,
+            &options,
+        );
+        let graphs_loaded = segments.len();
+        let mut rest: Vec<(u64, Vec<f32>)> = vectors.into_iter().collect();
+        rest.sort_by_key(|(id, _)| *id);
+        if !rest.is_empty() {
+            segments.push(Arc::new(Segment::build(
+                options.embedder.dimension,
+                rest,
+                &options.vectors,
+            )));
+        }
         let searcher = bm25.reload()?;
         let all_public = live.values().all(|d| d.access_groups.is_empty());
         let gen0 = Generation {
             number: generation,
             searcher,
             live,
-            segments: if segment.is_empty() {
-                Vec::new()
-            } else {
-                vec![Arc::new(segment)]
-            },
+            segments,
             all_public,
         };
-        Ok(Index {
+        let index = Index {
             dir: dir.to_path_buf(),
             options,
             store,
             bm25,
             current: ArcSwap::from_pointee(gen0),
             writer_lock: Mutex::new(()),
-        })
+            retired: Mutex::new(Vec::new()),
+            graphs_loaded,
+        };
+        index.persist_graphs(&index.current.load());
+        Ok(index)
+    }
+
+    /// Graph segments loaded from disk by [`Index::open`] instead of being rebuilt.
+    pub fn graphs_loaded(&self) -> usize {
+        self.graphs_loaded
+    }
+
+    /// Dumps graph segments of `g` not yet on disk, records the list in the store, then deletes
+    /// graph files the list no longer names. Failures only cost a rebuild at the next open, so
+    /// they are logged rather than returned.
+    fn persist_graphs(&self, g: &Generation) {
+        let dir = self.dir.join("graphs");
+        let result = (|| -> std::result::Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let mut saved = Vec::new();
+            for seg in &g.segments {
+                if let Some(p) = seg.persist(&dir, g.number)? {
+                    saved.push(p);
+                }
+            }
+            if saved == self.store.graph_segments().map_err(|e| e.to_string())? {
+                return Ok(());
+            }
+            self.store
+                .set_graph_segments(&saved)
+                .map_err(|e| e.to_string())?;
+            let keep: HashSet<String> = saved.iter().flat_map(|p| p.file_names()).collect();
+            for entry in std::fs::read_dir(&dir)
+                .map_err(|e| e.to_string())?
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !keep.contains(&name) {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            Ok(())
+        })();
+        if let Err(reason) = result {
+            tracing::warn!(%reason, "could not persist HNSW graphs; they will be rebuilt on open");
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -354,8 +462,10 @@ impl Index {
         };
         let mut hits = Vec::with_capacity(req.k);
         for (id, breakdown) in fused.into_iter().take(req.k) {
-            // A concurrent commit may have swept a chunk of an older generation; skip it.
+            // Bodies of a generation are kept until its last reader releases it (see
+            // `retire`), so a live id always has its body; skip defensively all the same.
             let (Some(chunk), Some(doc)) = (self.store.chunk(id)?, g.live.get(&id)) else {
+                tracing::warn!(chunk = id, "live chunk without a stored body");
                 continue;
             };
             let snippet = if req.snippets {
@@ -396,6 +506,28 @@ impl Index {
             all.extend(seg.search(&q, k, &allowed, fraction, &self.options.vectors));
         }
         Ok(top_k(all, k))
+    }
+
+    /// Queues chunk bodies for deletion and deletes every queued batch whose generation (and
+    /// every older one) no reader holds any more. A released generation can never be loaded
+    /// again, so the check cannot race with a new reader.
+    fn retire(&self, generation: Weak<Generation>, ids: Vec<u64>) -> Result<()> {
+        let mut retired = match self.retired.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if !ids.is_empty() {
+            retired.push((generation, ids));
+        }
+        let released = retired
+            .iter()
+            .take_while(|(g, _)| g.strong_count() == 0)
+            .count();
+        let batch: Vec<u64> = retired.drain(..released).flat_map(|(_, ids)| ids).collect();
+        if !batch.is_empty() {
+            self.store.remove_chunks(&batch)?;
+        }
+        Ok(())
     }
 
     /// Exact (brute-force) dense search: the oracle for recall measurements.
@@ -552,6 +684,7 @@ impl Writer<'_> {
         // 2. BM25, then 3. the store's commit point.
         bm25.commit(next)?;
         store.commit(&changes, next)?;
+        write_committed_marker(&index.dir, next)?;
 
         // 4. Build and publish the new generation.
         let dead_set: HashSet<u64> = dead.iter().copied().collect();
@@ -578,9 +711,12 @@ impl Writer<'_> {
             segments,
             all_public,
         }));
-        // Old bodies are unreachable from the new generation; a reader still on the old one
-        // skips a hit whose body is gone.
-        store.remove_chunks(&dead)?;
+        // Old bodies are unreachable from the new generation, but a reader may still be on the
+        // old one: retire them and delete them once it is released.
+        index.persist_graphs(&index.current.load());
+        let retired_gen = Arc::downgrade(&old);
+        drop(old);
+        index.retire(retired_gen, dead)?;
         tracing::debug!(
             generation = next,
             upserts = self.upserts.len(),
@@ -589,6 +725,92 @@ impl Writer<'_> {
         );
         Ok(next)
     }
+}
+
+/// File recording the last committed generation outside the store. sled treats a damaged log
+/// tail like a torn write and silently opens an older state; comparing with this marker turns
+/// that silent loss of committed generations into a `Corrupt` error.
+const COMMITTED_MARKER: &str = "committed-generation";
+
+fn write_committed_marker(dir: &Path, generation: u64) -> Result<()> {
+    let io = |source| IndexError::Io {
+        path: dir.join(COMMITTED_MARKER),
+        source,
+    };
+    let tmp = dir.join(format!("{COMMITTED_MARKER}.tmp"));
+    std::fs::write(&tmp, generation.to_string()).map_err(io)?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&tmp, dir.join(COMMITTED_MARKER)).map_err(io)?;
+    Ok(())
+}
+
+/// A crash between the store's commit and the marker leaves the marker one behind, which is
+/// fine; a marker ahead of the store means the store lost committed data.
+fn check_committed_marker(dir: &Path, store_generation: u64) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join(COMMITTED_MARKER)) else {
+        return Ok(());
+    };
+    match text.trim().parse::<u64>() {
+        Ok(marked) if marked > store_generation => Err(IndexError::Corrupt {
+            path: dir.join("store"),
+            reason: format!(
+                "the store opened at generation {store_generation} but generation {marked}                  was committed: its log is truncated or damaged"
+            ),
+        }),
+        Ok(_) => Ok(()),
+        Err(_) => {
+            tracing::warn!("ignoring an unreadable {COMMITTED_MARKER} file");
+            Ok(())
+        }
+    }
+}
+
+/// Loads every persisted graph that still covers a live vector and passes its checksums,
+/// taking the rows it covers out of `vectors`; the rest stay in `vectors` to be rebuilt.
+fn load_graphs(
+    saved: &[PersistedSegment],
+    dir: &Path,
+    vectors: &mut HashMap<u64, Vec<f32>>,
+    options: &IndexOptions,
+) -> Vec<Arc<Segment>> {
+    let dim = options.embedder.dimension;
+    let mut out = Vec::new();
+    let mut claimed: HashSet<u64> = HashSet::new();
+    for p in saved {
+        // Never let two graphs hold one id (it would be returned twice); by construction they
+        // do not, so an overlap means the list is stale.
+        if p.ids.iter().any(|id| claimed.contains(id)) {
+            continue;
+        }
+        // A graph mostly made of tombstones is cheaper to rebuild than to keep.
+        let alive = p.ids.iter().filter(|id| vectors.contains_key(id)).count();
+        let dead_fraction = 1.0 - alive as f32 / p.ids.len().max(1) as f32;
+        if alive == 0 || dead_fraction > options.vectors.rebuild_dead_fraction {
+            continue;
+        }
+        let mut data = Vec::with_capacity(p.ids.len() * dim);
+        for id in &p.ids {
+            match vectors.get(id) {
+                Some(v) => data.extend_from_slice(v),
+                None => data.extend(std::iter::repeat_n(0.0, dim)),
+            }
+        }
+        match Segment::load(dim, p, dir, data) {
+            Ok(seg) => {
+                for id in &p.ids {
+                    vectors.remove(id);
+                    claimed.insert(*id);
+                }
+                out.push(Arc::new(seg));
+            }
+            Err(reason) => {
+                tracing::warn!(segment = %p.name, %reason, "persisted HNSW graph unusable; rebuilding");
+            }
+        }
+    }
+    out
 }
 
 /// The vector segments of the next generation: the old ones, plus one for the new vectors;

@@ -3,7 +3,7 @@
 //!
 //! Layout: tree `docs` (doc id → [`StoredDoc`] JSON), `chunks` (internal chunk id, big-endian u64
 //! → [`ChunkRecord`] JSON), `vectors` (same key → little-endian f32s), `meta` (manifest,
-//! generation, next chunk id).
+//! generation, next chunk id, and the list of persisted HNSW graphs with their checksums).
 
 use std::path::{Path, PathBuf};
 
@@ -12,11 +12,13 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::types::{ChunkRecord, DocumentRecord, EmbedderInfo};
+use crate::vectors::PersistedSegment;
 use crate::{IndexError, Result};
 
 const MANIFEST: &[u8] = b"manifest";
 const GENERATION: &[u8] = b"generation";
 const NEXT_CHUNK: &[u8] = b"next_chunk_id";
+const GRAPHS: &[u8] = b"graph_segments";
 /// Bumped when the on-disk layout changes incompatibly.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -40,6 +42,32 @@ pub enum DocChange {
     Remove(String),
 }
 
+/// Classifies a sled error: damaged or unreadable files become [`IndexError::Corrupt`] (with the
+/// rebuild advice); anything else (permissions, a full disk, a lock) stays a storage error.
+fn store_error(path: &Path, source: sled::Error) -> IndexError {
+    let damaged = match &source {
+        sled::Error::Corruption { .. }
+        | sled::Error::Unsupported(_)
+        | sled::Error::ReportableBug(_) => true,
+        sled::Error::Io(e) => matches!(
+            e.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    };
+    if damaged {
+        IndexError::Corrupt {
+            path: path.to_path_buf(),
+            reason: source.to_string(),
+        }
+    } else {
+        IndexError::Store {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 pub struct Store {
     path: PathBuf,
     db: sled::Db,
@@ -51,17 +79,8 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let err = |source| IndexError::Store {
-            path: path.to_path_buf(),
-            source,
-        };
-        let db = sled::Config::new().path(path).open().map_err(|e| match e {
-            sled::Error::Corruption { .. } => IndexError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            },
-            other => err(other),
-        })?;
+        let err = |source| store_error(path, source);
+        let db = sled::Config::new().path(path).open().map_err(err)?;
         Ok(Store {
             docs: db.open_tree("docs").map_err(err)?,
             chunks: db.open_tree("chunks").map_err(err)?,
@@ -73,10 +92,7 @@ impl Store {
     }
 
     fn err(&self, source: sled::Error) -> IndexError {
-        IndexError::Store {
-            path: self.path.clone(),
-            source,
-        }
+        store_error(&self.path, source)
     }
 
     fn corrupt(&self, reason: impl Into<String>) -> IndexError {
@@ -98,6 +114,24 @@ impl Store {
     pub fn set_manifest(&self, manifest: &Manifest) -> Result<()> {
         let bytes = serde_json::to_vec(manifest).map_err(|e| self.corrupt(e.to_string()))?;
         self.meta.insert(MANIFEST, bytes).map_err(|e| self.err(e))?;
+        self.flush()
+    }
+
+    /// The persisted graph segments last recorded (empty when none). Only a cache: a missing
+    /// or stale list makes open rebuild graphs, never lose data.
+    pub fn graph_segments(&self) -> Result<Vec<PersistedSegment>> {
+        match self.meta.get(GRAPHS).map_err(|e| self.err(e))? {
+            None => Ok(Vec::new()),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| self.corrupt(format!("graph segment list: {e}"))),
+        }
+    }
+
+    /// Records the persisted graph segments and flushes, so the files they name may be relied
+    /// upon (and files they no longer name may be deleted) once this returns.
+    pub fn set_graph_segments(&self, segments: &[PersistedSegment]) -> Result<()> {
+        let bytes = serde_json::to_vec(segments).map_err(|e| self.corrupt(e.to_string()))?;
+        self.meta.insert(GRAPHS, bytes).map_err(|e| self.err(e))?;
         self.flush()
     }
 

@@ -1,0 +1,158 @@
+//! Crash safety: a child process (this test binary re-executed in "writer" mode) commits one
+//! generation and then keeps writing big ones; the parent SIGKILLs it at different moments and
+//! checks that the reopened index is exactly one committed generation, never a mix.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_index::{Filter, Index, SearchMode};
+use common::*;
+
+const CHILD_ENV: &str = "CAIRN_INDEX_CRASH_CHILD_DIR";
+const DOCS: usize = 300;
+const READY_FILE: &str = "child-committed";
+
+fn round_text(round: u64, d: usize) -> String {
+    format!("round{round} document {d} shared words")
+}
+
+/// Round `r` (committed as generation `r`) holds documents `0..DOCS` plus `extra{r}`, every one
+/// tagged with `r` in its text and metadata.
+fn write_round(index: &Index, round: u64) -> u64 {
+    let mut w = index.writer();
+    let r = round.to_string();
+    let extra = format!("wiki:extra{round}");
+    let mut ids: Vec<String> = (0..DOCS).map(|d| format!("wiki:{d}")).collect();
+    ids.push(extra);
+    for (d, id) in ids.iter().enumerate() {
+        let text = round_text(round, d);
+        let spec = DocSpec {
+            metadata: &[("round", r.as_str())],
+            ..DocSpec::new(id, &text, d)
+        };
+        let chunks = (0..3)
+            .map(|o| {
+                chunk(
+                    id,
+                    o,
+                    &format!("{text} part {o}"),
+                    axis_vector(d, 0.1 * o as f32 + round as f32 * 0.001),
+                )
+            })
+            .collect();
+        w.upsert(record(&spec), chunks).expect("upsert");
+    }
+    if round > 1 {
+        w.delete(&format!("wiki:extra{}", round - 1));
+    }
+    w.commit().expect("commit")
+}
+
+/// Not a test on its own: the writer half of the crash test, active only when re-executed.
+#[test]
+fn crash_child_writer() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let index = Index::open(Path::new(&dir), options(200)).expect("child open");
+    let mut round = index.generation() + 1;
+    assert_eq!(write_round(&index, round), round);
+    // A file rather than stdout: libtest may capture the child's printed output.
+    std::fs::write(Path::new(&dir).join(READY_FILE), round.to_string()).expect("ready file");
+    loop {
+        round += 1;
+        assert_eq!(write_round(&index, round), round);
+    }
+}
+
+fn check_consistent(dir: &Path) -> u64 {
+    let index = Index::open(dir, options(200)).expect("reopen after SIGKILL");
+    let g = index.generation();
+    assert!(g >= 1, "the first generation was committed before the kill");
+    let stats = index.stats();
+    assert_eq!(stats.documents, DOCS + 1, "generation {g}");
+    assert_eq!(stats.chunks, (DOCS + 1) * 3, "generation {g}");
+    for d in 0..DOCS {
+        let doc = index
+            .document(&format!("wiki:{d}"))
+            .expect("doc")
+            .expect("present");
+        assert_eq!(doc.metadata["round"], g.to_string());
+    }
+    assert!(
+        index
+            .document(&format!("wiki:extra{g}"))
+            .expect("doc")
+            .is_some()
+    );
+    assert!(
+        index
+            .document(&format!("wiki:extra{}", g + 1))
+            .expect("doc")
+            .is_none()
+    );
+    let all = |mode, text: &str| {
+        let mut req = request(text, Some(vec![1.0; DIM]), mode, Filter::default());
+        req.k = (DOCS + 1) * 3 + 10;
+        index.search(&req).expect("search")
+    };
+    // BM25 holds exactly this round's chunks: none of the next round's, all of this one's.
+    assert_eq!(all(SearchMode::Bm25, &format!("round{}", g + 1)).len(), 0);
+    assert_eq!(
+        all(SearchMode::Bm25, &format!("round{}", g.saturating_sub(1))).len(),
+        0
+    );
+    let bm25 = all(SearchMode::Bm25, &format!("round{g}"));
+    assert_eq!(bm25.len(), (DOCS + 1) * 3, "generation {g}");
+    for mode in [SearchMode::Dense, SearchMode::Hybrid] {
+        let hits = all(mode, "shared words");
+        assert_eq!(hits.len(), (DOCS + 1) * 3, "{mode:?} generation {g}");
+        for h in hits {
+            assert_eq!(h.document.metadata["round"], g.to_string());
+            assert!(h.chunk.text.starts_with(&format!("round{g} ")));
+        }
+    }
+    // And the index keeps working: one more commit on top.
+    assert_eq!(write_round(&index, g + 1), g + 1);
+    g
+}
+
+#[test]
+fn sigkill_during_commit_keeps_the_last_committed_generation() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut seen = Vec::new();
+    for delay_ms in [0u64, 15, 60, 150, 400, 900] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(&exe)
+            .args(["--exact", "crash_child_writer", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn writer");
+        let started = Instant::now();
+        while !dir.path().join(READY_FILE).exists() {
+            assert!(
+                child.try_wait().expect("poll child").is_none(),
+                "child ended early"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "child never committed"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap child");
+        let g = check_consistent(dir.path());
+        seen.push((delay_ms, g));
+    }
+    eprintln!("(delay ms, generation found after kill): {seen:?}");
+}
