@@ -292,6 +292,8 @@ pub async fn answer(engine: Arc<Engine>, req: AskRequest, tx: mpsc::Sender<Answe
                     }
                 }
                 Ok(ChatEvent::Usage(u)) => usage = u,
+                // The answer prompt offers no tools.
+                Ok(ChatEvent::ToolCallDelta { .. }) => {}
                 Ok(ChatEvent::Finish(FinishReason::Error)) => break,
                 Ok(ChatEvent::Finish(_)) => {}
                 Err(e) => {

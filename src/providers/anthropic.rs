@@ -342,8 +342,12 @@ impl SseDecoder for EventDecoder {
             provider: self.provider.clone(),
             message: format!("event `{event}` is not valid JSON: {e}"),
         })?;
-        let kind = value.get("type").and_then(Value::as_str).unwrap_or(event);
-        if !KNOWN.contains(&kind) {
+        let kind = value
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(event)
+            .to_string();
+        if !KNOWN.contains(&kind.as_str()) {
             tracing::debug!(provider = %self.provider, event = %kind, "skipping unknown stream event");
             return Ok(Decoded::default());
         }
