@@ -43,8 +43,7 @@ fn router(fake: &Fake) -> Router {
         "answer".to_string(),
         vec![("bench".to_string(), "smollm2".to_string())],
     )]);
-    Router::from_config_with_budget(&providers, &routes, &BudgetConfig::default())
-        .expect("router")
+    Router::from_config_with_budget(&providers, &routes, &BudgetConfig::default()).expect("router")
 }
 
 /// (time to first token, total) through the provider layer.
@@ -111,7 +110,13 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     for &n in &[1usize, 64, 512] {
         // Percentiles over several batches, both paths interleaved in the same run.
-        let rounds = if n == 1 { 200 } else if n == 64 { 10 } else { 3 };
+        let rounds = if n == 1 {
+            200
+        } else if n == 64 {
+            10
+        } else {
+            3
+        };
         let (mut lt, mut ltot, mut dt, mut dtot) = (vec![], vec![], vec![], vec![]);
         for _ in 0..rounds {
             let layer = rt.block_on(futures::future::join_all((0..n).map(|_| via_layer(&r))));
@@ -128,18 +133,42 @@ fn bench(c: &mut Criterion) {
             }
         }
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let (l50, l99, d50, d99) = (pct(&mut lt, 0.5), pct(&mut lt, 0.99), pct(&mut dt, 0.5), pct(&mut dt, 0.99));
-        let (lt50, lt99, dt50, dt99) = (pct(&mut ltot, 0.5), pct(&mut ltot, 0.99), pct(&mut dtot, 0.5), pct(&mut dtot, 0.99));
+        let (l50, l99, d50, d99) = (
+            pct(&mut lt, 0.5),
+            pct(&mut lt, 0.99),
+            pct(&mut dt, 0.5),
+            pct(&mut dt, 0.99),
+        );
+        let (lt50, lt99, dt50, dt99) = (
+            pct(&mut ltot, 0.5),
+            pct(&mut ltot, 0.99),
+            pct(&mut dtot, 0.5),
+            pct(&mut dtot, 0.99),
+        );
         println!(
             "concurrency {n:>3}: TTFT p50 {:.0}µs vs {:.0}µs direct (+{:.0}µs), p99 {:.0}µs vs {:.0}µs (+{:.0}µs); total p50 {:.0}µs vs {:.0}µs (+{:.0}µs), p99 {:.0}µs vs {:.0}µs (+{:.0}µs)",
-            us(l50), us(d50), us(l50) - us(d50), us(l99), us(d99), us(l99) - us(d99),
-            us(lt50), us(dt50), us(lt50) - us(dt50), us(lt99), us(dt99), us(lt99) - us(dt99),
+            us(l50),
+            us(d50),
+            us(l50) - us(d50),
+            us(l99),
+            us(d99),
+            us(l99) - us(d99),
+            us(lt50),
+            us(dt50),
+            us(lt50) - us(dt50),
+            us(lt99),
+            us(dt99),
+            us(lt99) - us(dt99),
         );
         group.bench_function(format!("layer_batch_{n}"), |b| {
             b.iter(|| rt.block_on(futures::future::join_all((0..n).map(|_| via_layer(&r)))))
         });
         group.bench_function(format!("direct_batch_{n}"), |b| {
-            b.iter(|| rt.block_on(futures::future::join_all((0..n).map(|_| direct(&client, &url)))))
+            b.iter(|| {
+                rt.block_on(futures::future::join_all(
+                    (0..n).map(|_| direct(&client, &url)),
+                ))
+            })
         });
     }
     group.finish();

@@ -29,7 +29,11 @@ fn kind(v: Vendor) -> ProviderKind {
 
 /// A provider config pointing at `fake`, with fast test time-outs and backoff.
 fn provider(name: &str, v: Vendor, fake: &Fake) -> ProviderConfig {
-    let mut p = ProviderConfig::new(name, kind(v), Some(&format!("{}{}", fake.base, v.base_path())));
+    let mut p = ProviderConfig::new(
+        name,
+        kind(v),
+        Some(&format!("{}{}", fake.base, v.base_path())),
+    );
     p.api_key = Some("test-key".into());
     p.key_var = Some(format!("{}_API_KEY", name.to_uppercase()));
     p.settings.timeout_first_token_ms = 300;
@@ -39,7 +43,11 @@ fn provider(name: &str, v: Vendor, fake: &Fake) -> ProviderConfig {
     p.settings.max_retries = 2;
     p.settings.prices.insert(
         v.model().into(),
-        Price { input_per_mtok: 1.0, output_per_mtok: 2.0, cached_per_mtok: 0.0 },
+        Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+            cached_per_mtok: 0.0,
+        },
     );
     p
 }
@@ -56,13 +64,19 @@ fn router(ps: Vec<(ProviderConfig, &str)>, budget: BudgetConfig) -> Router {
 }
 
 fn one(v: Vendor, fake: &Fake) -> Router {
-    router(vec![(provider("p", v, fake), v.model())], BudgetConfig::default())
+    router(
+        vec![(provider("p", v, fake), v.model())],
+        BudgetConfig::default(),
+    )
 }
 
 fn request() -> ChatRequest {
     ChatRequest {
         system: "Answer from the sources.".into(),
-        messages: vec![Message { role: Role::User, content: "What is the refund window?".into() }],
+        messages: vec![Message {
+            role: Role::User,
+            content: "What is the refund window?".into(),
+        }],
         max_tokens: Some(64),
         temperature: Some(0.0),
         ..ChatRequest::default()
@@ -217,10 +231,19 @@ async fn fallback_to_second_provider_when_first_fails() {
     let mut pa = provider("a", Vendor::OpenAi, &a);
     pa.settings.max_retries = 0;
     let r = router(
-        vec![(pa, Vendor::OpenAi.model()), (provider("b", Vendor::Anthropic, &b), Vendor::Anthropic.model())],
+        vec![
+            (pa, Vendor::OpenAi.model()),
+            (
+                provider("b", Vendor::Anthropic, &b),
+                Vendor::Anthropic.model(),
+            ),
+        ],
         BudgetConfig::default(),
     );
-    let (s, info) = r.stream("answer", &request(), CancellationToken::new()).await.expect("stream");
+    let (s, info) = r
+        .stream("answer", &request(), CancellationToken::new())
+        .await
+        .expect("stream");
     assert_eq!(drain(s).await.0.text, "from b");
     assert_eq!(info.provider_name, "b");
     assert_eq!(info.target_index, 1);
@@ -241,16 +264,29 @@ async fn breaker_opens_then_recovers_after_cooldown() {
     p.settings.breaker_cooldown_ms = 200;
     let r = router(vec![(p, Vendor::OpenAi.model())], BudgetConfig::default());
     for _ in 0..2 {
-        assert!(r.stream("answer", &request(), CancellationToken::new()).await.is_err());
+        assert!(
+            r.stream("answer", &request(), CancellationToken::new())
+                .await
+                .is_err()
+        );
     }
-    let e = r.stream("answer", &request(), CancellationToken::new()).await.err().expect("open");
+    let e = r
+        .stream("answer", &request(), CancellationToken::new())
+        .await
+        .err()
+        .expect("open");
     match e {
-        GatewayError::AllFailed { attempts, .. } => assert_eq!(attempts[0].error, None, "skipped by the breaker"),
+        GatewayError::AllFailed { attempts, .. } => {
+            assert_eq!(attempts[0].error, None, "skipped by the breaker")
+        }
         other => panic!("{other}"),
     }
     assert_eq!(fake.hits(), 2, "an open breaker sends nothing");
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let (s, _) = r.stream("answer", &request(), CancellationToken::new()).await.expect("half-open probe");
+    let (s, _) = r
+        .stream("answer", &request(), CancellationToken::new())
+        .await
+        .expect("half-open probe");
     assert_eq!(drain(s).await.0.text, "back");
     assert_eq!(fake.hits(), 3);
 }
@@ -260,16 +296,31 @@ async fn budget_refuses_typed() {
     let fake = Fake::start(vec![Reply::sse(Vendor::OpenAi.success(&["a"]))]).await;
     let r = router(
         vec![(provider("p", Vendor::OpenAi, &fake), Vendor::OpenAi.model())],
-        BudgetConfig { max_tokens_per_request: Some(32), daily_usd: Some(0.000_01), daily_usd_per_key: None },
+        BudgetConfig {
+            max_tokens_per_request: Some(32),
+            daily_usd: Some(0.000_01),
+            daily_usd_per_key: None,
+        },
     );
-    let e = r.stream("answer", &request(), CancellationToken::new()).await.err().expect("too many tokens");
+    let e = r
+        .stream("answer", &request(), CancellationToken::new())
+        .await
+        .err()
+        .expect("too many tokens");
     assert_eq!(e.code(), "budget_exhausted");
     let mut req = request();
     req.max_tokens = Some(16);
-    let (s, info) = r.stream("answer", &req, CancellationToken::new()).await.expect("first call");
+    let (s, info) = r
+        .stream("answer", &req, CancellationToken::new())
+        .await
+        .expect("first call");
     drain(s).await;
     assert!(info.cost_usd() > 0.000_01);
-    let e = r.stream("answer", &req, CancellationToken::new()).await.err().expect("daily cap");
+    let e = r
+        .stream("answer", &req, CancellationToken::new())
+        .await
+        .err()
+        .expect("daily cap");
     assert!(matches!(e, GatewayError::BudgetExhausted(_)), "{e}");
     assert_eq!(fake.hits(), 1);
 }
@@ -282,8 +333,14 @@ async fn cancel_ends_the_stream_and_the_upstream_request() {
     f.push(Vendor::OpenAi.text_frame("never"));
     let fake = Fake::start(vec![Reply::sse(f)]).await;
     let cancel = CancellationToken::new();
-    let (mut s, _) = one(Vendor::OpenAi, &fake).stream("answer", &request(), cancel.clone()).await.expect("stream");
-    assert_eq!(s.next().await, Some(Ok(ChatEvent::TextDelta("first ".into()))));
+    let (mut s, _) = one(Vendor::OpenAi, &fake)
+        .stream("answer", &request(), cancel.clone())
+        .await
+        .expect("stream");
+    assert_eq!(
+        s.next().await,
+        Some(Ok(ChatEvent::TextDelta("first ".into())))
+    );
     cancel.cancel();
     assert_eq!(s.next().await, None);
 }
@@ -297,16 +354,37 @@ async fn structured_output_retries_once_with_feedback() {
     ])
     .await;
     let mut req = request();
-    req.output_schema = Some(OutputSchema { name: "refund".into(), schema });
-    let (v, _) = one(Vendor::OpenAi, &fake).complete_json("answer", &req, CancellationToken::new()).await.expect("valid");
+    req.output_schema = Some(OutputSchema {
+        name: "refund".into(),
+        schema,
+    });
+    let (v, _) = one(Vendor::OpenAi, &fake)
+        .complete_json("answer", &req, CancellationToken::new())
+        .await
+        .expect("valid");
     assert_eq!(v["days"], 30);
     let seen = fake.seen();
-    assert_eq!(seen[0].body["response_format"]["json_schema"]["name"], "refund");
-    let last = seen[1].body["messages"].as_array().expect("messages").last().cloned().expect("feedback");
-    assert!(last["content"].as_str().unwrap_or("").contains("/days"), "{last}");
+    assert_eq!(
+        seen[0].body["response_format"]["json_schema"]["name"],
+        "refund"
+    );
+    let last = seen[1].body["messages"]
+        .as_array()
+        .expect("messages")
+        .last()
+        .cloned()
+        .expect("feedback");
+    assert!(
+        last["content"].as_str().unwrap_or("").contains("/days"),
+        "{last}"
+    );
 
     let bad = Fake::start(vec![Reply::sse(Vendor::OpenAi.success(&["{}"]))]).await;
-    let e = one(Vendor::OpenAi, &bad).complete_json("answer", &req, CancellationToken::new()).await.err().expect("invalid twice");
+    let e = one(Vendor::OpenAi, &bad)
+        .complete_json("answer", &req, CancellationToken::new())
+        .await
+        .err()
+        .expect("invalid twice");
     assert_eq!(e.code(), "schema_invalid");
     assert_eq!(bad.hits(), 2);
 }
@@ -325,32 +403,74 @@ async fn tool_calls_stream_through() {
         description: "Search the index".into(),
         parameters: serde_json::json!({"type":"object","properties":{"q":{"type":"string"}}}),
     }];
-    let (resp, _) = one(Vendor::OpenAi, &fake).complete("answer", &req, CancellationToken::new()).await.expect("ok");
+    let (resp, _) = one(Vendor::OpenAi, &fake)
+        .complete("answer", &req, CancellationToken::new())
+        .await
+        .expect("ok");
     assert_eq!(resp.tool_calls[0].name, "search");
     assert_eq!(resp.tool_calls[0].arguments, r#"{"q":"refund"}"#);
     assert_eq!(resp.finish, Some(FinishReason::ToolCalls));
-    assert_eq!(fake.seen()[0].body["tools"][0]["function"]["name"], "search");
+    assert_eq!(
+        fake.seen()[0].body["tools"][0]["function"]["name"],
+        "search"
+    );
 }
 
 #[tokio::test]
 async fn embeddings_and_rerank_through_the_gateway() {
     let oa = Fake::start(vec![Reply::json(200, r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"text-embedding-3-small","usage":{"prompt_tokens":3,"total_tokens":3}}"#)]).await;
-    let r = router(vec![(provider("p", Vendor::OpenAi, &oa), "text-embedding-3-small")], BudgetConfig::default());
-    let req = cairn::providers::EmbedRequest { inputs: vec!["hello".into()], dimensions: None };
-    let (e, _) = r.embed("answer", &req, CancellationToken::new()).await.expect("embed");
+    let r = router(
+        vec![(provider("p", Vendor::OpenAi, &oa), "text-embedding-3-small")],
+        BudgetConfig::default(),
+    );
+    let req = cairn::providers::EmbedRequest {
+        inputs: vec!["hello".into()],
+        dimensions: None,
+    };
+    let (e, _) = r
+        .embed("answer", &req, CancellationToken::new())
+        .await
+        .expect("embed");
     assert_eq!(e.vectors, vec![vec![0.1, 0.2]]);
     assert_eq!(oa.seen()[0].path_and_query, "/v1/embeddings");
 
-    let g = Fake::start(vec![Reply::json(200, r#"{"embeddings":[{"values":[1.0,0.0]}]}"#)]).await;
-    let r = router(vec![(provider("g", Vendor::Gemini, &g), "text-embedding-004")], BudgetConfig::default());
-    let (e, _) = r.embed("answer", &req, CancellationToken::new()).await.expect("embed");
+    let g = Fake::start(vec![Reply::json(
+        200,
+        r#"{"embeddings":[{"values":[1.0,0.0]}]}"#,
+    )])
+    .await;
+    let r = router(
+        vec![(provider("g", Vendor::Gemini, &g), "text-embedding-004")],
+        BudgetConfig::default(),
+    );
+    let (e, _) = r
+        .embed("answer", &req, CancellationToken::new())
+        .await
+        .expect("embed");
     assert_eq!(e.vectors, vec![vec![1.0, 0.0]]);
-    assert_eq!(g.seen()[0].path_and_query, "/v1beta/models/text-embedding-004:batchEmbedContents");
+    assert_eq!(
+        g.seen()[0].path_and_query,
+        "/v1beta/models/text-embedding-004:batchEmbedContents"
+    );
 
-    let t = Fake::start(vec![Reply::json(200, r#"[{"index":1,"score":0.9},{"index":0,"score":0.1}]"#)]).await;
-    let r = router(vec![(provider("t", Vendor::Compatible, &t), "bge-reranker")], BudgetConfig::default());
-    let rr = cairn::providers::RerankRequest { query: "q".into(), documents: vec!["a".into(), "b".into()], top_n: None };
-    let (out, _) = r.rerank("answer", &rr, CancellationToken::new()).await.expect("rerank");
+    let t = Fake::start(vec![Reply::json(
+        200,
+        r#"[{"index":1,"score":0.9},{"index":0,"score":0.1}]"#,
+    )])
+    .await;
+    let r = router(
+        vec![(provider("t", Vendor::Compatible, &t), "bge-reranker")],
+        BudgetConfig::default(),
+    );
+    let rr = cairn::providers::RerankRequest {
+        query: "q".into(),
+        documents: vec!["a".into(), "b".into()],
+        top_n: None,
+    };
+    let (out, _) = r
+        .rerank("answer", &rr, CancellationToken::new())
+        .await
+        .expect("rerank");
     assert_eq!(out.results[0].0, 1);
     assert_eq!(t.seen()[0].path_and_query, "/v1/rerank");
 }

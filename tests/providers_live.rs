@@ -43,20 +43,44 @@ async fn live(kind: ProviderKind, var: &str, vendor: &str, default_model: &str) 
 
 #[tokio::test]
 async fn openai_live() {
-    live(ProviderKind::Openai, "OPENAI_API_KEY", "openai", "gpt-4o-mini").await;
+    live(
+        ProviderKind::Openai,
+        "OPENAI_API_KEY",
+        "openai",
+        "gpt-4o-mini",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn anthropic_live() {
-    live(ProviderKind::Anthropic, "ANTHROPIC_API_KEY", "anthropic", "claude-3-5-haiku-latest").await;
+    live(
+        ProviderKind::Anthropic,
+        "ANTHROPIC_API_KEY",
+        "anthropic",
+        "claude-3-5-haiku-latest",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn gemini_live() {
-    live(ProviderKind::Gemini, "GEMINI_API_KEY", "gemini", "gemini-2.0-flash").await;
+    live(
+        ProviderKind::Gemini,
+        "GEMINI_API_KEY",
+        "gemini",
+        "gemini-2.0-flash",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn mistral_live() {
-    live(ProviderKind::Mistral, "MISTRAL_API_KEY", "mistral", "mistral-small-latest").await;
+    live(
+        ProviderKind::Mistral,
+        "MISTRAL_API_KEY",
+        "mistral",
+        "mistral-small-latest",
+    )
+    .await;
 }

@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
-use super::{ChatEvent, ChatRequest, ChatStream, FinishReason, ProviderError, Role, ToolChoice, Usage};
+use super::{
+    ChatEvent, ChatRequest, ChatStream, FinishReason, ProviderError, Role, ToolChoice, Usage,
+};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
 pub const API_VERSION: &str = "2023-06-01";
@@ -122,10 +124,20 @@ pub struct WireUsage {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamEvent {
-    MessageStart { message: StartMessage },
-    ContentBlockStart { index: usize, content_block: Block },
-    ContentBlockDelta { index: usize, delta: BlockDelta },
-    ContentBlockStop { index: usize },
+    MessageStart {
+        message: StartMessage,
+    },
+    ContentBlockStart {
+        index: usize,
+        content_block: Block,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: BlockDelta,
+    },
+    ContentBlockStop {
+        index: usize,
+    },
     MessageDelta {
         delta: MessageDeltaBody,
         #[serde(default)]
@@ -133,7 +145,9 @@ pub enum StreamEvent {
     },
     MessageStop,
     Ping,
-    Error { error: ErrorBody },
+    Error {
+        error: ErrorBody,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,7 +163,10 @@ pub enum Block {
         #[serde(default)]
         text: String,
     },
-    ToolUse { id: String, name: String },
+    ToolUse {
+        id: String,
+        name: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -157,8 +174,12 @@ pub enum Block {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum BlockDelta {
-    TextDelta { text: String },
-    InputJsonDelta { partial_json: String },
+    TextDelta {
+        text: String,
+    },
+    InputJsonDelta {
+        partial_json: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -262,8 +283,7 @@ impl EventDecoder {
             },
             StreamEvent::ContentBlockDelta { index, delta } => match delta {
                 BlockDelta::TextDelta { text } => out.events.push(ChatEvent::TextDelta(text)),
-                BlockDelta::InputJsonDelta { partial_json } => match self.tool_blocks.get(&index)
-                {
+                BlockDelta::InputJsonDelta { partial_json } => match self.tool_blocks.get(&index) {
                     Some((_, true)) => out.events.push(ChatEvent::TextDelta(partial_json)),
                     Some((n, false)) => out.events.push(ChatEvent::ToolCallDelta {
                         index: *n,
@@ -307,9 +327,7 @@ impl EventDecoder {
                         provider: self.provider.clone(),
                         retry_after_ms: None,
                     },
-                    "invalid_request_error"
-                        if super::http::is_context_length(&error.message) =>
-                    {
+                    "invalid_request_error" if super::http::is_context_length(&error.message) => {
                         ProviderError::ContextTooLong {
                             model: self.model.clone(),
                         }
@@ -409,13 +427,31 @@ mod tests {
         let (r, done) = run(
             &mut dec,
             &[
-                ("message_start", r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_read_input_tokens":5,"output_tokens":1}}}"#),
-                ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#),
+                (
+                    "message_start",
+                    r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-sonnet-4-5","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_read_input_tokens":5,"output_tokens":1}}}"#,
+                ),
+                (
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+                ),
                 ("ping", r#"{"type": "ping"}"#),
-                ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#),
-                ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" there"}}"#),
-                ("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
-                ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
+                ),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" there"}}"#,
+                ),
+                (
+                    "content_block_stop",
+                    r#"{"type":"content_block_stop","index":0}"#,
+                ),
+                (
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+                ),
                 ("message_stop", r#"{"type":"message_stop"}"#),
             ],
         );
@@ -424,7 +460,11 @@ mod tests {
         assert_eq!(r.finish, Some(FinishReason::Stop));
         assert_eq!(
             r.usage,
-            Usage { input_tokens: 30, output_tokens: 15, cached_tokens: 5 }
+            Usage {
+                input_tokens: 30,
+                output_tokens: 15,
+                cached_tokens: 5
+            }
         );
     }
 
@@ -434,11 +474,23 @@ mod tests {
         let (r, _) = run(
             &mut dec,
             &[
-                ("content_block_start", r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_01","name":"get_weather","input":{}}}"#),
-                ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}"#),
-                ("content_block_delta", r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}"#),
+                (
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_01","name":"get_weather","input":{}}}"#,
+                ),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\": "}}"#,
+                ),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"\"Oslo\"}"}}"#,
+                ),
                 ("brand_new_event", r#"{"type":"brand_new_event","x":1}"#),
-                ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#),
+                (
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":9}}"#,
+                ),
             ],
         );
         assert_eq!(r.tool_calls[0].name, "get_weather");
@@ -450,8 +502,15 @@ mod tests {
     #[test]
     fn structured_output_is_a_forced_tool_streamed_as_text() {
         let req = ChatRequest {
-            output_schema: Some(OutputSchema { name: "answer".into(), schema: json!({"type":"object"}) }),
-            tools: vec![Tool { name: "t".into(), description: "d".into(), parameters: json!({}) }],
+            output_schema: Some(OutputSchema {
+                name: "answer".into(),
+                schema: json!({"type":"object"}),
+            }),
+            tools: vec![Tool {
+                name: "t".into(),
+                description: "d".into(),
+                parameters: json!({}),
+            }],
             ..ChatRequest::default()
         };
         let body = serde_json::to_value(messages_body("m", &req)).expect("json");
@@ -462,9 +521,18 @@ mod tests {
         let (r, _) = run(
             &mut dec,
             &[
-                ("content_block_start", r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_9","name":"answer","input":{}}}"#),
-                ("content_block_delta", r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#),
-                ("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#),
+                (
+                    "content_block_start",
+                    r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_9","name":"answer","input":{}}}"#,
+                ),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{\"a\":1}"}}"#,
+                ),
+                (
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"tool_use"},"usage":{"output_tokens":3}}"#,
+                ),
             ],
         );
         assert_eq!(r.text, r#"{"a":1}"#);
@@ -476,11 +544,23 @@ mod tests {
     fn error_events_are_typed() {
         let mut dec = EventDecoder::new("an", "m", None);
         let e = dec
-            .decode("error", r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+            .decode(
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            )
             .unwrap_err();
         assert!(e.retryable());
-        assert!(matches!(dec.decode("message_delta", "{not json").unwrap_err(), ProviderError::Malformed { .. }));
-        let (r, _) = run(&mut dec, &[("message_delta", r#"{"type":"message_delta","delta":{"stop_reason":"refusal"}}"#)]);
+        assert!(matches!(
+            dec.decode("message_delta", "{not json").unwrap_err(),
+            ProviderError::Malformed { .. }
+        ));
+        let (r, _) = run(
+            &mut dec,
+            &[(
+                "message_delta",
+                r#"{"type":"message_delta","delta":{"stop_reason":"refusal"}}"#,
+            )],
+        );
         assert_eq!(r.finish, Some(FinishReason::ContentFilter));
     }
 }

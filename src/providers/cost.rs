@@ -56,7 +56,10 @@ impl std::fmt::Display for Exhausted {
                 write!(f, "{asked} output tokens asked, at most {cap} per request")
             }
             Exhausted::Daily { spent_usd, cap_usd } => {
-                write!(f, "daily spend ${spent_usd:.4} reached the cap ${cap_usd:.4}")
+                write!(
+                    f,
+                    "daily spend ${spent_usd:.4} reached the cap ${cap_usd:.4}"
+                )
             }
             Exhausted::DailyPerKey { spent_usd, cap_usd } => write!(
                 f,
@@ -157,11 +160,20 @@ mod tests {
             daily_usd_per_key: Some(0.25),
         });
         assert!(b.check(Some(100), None).is_ok());
-        assert!(matches!(b.check(Some(101), None), Err(Exhausted::TokensPerRequest { .. })));
+        assert!(matches!(
+            b.check(Some(101), None),
+            Err(Exhausted::TokensPerRequest { .. })
+        ));
         b.charge(0.3, Some("k1"));
-        assert!(matches!(b.check(None, Some("k1")), Err(Exhausted::DailyPerKey { .. })));
+        assert!(matches!(
+            b.check(None, Some("k1")),
+            Err(Exhausted::DailyPerKey { .. })
+        ));
         assert!(b.check(None, Some("k2")).is_ok());
         b.charge(0.8, None);
-        assert!(matches!(b.check(None, Some("k2")), Err(Exhausted::Daily { .. })));
+        assert!(matches!(
+            b.check(None, Some("k2")),
+            Err(Exhausted::Daily { .. })
+        ));
     }
 }

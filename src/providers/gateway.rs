@@ -178,7 +178,8 @@ struct CallGuard {
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.budget.charge(self.meter.cost_usd(), self.key.as_deref());
+        self.budget
+            .charge(self.meter.cost_usd(), self.key.as_deref());
         if self.failed {
             self.gate.breaker.failure();
         }
@@ -224,7 +225,11 @@ impl Live {
                 Some(Err(_)) => {
                     l.done = true;
                     l.guard.failed = true;
-                    let stage = if Instant::now() >= l.deadline { "total" } else { "idle" };
+                    let stage = if Instant::now() >= l.deadline {
+                        "total"
+                    } else {
+                        "idle"
+                    };
                     let e = ProviderError::Timeout {
                         provider: l.provider.clone(),
                         stage: stage.into(),
@@ -434,8 +439,9 @@ impl Router {
                 "the request has no output_schema".into(),
             ));
         };
-        let validator = jsonschema::validator_for(&schema.schema)
-            .map_err(|e| GatewayError::SchemaInvalid(format!("the schema itself is invalid: {e}")))?;
+        let validator = jsonschema::validator_for(&schema.schema).map_err(|e| {
+            GatewayError::SchemaInvalid(format!("the schema itself is invalid: {e}"))
+        })?;
         let mut req = req.clone();
         let mut last_problem = String::new();
         for _ in 0..2 {
@@ -600,8 +606,7 @@ pub fn check_json(
         .and_then(|r| r.strip_suffix("```"))
         .unwrap_or(t)
         .trim();
-    let v: serde_json::Value =
-        serde_json::from_str(t).map_err(|e| format!("not JSON ({e})"))?;
+    let v: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("not JSON ({e})"))?;
     let errors: Vec<String> = validator
         .iter_errors(&v)
         .map(|e| format!("at `{}`: {e}", e.instance_path()))
@@ -621,8 +626,14 @@ mod tests {
 
     #[test]
     fn json_check_reports_path_and_accepts_fences() {
-        let v = jsonschema::validator_for(&json!({"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]})).expect("schema");
-        assert_eq!(check_json(&v, "```json\n{\"n\": 3}\n```").expect("ok"), json!({"n": 3}));
+        let v = jsonschema::validator_for(
+            &json!({"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}),
+        )
+        .expect("schema");
+        assert_eq!(
+            check_json(&v, "```json\n{\"n\": 3}\n```").expect("ok"),
+            json!({"n": 3})
+        );
         let e = check_json(&v, r#"{"n": "x"}"#).unwrap_err();
         assert!(e.contains("/n"), "{e}");
         assert!(check_json(&v, "nope").unwrap_err().starts_with("not JSON"));

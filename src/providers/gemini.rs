@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
 use super::{
-    ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason,
-    ProviderError, Role, ToolChoice, Usage,
+    ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason, ProviderError,
+    Role, ToolChoice, Usage,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -148,8 +148,8 @@ pub fn finish_reason(s: &str) -> FinishReason {
     match s {
         "STOP" => FinishReason::Stop,
         "MAX_TOKENS" => FinishReason::Length,
-        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII"
-        | "IMAGE_SAFETY" | "LANGUAGE" => FinishReason::ContentFilter,
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY"
+        | "LANGUAGE" => FinishReason::ContentFilter,
         _ => FinishReason::Error,
     }
 }
@@ -175,11 +175,21 @@ impl ResponseDecoder {
     pub fn map_response(&mut self, r: GenerateResponse) -> Result<Vec<ChatEvent>, ProviderError> {
         if let Some(err) = r.error {
             let code = err.get("code").and_then(Value::as_u64).unwrap_or(500);
-            let message = err.get("message").and_then(Value::as_str).unwrap_or("").to_string();
+            let message = err
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
             return Err(if code == 429 {
-                ProviderError::RateLimited { provider: self.provider.clone(), retry_after_ms: None }
+                ProviderError::RateLimited {
+                    provider: self.provider.clone(),
+                    retry_after_ms: None,
+                }
             } else {
-                ProviderError::Unavailable { provider: self.provider.clone(), message }
+                ProviderError::Unavailable {
+                    provider: self.provider.clone(),
+                    message,
+                }
             });
         }
         let mut out = Vec::new();
@@ -242,7 +252,10 @@ impl SseDecoder for ResponseDecoder {
                 provider: self.provider.clone(),
                 message: format!("chunk is not valid JSON: {e}"),
             })?;
-        Ok(Decoded { events: self.map_response(r)?, done: false })
+        Ok(Decoded {
+            events: self.map_response(r)?,
+            done: false,
+        })
     }
 
     fn clean_eof(&self) -> bool {
@@ -295,7 +308,11 @@ pub fn map_embeddings(w: EmbedWire, n: usize) -> Result<EmbedResponse, String> {
 }
 
 impl Gemini {
-    pub async fn chat_stream(&self, model: &str, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+    ) -> Result<ChatStream, ProviderError> {
         let url = self
             .endpoint
             .url(&format!("/models/{model}:streamGenerateContent?alt=sse"));
@@ -304,17 +321,30 @@ impl Gemini {
             rb = rb.header("x-goog-api-key", k);
         }
         let resp = self.endpoint.send(rb, model).await?;
-        Ok(sse_stream(self.endpoint.name.clone(), resp, ResponseDecoder::new(&self.endpoint.name)))
+        Ok(sse_stream(
+            self.endpoint.name.clone(),
+            resp,
+            ResponseDecoder::new(&self.endpoint.name),
+        ))
     }
 
-    pub async fn embed(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, ProviderError> {
-        let url = self.endpoint.url(&format!("/models/{model}:batchEmbedContents"));
+    pub async fn embed(
+        &self,
+        model: &str,
+        req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
+        let url = self
+            .endpoint
+            .url(&format!("/models/{model}:batchEmbedContents"));
         let mut rb = self.endpoint.client.post(url).json(&embed_body(model, req));
         if let Some(k) = &self.endpoint.api_key {
             rb = rb.header("x-goog-api-key", k);
         }
         let resp = self.endpoint.send(rb, model).await?;
-        let w: EmbedWire = resp.json().await.map_err(|e| self.endpoint.malformed(e.to_string()))?;
+        let w: EmbedWire = resp
+            .json()
+            .await
+            .map_err(|e| self.endpoint.malformed(e.to_string()))?;
         map_embeddings(w, req.inputs.len()).map_err(|e| self.endpoint.malformed(e))
     }
 }
@@ -328,7 +358,11 @@ mod tests {
         let mut d = ResponseDecoder::new("g");
         let mut r = ChatResponse::default();
         for c in chunks {
-            d.decode("", c).expect("decodes").events.into_iter().for_each(|e| r.push(e));
+            d.decode("", c)
+                .expect("decodes")
+                .events
+                .into_iter()
+                .for_each(|e| r.push(e));
         }
         (r, d.clean_eof())
     }
@@ -338,22 +372,41 @@ mod tests {
         let req = ChatRequest {
             system: "sys".into(),
             messages: vec![
-                Message { role: Role::User, content: "hi".into() },
-                Message { role: Role::Assistant, content: "hello".into() },
+                Message {
+                    role: Role::User,
+                    content: "hi".into(),
+                },
+                Message {
+                    role: Role::Assistant,
+                    content: "hello".into(),
+                },
             ],
             max_tokens: Some(100),
-            tools: vec![Tool { name: "f".into(), description: "d".into(), parameters: json!({"type":"object"}) }],
+            tools: vec![Tool {
+                name: "f".into(),
+                description: "d".into(),
+                parameters: json!({"type":"object"}),
+            }],
             tool_choice: ToolChoice::Tool("f".into()),
-            output_schema: Some(OutputSchema { name: "o".into(), schema: json!({"type":"object"}) }),
+            output_schema: Some(OutputSchema {
+                name: "o".into(),
+                schema: json!({"type":"object"}),
+            }),
             ..ChatRequest::default()
         };
         let b = generate_body(&req);
         assert_eq!(b["contents"][1]["role"], "model");
         assert_eq!(b["systemInstruction"]["parts"][0]["text"], "sys");
         assert_eq!(b["generationConfig"]["maxOutputTokens"], 100);
-        assert_eq!(b["generationConfig"]["responseMimeType"], "application/json");
+        assert_eq!(
+            b["generationConfig"]["responseMimeType"],
+            "application/json"
+        );
         assert_eq!(b["tools"][0]["functionDeclarations"][0]["name"], "f");
-        assert_eq!(b["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"][0], "f");
+        assert_eq!(
+            b["toolConfig"]["functionCallingConfig"]["allowedFunctionNames"][0],
+            "f"
+        );
     }
 
     #[test]
@@ -365,35 +418,62 @@ mod tests {
         assert!(clean);
         assert_eq!(r.text, "The sky is blue.");
         assert_eq!(r.finish, Some(FinishReason::Stop));
-        assert_eq!(r.usage, Usage { input_tokens: 8, output_tokens: 5, cached_tokens: 2 });
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 8,
+                output_tokens: 5,
+                cached_tokens: 2
+            }
+        );
     }
 
     #[test]
     fn safety_and_prompt_block_are_content_filter() {
-        let (r, _) = run(&[r#"{"candidates":[{"content":{"parts":[],"role":"model"},"finishReason":"SAFETY","safetyRatings":[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH","blocked":true}]}]}"#]);
+        let (r, _) = run(&[
+            r#"{"candidates":[{"content":{"parts":[],"role":"model"},"finishReason":"SAFETY","safetyRatings":[{"category":"HARM_CATEGORY_DANGEROUS_CONTENT","probability":"HIGH","blocked":true}]}]}"#,
+        ]);
         assert_eq!(r.finish, Some(FinishReason::ContentFilter));
-        let (r, clean) = run(&[r#"{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"},"usageMetadata":{"promptTokenCount":12,"totalTokenCount":12}}"#]);
+        let (r, clean) = run(&[
+            r#"{"promptFeedback":{"blockReason":"PROHIBITED_CONTENT"},"usageMetadata":{"promptTokenCount":12,"totalTokenCount":12}}"#,
+        ]);
         assert!(clean);
         assert_eq!(r.finish, Some(FinishReason::ContentFilter));
     }
 
     #[test]
     fn function_calls_and_errors() {
-        let (r, _) = run(&[r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Oslo"}}}],"role":"model"},"finishReason":"STOP"}]}"#]);
+        let (r, _) = run(&[
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"get_weather","args":{"city":"Oslo"}}}],"role":"model"},"finishReason":"STOP"}]}"#,
+        ]);
         assert_eq!(r.tool_calls[0].name, "get_weather");
         assert_eq!(r.tool_calls[0].arguments, r#"{"city":"Oslo"}"#);
         assert_eq!(r.finish, Some(FinishReason::ToolCalls));
         let mut d = ResponseDecoder::new("g");
-        assert!(matches!(d.decode("", "{\"candidates\":[").unwrap_err(), ProviderError::Malformed { .. }));
+        assert!(matches!(
+            d.decode("", "{\"candidates\":[").unwrap_err(),
+            ProviderError::Malformed { .. }
+        ));
         assert!(d.decode("", r#"{"error":{"code":503,"message":"The model is overloaded.","status":"UNAVAILABLE"}}"#).unwrap_err().retryable());
         assert!(!d.clean_eof());
     }
 
     #[test]
     fn embeddings() {
-        let b = embed_body("text-embedding-004", &EmbedRequest { inputs: vec!["a".into(), "b".into()], dimensions: None });
+        let b = embed_body(
+            "text-embedding-004",
+            &EmbedRequest {
+                inputs: vec!["a".into(), "b".into()],
+                dimensions: None,
+            },
+        );
         assert_eq!(b["requests"][1]["model"], "models/text-embedding-004");
-        let w: EmbedWire = serde_json::from_str(r#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3,0.4]}]}"#).expect("parse");
-        assert_eq!(map_embeddings(w, 2).expect("map").vectors[1], vec![0.3, 0.4]);
+        let w: EmbedWire =
+            serde_json::from_str(r#"{"embeddings":[{"values":[0.1,0.2]},{"values":[0.3,0.4]}]}"#)
+                .expect("parse");
+        assert_eq!(
+            map_embeddings(w, 2).expect("map").vectors[1],
+            vec![0.3, 0.4]
+        );
     }
 }

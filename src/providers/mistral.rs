@@ -47,13 +47,24 @@ impl Mistral {
         }
     }
 
-    pub async fn chat_stream(&self, model: &str, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+    ) -> Result<ChatStream, ProviderError> {
         self.inner.chat_stream(model, req).await
     }
 
-    pub async fn embed(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, ProviderError> {
+    pub async fn embed(
+        &self,
+        model: &str,
+        req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
         let ep = &self.inner.endpoint;
-        let mut rb = ep.client.post(ep.url("/embeddings")).json(&embed_body(model, req));
+        let mut rb = ep
+            .client
+            .post(ep.url("/embeddings"))
+            .json(&embed_body(model, req));
         if let Some(k) = &ep.api_key {
             rb = rb.bearer_auth(k);
         }
@@ -66,8 +77,8 @@ impl Mistral {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::openai::ChunkDecoder;
     use crate::providers::http::SseDecoder;
+    use crate::providers::openai::ChunkDecoder;
     use crate::providers::{ChatResponse, FinishReason};
 
     #[test]
@@ -78,13 +89,27 @@ mod tests {
             r#"{"id":"a1","object":"chat.completion.chunk","created":1,"model":"mistral-small-latest","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
             r#"{"id":"a1","object":"chat.completion.chunk","created":1,"model":"mistral-small-latest","choices":[{"index":0,"delta":{"tool_calls":[{"id":"D681PevKs","function":{"name":"get_weather","arguments":"{\"city\": \"Oslo\"}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":70,"total_tokens":91,"completion_tokens":21}}"#,
         ] {
-            d.decode("", c).expect("ok").events.into_iter().for_each(|e| r.push(e));
+            d.decode("", c)
+                .expect("ok")
+                .events
+                .into_iter()
+                .for_each(|e| r.push(e));
         }
         assert_eq!(r.tool_calls[0].id, "D681PevKs");
         assert_eq!(r.tool_calls[0].arguments, r#"{"city": "Oslo"}"#);
         assert_eq!(r.usage.input_tokens, 70);
-        assert_eq!(crate::providers::openai::finish_reason("model_length"), FinishReason::Length);
-        let b = serde_json::to_value(embed_body("mistral-embed", &EmbedRequest { inputs: vec!["x".into()], dimensions: Some(8) })).expect("json");
+        assert_eq!(
+            crate::providers::openai::finish_reason("model_length"),
+            FinishReason::Length
+        );
+        let b = serde_json::to_value(embed_body(
+            "mistral-embed",
+            &EmbedRequest {
+                inputs: vec!["x".into()],
+                dimensions: Some(8),
+            },
+        ))
+        .expect("json");
         assert_eq!(b["output_dimension"], 8);
     }
 }

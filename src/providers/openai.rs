@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
 use super::{
-    ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason,
-    ProviderError, Role, ToolChoice, Usage,
+    ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason, ProviderError,
+    Role, ToolChoice, Usage,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -368,11 +368,7 @@ pub fn map_embeddings(wire: EmbedWire, n_inputs: usize) -> Result<EmbedResponse,
     let mut items = wire.data;
     items.sort_by_key(|i| i.index);
     if items.len() != n_inputs {
-        return Err(format!(
-            "{} vectors for {} inputs",
-            items.len(),
-            n_inputs
-        ));
+        return Err(format!("{} vectors for {} inputs", items.len(), n_inputs));
     }
     Ok(EmbedResponse {
         vectors: items.into_iter().map(|i| i.embedding).collect(),
@@ -395,7 +391,11 @@ impl OpenAi {
     ) -> Result<ChatStream, ProviderError> {
         let body = chat_body(self.flavor, model, req);
         let rb = self
-            .authed(self.endpoint.client.post(self.endpoint.url("/chat/completions")))
+            .authed(
+                self.endpoint
+                    .client
+                    .post(self.endpoint.url("/chat/completions")),
+            )
             .header("accept", "text/event-stream")
             .json(&body);
         let resp = self.endpoint.send(rb, model).await?;
@@ -469,7 +469,8 @@ mod tests {
         assert_eq!(v["tool_choice"], "auto");
         assert_eq!(v["response_format"]["type"], "json_schema");
         assert_eq!(v["response_format"]["json_schema"]["strict"], true);
-        let m = serde_json::to_value(chat_body(Flavor::Mistral, "mistral-small", &req)).expect("json");
+        let m =
+            serde_json::to_value(chat_body(Flavor::Mistral, "mistral-small", &req)).expect("json");
         assert!(m.get("stream_options").is_none());
         assert_eq!(m["max_tokens"], 64);
     }
@@ -511,7 +512,9 @@ mod tests {
         assert_eq!(r.tool_calls[0].id, "call_abc");
         assert_eq!(r.tool_calls[0].arguments, r#"{"city":"Oslo"}"#);
         assert_eq!(r.finish, Some(FinishReason::ToolCalls));
-        let (ev, _) = decode_all(&[r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#]);
+        let (ev, _) = decode_all(&[
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"content_filter"}]}"#,
+        ]);
         assert_eq!(ev, vec![ChatEvent::Finish(FinishReason::ContentFilter)]);
     }
 
@@ -523,8 +526,11 @@ mod tests {
             ProviderError::Malformed { .. }
         ));
         assert!(matches!(
-            d.decode("", r#"{"error":{"message":"overloaded","type":"server_error"}}"#)
-                .unwrap_err(),
+            d.decode(
+                "",
+                r#"{"error":{"message":"overloaded","type":"server_error"}}"#
+            )
+            .unwrap_err(),
             ProviderError::Unavailable { .. }
         ));
     }
@@ -538,7 +544,14 @@ mod tests {
         let r = map_embeddings(wire, 2).expect("map");
         assert_eq!(r.vectors[0], vec![1.0, 0.0]);
         assert_eq!(r.usage.input_tokens, 8);
-        let body = serde_json::to_value(embed_body("m", &EmbedRequest { inputs: vec!["a".into()], dimensions: Some(256) })).expect("json");
+        let body = serde_json::to_value(embed_body(
+            "m",
+            &EmbedRequest {
+                inputs: vec!["a".into()],
+                dimensions: Some(256),
+            },
+        ))
+        .expect("json");
         assert_eq!(body["dimensions"], 256);
         assert_eq!(body["encoding_format"], "float");
     }

@@ -9,7 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::http::Endpoint;
 use super::openai::{Flavor, OpenAi};
-use super::{ChatRequest, ChatStream, EmbedRequest, EmbedResponse, ProviderError, RerankRequest, RerankResponse};
+use super::{
+    ChatRequest, ChatStream, EmbedRequest, EmbedResponse, ProviderError, RerankRequest,
+    RerankResponse,
+};
 
 #[derive(Debug, Clone)]
 pub struct OpenAiCompatible {
@@ -62,28 +65,49 @@ pub fn map_rerank(w: RerankWire, top_n: Option<usize>) -> RerankResponse {
         items.truncate(n);
     }
     RerankResponse {
-        results: items.into_iter().map(|i| (i.index, i.relevance_score)).collect(),
+        results: items
+            .into_iter()
+            .map(|i| (i.index, i.relevance_score))
+            .collect(),
     }
 }
 
 impl OpenAiCompatible {
     pub fn new(endpoint: Endpoint) -> OpenAiCompatible {
         OpenAiCompatible {
-            inner: OpenAi { endpoint, flavor: Flavor::Compatible },
+            inner: OpenAi {
+                endpoint,
+                flavor: Flavor::Compatible,
+            },
         }
     }
 
-    pub async fn chat_stream(&self, model: &str, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
+    pub async fn chat_stream(
+        &self,
+        model: &str,
+        req: &ChatRequest,
+    ) -> Result<ChatStream, ProviderError> {
         self.inner.chat_stream(model, req).await
     }
 
-    pub async fn embed(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, ProviderError> {
+    pub async fn embed(
+        &self,
+        model: &str,
+        req: &EmbedRequest,
+    ) -> Result<EmbedResponse, ProviderError> {
         self.inner.embed(model, req).await
     }
 
-    pub async fn rerank(&self, model: &str, req: &RerankRequest) -> Result<RerankResponse, ProviderError> {
+    pub async fn rerank(
+        &self,
+        model: &str,
+        req: &RerankRequest,
+    ) -> Result<RerankResponse, ProviderError> {
         let ep = &self.inner.endpoint;
-        let mut rb = ep.client.post(ep.url("/rerank")).json(&rerank_body(model, req));
+        let mut rb = ep
+            .client
+            .post(ep.url("/rerank"))
+            .json(&rerank_body(model, req));
         if let Some(k) = &ep.api_key {
             rb = rb.bearer_auth(k);
         }
@@ -101,7 +125,9 @@ mod tests {
     fn rerank_both_shapes() {
         let cohere: RerankWire = serde_json::from_str(r#"{"id":"x","results":[{"index":1,"relevance_score":0.2},{"index":0,"relevance_score":0.9}],"meta":{}}"#).expect("cohere");
         assert_eq!(map_rerank(cohere, Some(1)).results, vec![(0, 0.9)]);
-        let tei: RerankWire = serde_json::from_str(r#"[{"index":0,"score":0.1},{"index":1,"score":0.7}]"#).expect("tei");
+        let tei: RerankWire =
+            serde_json::from_str(r#"[{"index":0,"score":0.1},{"index":1,"score":0.7}]"#)
+                .expect("tei");
         assert_eq!(map_rerank(tei, None).results, vec![(1, 0.7), (0, 0.1)]);
     }
 }

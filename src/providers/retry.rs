@@ -77,7 +77,9 @@ mod tests {
         let mut rng = rand::rng();
         for attempt in 0..3 {
             for _ in 0..50 {
-                let d = policy().delay(attempt, None, Duration::ZERO, &mut rng).expect("retry");
+                let d = policy()
+                    .delay(attempt, None, Duration::ZERO, &mut rng)
+                    .expect("retry");
                 assert!(d <= Duration::from_millis(100 << attempt));
             }
         }
@@ -88,8 +90,17 @@ mod tests {
     fn retry_after_is_honoured_within_limits() {
         let mut rng = rand::rng();
         let ra = Some(Duration::from_millis(700));
-        assert_eq!(policy().delay(0, ra, Duration::ZERO, &mut rng), Some(Duration::from_millis(700)));
-        assert_eq!(policy().delay(0, Some(Duration::from_secs(5)), Duration::ZERO, &mut rng), None);
-        assert_eq!(policy().delay(1, ra, Duration::from_millis(900), &mut rng), None);
+        assert_eq!(
+            policy().delay(0, ra, Duration::ZERO, &mut rng),
+            Some(Duration::from_millis(700))
+        );
+        assert_eq!(
+            policy().delay(0, Some(Duration::from_secs(5)), Duration::ZERO, &mut rng),
+            None
+        );
+        assert_eq!(
+            policy().delay(1, ra, Duration::from_millis(900), &mut rng),
+            None
+        );
     }
 }

@@ -127,7 +127,11 @@ async fn handle(state: State, uri: Uri, req: Request) -> Response {
     });
     let reply = {
         let mut s = state.script.lock().expect("lock");
-        if s.len() > 1 { s.remove(0) } else { s[0].clone() }
+        if s.len() > 1 {
+            s.remove(0)
+        } else {
+            s[0].clone()
+        }
     };
     let frames = reply.frames.clone();
     let stream = futures::stream::iter(frames).then(|f| async move {
@@ -293,16 +297,17 @@ impl Vendor {
                     o => o,
                 })
                 .collect(),
-            Vendor::Gemini => f
-                .into_iter()
-                .map(|x| match x {
-                    // Multi-line data: the JSON split over two `data:` lines.
-                    Frame::Bytes(b) if b.contains(",\"modelVersion\"") => {
-                        Frame::Bytes(b.replacen(",\"modelVersion\"", ",\ndata: \"modelVersion\"", 1))
-                    }
-                    o => o,
-                })
-                .collect(),
+            Vendor::Gemini => {
+                f.into_iter()
+                    .map(|x| match x {
+                        // Multi-line data: the JSON split over two `data:` lines.
+                        Frame::Bytes(b) if b.contains(",\"modelVersion\"") => Frame::Bytes(
+                            b.replacen(",\"modelVersion\"", ",\ndata: \"modelVersion\"", 1),
+                        ),
+                        o => o,
+                    })
+                    .collect()
+            }
             _ => f,
         }
     }
