@@ -438,6 +438,8 @@ async fn run(
                     }
                 }
                 Ok(ChatEvent::Usage(u)) => usage = u,
+                // The answer prompt offers no tools.
+                Ok(ChatEvent::ToolCallDelta { .. }) => {}
                 Ok(ChatEvent::Finish(FinishReason::Error)) => break,
                 Ok(ChatEvent::Finish(_)) => {}
                 Err(e) => {

@@ -63,6 +63,7 @@ impl Default for RawConfig {
                 kind: ProviderKind::Extractive,
                 base_url: None,
                 api_key: None,
+                ..RawProvider::default()
             },
         );
         let mut routes = BTreeMap::new();
@@ -476,15 +477,7 @@ fn validate(
             )?),
             None => None,
         };
-        providers.insert(
-            name.clone(),
-            ProviderConfig {
-                name: name.clone(),
-                kind: p.kind,
-                base_url: p.base_url.clone(),
-                api_key,
-            },
-        );
+        providers.insert(name.clone(), ProviderConfig::resolve(name, p, api_key));
     }
     let mut routes = BTreeMap::new();
     for (route, targets) in &raw.routes {

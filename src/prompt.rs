@@ -72,6 +72,7 @@ impl Prompt {
             stop: Vec::new(),
             question: Some(question.to_string()),
             context: passages.to_vec(),
+            ..ChatRequest::default()
         }
     }
 }

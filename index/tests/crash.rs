@@ -109,7 +109,18 @@ fn check_consistent(dir: &Path) -> u64 {
     assert_eq!(bm25.len(), (DOCS + 1) * 3, "generation {g}");
     for mode in [SearchMode::Dense, SearchMode::Hybrid] {
         let hits = all(mode, "shared words");
-        assert_eq!(hits.len(), (DOCS + 1) * 3, "{mode:?} generation {g}");
+        let expected = (DOCS + 1) * 3;
+        if mode == SearchMode::Dense {
+            // The reloaded graph is approximate: asked for every vector it may miss a few.
+            // Which generation survived is what this test checks (every hit below).
+            assert!(
+                hits.len() * 100 >= expected * 97,
+                "{mode:?} generation {g}: {}",
+                hits.len()
+            );
+        } else {
+            assert_eq!(hits.len(), expected, "{mode:?} generation {g}");
+        }
         for h in hits {
             assert_eq!(h.document.metadata["round"], g.to_string());
             assert!(h.chunk.text.starts_with(&format!("round{g} ")));

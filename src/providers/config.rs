@@ -1,6 +1,8 @@
 //! Provider configuration: the `[providers.<name>]` tables (raw and resolved) and the route
 //! targets built from them. Owned by the provider layer so vendor settings (timeouts, retries,
-//! prices) live next to the code that uses them.
+//! prices) live next to the code that uses them. Every gateway key is optional.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +17,21 @@ pub enum ProviderKind {
     Extractive,
 }
 
+/// Price of one model in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    /// Cached input tokens (prompt cache hits); they are not also charged as input.
+    #[serde(default)]
+    pub cached_per_mtok: f64,
+}
+
+/// One `[providers.<name>]` table as written. Gateway keys are optional (see
+/// [`ProviderSettings`] for their meaning and defaults).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawProvider {
@@ -24,6 +41,124 @@ pub struct RawProvider {
     /// A reference such as `env:OPENAI_API_KEY`, never the key itself.
     #[serde(default)]
     pub api_key: Option<String>,
+    #[serde(default)]
+    pub timeout_connect_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_first_token_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_idle_ms: Option<u64>,
+    #[serde(default)]
+    pub timeout_total_ms: Option<u64>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub retry_base_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_max_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_budget_ms: Option<u64>,
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    #[serde(default)]
+    pub breaker_cooldown_ms: Option<u64>,
+    /// `[providers.<name>.prices."<model>"]`
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Default for RawProvider {
+    fn default() -> Self {
+        RawProvider {
+            kind: ProviderKind::Extractive,
+            base_url: None,
+            api_key: None,
+            timeout_connect_ms: None,
+            timeout_first_token_ms: None,
+            timeout_idle_ms: None,
+            timeout_total_ms: None,
+            max_retries: None,
+            retry_base_ms: None,
+            retry_max_delay_ms: None,
+            retry_budget_ms: None,
+            max_concurrency: None,
+            breaker_failures: None,
+            breaker_cooldown_ms: None,
+            prices: BTreeMap::new(),
+        }
+    }
+}
+
+impl RawProvider {
+    /// The gateway settings with defaults filled in.
+    pub fn settings(&self) -> ProviderSettings {
+        let d = ProviderSettings::default();
+        ProviderSettings {
+            timeout_connect_ms: self.timeout_connect_ms.unwrap_or(d.timeout_connect_ms),
+            timeout_first_token_ms: self
+                .timeout_first_token_ms
+                .unwrap_or(d.timeout_first_token_ms),
+            timeout_idle_ms: self.timeout_idle_ms.unwrap_or(d.timeout_idle_ms),
+            timeout_total_ms: self.timeout_total_ms.unwrap_or(d.timeout_total_ms),
+            max_retries: self.max_retries.unwrap_or(d.max_retries),
+            retry_base_ms: self.retry_base_ms.unwrap_or(d.retry_base_ms),
+            retry_max_delay_ms: self.retry_max_delay_ms.unwrap_or(d.retry_max_delay_ms),
+            retry_budget_ms: self.retry_budget_ms.unwrap_or(d.retry_budget_ms),
+            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency).max(1),
+            breaker_failures: self.breaker_failures.unwrap_or(d.breaker_failures).max(1),
+            breaker_cooldown_ms: self.breaker_cooldown_ms.unwrap_or(d.breaker_cooldown_ms),
+            prices: self.prices.clone(),
+        }
+    }
+}
+
+/// Per-provider gateway settings (`[providers.<name>]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderSettings {
+    /// TCP/TLS connect time-out.
+    pub timeout_connect_ms: u64,
+    /// From sending the request to the first output token.
+    pub timeout_first_token_ms: u64,
+    /// Longest silence between two events once output started.
+    pub timeout_idle_ms: u64,
+    /// Whole call, first byte to last.
+    pub timeout_total_ms: u64,
+    /// Retries of one target after the first attempt (retryable errors, before any output).
+    pub max_retries: u32,
+    /// First backoff delay; doubled per retry, with full jitter.
+    pub retry_base_ms: u64,
+    /// Upper bound of one backoff delay (a longer `Retry-After` skips to the next target).
+    pub retry_max_delay_ms: u64,
+    /// Total time spent waiting between retries of one target at most.
+    pub retry_budget_ms: u64,
+    /// Calls in flight to this provider at most; further calls wait.
+    pub max_concurrency: usize,
+    /// Consecutive failures that open the breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker rejects calls before letting one probe through.
+    pub breaker_cooldown_ms: u64,
+    /// Prices by model name.
+    pub prices: BTreeMap<String, Price>,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        ProviderSettings {
+            timeout_connect_ms: 5_000,
+            timeout_first_token_ms: 30_000,
+            timeout_idle_ms: 30_000,
+            timeout_total_ms: 300_000,
+            max_retries: 2,
+            retry_base_ms: 250,
+            retry_max_delay_ms: 10_000,
+            retry_budget_ms: 20_000,
+            max_concurrency: 64,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 30_000,
+            prices: BTreeMap::new(),
+        }
+    }
 }
 
 /// A provider with its secret resolved.
@@ -34,4 +169,67 @@ pub struct ProviderConfig {
     pub base_url: Option<String>,
     /// The resolved key (never logged; `Debug` of the config is not printed).
     pub api_key: Option<String>,
+    /// The variable the key came from, named in authentication errors.
+    pub key_var: Option<String>,
+    pub settings: ProviderSettings,
+}
+
+impl ProviderConfig {
+    /// Builds the resolved provider from its raw table and the already-resolved key.
+    pub fn resolve(name: &str, raw: &RawProvider, api_key: Option<String>) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_string(),
+            kind: raw.kind,
+            base_url: raw.base_url.clone(),
+            api_key,
+            key_var: raw
+                .api_key
+                .as_deref()
+                .and_then(|r| r.strip_prefix("env:"))
+                .map(str::to_string),
+            settings: raw.settings(),
+        }
+    }
+
+    /// A provider with default settings (tests, programmatic use).
+    pub fn new(name: &str, kind: ProviderKind, base_url: Option<&str>) -> ProviderConfig {
+        ProviderConfig {
+            name: name.to_string(),
+            kind,
+            base_url: base_url.map(str::to_string),
+            api_key: None,
+            key_var: None,
+            settings: ProviderSettings::default(),
+        }
+    }
+}
+
+/// Spending limits of the gateway (`[budget]`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Requests asking for more output tokens are refused (`None`: no cap).
+    pub max_tokens_per_request: Option<u32>,
+    /// Spend across all providers per UTC day, in US dollars (`None`: no cap).
+    pub daily_usd: Option<f64>,
+    /// Spend per API key (of cairn's own clients) per UTC day (`None`: no cap).
+    pub daily_usd_per_key: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_optional_and_unknown_keys_are_rejected() {
+        let p: RawProvider = toml::from_str("kind = \"openai\"").expect("minimal");
+        assert_eq!(p.settings(), ProviderSettings::default());
+        let p: RawProvider = toml::from_str(
+            "kind = \"anthropic\"\nmax_retries = 0\ntimeout_idle_ms = 5\n[prices.\"claude-x\"]\ninput_per_mtok = 3.0\noutput_per_mtok = 15.0\n",
+        )
+        .expect("full");
+        assert_eq!(p.settings().max_retries, 0);
+        assert_eq!(p.settings().prices["claude-x"].output_per_mtok, 15.0);
+        assert!(toml::from_str::<RawProvider>("kind = \"openai\"\nmax_retry = 1").is_err());
+    }
 }

@@ -1,0 +1,641 @@
+//! The gateway: the one entry point the answer pipeline calls.
+//!
+//! [`Router::stream`] takes a route and a request and returns a stream plus [`TargetInfo`]
+//! (which provider and model served, attempts made, tokens and cost). Internally, per target in
+//! route order: the breaker is asked first (an open breaker skips the target), a concurrency
+//! permit is taken, the call is opened and held until its first output event (text or tool
+//! call) under the time-to-first-token limit; retryable failures before that point are retried
+//! with backoff ([`super::retry`]), other failures or spent retries move to the next target.
+//! Once output has started the stream is handed over and never retried or replaced; idle and
+//! total time-outs then apply, a failure is reported in-stream, and dropping the stream (or
+//! cancelling the token) drops the HTTP response, which closes the upstream request.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::breaker::Breaker;
+use super::config::{Price, ProviderSettings};
+use super::cost::{Budget, Exhausted, cost_usd};
+use super::retry::RetryPolicy;
+use super::{
+    ChatEvent, ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, Message,
+    ProviderError, RerankRequest, RerankResponse, Role, Router, Target, Usage,
+};
+
+/// Gateway state of one provider, shared by all its targets.
+#[derive(Debug)]
+pub struct Gate {
+    pub settings: ProviderSettings,
+    pub retry: RetryPolicy,
+    pub breaker: Breaker,
+    pub limiter: Arc<Semaphore>,
+}
+
+impl Gate {
+    pub fn new(s: &ProviderSettings) -> Gate {
+        Gate {
+            settings: s.clone(),
+            retry: RetryPolicy::from_settings(s),
+            breaker: Breaker::new(
+                s.breaker_failures,
+                Duration::from_millis(s.breaker_cooldown_ms),
+            ),
+            limiter: Arc::new(Semaphore::new(s.max_concurrency.max(1))),
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+}
+
+/// Why the gateway gave no stream.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    #[error("budget exhausted: {0}")]
+    BudgetExhausted(Exhausted),
+    #[error("no route named `{0}`")]
+    NoRoute(String),
+    #[error("every provider of the route failed{}", last_error(.last))]
+    AllFailed {
+        attempts: Vec<Attempt>,
+        last: Option<ProviderError>,
+    },
+    #[error("the call was cancelled")]
+    Cancelled,
+    #[error("the output does not match the requested schema: {0}")]
+    SchemaInvalid(String),
+    /// A call failed after output had started (so it was not retried).
+    #[error("{0}")]
+    Interrupted(ProviderError),
+}
+
+fn last_error(last: &Option<ProviderError>) -> String {
+    last.as_ref()
+        .map(|e| format!("; last error: {e}"))
+        .unwrap_or_default()
+}
+
+impl GatewayError {
+    /// A stable machine-readable code for API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BudgetExhausted(_) => "budget_exhausted",
+            GatewayError::NoRoute(_) => "no_route",
+            GatewayError::AllFailed { .. } => "providers_unavailable",
+            GatewayError::Cancelled => "cancelled",
+            GatewayError::SchemaInvalid(_) => "schema_invalid",
+            GatewayError::Interrupted(_) => "provider_stream_failed",
+        }
+    }
+}
+
+/// One try of one target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub provider: String,
+    pub model: String,
+    /// `None` when the breaker skipped the target without a call.
+    pub error: Option<ProviderError>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Meter {
+    usage: Usage,
+    cost_usd: f64,
+    price_known: bool,
+}
+
+/// Tokens and cost of a call, filled in as its stream runs.
+#[derive(Debug, Default)]
+pub struct CallMeter {
+    inner: Mutex<Meter>,
+}
+
+impl CallMeter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Meter> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set(&self, usage: Usage, price: Option<&Price>) {
+        let mut m = self.lock();
+        m.usage = usage;
+        m.price_known = price.is_some();
+        m.cost_usd = price.map_or(0.0, |p| cost_usd(p, &usage));
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.lock().usage
+    }
+
+    /// US dollars; 0 when the model has no price in the table.
+    pub fn cost_usd(&self) -> f64 {
+        self.lock().cost_usd
+    }
+
+    pub fn price_known(&self) -> bool {
+        self.lock().price_known
+    }
+}
+
+/// Which target served a call, how it got there, and what it cost.
+#[derive(Debug, Clone)]
+pub struct TargetInfo {
+    pub provider_name: String,
+    pub model: String,
+    /// Position of the serving target in the route (0: the first choice).
+    pub target_index: usize,
+    /// Failed or skipped tries before the one that served.
+    pub attempts: Vec<Attempt>,
+    pub meter: Arc<CallMeter>,
+}
+
+impl TargetInfo {
+    pub fn usage(&self) -> Usage {
+        self.meter.usage()
+    }
+
+    pub fn cost_usd(&self) -> f64 {
+        self.meter.cost_usd()
+    }
+}
+
+/// Charges the budget and reports to the breaker when a served call ends (however it ends).
+struct CallGuard {
+    _permit: OwnedSemaphorePermit,
+    gate: Arc<Gate>,
+    meter: Arc<CallMeter>,
+    budget: Arc<Budget>,
+    key: Option<String>,
+    failed: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.budget
+            .charge(self.meter.cost_usd(), self.key.as_deref());
+        if self.failed {
+            self.gate.breaker.failure();
+        }
+    }
+}
+
+struct Live {
+    inner: ChatStream,
+    buf: VecDeque<ChatEvent>,
+    idle: Duration,
+    deadline: Instant,
+    cancel: CancellationToken,
+    price: Option<Price>,
+    provider: String,
+    guard: CallGuard,
+    done: bool,
+}
+
+impl Live {
+    fn observe(&self, ev: &ChatEvent) {
+        if let ChatEvent::Usage(u) = ev {
+            self.guard.meter.set(*u, self.price.as_ref());
+        }
+    }
+
+    fn into_stream(self) -> ChatStream {
+        Box::pin(futures::stream::unfold(self, |mut l| async move {
+            if let Some(ev) = l.buf.pop_front() {
+                l.observe(&ev);
+                return Some((Ok(ev), l));
+            }
+            if l.done {
+                return None;
+            }
+            let now = Instant::now();
+            let wait = l.idle.min(l.deadline.saturating_duration_since(now));
+            let next = tokio::select! {
+                _ = l.cancel.cancelled() => None,
+                r = tokio::time::timeout(wait, l.inner.next()) => Some(r),
+            };
+            match next {
+                None => None,
+                Some(Err(_)) => {
+                    l.done = true;
+                    l.guard.failed = true;
+                    let stage = if Instant::now() >= l.deadline {
+                        "total"
+                    } else {
+                        "idle"
+                    };
+                    let e = ProviderError::Timeout {
+                        provider: l.provider.clone(),
+                        stage: stage.into(),
+                    };
+                    Some((Err(e), l))
+                }
+                Some(Ok(None)) => None,
+                Some(Ok(Some(Ok(ev)))) => {
+                    l.observe(&ev);
+                    Some((Ok(ev), l))
+                }
+                Some(Ok(Some(Err(e)))) => {
+                    l.done = true;
+                    l.guard.failed = health_failure(&e);
+                    Some((Err(e), l))
+                }
+            }
+        }))
+    }
+}
+
+/// Opens a call and waits for its first output event (or its end), buffering what came first.
+async fn open_until_output(
+    target: &Target,
+    req: &ChatRequest,
+) -> Result<(ChatStream, VecDeque<ChatEvent>), ProviderError> {
+    let mut s = target.provider.chat_stream(&target.model, req).await?;
+    let mut buf = VecDeque::new();
+    loop {
+        match s.next().await {
+            Some(Ok(ev)) => {
+                let out = ev.is_output();
+                buf.push_back(ev);
+                if out {
+                    return Ok((s, buf));
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => return Ok((s, buf)),
+        }
+    }
+}
+
+/// Whether an error says something about the provider's health (counts for the breaker).
+fn health_failure(e: &ProviderError) -> bool {
+    e.retryable() || matches!(e, ProviderError::Malformed { .. })
+}
+
+async fn sleep_or_cancel(d: Duration, cancel: &CancellationToken) -> Result<(), GatewayError> {
+    tokio::select! {
+        _ = cancel.cancelled() => Err(GatewayError::Cancelled),
+        _ = tokio::time::sleep(d) => Ok(()),
+    }
+}
+
+impl Router {
+    /// Streams a chat answer over `route`: retries, breakers, time-outs, fallback before the
+    /// first token, and cost accounting. See the module documentation.
+    pub async fn stream(
+        &self,
+        route: &str,
+        req: &ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<(ChatStream, TargetInfo), GatewayError> {
+        self.stream_for_key(route, req, cancel, None).await
+    }
+
+    /// [`Router::stream`] charged to one of cairn's API keys (for the per-key daily cap).
+    pub async fn stream_for_key(
+        &self,
+        route: &str,
+        req: &ChatRequest,
+        cancel: CancellationToken,
+        key: Option<&str>,
+    ) -> Result<(ChatStream, TargetInfo), GatewayError> {
+        let targets = self
+            .routes
+            .get(route)
+            .ok_or_else(|| GatewayError::NoRoute(route.to_string()))?;
+        self.budget
+            .check(req.max_tokens, key)
+            .map_err(GatewayError::BudgetExhausted)?;
+        let mut attempts = Vec::new();
+        let mut last = None;
+        for (index, target) in targets.iter().enumerate() {
+            let gate = &target.gate;
+            let mut retry = 0u32;
+            let mut waited = Duration::ZERO;
+            loop {
+                if !gate.breaker.allow() {
+                    tracing::debug!(provider = %target.provider_name, "breaker open; skipping");
+                    attempts.push(Attempt {
+                        provider: target.provider_name.clone(),
+                        model: target.model.clone(),
+                        error: None,
+                    });
+                    break;
+                }
+                let permit = tokio::select! {
+                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                    p = gate.limiter.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return Err(GatewayError::Cancelled),
+                    },
+                };
+                let started = Instant::now();
+                let s = &gate.settings;
+                let first = Gate::ms(s.timeout_first_token_ms).min(Gate::ms(s.timeout_total_ms));
+                let opened = tokio::select! {
+                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                    r = tokio::time::timeout(first, open_until_output(target, req)) => match r {
+                        Ok(r) => r,
+                        Err(_) => Err(ProviderError::Timeout {
+                            provider: target.provider_name.clone(),
+                            stage: "first_token".into(),
+                        }),
+                    },
+                };
+                match opened {
+                    Ok((inner, buf)) => {
+                        gate.breaker.success();
+                        let meter = Arc::new(CallMeter::default());
+                        let live = Live {
+                            inner,
+                            buf,
+                            idle: Gate::ms(s.timeout_idle_ms),
+                            deadline: started + Gate::ms(s.timeout_total_ms),
+                            cancel: cancel.clone(),
+                            price: s.prices.get(&target.model).copied(),
+                            provider: target.provider_name.clone(),
+                            guard: CallGuard {
+                                _permit: permit,
+                                gate: gate.clone(),
+                                meter: meter.clone(),
+                                budget: self.budget.clone(),
+                                key: key.map(str::to_string),
+                                failed: false,
+                            },
+                            done: false,
+                        };
+                        let info = TargetInfo {
+                            provider_name: target.provider_name.clone(),
+                            model: target.model.clone(),
+                            target_index: index,
+                            attempts,
+                            meter,
+                        };
+                        return Ok((live.into_stream(), info));
+                    }
+                    Err(e) => {
+                        drop(permit);
+                        if health_failure(&e) {
+                            gate.breaker.failure();
+                        }
+                        tracing::warn!(provider = %target.provider_name, model = %target.model, error = %e, retry, "provider call failed before output");
+                        attempts.push(Attempt {
+                            provider: target.provider_name.clone(),
+                            model: target.model.clone(),
+                            error: Some(e.clone()),
+                        });
+                        let delay = if e.retryable() {
+                            gate.retry.delay(
+                                retry,
+                                e.retry_after_ms().map(Duration::from_millis),
+                                waited,
+                                &mut rand::rng(),
+                            )
+                        } else {
+                            None
+                        };
+                        last = Some(e);
+                        let Some(d) = delay else { break };
+                        sleep_or_cancel(d, &cancel).await?;
+                        waited += d;
+                        retry += 1;
+                    }
+                }
+            }
+        }
+        Err(GatewayError::AllFailed { attempts, last })
+    }
+
+    /// A whole (non-streamed) response, with the same gateway behaviour.
+    pub async fn complete(
+        &self,
+        route: &str,
+        req: &ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<(ChatResponse, TargetInfo), GatewayError> {
+        let (stream, info) = self.stream(route, req, cancel).await?;
+        let resp = ChatResponse::collect(stream)
+            .await
+            .map_err(GatewayError::Interrupted)?;
+        Ok((resp, info))
+    }
+
+    /// A JSON value valid against `req.output_schema`. An invalid reply is retried once with
+    /// the validation errors as feedback; a second invalid reply is [`GatewayError::SchemaInvalid`].
+    pub async fn complete_json(
+        &self,
+        route: &str,
+        req: &ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<(serde_json::Value, TargetInfo), GatewayError> {
+        let Some(schema) = &req.output_schema else {
+            return Err(GatewayError::SchemaInvalid(
+                "the request has no output_schema".into(),
+            ));
+        };
+        let validator = jsonschema::validator_for(&schema.schema).map_err(|e| {
+            GatewayError::SchemaInvalid(format!("the schema itself is invalid: {e}"))
+        })?;
+        let mut req = req.clone();
+        let mut last_problem = String::new();
+        for _ in 0..2 {
+            let (resp, info) = self.complete(route, &req, cancel.clone()).await?;
+            match check_json(&validator, &resp.text) {
+                Ok(v) => return Ok((v, info)),
+                Err(problem) => {
+                    tracing::info!(provider = %info.provider_name, %problem, "structured output invalid; asking again");
+                    req.messages.push(Message {
+                        role: Role::Assistant,
+                        content: resp.text,
+                    });
+                    req.messages.push(Message {
+                        role: Role::User,
+                        content: format!(
+                            "That reply is not valid against the required JSON schema: {problem}. Reply again with only the corrected JSON."
+                        ),
+                    });
+                    last_problem = problem;
+                }
+            }
+        }
+        Err(GatewayError::SchemaInvalid(last_problem))
+    }
+
+    /// Embeds texts over `route` with retries, breakers and fallback (no streaming).
+    pub async fn embed(
+        &self,
+        route: &str,
+        req: &EmbedRequest,
+        cancel: CancellationToken,
+    ) -> Result<(EmbedResponse, TargetInfo), GatewayError> {
+        let (resp, info) = self
+            .unary(route, cancel, |t| {
+                let t = t.clone();
+                let req = req.clone();
+                async move { t.provider.embed(&t.model, &req).await }
+            })
+            .await?;
+        let price = self
+            .routes
+            .get(route)
+            .and_then(|ts| ts.get(info.target_index))
+            .and_then(|t| t.gate.settings.prices.get(&t.model).copied());
+        info.meter.set(resp.usage, price.as_ref());
+        self.budget.charge(info.cost_usd(), None);
+        Ok((resp, info))
+    }
+
+    /// Reranks documents over `route` with retries, breakers and fallback.
+    pub async fn rerank(
+        &self,
+        route: &str,
+        req: &RerankRequest,
+        cancel: CancellationToken,
+    ) -> Result<(RerankResponse, TargetInfo), GatewayError> {
+        self.unary(route, cancel, |t| {
+            let t = t.clone();
+            let req = req.clone();
+            async move { t.provider.rerank(&t.model, &req).await }
+        })
+        .await
+    }
+
+    async fn unary<T, F, Fut>(
+        &self,
+        route: &str,
+        cancel: CancellationToken,
+        call: F,
+    ) -> Result<(T, TargetInfo), GatewayError>
+    where
+        F: Fn(&Target) -> Fut,
+        Fut: Future<Output = Result<T, ProviderError>>,
+    {
+        let targets = self
+            .routes
+            .get(route)
+            .ok_or_else(|| GatewayError::NoRoute(route.to_string()))?;
+        self.budget
+            .check(None, None)
+            .map_err(GatewayError::BudgetExhausted)?;
+        let mut attempts = Vec::new();
+        let mut last = None;
+        for (index, target) in targets.iter().enumerate() {
+            let gate = &target.gate;
+            let mut retry = 0u32;
+            let mut waited = Duration::ZERO;
+            loop {
+                if !gate.breaker.allow() {
+                    attempts.push(Attempt {
+                        provider: target.provider_name.clone(),
+                        model: target.model.clone(),
+                        error: None,
+                    });
+                    break;
+                }
+                let _permit = tokio::select! {
+                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                    p = gate.limiter.clone().acquire_owned() => p.map_err(|_| GatewayError::Cancelled)?,
+                };
+                let total = Gate::ms(gate.settings.timeout_total_ms);
+                let r = tokio::select! {
+                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                    r = tokio::time::timeout(total, call(target)) => r.unwrap_or_else(|_| Err(ProviderError::Timeout {
+                        provider: target.provider_name.clone(),
+                        stage: "total".into(),
+                    })),
+                };
+                match r {
+                    Ok(v) => {
+                        gate.breaker.success();
+                        let info = TargetInfo {
+                            provider_name: target.provider_name.clone(),
+                            model: target.model.clone(),
+                            target_index: index,
+                            attempts,
+                            meter: Arc::new(CallMeter::default()),
+                        };
+                        return Ok((v, info));
+                    }
+                    Err(e) => {
+                        if health_failure(&e) {
+                            gate.breaker.failure();
+                        }
+                        attempts.push(Attempt {
+                            provider: target.provider_name.clone(),
+                            model: target.model.clone(),
+                            error: Some(e.clone()),
+                        });
+                        let delay = if e.retryable() {
+                            gate.retry.delay(
+                                retry,
+                                e.retry_after_ms().map(Duration::from_millis),
+                                waited,
+                                &mut rand::rng(),
+                            )
+                        } else {
+                            None
+                        };
+                        last = Some(e);
+                        let Some(d) = delay else { break };
+                        sleep_or_cancel(d, &cancel).await?;
+                        waited += d;
+                        retry += 1;
+                    }
+                }
+            }
+        }
+        Err(GatewayError::AllFailed { attempts, last })
+    }
+}
+
+/// Parses a reply as JSON (tolerating a Markdown code fence) and validates it.
+pub fn check_json(
+    validator: &jsonschema::Validator,
+    text: &str,
+) -> Result<serde_json::Value, String> {
+    let t = text.trim();
+    let t = t
+        .strip_prefix("```json")
+        .or_else(|| t.strip_prefix("```"))
+        .and_then(|r| r.strip_suffix("```"))
+        .unwrap_or(t)
+        .trim();
+    let v: serde_json::Value = serde_json::from_str(t).map_err(|e| format!("not JSON ({e})"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&v)
+        .map(|e| format!("at `{}`: {e}", e.instance_path()))
+        .take(5)
+        .collect();
+    if errors.is_empty() {
+        Ok(v)
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_check_reports_path_and_accepts_fences() {
+        let v = jsonschema::validator_for(
+            &json!({"type":"object","properties":{"n":{"type":"integer"}},"required":["n"]}),
+        )
+        .expect("schema");
+        assert_eq!(
+            check_json(&v, "```json\n{\"n\": 3}\n```").expect("ok"),
+            json!({"n": 3})
+        );
+        let e = check_json(&v, r#"{"n": "x"}"#).unwrap_err();
+        assert!(e.contains("/n"), "{e}");
+        assert!(check_json(&v, "nope").unwrap_err().starts_with("not JSON"));
+    }
+}

@@ -1,0 +1,347 @@
+//! Scripted fake vendor servers for the provider tests: an axum server on 127.0.0.1:0 that
+//! answers each request with the next scripted [`Reply`] (the last one repeats), streaming its
+//! body frame by frame with optional delays and an abrupt connection drop, and records every
+//! request it saw. [`Vendor`] renders each vendor's documented SSE wire format.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use futures::StreamExt;
+
+/// One piece of a scripted response body.
+#[derive(Debug, Clone)]
+pub enum Frame {
+    Bytes(String),
+    Delay(Duration),
+    /// Abort the connection mid-body.
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub frames: Vec<Frame>,
+}
+
+impl Reply {
+    pub fn sse(frames: Vec<Frame>) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            frames,
+        }
+    }
+
+    pub fn json(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            frames: vec![Frame::Bytes(body.to_string())],
+        }
+    }
+
+    pub fn with_header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+}
+
+/// A request as the fake saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: serde_json::Value,
+}
+
+#[derive(Clone)]
+struct State {
+    script: Arc<Mutex<Vec<Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+pub struct Fake {
+    pub base: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Fake {
+    pub async fn start(script: Vec<Reply>) -> Fake {
+        let state = State {
+            script: Arc::new(Mutex::new(script)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        let seen = state.seen.clone();
+        let app = axum::Router::new().fallback(move |uri: Uri, req: Request| {
+            let state = state.clone();
+            async move { handle(state, uri, req).await }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake {
+            base: format!("http://{addr}"),
+            seen,
+            task,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+}
+
+async fn handle(state: State, uri: Uri, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    state.seen.lock().expect("lock").push(Seen {
+        path_and_query: uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers,
+        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    });
+    let reply = {
+        let mut s = state.script.lock().expect("lock");
+        if s.len() > 1 {
+            s.remove(0)
+        } else {
+            s[0].clone()
+        }
+    };
+    let frames = reply.frames.clone();
+    let stream = futures::stream::iter(frames).then(|f| async move {
+        match f {
+            Frame::Bytes(b) => Some(Ok::<_, std::io::Error>(Bytes::from(b))),
+            Frame::Delay(d) => {
+                tokio::time::sleep(d).await;
+                None
+            }
+            Frame::Drop => Some(Err(std::io::Error::other("scripted drop"))),
+        }
+    });
+    let stream = stream.filter_map(|x| async move { x });
+    let mut b = Response::builder().status(reply.status);
+    for (k, v) in &reply.headers {
+        b = b.header(k, v);
+    }
+    b.body(Body::from_stream(stream))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+/// The vendors the fake can imitate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Vendor {
+    OpenAi,
+    Anthropic,
+    Gemini,
+    Mistral,
+    Compatible,
+}
+
+fn data(json: &str) -> Frame {
+    Frame::Bytes(format!("data: {json}\n\n"))
+}
+
+impl Vendor {
+    /// The `base_url` a provider is configured with, relative to the fake's root.
+    pub fn base_path(self) -> &'static str {
+        match self {
+            Vendor::Gemini => "/v1beta",
+            _ => "/v1",
+        }
+    }
+
+    pub fn model(self) -> &'static str {
+        match self {
+            Vendor::OpenAi => "gpt-4o-mini",
+            Vendor::Anthropic => "claude-sonnet-4-5",
+            Vendor::Gemini => "gemini-2.0-flash",
+            Vendor::Mistral => "mistral-small-latest",
+            Vendor::Compatible => "smollm2",
+        }
+    }
+
+    /// The path (and query) the provider must call for a streamed chat.
+    pub fn chat_path(self) -> String {
+        match self {
+            Vendor::Anthropic => "/v1/messages".into(),
+            Vendor::Gemini => format!(
+                "/v1beta/models/{}:streamGenerateContent?alt=sse",
+                self.model()
+            ),
+            _ => "/v1/chat/completions".into(),
+        }
+    }
+
+    /// The status a vendor uses for "overloaded".
+    pub fn overloaded_status(self) -> u16 {
+        match self {
+            Vendor::Anthropic => 529,
+            _ => 503,
+        }
+    }
+
+    /// One text-delta event.
+    pub fn text_frame(self, text: &str) -> Frame {
+        let t = serde_json::to_string(text).expect("json");
+        match self {
+            Vendor::OpenAi | Vendor::Compatible | Vendor::Mistral => data(&format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{{"content":{t}}},"logprobs":null,"finish_reason":null}}]}}"#,
+                self.model()
+            )),
+            Vendor::Anthropic => Frame::Bytes(format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{t}}}}}\n\n"
+            )),
+            Vendor::Gemini => data(&format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":{t}}}],"role":"model"}},"index":0}}],"modelVersion":"{}"}}"#,
+                self.model()
+            )),
+        }
+    }
+
+    /// Events before the first text (role chunk, message_start, …).
+    pub fn preamble(self) -> Vec<Frame> {
+        match self {
+            Vendor::OpenAi | Vendor::Compatible | Vendor::Mistral => vec![data(&format!(
+                r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}]}}"#,
+                self.model()
+            ))],
+            Vendor::Anthropic => vec![
+                Frame::Bytes(format!(
+                    "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"{}\",\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{{\"input_tokens\":21,\"output_tokens\":1}}}}}}\n\n",
+                    self.model()
+                )),
+                Frame::Bytes("event: content_block_start\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n".into()),
+                Frame::Bytes("event: ping\ndata: {\"type\": \"ping\"}\n\n".into()),
+            ],
+            Vendor::Gemini => vec![],
+        }
+    }
+
+    /// Finish + usage (input 21, output 7) + end marker; usage appears only here.
+    pub fn finale(self) -> Vec<Frame> {
+        match self {
+            Vendor::OpenAi | Vendor::Compatible => vec![
+                data(&format!(
+                    r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}]}}"#,
+                    self.model()
+                )),
+                data(&format!(
+                    r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[],"usage":{{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}}}"#,
+                    self.model()
+                )),
+                Frame::Bytes("data: [DONE]\n\n".into()),
+            ],
+            Vendor::Mistral => vec![
+                data(&format!(
+                    r#"{{"id":"a1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{{"content":""}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":21,"total_tokens":28,"completion_tokens":7}}}}"#,
+                    self.model()
+                )),
+                Frame::Bytes("data: [DONE]\n\n".into()),
+            ],
+            Vendor::Anthropic => vec![
+                Frame::Bytes("event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n".into()),
+                Frame::Bytes("event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":7}}\n\n".into()),
+                Frame::Bytes("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into()),
+            ],
+            Vendor::Gemini => vec![data(&format!(
+                r#"{{"candidates":[{{"content":{{"parts":[{{"text":""}}],"role":"model"}},"finishReason":"STOP","index":0}}],"usageMetadata":{{"promptTokenCount":21,"candidatesTokenCount":7,"totalTokenCount":28}},"modelVersion":"{}"}}"#,
+                self.model()
+            ))],
+        }
+    }
+
+    /// A whole successful stream of `parts`, with SSE framing variations: a comment line,
+    /// CRLF line ends (OpenAI-like vendors), a `data:` split over two lines (Gemini), and a
+    /// keep-alive comment between events.
+    pub fn success(self, parts: &[&str]) -> Vec<Frame> {
+        let mut f = vec![Frame::Bytes(": keep-alive\n\n".into())];
+        f.extend(self.preamble());
+        for (i, p) in parts.iter().enumerate() {
+            f.push(self.text_frame(p));
+            if i == 0 {
+                f.push(Frame::Bytes(": still here\n\n".into()));
+            }
+        }
+        f.extend(self.finale());
+        match self {
+            Vendor::OpenAi | Vendor::Mistral => f
+                .into_iter()
+                .map(|x| match x {
+                    Frame::Bytes(b) => Frame::Bytes(b.replace('\n', "\r\n")),
+                    o => o,
+                })
+                .collect(),
+            Vendor::Gemini => {
+                f.into_iter()
+                    .map(|x| match x {
+                        // Multi-line data: the JSON split over two `data:` lines.
+                        Frame::Bytes(b) if b.contains(",\"modelVersion\"") => Frame::Bytes(
+                            b.replacen(",\"modelVersion\"", ",\ndata: \"modelVersion\"", 1),
+                        ),
+                        o => o,
+                    })
+                    .collect()
+            }
+            _ => f,
+        }
+    }
+
+    /// A stream whose first event is not valid JSON.
+    pub fn malformed(self) -> Vec<Frame> {
+        let bad = "data: {\"choices\": [\n\n".to_string();
+        match self {
+            Vendor::Anthropic => vec![Frame::Bytes(format!("event: message_start\n{bad}"))],
+            _ => vec![Frame::Bytes(bad)],
+        }
+    }
+
+    /// One text event, then the connection drops.
+    pub fn dropped(self, text: &str) -> Vec<Frame> {
+        let mut f = self.preamble();
+        f.push(self.text_frame(text));
+        f.push(Frame::Delay(Duration::from_millis(20)));
+        f.push(Frame::Drop);
+        f
+    }
+
+    /// A JSON error body in the vendor's shape.
+    pub fn error_body(self, message: &str) -> String {
+        match self {
+            Vendor::Anthropic => format!(
+                r#"{{"type":"error","error":{{"type":"overloaded_error","message":"{message}"}}}}"#
+            ),
+            Vendor::Gemini => format!(
+                r#"{{"error":{{"code":503,"message":"{message}","status":"UNAVAILABLE"}}}}"#
+            ),
+            _ => format!(
+                r#"{{"error":{{"message":"{message}","type":"server_error","param":null,"code":null}}}}"#
+            ),
+        }
+    }
+}
