@@ -82,6 +82,26 @@ impl Endpoint {
         }
     }
 
+    /// POSTs `body` as JSON to `path` with the bearer key (when one is set) and decodes the
+    /// JSON reply; the non-streaming calls (embeddings, rerank) of the OpenAI-shaped vendors.
+    pub async fn post_json<B, W>(
+        &self,
+        path: &str,
+        body: &B,
+        model: &str,
+    ) -> Result<W, ProviderError>
+    where
+        B: serde::Serialize,
+        W: serde::de::DeserializeOwned,
+    {
+        let mut rb = self.client.post(self.url(path)).json(body);
+        if let Some(k) = &self.api_key {
+            rb = rb.bearer_auth(k);
+        }
+        let resp = self.send(rb, model).await?;
+        resp.json().await.map_err(|e| self.malformed(e.to_string()))
+    }
+
     pub fn malformed(&self, message: impl Into<String>) -> ProviderError {
         ProviderError::Malformed {
             provider: self.name.clone(),

@@ -61,15 +61,9 @@ impl Mistral {
         req: &EmbedRequest,
     ) -> Result<EmbedResponse, ProviderError> {
         let ep = &self.inner.endpoint;
-        let mut rb = ep
-            .client
-            .post(ep.url("/embeddings"))
-            .json(&embed_body(model, req));
-        if let Some(k) = &ep.api_key {
-            rb = rb.bearer_auth(k);
-        }
-        let resp = ep.send(rb, model).await?;
-        let w: EmbedWire = resp.json().await.map_err(|e| ep.malformed(e.to_string()))?;
+        let w: EmbedWire = ep
+            .post_json("/embeddings", &embed_body(model, req), model)
+            .await?;
         map_embeddings(w, req.inputs.len()).map_err(|e| ep.malformed(e))
     }
 }

@@ -103,16 +103,11 @@ impl OpenAiCompatible {
         model: &str,
         req: &RerankRequest,
     ) -> Result<RerankResponse, ProviderError> {
-        let ep = &self.inner.endpoint;
-        let mut rb = ep
-            .client
-            .post(ep.url("/rerank"))
-            .json(&rerank_body(model, req));
-        if let Some(k) = &ep.api_key {
-            rb = rb.bearer_auth(k);
-        }
-        let resp = ep.send(rb, model).await?;
-        let w: RerankWire = resp.json().await.map_err(|e| ep.malformed(e.to_string()))?;
+        let w: RerankWire = self
+            .inner
+            .endpoint
+            .post_json("/rerank", &rerank_body(model, req), model)
+            .await?;
         Ok(map_rerank(w, req.top_n))
     }
 }
