@@ -50,6 +50,31 @@ impl Gate {
         }
     }
 
+    /// Records a failed call (breaker, attempt log) and returns how long to wait before retrying
+    /// the same target, or `None` when it must not be retried.
+    fn after_failure(
+        &self,
+        target: &Target,
+        e: &ProviderError,
+        retry: u32,
+        waited: Duration,
+        attempts: &mut Vec<Attempt>,
+    ) -> Option<Duration> {
+        if health_failure(e) {
+            self.breaker.failure();
+        }
+        attempts.push(Attempt {
+            provider: target.provider_name.clone(),
+            model: target.model.clone(),
+            error: Some(e.clone()),
+        });
+        if !e.retryable() {
+            return None;
+        }
+        let after = e.retry_after_ms().map(Duration::from_millis);
+        self.retry.delay(retry, after, waited, &mut rand::rng())
+    }
+
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
@@ -381,25 +406,8 @@ impl Router {
                     }
                     Err(e) => {
                         drop(permit);
-                        if health_failure(&e) {
-                            gate.breaker.failure();
-                        }
                         tracing::warn!(provider = %target.provider_name, model = %target.model, error = %e, retry, "provider call failed before output");
-                        attempts.push(Attempt {
-                            provider: target.provider_name.clone(),
-                            model: target.model.clone(),
-                            error: Some(e.clone()),
-                        });
-                        let delay = if e.retryable() {
-                            gate.retry.delay(
-                                retry,
-                                e.retry_after_ms().map(Duration::from_millis),
-                                waited,
-                                &mut rand::rng(),
-                            )
-                        } else {
-                            None
-                        };
+                        let delay = gate.after_failure(target, &e, retry, waited, &mut attempts);
                         last = Some(e);
                         let Some(d) = delay else { break };
                         sleep_or_cancel(d, &cancel).await?;
@@ -563,24 +571,7 @@ impl Router {
                         return Ok((v, info));
                     }
                     Err(e) => {
-                        if health_failure(&e) {
-                            gate.breaker.failure();
-                        }
-                        attempts.push(Attempt {
-                            provider: target.provider_name.clone(),
-                            model: target.model.clone(),
-                            error: Some(e.clone()),
-                        });
-                        let delay = if e.retryable() {
-                            gate.retry.delay(
-                                retry,
-                                e.retry_after_ms().map(Duration::from_millis),
-                                waited,
-                                &mut rand::rng(),
-                            )
-                        } else {
-                            None
-                        };
+                        let delay = gate.after_failure(target, &e, retry, waited, &mut attempts);
                         last = Some(e);
                         let Some(d) = delay else { break };
                         sleep_or_cancel(d, &cancel).await?;
