@@ -825,8 +825,8 @@ fn plan_segments(
 ) -> Vec<Arc<Segment>> {
     let is_live = |id: u64| live.contains_key(&id);
     let mut keep: Vec<Arc<Segment>> = Vec::new();
-    let mut small: Vec<(u64, Vec<f32>)> = Vec::new();
-    let mut small_segments = 0usize;
+    let mut small: Vec<&Arc<Segment>> = Vec::new();
+    let mut small_live = 0usize;
     for seg in old {
         let alive = seg.ids().iter().filter(|id| is_live(**id)).count();
         if alive == 0 {
@@ -834,8 +834,8 @@ fn plan_segments(
         }
         let dead_fraction = 1.0 - alive as f32 / seg.len() as f32;
         if !seg.has_graph() {
-            small_segments += 1;
-            small.extend(seg.live_rows(&is_live));
+            small.push(seg);
+            small_live += alive;
         } else if dead_fraction > options.rebuild_dead_fraction {
             keep.push(Arc::new(Segment::build(
                 dim,
@@ -846,24 +846,20 @@ fn plan_segments(
             keep.push(seg.clone());
         }
     }
-    let new_segment = (!new_vectors.is_empty()).then(|| Segment::build(dim, new_vectors, options));
-    let merge = small_segments >= 4 || small.len() >= options.exact_below;
-    if merge {
-        if let Some(s) = new_segment {
-            small.extend(s.live_rows(&is_live));
-        }
-        if !small.is_empty() {
-            keep.push(Arc::new(Segment::build(dim, small, options)));
+    // Decide before copying or building anything, so no row is copied (and no graph built)
+    // only to be thrown away.
+    if small.len() >= 4 || small_live >= options.exact_below {
+        let mut rows: Vec<(u64, Vec<f32>)> =
+            small.iter().flat_map(|s| s.live_rows(&is_live)).collect();
+        rows.extend(new_vectors.into_iter().filter(|(id, _)| is_live(*id)));
+        if !rows.is_empty() {
+            keep.push(Arc::new(Segment::build(dim, rows, options)));
         }
     } else {
-        // Reuse the small segments unchanged: rebuilding them would copy for nothing.
-        for seg in old {
-            if !seg.has_graph() && seg.ids().iter().any(|id| is_live(*id)) {
-                keep.push(seg.clone());
-            }
-        }
-        if let Some(s) = new_segment {
-            keep.push(Arc::new(s));
+        // Small segments are reused unchanged.
+        keep.extend(small.into_iter().cloned());
+        if !new_vectors.is_empty() {
+            keep.push(Arc::new(Segment::build(dim, new_vectors, options)));
         }
     }
     keep
