@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
 
-use cairn_index::{Filter, Hit, SearchMode};
+use cairn_index::{Filter, Hit};
 
 use crate::engine::{Engine, HitView};
 use crate::providers::{ChatEvent, ContextPassage, FinishReason, Message, Usage};
@@ -265,19 +265,19 @@ async fn run(
     let eng = engine.clone();
     let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
     let retrieved = tokio::task::spawn_blocking(move || {
-        let vector = eng.embedder.embed_query(&question)?;
-        let hits = eng.search_with_vector(
-            &question,
-            Some(vector.clone()),
-            k,
-            filter,
-            SearchMode::Hybrid,
-        )?;
-        Ok::<_, anyhow::Error>((hits, vector))
+        let embed_started = Instant::now();
+        let vector = eng.embed_query(&question)?;
+        let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
+        let (hits, rerank_ms) = eng.retrieve(&question, vector.clone(), k, filter)?;
+        Ok::<_, anyhow::Error>((hits, vector, embed_ms, rerank_ms))
     })
     .await;
     let (hits, question_vec) = match retrieved {
-        Ok(Ok(h)) => h,
+        Ok(Ok((hits, vector, embed_ms, rerank_ms))) => {
+            trace.timings.embed_ms = embed_ms;
+            trace.timings.rerank_ms = rerank_ms;
+            (hits, vector)
+        }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "retrieval failed");
             out.send(AnswerEvent::Error {

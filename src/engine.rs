@@ -9,17 +9,19 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde::Serialize;
 
-use cairn_index::{Filter, Hit, Index, IndexOptions, SearchMode, SearchRequest};
+use cairn_index::{Filter, Hit, Index, IndexError, IndexOptions, SearchMode, SearchRequest};
 use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
 use cairn_ingest::connectors::kb_api::KbApiConnector;
 use cairn_ingest::embed_cache::EmbeddingCache;
 use cairn_ingest::extract::PdfOptions;
 use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
-use cairn_ingest::{Chunker, Connector, Embedder, HashEmbedder, SyncState};
+use cairn_ingest::rerank::Reranker;
+use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::cache::AnswerCache;
 use crate::config::{Config, RawSource};
+use crate::embedder::Feedback;
 use crate::prompt::Prompt;
 use crate::providers::Router;
 use crate::trace::Traces;
@@ -30,11 +32,33 @@ pub struct Engine {
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Chunker,
     pub router: Router,
+    pub reranker: Arc<dyn Reranker>,
     pub prompt: Prompt,
     pub cache: AnswerCache,
     pub traces: Traces,
     embed_cache: Arc<EmbeddingCache>,
+    /// Query embeddings run here, not on the global pool that ingest embedding saturates.
+    query_pool: rayon::ThreadPool,
     ingest_lock: Mutex<()>,
+}
+
+/// Start-up choices for [`Engine::open_with`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// How model downloads are reported.
+    pub feedback: Feedback,
+    /// When the index was built with another embedder, move it to `index.previous` and start
+    /// an empty one (a full reindex follows) instead of refusing to open.
+    pub replace_index_on_new_embedder: bool,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            feedback: Feedback::Log,
+            replace_index_on_new_embedder: false,
+        }
+    }
 }
 
 /// A search hit as the API and CLI show it.
@@ -74,17 +98,44 @@ impl HitView {
 impl Engine {
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
-        let embedder: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(config.embedder.dimension));
+        Engine::open_with(config, &OpenOptions::default())
+    }
+
+    /// [`Engine::open`] with start-up choices (see [`OpenOptions`]).
+    pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
+        let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
         let mut options = IndexOptions::new(embedder.info());
         options.candidates = config.index.candidates;
         options.fusion = config.index.fusion.clone();
         options.vectors = config.index.vectors.clone();
         let index_dir = config.data_dir.join("index");
-        let index = Index::open(&index_dir, options)
-            .with_context(|| format!("opening the index in {}", index_dir.display()))?;
+        let index = match Index::open(&index_dir, options.clone()) {
+            Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {
+                // Kept until the next replacement, so a mistaken switch can be undone by hand.
+                let aside = config.data_dir.join("index.previous");
+                if aside.exists() {
+                    std::fs::remove_dir_all(&aside)
+                        .with_context(|| format!("removing {}", aside.display()))?;
+                }
+                std::fs::rename(&index_dir, &aside).with_context(|| {
+                    format!("moving {} aside to {}", index_dir.display(), aside.display())
+                })?;
+                tracing::warn!(
+                    old = %found,
+                    new = %options.embedder,
+                    kept = %aside.display(),
+                    "the embedder changed: rebuilding the index from the sources"
+                );
+                Index::open(&index_dir, options)
+            }
+            other => other,
+        }
+        .with_context(|| format!("opening the index in {}", index_dir.display()))?;
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
         let router = Router::from_config(&config.providers, &config.routes)
             .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
+        let reranker = crate::rerank::build(&config.rerank, &router)
+            .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
         let traces = Traces::open(&config.data_dir, config.traces.clone())?;
@@ -92,16 +143,23 @@ impl Engine {
             EmbeddingCache::open(&config.data_dir.join("embed-cache"))
                 .context("opening the embedding cache")?,
         );
+        let query_pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .thread_name(|i| format!("cairn-query-{i}"))
+            .build()
+            .context("starting the query-embedding threads")?;
         Ok(Engine {
             config,
             index: Arc::new(index),
             embedder,
             chunker,
             router,
+            reranker,
             prompt,
             cache,
             traces,
             embed_cache,
+            query_pool,
             ingest_lock: Mutex::new(()),
         })
     }
@@ -223,9 +281,37 @@ impl Engine {
     ) -> anyhow::Result<Vec<Hit>> {
         let vector = match mode {
             SearchMode::Bm25 => None,
-            _ => Some(self.embedder.embed_query(text)?),
+            _ => Some(self.embed_query(text)?),
         };
         self.search_with_vector(text, vector, k, filter, mode)
+    }
+
+    /// Embeds a question on the query pool (its own threads), so searches stay fast while a
+    /// reindex keeps the global pool busy. Blocking.
+    pub fn embed_query(&self, text: &str) -> anyhow::Result<Vec<f32>> {
+        Ok(self.query_pool.install(|| self.embedder.embed_query(text))?)
+    }
+
+    /// Hits for an answer: the fused top `k`, or, with a reranker configured, the best `k` of
+    /// the fused top `[rerank] candidates` by the reranker's scores. Also returns the time
+    /// spent reranking in milliseconds. Blocking.
+    pub fn retrieve(
+        &self,
+        text: &str,
+        vector: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> anyhow::Result<(Vec<Hit>, f64)> {
+        if self.config.rerank.kind == "none" {
+            let hits = self.search_with_vector(text, Some(vector), k, filter, SearchMode::Hybrid)?;
+            return Ok((hits, 0.0));
+        }
+        let wide = k.max(self.config.rerank.candidates);
+        let hits = self.search_with_vector(text, Some(vector), wide, filter, SearchMode::Hybrid)?;
+        let started = std::time::Instant::now();
+        let hits = crate::rerank::apply(self.reranker.as_ref(), text, hits, k)
+            .with_context(|| format!("reranking with {}", self.reranker.name()))?;
+        Ok((hits, started.elapsed().as_secs_f64() * 1000.0))
     }
 
     /// As [`Engine::search`] with the query already embedded.

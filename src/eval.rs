@@ -3,7 +3,7 @@
 //! configured embedder and chunker into a throw-away index (cached under the data directory,
 //! keyed by the corpus file and the embedder), every judged query is run, chunk hits are folded
 //! into documents (best rank wins), and nDCG@10, Recall@10/100 and MRR@10 are reported per mode
-//! with latency. Metric functions are pure and tested against hand-computed cases.
+//! with latency (`hybrid+rerank` applies the configured `[rerank]` reranker). Metric functions are pure and tested against hand-computed cases.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
@@ -21,6 +21,8 @@ use cairn_ingest::pipeline::{self, PipelineOptions};
 use cairn_ingest::{Body, Connector, IngestError, Item, SourceDocument, SyncState, SyncSummary};
 
 use crate::engine::Engine;
+
+pub mod answers;
 
 /// Graded relevance judgements: query id → (doc id → grade).
 pub type Qrels = HashMap<String, HashMap<String, u32>>;
@@ -187,11 +189,57 @@ impl Connector for BeirCorpus {
     }
 }
 
+/// A retrieval mode as `--mode` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalMode {
+    Bm25,
+    Dense,
+    Hybrid,
+    /// Hybrid, then the configured `[rerank]` reranker over the first `[rerank] candidates`.
+    HybridRerank,
+}
+
+impl EvalMode {
+    /// Parses one `--mode` value; `all` expands to every mode.
+    pub fn parse(name: &str) -> Option<Vec<EvalMode>> {
+        Some(match name {
+            "all" => vec![
+                EvalMode::Bm25,
+                EvalMode::Dense,
+                EvalMode::Hybrid,
+                EvalMode::HybridRerank,
+            ],
+            "bm25" => vec![EvalMode::Bm25],
+            "dense" => vec![EvalMode::Dense],
+            "hybrid" => vec![EvalMode::Hybrid],
+            "hybrid+rerank" => vec![EvalMode::HybridRerank],
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalMode::Bm25 => "bm25",
+            EvalMode::Dense => "dense",
+            EvalMode::Hybrid => "hybrid",
+            EvalMode::HybridRerank => "hybrid+rerank",
+        }
+    }
+
+    fn search_mode(self) -> SearchMode {
+        match self {
+            EvalMode::Bm25 => SearchMode::Bm25,
+            EvalMode::Dense => SearchMode::Dense,
+            EvalMode::Hybrid | EvalMode::HybridRerank => SearchMode::Hybrid,
+        }
+    }
+}
+
 /// Options of one evaluation.
 pub struct EvalOptions {
     pub dataset: PathBuf,
     pub split: String,
-    pub modes: Vec<SearchMode>,
+    pub modes: Vec<EvalMode>,
     /// Evaluate only the first N judged queries (0 = all).
     pub limit: usize,
 }
@@ -282,17 +330,23 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
         for q in &queries {
             let started = Instant::now();
             let vector = match mode {
-                SearchMode::Bm25 => None,
-                _ => Some(engine.embedder.embed_query(&q.text)?),
+                EvalMode::Bm25 => None,
+                _ => Some(engine.embed_query(&q.text)?),
             };
-            let hits = index.search(&SearchRequest {
+            let mut hits = index.search(&SearchRequest {
                 text: q.text.clone(),
                 vector,
                 k: 300,
-                mode: *mode,
+                mode: mode.search_mode(),
                 filter: Filter::default(),
                 snippets: false,
             })?;
+            if *mode == EvalMode::HybridRerank {
+                let n = engine.config.rerank.candidates.min(hits.len());
+                let rest = hits.split_off(n);
+                hits = crate::rerank::apply(engine.reranker.as_ref(), &q.text, hits, n)?;
+                hits.extend(rest);
+            }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             let mut seen = HashSet::new();
             let ranked: Vec<String> = hits
@@ -311,12 +365,7 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
         let n = queries.len() as f64;
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         results.push(ModeResult {
-            mode: match mode {
-                SearchMode::Bm25 => "bm25",
-                SearchMode::Dense => "dense",
-                SearchMode::Hybrid => "hybrid",
-            }
-            .to_string(),
+            mode: mode.name().to_string(),
             queries: queries.len(),
             ndcg_10: ndcg / n,
             recall_10: r10 / n,

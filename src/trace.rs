@@ -30,7 +30,14 @@ impl Default for RawTraces {
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Timings {
+    /// Embedding the question.
+    #[serde(default)]
+    pub embed_ms: f64,
+    /// From the start of the request to the reranked hits (embedding included).
     pub retrieve_ms: f64,
+    /// The rerank step alone (0 without a reranker).
+    #[serde(default)]
+    pub rerank_ms: f64,
     pub first_token_ms: Option<f64>,
     pub total_ms: f64,
 }

@@ -128,6 +128,9 @@ pub struct ScoreBreakdown {
     pub vector_rank: Option<usize>,
     pub vector_similarity: Option<f32>,
     pub fused: f32,
+    /// The reranker's score, when a rerank step reordered the fused list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<f32>,
 }
 
 /// A ranked chunk with its document.

@@ -4,6 +4,10 @@
 //! number of signed buckets. It exists so tests and the no-model walking skeleton run with no
 //! weights; the default for real use is the local sentence-embedding model.
 
+pub mod minilm;
+
+pub use minilm::MiniLmEmbedder;
+
 use sha2::{Digest, Sha256};
 
 use cairn_index::EmbedderInfo;

@@ -1,0 +1,111 @@
+//! Builds the configured embedder: obtains the local model's files (fetching and verifying them
+//! through `cairn_ingest::models` when allowed), loads the model, and reports progress to the
+//! terminal. `cairn models pull` and engine start-up share this path, so both try the same
+//! sources in the same order and fail with the same messages.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use cairn_ingest::models::{self, ModelFiles, ModelSpec, Progress};
+use cairn_ingest::{Embedder, HashEmbedder, MiniLmEmbedder};
+
+use crate::config::RawEmbedder;
+
+/// How much to say while a model is fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feedback {
+    /// A download bar and one line per source on stderr.
+    Terminal,
+    /// Log lines only (servers, tests).
+    Log,
+}
+
+/// The spec of the configured model (validated by the config loader).
+pub fn spec(cfg: &RawEmbedder) -> anyhow::Result<ModelSpec> {
+    models::find_model(&cfg.model)
+        .ok_or_else(|| models::ModelError::Unknown(cfg.model.clone()).into())
+}
+
+fn cache_dir(cfg: &RawEmbedder) -> PathBuf {
+    cfg.cache_dir.clone().unwrap_or_else(models::default_cache_dir)
+}
+
+/// Returns the model's verified files, fetching them from the configured sources when they
+/// are missing or corrupt and `fetch` is true. Blocking.
+pub fn obtain(cfg: &RawEmbedder, fetch: bool, feedback: Feedback) -> anyhow::Result<ModelFiles> {
+    let spec = spec(cfg)?;
+    let cache = cache_dir(cfg);
+    if !fetch {
+        return models::verify_dir(&spec, &cache.join(&spec.name)).map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\n(`[embedder] auto_pull` is off: run `cairn models pull {}` first)",
+                spec.name
+            )
+        });
+    }
+    let sources = models::sources_by_name(&cfg.sources, cfg.model_dir.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let bar = match feedback {
+        Feedback::Terminal => ProgressBar::new(0),
+        Feedback::Log => ProgressBar::hidden(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>24} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let say = |line: String| match feedback {
+        Feedback::Terminal => bar.suspend(|| eprintln!("{line}")),
+        Feedback::Log => tracing::info!("{line}"),
+    };
+    let files = models::ensure_model_from(&spec, &cache, &sources, &mut |p: &Progress| match p {
+        Progress::Cached { .. } => {}
+        Progress::Trying { source } => say(format!("model {}: trying {source}", spec.name)),
+        Progress::Downloading {
+            file,
+            received,
+            total,
+        } => {
+            bar.set_message(file.clone());
+            if let Some(t) = total {
+                bar.set_length(*t);
+            }
+            bar.set_position(*received);
+        }
+        Progress::Verified { file } => say(format!("model {}: {file} sha256 ok", spec.name)),
+        Progress::SourceFailed { source, reason } => {
+            say(format!("model {}: {source} failed: {reason}", spec.name))
+        }
+        Progress::Ready { dir } => say(format!("model {} ready in {}", spec.name, dir.display())),
+    });
+    bar.finish_and_clear();
+    Ok(files?)
+}
+
+/// The configured embedder, ready to use. For `minilm` the model is fetched first when it is
+/// missing and `[embedder] auto_pull` is on.
+pub fn build(cfg: &RawEmbedder, feedback: Feedback) -> anyhow::Result<Arc<dyn Embedder>> {
+    match cfg.kind.as_str() {
+        "hash" => Ok(Arc::new(HashEmbedder::new(cfg.dimension))),
+        "minilm" => {
+            let files = obtain(cfg, cfg.auto_pull, feedback)?;
+            let started = Instant::now();
+            let model = MiniLmEmbedder::load(&files)
+                .with_context(|| format!("loading {} from {}", files.name, files.dir.display()))?
+                .with_batch_size(cfg.batch_size);
+            tracing::info!(
+                model = %files.name,
+                ms = started.elapsed().as_millis() as u64,
+                "embedding model loaded"
+            );
+            Ok(Arc::new(model))
+        }
+        other => anyhow::bail!("unknown embedder `{other}`; available: minilm, hash"),
+    }
+}
