@@ -83,8 +83,9 @@ impl Engine {
         let index = Index::open(&index_dir, options)
             .with_context(|| format!("opening the index in {}", index_dir.display()))?;
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
-        let router = Router::from_config(&config.providers, &config.routes)
-            .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
+        let router =
+            Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
         let traces = Traces::open(&config.data_dir, config.traces.clone())?;
