@@ -1,9 +1,13 @@
 //! Added latency of the provider layer: time-to-first-token and total stream time through
-//! `Router::stream` (gateway + OpenAI mapping + SSE parsing) versus a bare `reqwest` read of
-//! the same fake upstream, in the same run, at 1, 64 and 512 concurrent streams.
+//! `Router::stream` (gateway + OpenAI-compatible mapping + SSE parsing) versus a bare `reqwest`
+//! read of the same fake upstream, in the same run, at 1, 64 and 512 concurrent streams.
 //!
-//! Run: `cargo bench --bench gateway`. Besides criterion's timing of one batch per concurrency
-//! level, it prints p50/p99 of TTFT and total time for both paths and the difference.
+//! Run: `cargo bench --bench gateway`. For each concurrency level it runs rounds of `n`
+//! concurrent streams, alternating which path goes first, and prints p50/p99 of TTFT and total
+//! time for both paths, the added latency (layer − direct, per percentile) and throughput
+//! (streams/s over the rounds' wall time). Criterion then times one batch per path and level
+//! (its `thrpt` line is streams/s). The fake upstream runs on its own runtime so the server's
+//! work is not scheduled between the clients' polls.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -13,12 +17,15 @@ use std::time::{Duration, Instant};
 
 use cairn::providers::config::{BudgetConfig, ProviderConfig, ProviderKind};
 use cairn::providers::{ChatEvent, ChatRequest, Message, Role, Router};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures::StreamExt;
 use support::{Fake, Reply, Vendor};
 use tokio_util::sync::CancellationToken;
 
+/// Text deltas per stream.
 const TOKENS: usize = 32;
+/// The first token's text, which the direct path looks for in the raw body.
+const FIRST: &[u8] = b"tok0 ";
 
 fn request() -> ChatRequest {
     ChatRequest {
@@ -54,15 +61,18 @@ async fn via_layer(r: &Router) -> (Duration, Duration) {
         .await
         .expect("stream");
     let mut first = None;
+    let mut tokens = 0;
     while let Some(ev) = s.next().await {
-        if matches!(ev, Ok(ChatEvent::TextDelta(_))) && first.is_none() {
-            first = Some(t.elapsed());
+        if let ChatEvent::TextDelta(_) = ev.expect("event") {
+            tokens += 1;
+            first.get_or_insert_with(|| t.elapsed());
         }
     }
-    (first.unwrap_or_default(), t.elapsed())
+    assert_eq!(tokens, TOKENS, "every token arrives through the layer");
+    (first.expect("a first token"), t.elapsed())
 }
 
-/// (time to first content byte, total) straight from the upstream.
+/// (time until the first token's bytes arrived, total) reading the upstream body directly.
 async fn direct(client: &reqwest::Client, url: &str) -> (Duration, Duration) {
     let t = Instant::now();
     let resp = client
@@ -76,102 +86,114 @@ async fn direct(client: &reqwest::Client, url: &str) -> (Duration, Duration) {
     let mut seen = Vec::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.expect("chunk");
-        seen.extend_from_slice(&chunk);
-        if first.is_none() && seen.windows(10).any(|w| w == b"\"content\":") {
-            // Skip the role chunk's empty content: wait for a token's text.
-            if seen.windows(5).any(|w| w == b"tok0 ") {
+        if first.is_none() {
+            seen.extend_from_slice(&chunk);
+            if seen.windows(FIRST.len()).any(|w| w == FIRST) {
                 first = Some(t.elapsed());
             }
         }
     }
-    (first.unwrap_or_default(), t.elapsed())
+    (first.expect("a first token"), t.elapsed())
 }
 
-fn pct(v: &mut [Duration], p: f64) -> Duration {
+fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
+    v[i].as_secs_f64() * 1e6
+}
+
+/// Per-stream (TTFT, total) samples of one path and the wall time its rounds took.
+#[derive(Default)]
+struct Samples {
+    ttft: Vec<Duration>,
+    total: Vec<Duration>,
+    wall: Duration,
+}
+
+impl Samples {
+    fn add(&mut self, batch: Vec<(Duration, Duration)>, wall: Duration) {
+        for (a, b) in batch {
+            self.ttft.push(a);
+            self.total.push(b);
+        }
+        self.wall += wall;
+    }
+
+    fn streams_per_sec(&self) -> f64 {
+        self.total.len() as f64 / self.wall.as_secs_f64()
+    }
 }
 
 fn bench(c: &mut Criterion) {
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("server runtime");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("runtime");
+        .expect("client runtime");
     let parts: Vec<String> = (0..TOKENS).map(|i| format!("tok{i} ")).collect();
     let parts_ref: Vec<&str> = parts.iter().map(String::as_str).collect();
-    let fake = rt.block_on(Fake::start(vec![Reply::sse(
+    let fake = server_rt.block_on(Fake::start(vec![Reply::sse(
         Vendor::Compatible.success(&parts_ref),
     )]));
     let r = router(&fake);
     let client = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", fake.base);
+    let layer_batch =
+        |n: usize| rt.block_on(futures::future::join_all((0..n).map(|_| via_layer(&r))));
+    let direct_batch = |n: usize| {
+        rt.block_on(futures::future::join_all(
+            (0..n).map(|_| direct(&client, &url)),
+        ))
+    };
+    println!(
+        "streams of {TOKENS} tokens; added = layer - direct at the same percentile; times in µs"
+    );
     let mut group = c.benchmark_group("gateway");
     group.sample_size(10);
-    for &n in &[1usize, 64, 512] {
-        // Percentiles over several batches, both paths interleaved in the same run.
-        let rounds = if n == 1 {
-            200
-        } else if n == 64 {
-            10
-        } else {
-            3
-        };
-        let (mut lt, mut ltot, mut dt, mut dtot) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..rounds {
-            let layer = rt.block_on(futures::future::join_all((0..n).map(|_| via_layer(&r))));
-            let raw = rt.block_on(futures::future::join_all(
-                (0..n).map(|_| direct(&client, &url)),
-            ));
-            for (a, b) in layer {
-                lt.push(a);
-                ltot.push(b);
-            }
-            for (a, b) in raw {
-                dt.push(a);
-                dtot.push(b);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(3));
+    for &(n, rounds) in &[(1usize, 1000usize), (64, 40), (512, 6)] {
+        // Warm both connection pools to this concurrency before measuring.
+        layer_batch(n);
+        direct_batch(n);
+        let (mut layer, mut raw) = (Samples::default(), Samples::default());
+        for round in 0..rounds {
+            // Alternate the order so neither path always runs on a warmer machine.
+            for layer_turn in [round % 2 == 0, round % 2 == 1] {
+                let t = Instant::now();
+                if layer_turn {
+                    let b = layer_batch(n);
+                    layer.add(b, t.elapsed());
+                } else {
+                    let b = direct_batch(n);
+                    raw.add(b, t.elapsed());
+                }
             }
         }
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let (l50, l99, d50, d99) = (
-            pct(&mut lt, 0.5),
-            pct(&mut lt, 0.99),
-            pct(&mut dt, 0.5),
-            pct(&mut dt, 0.99),
-        );
-        let (lt50, lt99, dt50, dt99) = (
-            pct(&mut ltot, 0.5),
-            pct(&mut ltot, 0.99),
-            pct(&mut dtot, 0.5),
-            pct(&mut dtot, 0.99),
-        );
+        let samples = layer.total.len();
+        let (l50, l99) = (pct(&mut layer.ttft, 0.5), pct(&mut layer.ttft, 0.99));
+        let (d50, d99) = (pct(&mut raw.ttft, 0.5), pct(&mut raw.ttft, 0.99));
+        let (lt50, lt99) = (pct(&mut layer.total, 0.5), pct(&mut layer.total, 0.99));
+        let (dt50, dt99) = (pct(&mut raw.total, 0.5), pct(&mut raw.total, 0.99));
         println!(
-            "concurrency {n:>3}: TTFT p50 {:.0}µs vs {:.0}µs direct (+{:.0}µs), p99 {:.0}µs vs {:.0}µs (+{:.0}µs); total p50 {:.0}µs vs {:.0}µs (+{:.0}µs), p99 {:.0}µs vs {:.0}µs (+{:.0}µs)",
-            us(l50),
-            us(d50),
-            us(l50) - us(d50),
-            us(l99),
-            us(d99),
-            us(l99) - us(d99),
-            us(lt50),
-            us(dt50),
-            us(lt50) - us(dt50),
-            us(lt99),
-            us(dt99),
-            us(lt99) - us(dt99),
+            "concurrency {n:>3} ({samples} streams per path)\n  TTFT   p50 layer {l50:>8.0} direct {d50:>8.0} added {:>+7.0} | p99 layer {l99:>8.0} direct {d99:>8.0} added {:>+7.0}\n  total  p50 layer {lt50:>8.0} direct {dt50:>8.0} added {:>+7.0} | p99 layer {lt99:>8.0} direct {dt99:>8.0} added {:>+7.0}\n  throughput layer {:.0} streams/s, direct {:.0} streams/s (layer/direct {:.2})",
+            l50 - d50,
+            l99 - d99,
+            lt50 - dt50,
+            lt99 - dt99,
+            layer.streams_per_sec(),
+            raw.streams_per_sec(),
+            layer.streams_per_sec() / raw.streams_per_sec(),
         );
-        group.bench_function(format!("layer_batch_{n}"), |b| {
-            b.iter(|| rt.block_on(futures::future::join_all((0..n).map(|_| via_layer(&r)))))
-        });
-        group.bench_function(format!("direct_batch_{n}"), |b| {
-            b.iter(|| {
-                rt.block_on(futures::future::join_all(
-                    (0..n).map(|_| direct(&client, &url)),
-                ))
-            })
-        });
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(format!("layer_batch_{n}"), |b| b.iter(|| layer_batch(n)));
+        group.bench_function(format!("direct_batch_{n}"), |b| b.iter(|| direct_batch(n)));
     }
     group.finish();
+    drop(fake);
 }
 
 criterion_group!(benches, bench);

@@ -1,7 +1,11 @@
-//! The answer pipeline behind `/ask` and `cairn ask`: retrieve → relevance gate → context →
-//! prompt → provider route (fallback only before the first token) → citation verification →
-//! typed events. Producers send [`AnswerEvent`]s into a channel; a closed channel (client gone)
-//! stops the pipeline and with it the upstream call.
+//! The answer pipeline behind `/ask`, `/v1/chat/completions` and `cairn ask`: retrieve →
+//! relevance gate → context → prompt → the gateway's [`crate::providers::Router::stream_for_key`]
+//! (retries, time-outs, breakers, budget, cost; fallback only before the first token) →
+//! citation verification → typed events. Producers send [`AnswerEvent`]s into a channel; a
+//! closed channel (client gone) stops the pipeline and cancels the upstream call.
+//!
+//! Must not: call a provider directly (every model call goes through the gateway), or show a
+//! client an `[n]` that was not given to the model.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
@@ -10,11 +14,16 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use cairn_index::{Filter, Hit};
 
 use crate::engine::{Engine, HitView};
-use crate::providers::{ChatEvent, ContextPassage, FinishReason, Message, Usage};
+use crate::providers::cost::Exhausted;
+use crate::providers::gateway::Attempt;
+use crate::providers::{
+    ChatEvent, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
+};
 use crate::trace::{RetrievedChunk, Trace};
 
 /// One verified citation.
@@ -67,6 +76,9 @@ pub struct AskRequest {
     pub filter: Filter,
     pub top_k: usize,
     pub conversation: Vec<Message>,
+    /// Whose daily spend cap (`[budget] daily_usd_per_key`) the model call counts against;
+    /// `None` counts against the global cap only.
+    pub budget_key: Option<String>,
 }
 
 /// Keeps `[n]` markers whose `n` was given to the model and drops the rest, across deltas:
@@ -254,6 +266,78 @@ fn no_usage() -> UsageView {
     }
 }
 
+/// What a client is told when the budget refuses a call: which cap, and when to come back.
+pub fn budget_message(e: &Exhausted) -> String {
+    match e.retry_after_secs() {
+        Some(_) => format!(
+            "The answer budget is used up ({e}); it resets at 00:00 UTC. Ask the operator to raise [budget] if this is too low."
+        ),
+        None => format!(
+            "The answer budget refuses this request ({e}); ask the operator to adjust [budget]."
+        ),
+    }
+}
+
+/// Providers tried before the one that served (or before giving up), for the trace and metrics.
+fn record_attempts(attempts: &[Attempt], trace: &mut Trace) {
+    for a in attempts {
+        match &a.error {
+            Some(e) => {
+                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => a.provider.clone())
+                    .increment(1);
+                trace.provider_errors.push(format!("{}: {e}", a.provider));
+            }
+            None => trace
+                .provider_errors
+                .push(format!("{}: circuit breaker open, not called", a.provider)),
+        }
+    }
+}
+
+/// Tokens and cost of the serving call (as metered by the gateway) into the trace and metrics.
+fn record_usage(info: &TargetInfo, trace: &mut Trace) {
+    let usage = info.usage();
+    trace.input_tokens = usage.input_tokens;
+    trace.output_tokens = usage.output_tokens;
+    trace.cost_usd = info.cost_usd();
+    metrics::counter!(crate::metrics::TOKENS, "kind" => "input").increment(usage.input_tokens);
+    metrics::counter!(crate::metrics::TOKENS, "kind" => "output").increment(usage.output_tokens);
+    // Dollars are fractional, so the running total is a gauge only ever increased.
+    metrics::gauge!(crate::metrics::COST, "provider" => info.provider_name.clone())
+        .increment(info.cost_usd());
+}
+
+/// Ends an answer the gateway gave no stream for, with the error's stable code.
+async fn refused(
+    engine: &Engine,
+    e: GatewayError,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
+    let code = e.code();
+    let message = match &e {
+        GatewayError::AllFailed { attempts, .. } => {
+            record_attempts(attempts, trace);
+            tracing::warn!(errors = ?trace.provider_errors, "every provider of the route failed");
+            engine.config.answer.fallback_text.clone()
+        }
+        GatewayError::BudgetExhausted(x) => {
+            tracing::info!(cap = %x, "answer refused by the budget");
+            budget_message(x)
+        }
+        GatewayError::Cancelled => "The answer was cancelled.".into(),
+        // Config validation guarantees the answer route; a stream never reports the other two.
+        GatewayError::NoRoute(_)
+        | GatewayError::SchemaInvalid(_)
+        | GatewayError::Interrupted(_) => {
+            tracing::error!(error = %e, "answer route unusable");
+            "An internal error occurred.".into()
+        }
+    };
+    let _ = out.send(AnswerEvent::Error { code, message }).await;
+    code
+}
+
 async fn run(
     engine: &Arc<Engine>,
     req: &AskRequest,
@@ -354,8 +438,13 @@ async fn run(
         return "no_answer";
     }
 
-    let targets = engine.router.targets(&engine.config.answer.route);
-    let first_model = targets.first().map(|t| t.model.clone()).unwrap_or_default();
+    let route = &engine.config.answer.route;
+    let first_model = engine
+        .router
+        .targets(route)
+        .first()
+        .map(|t| t.model.clone())
+        .unwrap_or_default();
     let versions: Vec<(String, String)> = context
         .iter()
         .map(|h| (h.chunk_id.clone(), h.document.content_hash.clone()))
@@ -405,79 +494,81 @@ async fn run(
 
     let mut filter = CitationFilter::new(1..=passages.len());
     let mut answer_text = String::new();
-    let mut usage = Usage::default();
-    let mut used_target = None;
-    'targets: for target in targets {
-        let mut stream = match target.provider.chat_stream(&target.model, &chat).await {
-            Ok(s) => s,
+    // The gateway retries, times out, breaks circuits, limits concurrency, checks the budget
+    // and falls back across the route — only until the first token, which it holds back until
+    // it hands the stream over. A client that leaves meanwhile cancels the upstream call.
+    let cancel = CancellationToken::new();
+    let _cancel_on_exit = cancel.clone().drop_guard();
+    let opened = tokio::select! {
+        r = engine.router.stream_for_key(route, &chat, cancel.clone(), req.budget_key.as_deref()) => r,
+        _ = out.tx.closed() => {
+            out.gone = true;
+            return "client_disconnected";
+        }
+    };
+    let (mut stream, info) = match opened {
+        Ok(opened) => opened,
+        Err(e) => return refused(engine, e, trace, out).await,
+    };
+    record_attempts(&info.attempts, trace);
+    trace.provider = Some(info.provider_name.clone());
+    trace.model = Some(info.model.clone());
+    let streamed: Result<(), &'static str> = loop {
+        let next = tokio::select! {
+            ev = stream.next() => Some(ev),
+            _ = out.tx.closed() => None,
+        };
+        let Some(ev) = next else {
+            // Client gone: dropping the stream below closes the upstream request.
+            out.gone = true;
+            break Err("client_disconnected");
+        };
+        let Some(ev) = ev else { break Ok(()) };
+        match ev {
+            Ok(ChatEvent::TextDelta(d)) => {
+                if trace.timings.first_token_ms.is_none() {
+                    trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                let shown = filter.push(&d);
+                if !shown.is_empty() {
+                    answer_text.push_str(&shown);
+                    if !out.send(AnswerEvent::Token(shown)).await {
+                        break Err("client_disconnected");
+                    }
+                }
+            }
+            // Usage is metered by the gateway (`info`); the answer prompt offers no tools.
+            Ok(ChatEvent::Usage(_) | ChatEvent::ToolCallDelta { .. }) => {}
+            Ok(ChatEvent::Finish(FinishReason::Error)) => break Ok(()),
+            Ok(ChatEvent::Finish(_)) => {}
             Err(e) => {
-                tracing::warn!(provider = %target.provider_name, error = %e, "provider failed before streaming");
-                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => target.provider_name.clone()).increment(1);
+                // Output had started, so the gateway did not fall back: the answer is cut off.
+                tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
+                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => info.provider_name.clone()).increment(1);
                 trace
                     .provider_errors
-                    .push(format!("{}: {e}", target.provider_name));
-                continue;
-            }
-        };
-        let mut started_output = false;
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(ChatEvent::TextDelta(d)) => {
-                    if !started_output {
-                        started_output = true;
-                        trace.timings.first_token_ms =
-                            Some(started.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    let shown = filter.push(&d);
-                    if !shown.is_empty() {
-                        answer_text.push_str(&shown);
-                        if !out.send(AnswerEvent::Token(shown)).await {
-                            // Client gone: returning drops the stream, cancelling the upstream call.
-                            return "client_disconnected";
-                        }
-                    }
-                }
-                Ok(ChatEvent::Usage(u)) => usage = u,
-                // The answer prompt offers no tools.
-                Ok(ChatEvent::ToolCallDelta { .. }) => {}
-                Ok(ChatEvent::Finish(FinishReason::Error)) => break,
-                Ok(ChatEvent::Finish(_)) => {}
-                Err(e) => {
-                    tracing::warn!(provider = %target.provider_name, error = %e, "provider stream failed");
-                    metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => target.provider_name.clone()).increment(1);
-                    trace
-                        .provider_errors
-                        .push(format!("{}: {e}", target.provider_name));
-                    if !started_output {
-                        continue 'targets;
-                    }
-                    trace.provider = Some(target.provider_name.clone());
-                    trace.answer = Some(answer_text.clone());
-                    let _ = out
-                        .send(AnswerEvent::Error {
-                            code: "provider_stream_failed",
-                            message: "The answer was cut off by a provider error; the part above is incomplete.".into(),
-                        })
-                        .await;
-                    return "provider_stream_failed";
-                }
+                    .push(format!("{}: {e}", info.provider_name));
+                break Err("provider_stream_failed");
             }
         }
-        used_target = Some(target);
-        break;
-    }
-    let Some(target) = used_target else {
-        tracing::warn!(errors = ?trace.provider_errors, "every provider of the route failed");
-        let _ = out
-            .send(AnswerEvent::Error {
-                code: "providers_unavailable",
-                message: engine.config.answer.fallback_text.clone(),
-            })
-            .await;
-        return "providers_unavailable";
     };
-    trace.provider = Some(target.provider_name.clone());
-    trace.model = Some(target.model.clone());
+    // Ending the call charges its cost to the budget and frees its concurrency permit.
+    drop(stream);
+    record_usage(&info, trace);
+    if let Err(outcome) = streamed {
+        trace.answer = Some(answer_text);
+        if outcome == "provider_stream_failed" {
+            let _ = out
+                .send(AnswerEvent::Error {
+                    code: outcome,
+                    message:
+                        "The answer was cut off by a provider error; the part above is incomplete."
+                            .into(),
+                })
+                .await;
+        }
+        return outcome;
+    }
     let tail = filter.finish();
     if !tail.is_empty() {
         answer_text.push_str(&tail);
@@ -519,20 +610,17 @@ async fn run(
             return "client_disconnected";
         }
     }
+    let usage = info.usage();
     let usage_view = UsageView {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
-        cost_usd: 0.0,
-        model: target.model.clone(),
-        provider: target.provider_name.clone(),
+        cost_usd: info.cost_usd(),
+        model: info.model.clone(),
+        provider: info.provider_name.clone(),
         cache_hit: false,
     };
-    trace.input_tokens = usage.input_tokens;
-    trace.output_tokens = usage.output_tokens;
     trace.dropped_citations = filter.dropped;
     trace.answer = Some(answer_text.clone());
-    metrics::counter!(crate::metrics::TOKENS, "kind" => "input").increment(usage.input_tokens);
-    metrics::counter!(crate::metrics::TOKENS, "kind" => "output").increment(usage.output_tokens);
     metrics::counter!(crate::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
     engine.cache.put(
         &req.question,

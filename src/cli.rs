@@ -454,6 +454,8 @@ async fn ask(
         filter: Filter::default(),
         top_k: engine.config.retrieval.top_k,
         conversation: Vec::new(),
+        // The local operator: only the global daily cap applies.
+        budget_key: None,
     };
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(answer(engine, req, "cli".to_string(), tx));

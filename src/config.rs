@@ -20,7 +20,7 @@ use crate::auth::RawAuth;
 use crate::cache::RawCache;
 use crate::trace::RawTraces;
 
-pub use crate::providers::config::{ProviderConfig, ProviderKind, RawProvider};
+pub use crate::providers::config::{BudgetConfig, ProviderConfig, ProviderKind, RawProvider};
 
 /// A configuration problem, with where it was found and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,8 @@ pub struct RawConfig {
     pub answer: RawAnswer,
     pub providers: BTreeMap<String, RawProvider>,
     pub routes: BTreeMap<String, Vec<String>>,
+    /// Spending limits of model calls (every cap off by default).
+    pub budget: BudgetConfig,
     pub auth: RawAuth,
     pub cache: RawCache,
     pub traces: RawTraces,
@@ -80,6 +82,7 @@ impl Default for RawConfig {
             answer: RawAnswer::default(),
             providers,
             routes,
+            budget: BudgetConfig::default(),
             auth: RawAuth::default(),
             cache: RawCache::default(),
             traces: RawTraces::default(),
@@ -345,6 +348,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Route → (provider name, model) in order.
     pub routes: BTreeMap<String, Vec<(String, String)>>,
+    pub budget: BudgetConfig,
     pub auth: RawAuth,
     pub cache: RawCache,
     pub traces: RawTraces,
@@ -447,6 +451,33 @@ pub fn resolve_secret(
             ),
         }),
     }
+}
+
+/// `[budget]` caps must be usable: a token cap below what an answer asks for would refuse every
+/// question, and a spend cap must be a non-negative number of dollars.
+fn check_budget(b: &BudgetConfig) -> Result<(), (&'static str, String)> {
+    let answer_tokens = crate::prompt::ANSWER_MAX_TOKENS;
+    if let Some(cap) = b.max_tokens_per_request
+        && cap < answer_tokens
+    {
+        return Err((
+            "budget.max_tokens_per_request",
+            format!(
+                "{cap} is below the {answer_tokens} output tokens an answer asks for, so every question would be refused; use at least {answer_tokens} or remove the key"
+            ),
+        ));
+    }
+    for (key, cap) in [
+        ("budget.daily_usd", b.daily_usd),
+        ("budget.daily_usd_per_key", b.daily_usd_per_key),
+    ] {
+        if let Some(usd) = cap
+            && !(usd.is_finite() && usd >= 0.0)
+        {
+            return Err((key, format!("{usd} is not a dollar amount of 0 or more")));
+        }
+    }
+    Ok(())
 }
 
 fn validate(
@@ -556,6 +587,7 @@ fn validate(
             format!("route `{}` is not defined in [routes]", raw.answer.route),
         ));
     }
+    check_budget(&raw.budget).map_err(|(key, message)| key_err(key, message))?;
     let mut names = std::collections::HashSet::new();
     let mut sources = Vec::new();
     for (i, s) in raw.sources.into_iter().enumerate() {
@@ -675,6 +707,7 @@ fn validate(
         answer,
         providers,
         routes,
+        budget: raw.budget,
         auth: raw.auth,
         cache: raw.cache,
         traces: raw.traces,
@@ -772,6 +805,31 @@ mod tests {
         let bad = toml.replace("id_kind", "idkind");
         let e = load(&bad, &[("KB_TOKEN", "x")]).expect_err("unknown crm key");
         assert!(e.to_string().contains("idkind"), "{e}");
+    }
+
+    #[test]
+    fn budget_is_read_checked_and_strict() {
+        let c = load(
+            "[budget]\nmax_tokens_per_request = 1024\ndaily_usd = 5.0\ndaily_usd_per_key = 0.5\n",
+            &[],
+        )
+        .expect("valid");
+        assert_eq!(c.budget.max_tokens_per_request, Some(1024));
+        assert_eq!(c.budget.daily_usd, Some(5.0));
+        assert_eq!(c.budget.daily_usd_per_key, Some(0.5));
+        assert_eq!(
+            load("", &[]).expect("default").budget,
+            BudgetConfig::default()
+        );
+        let e = load("[budget]\ndaily_usd_per_day = 1.0\n", &[]).expect_err("unknown key");
+        assert!(e.to_string().contains("daily_usd_per_day"), "{e}");
+        let e = load("[budget]\nmax_tokens_per_request = 100\n", &[]).expect_err("too small");
+        assert!(
+            e.to_string().contains("budget.max_tokens_per_request"),
+            "{e}"
+        );
+        let e = load("[budget]\ndaily_usd = -1.0\n", &[]).expect_err("negative");
+        assert!(e.to_string().contains("budget.daily_usd"), "{e}");
     }
 
     #[test]

@@ -132,8 +132,9 @@ impl Engine {
         }
         .with_context(|| format!("opening the index in {}", index_dir.display()))?;
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
-        let router = Router::from_config(&config.providers, &config.routes)
-            .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
+        let router =
+            Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
         let reranker = crate::rerank::build(&config.rerank, &router)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());

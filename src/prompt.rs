@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::providers::{ChatRequest, ContextPassage, Message, Role};
 
+/// Output tokens an answer may use (`max_tokens` of every rendered answer request).
+pub const ANSWER_MAX_TOKENS: u32 = 512;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Prompt {
@@ -67,7 +70,7 @@ impl Prompt {
         ChatRequest {
             system: self.system.trim().to_string(),
             messages,
-            max_tokens: Some(512),
+            max_tokens: Some(ANSWER_MAX_TOKENS),
             temperature: Some(0.0),
             stop: Vec::new(),
             question: Some(question.to_string()),

@@ -26,6 +26,7 @@ use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer};
 use crate::auth::{Auth, AuthError, Caller, Scope};
 use crate::engine::{Engine, HitView};
 use crate::jobs::{Jobs, StartError};
+use crate::providers::cost::Exhausted;
 use crate::providers::{Message, Role};
 
 /// Errors a client can get, each with a stable code.
@@ -53,6 +54,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("job {0} is still running; wait for it (GET /admin/jobs/{0}) before starting another")]
     JobRunning(String),
+    /// A `[budget]` cap refuses new model calls (429: it is a quota; `Retry-After` says when a
+    /// daily cap resets).
+    #[error("{}", crate::answer::budget_message(.0))]
+    BudgetExhausted(Exhausted),
     #[error("internal error; the operator can find details in the server log")]
     Internal,
 }
@@ -73,6 +78,7 @@ impl ApiError {
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::JobRunning(_) => (StatusCode::CONFLICT, "job_running"),
+            ApiError::BudgetExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted"),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -86,7 +92,12 @@ impl IntoResponse for ApiError {
             Json(json!({"error": {"code": code, "message": self.to_string()}})),
         )
             .into_response();
-        if let ApiError::RateLimited(secs) = self
+        let retry_after = match &self {
+            ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::BudgetExhausted(e) => e.retry_after_secs(),
+            _ => None,
+        };
+        if let Some(secs) = retry_after
             && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -441,6 +452,8 @@ impl AskResponse {
     }
 }
 
+/// Validates an `/ask` body for `caller`, refuses it when the caller's `[budget]` allowance is
+/// spent, and builds the pipeline request.
 pub fn validate_ask(
     engine: &Engine,
     body: AskBody,
@@ -486,6 +499,20 @@ pub fn validate_ask(
             });
         }
     }
+    // Keys are charged by name; anonymous callers share one bucket (a name no key can have,
+    // because key buckets are prefixed).
+    let budget_key = if caller.anonymous {
+        "anonymous".to_string()
+    } else {
+        format!("key:{}", caller.name)
+    };
+    // Refuse before retrieval so the status says it; a cap reached while this answer is
+    // being prepared still ends it with an in-stream `budget_exhausted` error.
+    engine
+        .router
+        .budget
+        .check(Some(crate::prompt::ANSWER_MAX_TOKENS), Some(&budget_key))
+        .map_err(ApiError::BudgetExhausted)?;
     let conversation = body
         .conversation
         .into_iter()
@@ -500,6 +527,7 @@ pub fn validate_ask(
             filter,
             top_k,
             conversation,
+            budget_key: Some(budget_key),
         },
         body.stream.unwrap_or(true),
     ))

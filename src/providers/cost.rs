@@ -19,12 +19,18 @@ pub fn cost_usd(price: &Price, usage: &Usage) -> f64 {
         / 1_000_000.0
 }
 
-/// Days since the Unix epoch (UTC), the unit of the daily caps.
-fn utc_day() -> u64 {
+const DAY_SECS: u64 = 86_400;
+
+fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
+        .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Days since the Unix epoch (UTC), the unit of the daily caps.
+fn utc_day() -> u64 {
+    unix_secs() / DAY_SECS
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +71,19 @@ impl std::fmt::Display for Exhausted {
                 f,
                 "this key's daily spend ${spent_usd:.4} reached its cap ${cap_usd:.4}"
             ),
+        }
+    }
+}
+
+impl Exhausted {
+    /// Seconds until the cap that refused resets (the next 00:00 UTC), for `Retry-After`;
+    /// `None` when waiting does not help (the request itself is over a cap).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Exhausted::TokensPerRequest { .. } => None,
+            Exhausted::Daily { .. } | Exhausted::DailyPerKey { .. } => {
+                Some(DAY_SECS - unix_secs() % DAY_SECS)
+            }
         }
     }
 }

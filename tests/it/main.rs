@@ -3,5 +3,8 @@
 mod browser;
 mod cli;
 mod e2e;
+mod gateway;
 mod server;
 mod support;
+#[path = "../support/mod.rs"]
+mod vendors;

@@ -93,6 +93,11 @@ impl Fake {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // Send each frame when written, as vendors' servers do: with Nagle on, small SSE
+        // frames wait for the client's delayed ACK (~40 ms on Linux).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });

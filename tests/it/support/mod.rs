@@ -155,3 +155,17 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
     }
     out
 }
+
+/// The answer text of an `/ask` SSE stream: its `token` events' texts, in order.
+pub fn streamed_answer(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).expect("json")["text"]
+                .as_str()
+                .expect("text")
+                .to_string()
+        })
+        .collect()
+}
