@@ -139,6 +139,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         filter: Default::default(),
         top_k: engine.config.retrieval.top_k,
         conversation: Vec::new(),
+        budget_key: None,
     };
     let started = Instant::now();
     let task = tokio::spawn(answer(engine.clone(), req, "eval".into(), tx));
