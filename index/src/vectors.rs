@@ -279,7 +279,8 @@ impl Segment {
         &self.ids
     }
 
-    fn row(&self, i: usize) -> &[f32] {
+    /// The vector in row `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.dim..(i + 1) * self.dim]
     }
 
@@ -293,29 +294,35 @@ impl Segment {
             .collect()
     }
 
-    /// Top-`k` (id, cosine) among rows for which `allowed` holds. Uses the graph unless the
-    /// filter is selective (`allowed_fraction` below the option), where the graph's filtered
-    /// search degrades and an exact scan of the allowed rows is faster and exact.
+    /// Top-`k` (id, cosine) among the rows (indexes into this segment) for which `allowed`
+    /// holds, every row when `None`: a graph walk with the filter inside it, or an exact scan
+    /// when the segment has no graph.
     pub fn search(
         &self,
         query: &[f32],
         k: usize,
-        allowed: &(dyn Fn(u64) -> bool + Sync),
-        allowed_fraction: f32,
+        allowed: Option<&(dyn Fn(usize) -> bool + Sync)>,
         options: &VectorOptions,
     ) -> Vec<(u64, f32)> {
-        match &self.graph {
-            Some(graph) if allowed_fraction >= options.exact_filter_fraction => {
-                let filter = |row: &usize| allowed(self.ids[*row]);
-                let ef = options.ef_search.max(k);
-                graph
-                    .search_filter(query, k, ef, Some(&filter as &dyn FilterT))
-                    .into_iter()
-                    .map(|n| (self.ids[n.d_id], 1.0 - n.distance))
-                    .collect()
+        let Some(graph) = &self.graph else {
+            let scored: Vec<(u64, f32)> = (0..self.ids.len())
+                .filter(|row| allowed.is_none_or(|a| a(*row)))
+                .map(|row| (self.ids[row], dot(query, self.row(row))))
+                .collect();
+            return top_k(scored, k);
+        };
+        let ef = options.ef_search.max(k);
+        let found = match allowed {
+            Some(allowed) => {
+                let filter = |row: &usize| allowed(*row);
+                graph.search_filter(query, k, ef, Some(&filter as &dyn FilterT))
             }
-            _ => self.exact(query, k, allowed),
-        }
+            None => graph.search(query, k, ef),
+        };
+        found
+            .into_iter()
+            .map(|n| (self.ids[n.d_id], 1.0 - n.distance))
+            .collect()
     }
 
     /// Exact top-`k` by scanning every allowed row.
