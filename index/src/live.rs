@@ -58,6 +58,8 @@ pub struct LiveSet {
     row_slots: Vec<Vec<u32>>,
     /// Chunks of documents without access groups.
     public: Vec<u32>,
+    /// Per slot, whether its document has no access groups (saves reading the document).
+    is_public: Vec<bool>,
     by_group: HashMap<String, Vec<u32>>,
     by_source: HashMap<String, Vec<u32>>,
     /// Metadata key → value → chunks.
@@ -89,6 +91,7 @@ impl LiveSet {
             slot_of: IdMap::default(),
             row_slots: Vec::with_capacity(segments.len()),
             public: Vec::new(),
+            is_public: Vec::with_capacity(docs.len()),
             by_group: HashMap::new(),
             by_source: HashMap::new(),
             by_meta: HashMap::new(),
@@ -98,6 +101,7 @@ impl LiveSet {
         for (slot, (id, doc)) in docs.into_iter().enumerate() {
             let slot = slot as u32;
             set.slot_of.insert(id, slot);
+            set.is_public.push(doc.access_groups.is_empty());
             if doc.access_groups.is_empty() {
                 set.public.push(slot);
             }
@@ -183,9 +187,16 @@ impl LiveSet {
     /// Whether row `row` of segment `segment` holds a live chunk that passes `filter`.
     pub fn row_allowed(&self, segment: usize, row: usize, filter: &Filter) -> bool {
         match self.row_slots.get(segment).and_then(|s| s.get(row)) {
-            Some(&slot) if slot != DEAD => visible(&self.chunks[slot as usize].doc, filter),
+            Some(&slot) if slot != DEAD => {
+                (self.slot_public(slot) && filter_is_open(filter))
+                    || visible(&self.chunks[slot as usize].doc, filter)
+            }
             _ => false,
         }
+    }
+
+    fn slot_public(&self, slot: u32) -> bool {
+        self.is_public[slot as usize]
     }
 
     /// True when `filter` lets every live chunk through.
@@ -206,9 +217,12 @@ impl LiveSet {
             Narrowest::Lists(_, rest) => rest,
             _ => filter,
         };
+        // Public chunks pass an open filter without reading their documents.
+        let open = filter_is_open(rest);
+        let public = |slot: u32| open && self.slot_public(slot);
         let mut take = |slot: u32| -> bool {
             let c = &self.chunks[slot as usize];
-            if visible(&c.doc, rest) {
+            if public(slot) || visible(&c.doc, rest) {
                 out.push(c);
             }
             out.len() < limit
