@@ -29,7 +29,9 @@ use crate::types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest,
 };
-use crate::vectors::{PersistedSegment, Segment, VectorOptions, dot, top_k, validate};
+use crate::vectors::{
+    PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
+};
 use crate::{IndexError, Result};
 
 /// How to open an index.
@@ -470,11 +472,22 @@ impl Index {
         let options = &self.options.vectors;
         let limit = (options.exact_filter_fraction * g.live.len() as f32).ceil() as usize;
         if let Some(chunks) = g.live.allowed_chunks(filter, limit) {
-            let scored = chunks
+            // Score the int8 rows, then the best few exactly with the f32 rows.
+            let sq = Sq8Query::new(&q);
+            let located: Vec<(u64, usize, usize)> = chunks
                 .into_iter()
-                .filter_map(|c| {
-                    let (s, row) = c.location?;
-                    Some((c.id, dot(&q, g.segments[s].row(row))))
+                .filter_map(|c| c.location.map(|(s, row)| (c.id, s, row)))
+                .collect();
+            let approx = located
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s, row))| (i as u64, g.segments[*s].approx_dot(&sq, *row)))
+                .collect();
+            let scored = top_k(approx, rescore_count(k))
+                .into_iter()
+                .map(|(i, _)| {
+                    let (id, s, row) = located[i as usize];
+                    (id, dot(&q, g.segments[s].row(row)))
                 })
                 .collect();
             return Ok(top_k(scored, k));
