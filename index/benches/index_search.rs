@@ -454,6 +454,13 @@ fn bench(c: &mut Criterion) {
             },
         ),
         (
+            "sources (30%)",
+            Filter {
+                sources: (0..3).map(|i| format!("src{i}")).collect(),
+                ..Default::default()
+            },
+        ),
+        (
             "source (10%)",
             Filter {
                 sources: vec!["src3".into()],
