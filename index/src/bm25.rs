@@ -193,7 +193,10 @@ impl Bm25 {
         out
     }
 
-    fn filter_clauses(&self, filter: &Filter) -> Vec<(Occur, Box<dyn Query>)> {
+    /// Filter clauses, each scoring 0. `restricted` says whether any indexed chunk carries
+    /// access groups; when none does, the access clause would match every chunk, so it is left
+    /// out rather than intersected with the words.
+    fn filter_clauses(&self, filter: &Filter, restricted: bool) -> Vec<(Occur, Box<dyn Query>)> {
         let f = self.fields;
         let term_any = |field: Field, values: &[String]| -> Box<dyn Query> {
             let subs: Vec<(Occur, Box<dyn Query>)> = values
@@ -210,9 +213,11 @@ impl Bm25 {
         };
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         // Access control, deny by default: public chunks plus the caller's groups.
-        let mut groups = vec![PUBLIC_GROUP.to_string()];
-        groups.extend(filter.caller_groups.iter().cloned());
-        clauses.push((Occur::Must, term_any(f.groups, &groups)));
+        if restricted {
+            let mut groups = vec![PUBLIC_GROUP.to_string()];
+            groups.extend(filter.caller_groups.iter().cloned());
+            clauses.push((Occur::Must, term_any(f.groups, &groups)));
+        }
         if !filter.sources.is_empty() {
             clauses.push((Occur::Must, term_any(f.source, &filter.sources)));
         }
@@ -234,13 +239,15 @@ impl Bm25 {
             .collect()
     }
 
-    /// BM25 top-`k` (internal chunk id, score), filters applied inside the query.
+    /// BM25 top-`k` (internal chunk id, score), filters applied inside the query. Pass
+    /// `restricted = false` only when no chunk the searcher sees carries access groups.
     pub fn search(
         &self,
         searcher: &Searcher,
         text: &str,
         k: usize,
         filter: &Filter,
+        restricted: bool,
     ) -> Result<Vec<(u64, f32)>> {
         let terms = self.query_terms(text);
         if terms.is_empty() || k == 0 {
@@ -255,7 +262,7 @@ impl Bm25 {
             .collect();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> =
             vec![(Occur::Must, Box::new(BooleanQuery::new(words)))];
-        clauses.extend(self.filter_clauses(filter));
+        clauses.extend(self.filter_clauses(filter, restricted));
         let query = BooleanQuery::new(clauses);
         let top = searcher
             .search(&query, &TopDocs::with_limit(k).order_by_score())

@@ -23,12 +23,15 @@ use serde::Serialize;
 
 use crate::bm25::Bm25;
 use crate::fusion::{Fusion, fuse};
+use crate::live::LiveSet;
 use crate::store::{DocChange, FORMAT_VERSION, Manifest, Store, StoredDoc};
 use crate::types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest,
 };
-use crate::vectors::{PersistedSegment, Segment, VectorOptions, top_k, validate};
+use crate::vectors::{
+    PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
+};
 use crate::{IndexError, Result};
 
 /// How to open an index.
@@ -70,55 +73,25 @@ pub struct IndexStats {
 struct Generation {
     number: u64,
     searcher: tantivy::Searcher,
-    /// Live chunk id → its document.
-    live: HashMap<u64, Arc<DocumentRecord>>,
+    /// Live chunks, where their vectors sit, and id lists for filters.
+    live: LiveSet,
     segments: Vec<Arc<Segment>>,
-    /// True when no live document carries access groups (lets searches skip a count).
-    all_public: bool,
 }
 
 impl Generation {
-    fn allowed(&self, id: u64, filter: &Filter) -> bool {
-        self.live.get(&id).is_some_and(|doc| visible(doc, filter))
-    }
-}
-
-/// Whether `doc` passes `filter`, access groups included (deny by default).
-fn visible(doc: &DocumentRecord, filter: &Filter) -> bool {
-    if !doc.access_groups.is_empty()
-        && !doc
-            .access_groups
-            .iter()
-            .any(|g| filter.caller_groups.iter().any(|c| c == g))
-    {
-        return false;
-    }
-    if !filter.sources.is_empty() && !filter.sources.iter().any(|s| s == &doc.source) {
-        return false;
-    }
-    if !filter
-        .metadata
-        .iter()
-        .all(|(k, v)| doc.metadata.get(k) == Some(v))
-    {
-        return false;
-    }
-    if let Some(range) = &filter.updated {
-        let Some(t) = doc.updated_at else {
-            return false;
-        };
-        let ts = t.timestamp();
-        if range.from.is_some_and(|f| ts < f.timestamp())
-            || range.to.is_some_and(|x| ts > x.timestamp())
-        {
-            return false;
+    fn new(
+        number: u64,
+        searcher: tantivy::Searcher,
+        live: HashMap<u64, Arc<DocumentRecord>>,
+        segments: Vec<Arc<Segment>>,
+    ) -> Generation {
+        Generation {
+            number,
+            searcher,
+            live: LiveSet::new(live, &segments),
+            segments,
         }
     }
-    true
-}
-
-fn filter_is_open(filter: &Filter) -> bool {
-    filter.sources.is_empty() && filter.metadata.is_empty() && filter.updated.is_none()
 }
 
 /// The hybrid index. Cheap to share behind an `Arc`; searches never block on the writer.
@@ -289,14 +262,7 @@ impl Index {
             )));
         }
         let searcher = bm25.reload()?;
-        let all_public = live.values().all(|d| d.access_groups.is_empty());
-        let gen0 = Generation {
-            number: generation,
-            searcher,
-            live,
-            segments,
-            all_public,
-        };
+        let gen0 = Generation::new(generation, searcher, live, segments);
         let index = Index {
             dir: dir.to_path_buf(),
             options,
@@ -439,9 +405,15 @@ impl Index {
 
         let bm25_hits = if want_bm25 {
             self.bm25
-                .search(&g.searcher, &req.text, candidates, &req.filter)?
+                .search(
+                    &g.searcher,
+                    &req.text,
+                    candidates,
+                    &req.filter,
+                    !g.live.all_public(),
+                )?
                 .into_iter()
-                .filter(|(id, _)| g.live.contains_key(id))
+                .filter(|(id, _)| g.live.contains(*id))
                 .collect()
         } else {
             Vec::new()
@@ -464,7 +436,7 @@ impl Index {
         for (id, breakdown) in fused.into_iter().take(req.k) {
             // Bodies of a generation are kept until its last reader releases it (see
             // `retire`), so a live id always has its body; skip defensively all the same.
-            let (Some(chunk), Some(doc)) = (self.store.chunk(id)?, g.live.get(&id)) else {
+            let (Some(chunk), Some(live)) = (self.store.chunk(id)?, g.live.get(id)) else {
                 tracing::warn!(chunk = id, "live chunk without a stored body");
                 continue;
             };
@@ -478,13 +450,17 @@ impl Index {
                 score: breakdown.fused,
                 breakdown,
                 chunk,
-                document: (**doc).clone(),
+                document: (*live.doc).clone(),
                 snippet,
             });
         }
         Ok(hits)
     }
 
+    /// Dense top-`k` among the chunks `filter` allows. When the filter keeps fewer than
+    /// `exact_filter_fraction` of the live chunks they are collected from the filter's id lists
+    /// and scanned exactly (a filtered graph walk visits many rejected nodes to find them);
+    /// otherwise each segment's graph is walked, with the filter inside the walk.
     fn vector_search(
         &self,
         g: &Generation,
@@ -493,17 +469,37 @@ impl Index {
         filter: &Filter,
     ) -> Result<Vec<(u64, f32)>> {
         let q = validate("query", query, self.options.embedder.dimension)?;
-        let allowed = |id: u64| g.allowed(id, filter);
-        let total = g.live.len().max(1);
-        let allowed_count = if g.all_public && filter_is_open(filter) {
-            total
-        } else {
-            g.live.values().filter(|d| visible(d, filter)).count()
-        };
-        let fraction = allowed_count as f32 / total as f32;
+        let options = &self.options.vectors;
+        let limit = (options.exact_filter_fraction * g.live.len() as f32).ceil() as usize;
+        if let Some(chunks) = g.live.allowed_chunks(filter, limit) {
+            // Score the int8 rows, then the best few exactly with the f32 rows.
+            let sq = Sq8Query::new(&q);
+            let located: Vec<(u64, usize, usize)> = chunks
+                .into_iter()
+                .filter_map(|c| c.location.map(|(s, row)| (c.id, s, row)))
+                .collect();
+            let approx = located
+                .iter()
+                .enumerate()
+                .map(|(i, (_, s, row))| (i as u64, g.segments[*s].approx_dot(&sq, *row)))
+                .collect();
+            let scored = top_k(approx, rescore_count(k))
+                .into_iter()
+                .map(|(i, _)| {
+                    let (id, s, row) = located[i as usize];
+                    (id, dot(&q, g.segments[s].row(row)))
+                })
+                .collect();
+            return Ok(top_k(scored, k));
+        }
+        let passes_all = g.live.passes_all(filter);
         let mut all = Vec::new();
-        for seg in &g.segments {
-            all.extend(seg.search(&q, k, &allowed, fraction, &self.options.vectors));
+        for (i, seg) in g.segments.iter().enumerate() {
+            let allowed = |row: usize| g.live.row_allowed(i, row, filter);
+            // Without tombstones or a filter the walk needs no per-node check.
+            let check = !passes_all || g.live.dead_rows(i) > 0;
+            let rows: Option<&(dyn Fn(usize) -> bool + Sync)> = check.then_some(&allowed);
+            all.extend(seg.search(&q, k, rows, options));
         }
         Ok(top_k(all, k))
     }
@@ -539,7 +535,7 @@ impl Index {
     ) -> Result<Vec<(String, f32)>> {
         let g = self.current.load_full();
         let q = validate("query", query, self.options.embedder.dimension)?;
-        let allowed = |id: u64| g.allowed(id, filter);
+        let allowed = |id: u64| g.live.allowed(id, filter);
         let mut all = Vec::new();
         for seg in &g.segments {
             all.extend(seg.exact(&q, k, &allowed));
@@ -690,9 +686,9 @@ impl Writer<'_> {
         let dead_set: HashSet<u64> = dead.iter().copied().collect();
         let mut live: HashMap<u64, Arc<DocumentRecord>> = old
             .live
-            .iter()
+            .docs()
             .filter(|(id, d)| !dead_set.contains(id) && !removed_docs.contains(&d.id))
-            .map(|(id, d)| (*id, d.clone()))
+            .map(|(id, d)| (id, d.clone()))
             .collect();
         live.extend(new_live);
         let segments = plan_segments(
@@ -703,14 +699,9 @@ impl Writer<'_> {
             &index.options.vectors,
         );
         let searcher = index.bm25.reload()?;
-        let all_public = live.values().all(|d| d.access_groups.is_empty());
-        index.current.store(Arc::new(Generation {
-            number: next,
-            searcher,
-            live,
-            segments,
-            all_public,
-        }));
+        index
+            .current
+            .store(Arc::new(Generation::new(next, searcher, live, segments)));
         // Old bodies are unreachable from the new generation, but a reader may still be on the
         // old one: retire them and delete them once it is released.
         index.persist_graphs(&index.current.load());

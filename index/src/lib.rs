@@ -12,6 +12,7 @@ mod bm25;
 mod error;
 mod fusion;
 mod index;
+mod live;
 mod store;
 mod types;
 mod vectors;

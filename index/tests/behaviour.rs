@@ -505,3 +505,81 @@ fn reopen_after_commit_keeps_everything() {
     let g = put(&index, &[DocSpec::new("wiki:z", "zebra", 7)]);
     assert_eq!(g, stats.generation + 1);
 }
+
+/// Upserts docs `cmp:{i}` for `ids` (one chunk each, distinct vectors) in one commit.
+fn put_numbered(index: &Index, ids: std::ops::Range<usize>) {
+    let mut w = index.writer();
+    for i in ids {
+        let id = format!("cmp:{i}");
+        let v: Vec<f32> = (0..DIM)
+            .map(|j| ((i * 7 + j * 13) % 17) as f32 + 1.0)
+            .collect();
+        w.upsert(
+            record(&DocSpec::new(&id, "numbered", 0)),
+            vec![chunk(&id, 0, "numbered", v)],
+        )
+        .expect("upsert");
+    }
+    w.commit().expect("commit");
+}
+
+fn delete_numbered(index: &Index, ids: std::ops::Range<usize>) {
+    let mut w = index.writer();
+    for i in ids {
+        w.delete(&format!("cmp:{i}"));
+    }
+    w.commit().expect("commit");
+}
+
+#[test]
+fn segments_are_compacted_by_dead_fraction_and_small_ones_merged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = options(10);
+    opts.vectors.rebuild_dead_fraction = 0.25;
+    let index = Index::open(dir.path(), opts).expect("open");
+    put_numbered(&index, 0..40);
+    let s = index.stats();
+    assert_eq!((s.vector_segments, s.tombstones), (1, 0));
+
+    // 8 of 40 dead (20%): below the threshold, the graph is kept with its tombstones.
+    delete_numbered(&index, 0..8);
+    let s = index.stats();
+    assert_eq!((s.vector_segments, s.tombstones, s.chunks), (1, 8, 32));
+
+    // 12 of 40 dead (30%): past the threshold, the segment is rebuilt from its live rows.
+    delete_numbered(&index, 8..12);
+    let s = index.stats();
+    assert_eq!((s.vector_segments, s.tombstones, s.chunks), (1, 0, 28));
+
+    // Four small commits stay separate exact segments; the fifth merges them with its rows.
+    for c in 0..4 {
+        put_numbered(&index, 100 + c * 2..102 + c * 2);
+    }
+    assert_eq!(index.stats().vector_segments, 5);
+    put_numbered(&index, 200..202);
+    let s = index.stats();
+    assert_eq!((s.vector_segments, s.tombstones, s.chunks), (2, 0, 38));
+
+    // Every path still returns exactly the live documents.
+    let live: Vec<String> = (12..40)
+        .chain(100..108)
+        .chain(200..202)
+        .map(|i| format!("cmp:{i}"))
+        .collect();
+    let q: Vec<f32> = (0..DIM).map(|j| j as f32 + 1.0).collect();
+    let mut req = request(
+        "numbered",
+        Some(q.clone()),
+        SearchMode::Dense,
+        Filter::default(),
+    );
+    req.k = 100;
+    for mode in MODES {
+        req.mode = mode;
+        let mut got = doc_ids(&index, &req);
+        got.sort();
+        let mut want = live.clone();
+        want.sort();
+        assert_eq!(got, want, "{mode:?}");
+    }
+}

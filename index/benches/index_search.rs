@@ -7,7 +7,7 @@
 //! centre, committed in batches of 5,000 chunks like an ingest run. The fixture is built once
 //! and cached under the target directory; delete `bench-fixtures` there to rebuild it.
 //!
-//! Run: `cargo bench --bench index_search` (add `CAIRN_BENCH_N=20000` for a quick run).
+//! Run: `cargo bench -p cairn-index --bench index_search` (add `CAIRN_BENCH_N=20000` for a quick run).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -208,6 +208,18 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// VmRSS of this process from `/proc/self/status` (0 where unavailable).
+fn resident_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 fn request(q: &Query, k: usize, mode: SearchMode, filter: &Filter) -> SearchRequest {
     SearchRequest {
         text: q.text.clone(),
@@ -224,9 +236,29 @@ fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
     sorted_ms[i]
 }
 
-/// Runs every query `rounds` times on one thread; returns (p50, p99) in ms.
-fn latency(index: &Index, qs: &[Query], k: usize, mode: SearchMode, filter: &Filter) -> (f64, f64) {
+/// Nanoseconds this thread has spent on a CPU (`/proc/thread-self/schedstat`), if readable.
+/// On a shared machine wall time includes waiting for a core; this does not. The kernel
+/// updates it at ticks and switches, so it is only meaningful summed over many queries.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Per-query latency in ms: wall-clock percentiles, and the search thread's mean CPU time.
+struct Latency {
+    p50: f64,
+    p99: f64,
+    cpu_mean: f64,
+}
+
+/// Runs every query twice on one thread.
+fn latency(index: &Index, qs: &[Query], k: usize, mode: SearchMode, filter: &Filter) -> Latency {
     let mut ms = Vec::with_capacity(qs.len() * 2);
+    let cpu_start = thread_cpu_ns();
     for _ in 0..2 {
         for q in qs {
             let req = request(q, k, mode, filter);
@@ -235,8 +267,16 @@ fn latency(index: &Index, qs: &[Query], k: usize, mode: SearchMode, filter: &Fil
             ms.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
+    let cpu_mean = match (cpu_start, thread_cpu_ns()) {
+        (Some(a), Some(b)) => b.saturating_sub(a) as f64 / 1e6 / ms.len() as f64,
+        _ => f64::NAN,
+    };
     ms.sort_by(f64::total_cmp);
-    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+    Latency {
+        p50: percentile(&ms, 0.5),
+        p99: percentile(&ms, 0.99),
+        cpu_mean,
+    }
 }
 
 fn truth(index: &Index, qs: &[Query], filter: &Filter) -> (Vec<Vec<String>>, f64) {
@@ -295,14 +335,33 @@ fn bench(c: &mut Criterion) {
     let n = n_chunks();
     let qs = queries();
     let (dir, built_secs) = fixture(n);
+    if std::env::var_os("CAIRN_BENCH_FIXTURE_ONLY").is_some() {
+        println!("fixture of {n} chunks ready: {built_secs:.1} s");
+        return;
+    }
     println!("## cairn-index bench: {n} chunks x {DIM}-d, {QUERIES} queries, one search thread");
     println!(
         "fixture build (commits of {BATCH}): {built_secs:.1} s = {:.0} chunks/s (measured when the fixture was built)",
         n as f64 / built_secs
     );
 
+    // Resident memory of an open index, measured by the first open of this process, before
+    // anything else allocates (run once more when this run had to build the fixture).
+    let rss_before = resident_bytes();
+    let (index, secs) = open_with(&dir, |_| {});
+    let rss_after = resident_bytes();
+    println!(
+        "resident memory of the open index: {:.1} MiB (VmRSS {:.1} -> {:.1} MiB; vectors {:.1} MiB); first open {secs:.2} s",
+        (rss_after.saturating_sub(rss_before)) as f64 / 1048576.0,
+        rss_before as f64 / 1048576.0,
+        rss_after as f64 / 1048576.0,
+        index.stats().vector_memory_bytes as f64 / 1048576.0,
+    );
+    drop(index);
+
     // Fresh build throughput, measured in this run: one commit of up to 25,000 chunks (above
-    // the default exact_below, so it includes an HNSW build). Skipped with CAIRN_BENCH_QUICK.
+    // the default exact_below, so it includes an HNSW build). Skipped with CAIRN_BENCH_QUICK,
+    // which also skips reopening without graph files.
     let fresh_n = if std::env::var_os("CAIRN_BENCH_QUICK").is_some() {
         0
     } else {
@@ -336,8 +395,9 @@ fn bench(c: &mut Criterion) {
         "reopen with persisted graphs: median {:.2} s ({} of {} segments loaded from disk)",
         reopen[1].0, reopen[1].1, reopen[1].2
     );
-    {
-        // The same index without its graph files: what reopening cost before graphs persisted.
+    if fresh_n > 0 {
+        // The same index without its graph files: what reopening cost before graphs persisted
+        // (minutes at 100k: skipped with CAIRN_BENCH_QUICK like the fresh build).
         let tmp = tempfile::tempdir().expect("tempdir");
         copy_tree(&dir.join("store"), &tmp.path().join("store"));
         copy_tree(&dir.join("bm25"), &tmp.path().join("bm25"));
@@ -351,7 +411,7 @@ fn bench(c: &mut Criterion) {
     println!("exact scan k=10: p50 {exact_ms:.2} ms");
     drop(index);
 
-    println!("| ef | recall@10 | dense p50 ms | dense p99 ms |");
+    println!("| ef | recall@10 | dense p50 ms | dense p99 ms | cpu mean ms |");
     let mut group = c.benchmark_group("dense_k10");
     let mut qi = 0usize;
     for ef in [16, 32, 64, 128, 256] {
@@ -361,8 +421,11 @@ fn bench(c: &mut Criterion) {
             o.candidates = 10;
         });
         let r = recall(&index, &qs, &open, &exact_truth);
-        let (p50, p99) = latency(&index, &qs, 10, SearchMode::Dense, &open);
-        println!("| {ef} | {r:.3} | {p50:.3} | {p99:.3} |");
+        let l = latency(&index, &qs, 10, SearchMode::Dense, &open);
+        println!(
+            "| {ef} | {r:.3} | {:.3} | {:.3} | {:.3} |",
+            l.p50, l.p99, l.cpu_mean
+        );
         group.bench_function(format!("hnsw_ef{ef}"), |b| {
             b.iter(|| {
                 qi = (qi + 1) % qs.len();
@@ -384,6 +447,20 @@ fn bench(c: &mut Criterion) {
     let filters = [
         ("none", open.clone()),
         (
+            "sources (50%)",
+            Filter {
+                sources: (0..5).map(|i| format!("src{i}")).collect(),
+                ..Default::default()
+            },
+        ),
+        (
+            "sources (30%)",
+            Filter {
+                sources: (0..3).map(|i| format!("src{i}")).collect(),
+                ..Default::default()
+            },
+        ),
+        (
             "source (10%)",
             Filter {
                 sources: vec!["src3".into()],
@@ -398,11 +475,14 @@ fn bench(c: &mut Criterion) {
             },
         ),
     ];
-    println!("| hybrid k=10, filter | p50 ms | p99 ms |");
+    println!("| hybrid k=10, filter | p50 ms | p99 ms | cpu mean ms |");
     let mut group = c.benchmark_group("hybrid_k10");
     for (name, f) in &filters {
-        let (p50, p99) = latency(&index, &qs, 10, SearchMode::Hybrid, f);
-        println!("| {name} | {p50:.2} | {p99:.2} |");
+        let l = latency(&index, &qs, 10, SearchMode::Hybrid, f);
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} |",
+            l.p50, l.p99, l.cpu_mean
+        );
         group.bench_function(*name, |b| {
             b.iter(|| {
                 qi = (qi + 1) % qs.len();
@@ -411,21 +491,43 @@ fn bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    // Where hybrid time goes: each retriever alone (candidates = 100, as inside hybrid).
+    println!("| single retriever k=10, filter | mode | p50 ms | p99 ms | cpu mean ms |");
+    for (name, f) in &filters {
+        for mode in [SearchMode::Bm25, SearchMode::Dense] {
+            let l = latency(&index, &qs, 10, mode, f);
+            println!(
+                "| {name} | {mode:?} | {:.2} | {:.2} | {:.2} |",
+                l.p50, l.p99, l.cpu_mean
+            );
+        }
+    }
     drop(index);
 
     // Graph with a filter versus the exact scan of the allowed rows, as production searches
-    // (candidates = 100): the crossover justifies `exact_filter_fraction`.
-    println!("| dense k=10, filter | path | recall@10 | p50 ms | p99 ms |");
+    // (candidates = 100): the crossover justifies `exact_filter_fraction`. A selective
+    // filtered graph walk takes hundreds of ms, so this uses the first 50 queries, and
+    // CAIRN_BENCH_QUICK skips the 1% walk.
+    let few = &qs[..50];
+    println!("| dense k=10, filter | path | recall@10 | p50 ms | p99 ms | cpu mean ms |");
     for (name, f) in filters.iter().skip(1) {
         let (t, _) = {
             let (index, _) = open_with(&dir, |_| {});
-            truth(&index, &qs, f)
+            truth(&index, few, f)
         };
         for (path, fraction) in [("graph", 0.0f32), ("exact", 1.01)] {
+            // The 1% walk takes over a second per query at 100k (minutes per run).
+            if path == "graph" && fresh_n == 0 && name.contains("(1%)") {
+                println!("| {name} | graph | skipped with CAIRN_BENCH_QUICK | | | |");
+                continue;
+            }
             let (index, _) = open_with(&dir, |o| o.vectors.exact_filter_fraction = fraction);
-            let r = recall(&index, &qs, f, &t);
-            let (p50, p99) = latency(&index, &qs, 10, SearchMode::Dense, f);
-            println!("| {name} | {path} | {r:.3} | {p50:.2} | {p99:.2} |");
+            let r = recall(&index, few, f, &t);
+            let l = latency(&index, few, 10, SearchMode::Dense, f);
+            println!(
+                "| {name} | {path} | {r:.3} | {:.2} | {:.2} | {:.2} |",
+                l.p50, l.p99, l.cpu_mean
+            );
         }
     }
 }
