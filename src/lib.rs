@@ -13,6 +13,7 @@ pub mod eval;
 pub mod jobs;
 pub mod metrics;
 pub mod openai_compat;
+pub mod progress;
 pub mod prompt;
 pub mod providers;
 pub mod server;
