@@ -73,6 +73,9 @@ pub enum Command {
     /// Measure retrieval quality on a BEIR-layout dataset.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Measure throughput on a dataset (nothing is kept).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the hash to put in `[[auth.keys]] hash` for an API key (the key itself is never stored).
     #[command(
         name = "hash-key",
@@ -108,6 +111,21 @@ pub enum EvalCommand {
         #[arg(long, default_value_t = 0)]
         limit: usize,
         /// One JSON object per mode, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ingest a BEIR corpus twice into a temporary index: documents/s, chunks/s, peak RSS,
+    /// stage shares, and the unchanged second run's time.
+    #[command(after_help = "Example:\n  cairn bench ingest --dataset ../data/scifact --json")]
+    Ingest {
+        /// Folder with corpus.jsonl.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -206,6 +224,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
         Command::HashKey { .. } => Ok(std::process::ExitCode::SUCCESS),
+        Command::Bench(BenchCommand::Ingest { dataset, json }) => {
+            let figures = crate::bench::ingest(&engine, &dataset, cli.quiet || json)?;
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                crate::bench::print(&figures);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Eval(EvalCommand::Retrieval {
             dataset,
             split,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde::Serialize;
 
-use cairn_index::{Filter, Hit, Index, IndexOptions, SearchMode, SearchRequest};
+use cairn_index::{EmbedderInfo, Filter, Hit, Index, IndexOptions, SearchMode, SearchRequest};
 use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
 use cairn_ingest::connectors::kb_api::KbApiConnector;
@@ -71,14 +71,20 @@ impl HitView {
     }
 }
 
+/// Index options for `config` and an embedder: the ones the main index uses.
+pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
+    let mut options = IndexOptions::new(embedder);
+    options.candidates = config.index.candidates;
+    options.fusion = config.index.fusion.clone();
+    options.vectors = config.index.vectors.clone();
+    options
+}
+
 impl Engine {
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
         let embedder: Arc<dyn Embedder> = Arc::new(HashEmbedder::new(config.embedder.dimension));
-        let mut options = IndexOptions::new(embedder.info());
-        options.candidates = config.index.candidates;
-        options.fusion = config.index.fusion.clone();
-        options.vectors = config.index.vectors.clone();
+        let options = index_options(&config, embedder.info());
         let index_dir = config.data_dir.join("index");
         let index = Index::open(&index_dir, options)
             .with_context(|| format!("opening the index in {}", index_dir.display()))?;

@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
