@@ -7,7 +7,6 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 
 use cairn_index::{Filter, SearchMode};
@@ -79,6 +78,9 @@ pub enum Command {
     /// Fetch and verify local models (the embedder's weights) ahead of time.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Measure throughput on a dataset (nothing is kept).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Print the hash to put in `[[auth.keys]] hash` for an API key (the key itself is never stored).
     #[command(
         name = "hash-key",
@@ -138,6 +140,21 @@ pub enum EvalCommand {
         #[arg(long)]
         qa: PathBuf,
         /// Print the report (with every question's outcome) as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Ingest a BEIR corpus twice into a temporary index: documents/s, chunks/s, peak RSS,
+    /// stage shares, and the unchanged second run's time.
+    #[command(after_help = "Example:\n  cairn bench ingest --dataset ../data/scifact --json")]
+    Ingest {
+        /// Folder with corpus.jsonl.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -261,6 +278,15 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_answer_report(&report);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Ingest { dataset, json }) => {
+            let figures = crate::bench::ingest(&engine, &dataset, cli.quiet || json)?;
+            if json {
+                println!("{}", serde_json::to_string(&figures)?);
+            } else {
+                crate::bench::print(&figures);
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -503,43 +529,45 @@ fn ingest_with_progress(
     full: bool,
     quiet: bool,
 ) -> anyhow::Result<Vec<Report>> {
-    let multi = MultiProgress::new();
-    if quiet {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let bar = multi.add(ProgressBar::new_spinner());
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {prefix}: {pos} documents, {msg} ({per_sec}, {elapsed})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
+    let bars = crate::progress::IngestBars::new(quiet);
     let cancel = AtomicBool::new(false);
-    let reports = engine.ingest(
-        source,
-        full,
-        &|name, p| {
-            bar.set_prefix(name.to_string());
-            bar.set_position(p.processed as u64);
-            bar.set_message(format!("{} chunks", p.chunks));
-        },
-        &cancel,
-    );
-    bar.finish_and_clear();
+    let reports = engine.ingest(source, full, &|name, p| bars.update(name, p), &cancel);
+    bars.finish();
     reports
 }
 
 fn print_reports(reports: &[Report]) {
     println!(
-        "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8}",
-        "source", "indexed", "unchanged", "skipped", "failed", "deleted", "chunks", "seconds"
+        "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "source",
+        "indexed",
+        "unchanged",
+        "skipped",
+        "failed",
+        "deleted",
+        "chunks",
+        "seconds",
+        "extract",
+        "chunk",
+        "embed",
+        "index"
     );
     for r in reports {
-        let c = &r.counts;
+        let (c, s) = (&r.counts, &r.stages);
         println!(
-            "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8.2}",
-            r.source, c.indexed, c.unchanged, c.skipped, c.failed, c.deleted, c.chunks, r.seconds
+            "{:<16} {:>8} {:>10} {:>8} {:>7} {:>8} {:>7} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            r.source,
+            c.indexed,
+            c.unchanged,
+            c.skipped,
+            c.failed,
+            c.deleted,
+            c.chunks,
+            r.seconds,
+            s.extraction,
+            s.chunking,
+            s.embedding,
+            s.indexing
         );
         for line in &r.lines {
             let detail = match &line.outcome {

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use serde::Serialize;
 
-use cairn_index::{Filter, Hit, Index, IndexError, IndexOptions, SearchMode, SearchRequest};
+use cairn_index::{
+    EmbedderInfo, Filter, Hit, Index, IndexError, IndexOptions, SearchMode, SearchRequest,
+};
 use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
 use cairn_ingest::connectors::kb_api::KbApiConnector;
@@ -95,6 +97,15 @@ impl HitView {
     }
 }
 
+/// Index options for `config` and an embedder: the ones the main index uses.
+pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
+    let mut options = IndexOptions::new(embedder);
+    options.candidates = config.index.candidates;
+    options.fusion = config.index.fusion.clone();
+    options.vectors = config.index.vectors.clone();
+    options
+}
+
 impl Engine {
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
@@ -104,10 +115,7 @@ impl Engine {
     /// [`Engine::open`] with start-up choices (see [`OpenOptions`]).
     pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
         let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
-        let mut options = IndexOptions::new(embedder.info());
-        options.candidates = config.index.candidates;
-        options.fusion = config.index.fusion.clone();
-        options.vectors = config.index.vectors.clone();
+        let options = index_options(&config, embedder.info());
         let index_dir = config.data_dir.join("index");
         let index = match Index::open(&index_dir, options.clone()) {
             Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {

@@ -16,11 +16,11 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use cairn_index::{Filter, Index, IndexOptions, SearchMode, SearchRequest};
-use cairn_ingest::pipeline::{self, PipelineOptions};
+use cairn_index::{Filter, Index, SearchMode, SearchRequest};
+use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
 use cairn_ingest::{Body, Connector, IngestError, Item, SourceDocument, SyncState, SyncSummary};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, index_options};
 
 pub mod answers;
 
@@ -135,14 +135,34 @@ pub fn read_qrels(path: &Path) -> anyhow::Result<Qrels> {
     Ok(out)
 }
 
-/// Lists a BEIR corpus as documents (title and text as plain text).
-struct BeirCorpus {
+/// Lists a BEIR corpus (`corpus.jsonl`) as documents (title and text as plain text); a line
+/// that is not a corpus record becomes a failed item.
+pub struct BeirCorpus {
     path: PathBuf,
+}
+
+impl BeirCorpus {
+    /// The corpus file itself, e.g. `<dataset>/corpus.jsonl`.
+    pub fn new(path: PathBuf) -> BeirCorpus {
+        BeirCorpus { path }
+    }
 }
 
 impl Connector for BeirCorpus {
     fn name(&self) -> &str {
         "beir"
+    }
+
+    /// Non-blank lines, counted by reading the file once more (cheap next to embedding).
+    fn count_hint(&mut self, _state: &SyncState, _full: bool) -> Option<usize> {
+        let file = std::fs::File::open(&self.path).ok()?;
+        let mut count = 0;
+        for line in std::io::BufReader::new(file).lines() {
+            if !line.ok()?.trim().is_empty() {
+                count += 1;
+            }
+        }
+        Some(count)
     }
 
     fn list(
@@ -235,6 +255,29 @@ impl EvalMode {
     }
 }
 
+/// Ingests a BEIR `corpus.jsonl` into `index` with the engine's chunker and embedder, as one
+/// complete listing (documents the index holds that the corpus lacks are deleted).
+pub fn ingest_corpus(
+    engine: &Engine,
+    corpus: &Path,
+    index: &Index,
+    options: &PipelineOptions,
+    progress: &(dyn Fn(&Progress) + Sync),
+) -> Result<Report, IngestError> {
+    pipeline::run(
+        &mut BeirCorpus::new(corpus.to_path_buf()),
+        index,
+        &engine.chunker,
+        &engine.embedder,
+        &SyncState::default(),
+        options,
+        pipeline::Control {
+            progress,
+            cancel: &AtomicBool::new(false),
+        },
+    )
+}
+
 /// Options of one evaluation.
 pub struct EvalOptions {
     pub dataset: PathBuf,
@@ -270,10 +313,8 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
             .join(format!("{}.tsv", options.split)),
     )?;
     let dir = cache_dir(engine, &corpus)?;
-    let mut index_options = IndexOptions::new(engine.embedder.info());
-    index_options.candidates = engine.config.index.candidates.max(100);
-    index_options.fusion = engine.config.index.fusion.clone();
-    index_options.vectors = engine.config.index.vectors.clone();
+    let mut index_options = index_options(&engine.config, engine.embedder.info());
+    index_options.candidates = index_options.candidates.max(100);
     let index = Index::open(&dir, index_options)
         .with_context(|| format!("opening eval index {}", dir.display()))?;
     if index.stats().documents == 0 {
@@ -281,19 +322,12 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
             "building the evaluation index in {} (cached for later runs)",
             dir.display()
         );
-        let report = pipeline::run(
-            &mut BeirCorpus {
-                path: corpus.clone(),
-            },
+        let report = ingest_corpus(
+            engine,
+            &corpus,
             &index,
-            &engine.chunker,
-            &engine.embedder,
-            &SyncState::default(),
             &PipelineOptions::default(),
-            pipeline::Control {
-                progress: &|_| {},
-                cancel: &AtomicBool::new(false),
-            },
+            &|_| {},
         )?;
         eprintln!(
             "indexed {} documents ({} chunks) in {:.1} s",

@@ -5,6 +5,7 @@
 
 pub mod answer;
 pub mod auth;
+pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod eval;
 pub mod jobs;
 pub mod metrics;
 pub mod openai_compat;
+pub mod progress;
 pub mod prompt;
 pub mod providers;
 pub mod rerank;

@@ -6,11 +6,16 @@
 //! version. Batches are committed as they fill, so memory stays bounded and a crash loses at
 //! most the open batch. With an [`EmbeddingCache`] in the options, chunks whose text was
 //! embedded before (by the same model) are not sent to the embedder again.
+//!
+//! The report carries [`StageTimes`]: wall time the coordinating thread spent in each stage.
+//! Chunking runs on rayon's pool, so its figure is what the stage cost the run, not CPU time
+//! summed over threads; the stages together may add up to a little less than `seconds`
+//! (progress callbacks and bookkeeping are not attributed).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rayon::prelude::*;
@@ -73,6 +78,36 @@ pub struct Counts {
     pub embed_cache_hits: usize,
 }
 
+/// Wall time the coordinating thread spent in each stage of a run, in seconds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageTimes {
+    /// Inside the connector: listing, reading and extracting documents.
+    pub extraction: f64,
+    /// Splitting batches into chunks (parallel; wall time of the whole batch).
+    pub chunking: f64,
+    /// Embedding-cache lookups and writes plus the embedder itself.
+    pub embedding: f64,
+    /// Index reads (content-hash checks, the deletion listing), writes and commits.
+    pub indexing: f64,
+}
+
+impl StageTimes {
+    /// The four stages added up.
+    pub fn total(&self) -> f64 {
+        self.extraction + self.chunking + self.embedding + self.indexing
+    }
+}
+
+/// Durations accumulated during a run, turned into [`StageTimes`] at the end.
+#[derive(Default)]
+struct Stopwatches {
+    /// Everything spent inside the listing's `emit` callback (subtracted from the listing).
+    in_emit: Duration,
+    chunking: Duration,
+    embedding: Duration,
+    indexing: Duration,
+}
+
 /// The report of one source's run; kept by the caller and shown by the admin API.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
@@ -86,6 +121,9 @@ pub struct Report {
     pub lines: Vec<ReportLine>,
     pub state: SyncState,
     pub seconds: f64,
+    /// Where `seconds` went; zero in reports written before stages were measured.
+    #[serde(default)]
+    pub stages: StageTimes,
 }
 
 /// Live progress for progress bars and job status.
@@ -94,6 +132,9 @@ pub struct Progress {
     pub listed: usize,
     pub processed: usize,
     pub chunks: usize,
+    /// Documents the listing holds: set once it is known (the listing finished, or the
+    /// connector counted its documents up front), `None` before.
+    pub total: Option<usize>,
 }
 
 /// Pipeline tunables.
@@ -135,6 +176,7 @@ struct Run<'a> {
     state: Progress,
     writer: Option<cairn_index::Writer<'a>>,
     fatal: Option<IngestError>,
+    clock: Stopwatches,
 }
 
 impl<'a> Run<'a> {
@@ -173,8 +215,11 @@ impl<'a> Run<'a> {
         match item {
             Item::Document(doc) => {
                 let hash = doc.content_hash();
-                if !self.options.full && self.index.content_hash(&doc_id)?.as_deref() == Some(&hash)
-                {
+                let lookup = Instant::now();
+                let unchanged = !self.options.full
+                    && self.index.content_hash(&doc_id)?.as_deref() == Some(&hash);
+                self.clock.indexing += lookup.elapsed();
+                if unchanged {
                     self.line(doc_id, Outcome::Unchanged);
                 } else {
                     self.batch.push(doc);
@@ -185,10 +230,12 @@ impl<'a> Run<'a> {
             }
             Item::Skipped { reason, .. } => {
                 // A document that is now deliberately excluded must not stay searchable.
+                let lookup = Instant::now();
                 if self.index.content_hash(&doc_id)?.is_some() {
                     self.writer().delete(&doc_id);
                     self.uncommitted += 1;
                 }
+                self.clock.indexing += lookup.elapsed();
                 self.line(doc_id, Outcome::Skipped { reason });
             }
             Item::Failed { error, .. } => self.line(doc_id, Outcome::Failed { error }),
@@ -206,6 +253,7 @@ impl<'a> Run<'a> {
         }
         let source = self.source.clone();
         // CPU work in parallel: chunking.
+        let chunking = Instant::now();
         let chunked: Vec<(SourceDocument, Vec<crate::chunking::Chunk>)> = docs
             .into_par_iter()
             .map(|d| {
@@ -213,10 +261,12 @@ impl<'a> Run<'a> {
                 (d, chunks)
             })
             .collect();
+        self.clock.chunking += chunking.elapsed();
         let texts: Vec<&str> = chunked
             .iter()
             .flat_map(|(_, cs)| cs.iter().map(|c| c.text.as_str()))
             .collect();
+        let embedding = Instant::now();
         let vectors = match &self.options.embedding_cache {
             Some(cache) => {
                 let (vectors, stats) = cache.embed_passages(self.embedder.as_ref(), &texts)?;
@@ -229,6 +279,7 @@ impl<'a> Run<'a> {
                 self.embedder.embed_passages(&texts)?
             }
         };
+        self.clock.embedding += embedding.elapsed();
         if vectors.len() != texts.len() {
             return Err(IngestError::Embed {
                 embedder: self.embedder.info().name,
@@ -275,7 +326,10 @@ impl<'a> Run<'a> {
                     vector: vectors.next().unwrap_or_default(),
                 })
                 .collect();
-            match self.writer().upsert(record, inputs) {
+            let write = Instant::now();
+            let written = self.writer().upsert(record, inputs);
+            self.clock.indexing += write.elapsed();
+            match written {
                 Ok(()) => {
                     self.uncommitted += 1;
                     self.state.chunks += n;
@@ -295,7 +349,9 @@ impl<'a> Run<'a> {
     fn commit(&mut self) -> Result<(), IngestError> {
         self.flush_batch()?;
         if let Some(w) = self.writer.take() {
+            let commit = Instant::now();
             w.commit()?;
+            self.clock.indexing += commit.elapsed();
         }
         self.uncommitted = 0;
         Ok(())
@@ -339,12 +395,18 @@ pub fn run(
         state: Progress::default(),
         writer: None,
         fatal: None,
+        clock: Stopwatches::default(),
     };
+    let listing = Instant::now();
+    run.state.total = connector.count_hint(state, options.full);
     let summary = connector.list(state, options.full, &mut |item| {
         if cancel.load(Ordering::Relaxed) {
             return false;
         }
-        match run.accept(item) {
+        let accepting = Instant::now();
+        let accepted = run.accept(item);
+        run.clock.in_emit += accepting.elapsed();
+        match accepted {
             Ok(()) => true,
             Err(e) => {
                 run.fatal = Some(e);
@@ -352,6 +414,7 @@ pub fn run(
             }
         }
     })?;
+    let extraction = listing.elapsed().saturating_sub(run.clock.in_emit);
     if let Some(e) = run.fatal.take() {
         return Err(e);
     }
@@ -359,6 +422,8 @@ pub fn run(
         // Keep what was committed; the open batch is dropped and redone by the next run.
         return Err(IngestError::Cancelled);
     }
+    run.state.total = Some(run.state.listed);
+    (run.progress)(&run.state);
     run.flush_batch()?;
 
     // Deletions: explicit ones always; unlisted ones only after a complete listing.
@@ -366,6 +431,7 @@ pub fn run(
     for ext in &summary.deleted {
         to_delete.insert(run.doc_id(ext), ());
     }
+    let reconciling = Instant::now();
     if summary.complete {
         for id in index.document_ids(&source)? {
             if !run.seen.contains(&id) {
@@ -379,9 +445,12 @@ pub fn run(
             run.line(id, Outcome::Deleted);
         }
     }
+    run.clock.indexing += reconciling.elapsed();
     run.commit()?;
     if let Some(cache) = &options.embedding_cache {
+        let flushing = Instant::now();
         cache.flush();
+        run.clock.embedding += flushing.elapsed();
     }
 
     let now = Utc::now().to_rfc3339();
@@ -405,5 +474,11 @@ pub fn run(
         lines: run.lines,
         state: new_state,
         seconds: started.elapsed().as_secs_f64(),
+        stages: StageTimes {
+            extraction: extraction.as_secs_f64(),
+            chunking: run.clock.chunking.as_secs_f64(),
+            embedding: run.clock.embedding.as_secs_f64(),
+            indexing: run.clock.indexing.as_secs_f64(),
+        },
     })
 }

@@ -8,6 +8,17 @@ fn cairn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_cairn"))
 }
 
+/// Runs `cmd`, fails the test with its stderr unless it succeeded, and returns its stdout.
+fn stdout_of_success(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn ingest_search_ask_json_contract() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -123,4 +134,52 @@ fn every_command_has_help_with_an_example() {
             "{cmd}: {text}"
         );
     }
+}
+
+#[test]
+fn bench_ingest_reports_figures_and_an_unchanged_second_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "");
+    let dataset = dir.path().join("beir");
+    std::fs::create_dir_all(&dataset).expect("mkdir");
+    let corpus: String = (0..4)
+        .map(|i| {
+            format!(
+                "{{\"_id\":\"d{i}\",\"title\":\"Title {i}\",\"text\":\"Abstract {i} about cells and proteins.\"}}\n"
+            )
+        })
+        .collect();
+    std::fs::write(dataset.join("corpus.jsonl"), corpus).expect("write corpus");
+    let out = stdout_of_success(
+        cairn()
+            .arg("--config")
+            .arg(&config)
+            .args(["bench", "ingest", "--json", "--dataset"])
+            .arg(&dataset),
+    );
+    let f: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(f["documents"], 4, "{f}");
+    assert_eq!(f["failed"], 0, "{f}");
+    assert!(f["chunks"].as_u64().is_some_and(|c| c >= 4), "{f}");
+    assert_eq!(f["second_unchanged"], 4, "{f}");
+    assert_eq!(f["second_indexed"], 0, "{f}");
+    for key in [
+        "documents_per_second",
+        "chunks_per_second",
+        "first_seconds",
+        "second_seconds",
+    ] {
+        assert!(f[key].as_f64().is_some_and(|v| v > 0.0), "{key}: {f}");
+    }
+    assert!(f["first_shares"]["embedding"].as_f64().is_some(), "{f}");
+
+    let missing = cairn()
+        .arg("--config")
+        .arg(&config)
+        .args(["-q", "bench", "ingest", "--dataset"])
+        .arg(dir.path().join("nowhere"))
+        .output()
+        .expect("run");
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("corpus.jsonl"));
 }

@@ -57,6 +57,13 @@ pub trait Connector: Send {
     /// The configured source name.
     fn name(&self) -> &str;
 
+    /// How many items [`Connector::list`] will emit, when the connector can tell cheaply
+    /// before listing (progress bars show an ETA from it). `None` — the default — means the
+    /// total is known only once the listing finished.
+    fn count_hint(&mut self, _state: &SyncState, _full: bool) -> Option<usize> {
+        None
+    }
+
     /// Lists documents (all of them, or those changed since `state.watermark` when the
     /// connector syncs incrementally and `full` is false), handing each to `emit`. `emit`
     /// returns false to ask the connector to stop early (cancellation).
