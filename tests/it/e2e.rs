@@ -5,7 +5,6 @@ use crate::support;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use serde_json::Value;
 use tower::ServiceExt;
 
 use support::{TestApp, body_json};
@@ -151,16 +150,7 @@ async fn ask_streams_typed_events_with_ids_over_tcp() {
         .map(|e| e.id.parse().expect("numeric id"))
         .collect();
     assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "ids {ids:?}");
-    let answer: String = events
-        .iter()
-        .filter(|e| e.event == "token")
-        .map(|e| {
-            serde_json::from_str::<Value>(&e.data).expect("json")["text"]
-                .as_str()
-                .expect("text")
-                .to_string()
-        })
-        .collect();
+    let answer = support::answer_text(&events);
     assert!(answer.contains("12 euros"), "{answer}");
 }
 

@@ -3,5 +3,6 @@
 mod browser;
 mod cli;
 mod e2e;
+mod llama;
 mod server;
 mod support;

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../../support/llama.rs"]
+pub mod llama;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -154,4 +157,18 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
         out.push(cur);
     }
     out
+}
+
+/// The answer text of an `/ask` stream: its `token` events joined.
+pub fn answer_text(events: &[SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.event == "token")
+        .map(|e| {
+            serde_json::from_str::<Value>(&e.data).expect("json")["text"]
+                .as_str()
+                .expect("text")
+                .to_string()
+        })
+        .collect()
 }
