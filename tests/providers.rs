@@ -473,3 +473,103 @@ async fn embeddings_and_rerank_through_the_gateway() {
     assert_eq!(out.results[0].0, 1);
     assert_eq!(t.seen()[0].path_and_query, "/v1/rerank");
 }
+
+// ---- a real OpenAI-compatible server ----
+
+/// One streamed call through the gateway, its events kept apart.
+struct Streamed {
+    deltas: Vec<String>,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    info_usage: Usage,
+}
+
+async fn stream_llama(r: &Router, req: &ChatRequest) -> Streamed {
+    let (mut s, info) = r
+        .stream("answer", req, CancellationToken::new())
+        .await
+        .expect("llama-server stream");
+    let mut out = Streamed {
+        deltas: Vec::new(),
+        finish: None,
+        usage: None,
+        info_usage: Usage::default(),
+    };
+    while let Some(ev) = s.next().await {
+        match ev.expect("event") {
+            ChatEvent::TextDelta(d) => out.deltas.push(d),
+            ChatEvent::Finish(f) => out.finish = Some(f),
+            ChatEvent::Usage(u) => out.usage = Some(u),
+            ChatEvent::ToolCallDelta { .. } => panic!("no tools were offered"),
+        }
+    }
+    out.info_usage = info.usage();
+    out
+}
+
+/// llama.cpp's `llama-server` with SmolLM2-135M-Instruct (see `tests/support/llama.rs`): cairn's
+/// `openai_compatible` provider streams a real answer, and `max_tokens` reaches the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn llama_server_streams_a_real_answer() {
+    let Some(llama) =
+        support::llama::LlamaServer::start("llama_server_streams_a_real_answer").await
+    else {
+        return;
+    };
+    let mut p = ProviderConfig::new(
+        "llama",
+        ProviderKind::OpenaiCompatible,
+        Some(&llama.base_url()),
+    );
+    // A busy CI machine evaluates the prompt slowly; no retries so a failure shows as it is.
+    p.settings.timeout_first_token_ms = 120_000;
+    p.settings.timeout_idle_ms = 60_000;
+    p.settings.max_retries = 0;
+    let r = router(
+        vec![(p, support::llama::MODEL_ALIAS)],
+        BudgetConfig::default(),
+    );
+
+    let mut req = ChatRequest {
+        system: "You are a helpful assistant. Answer in one short sentence.".into(),
+        messages: vec![Message {
+            role: Role::User,
+            content: "What is the capital of France?".into(),
+        }],
+        max_tokens: Some(48),
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    };
+    let a = stream_llama(&r, &req).await;
+    let text: String = a.deltas.concat();
+    let log = llama.log_tail();
+    assert!(
+        a.deltas.len() >= 2,
+        "expected several deltas, got {:?}\n{log}",
+        a.deltas
+    );
+    assert!(a.deltas.iter().all(|d| !d.is_empty()));
+    assert!(text.contains("Paris"), "answer: {text:?}\n{log}");
+    assert!(
+        matches!(a.finish, Some(FinishReason::Stop | FinishReason::Length)),
+        "finish {:?}",
+        a.finish
+    );
+    let usage = a
+        .usage
+        .expect("llama-server sends usage with include_usage");
+    assert!(usage.input_tokens > 10, "prompt counted: {usage:?}");
+    assert!(
+        (1..=48).contains(&usage.output_tokens),
+        "output tokens {usage:?}"
+    );
+    assert_eq!(a.info_usage, usage, "gateway records the server's usage");
+
+    // A tight max_tokens must cut the answer: finish `length` with exactly that many tokens.
+    req.max_tokens = Some(3);
+    req.messages[0].content = "Write a long story about a lighthouse keeper.".into();
+    let b = stream_llama(&r, &req).await;
+    assert_eq!(b.finish, Some(FinishReason::Length), "{:?}", b.deltas);
+    assert_eq!(b.usage.map(|u| u.output_tokens), Some(3));
+    assert!(!b.deltas.concat().is_empty());
+}

@@ -4,6 +4,7 @@ mod browser;
 mod cli;
 mod e2e;
 mod gateway;
+mod llama;
 mod server;
 mod support;
 #[path = "../support/mod.rs"]

@@ -4,6 +4,8 @@
 //! request it saw. [`Vendor`] renders each vendor's documented SSE wire format.
 #![allow(dead_code)]
 
+pub mod llama;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
