@@ -391,12 +391,27 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
     println!("questions                     {}", r.questions);
     println!("citation validity             {}", pct(r.citation_validity));
-    println!("citation precision            {}", pct(r.citation_precision));
+    println!(
+        "citation precision            {}",
+        pct(r.citation_precision)
+    );
     println!("citation recall               {}", pct(r.citation_recall));
-    println!("I don't know (unanswerable)   {}", pct(r.idk_rate_unanswerable));
-    println!("I don't know (answerable)     {}", pct(r.idk_rate_answerable));
-    println!("answer contains gold          {}", pct(r.answer_contains_gold));
-    println!("cost per answer               {:.6} USD", r.cost_usd_per_answer);
+    println!(
+        "I don't know (unanswerable)   {}",
+        pct(r.idk_rate_unanswerable)
+    );
+    println!(
+        "I don't know (answerable)     {}",
+        pct(r.idk_rate_answerable)
+    );
+    println!(
+        "answer contains gold          {}",
+        pct(r.answer_contains_gold)
+    );
+    println!(
+        "cost per answer               {:.6} USD",
+        r.cost_usd_per_answer
+    );
     println!(
         "latency p50 / p99             {:.1} / {:.1} ms",
         r.latency_p50_ms, r.latency_p99_ms
@@ -408,7 +423,12 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
             (false, Some(false)) => "miss",
             (false, None) => "-",
         };
-        println!("  {:<20} {:<5} {}", item.id, flag, item.cited_docs.join(", "));
+        println!(
+            "  {:<20} {:<5} {}",
+            item.id,
+            flag,
+            item.cited_docs.join(", ")
+        );
     }
 }
 

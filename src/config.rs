@@ -515,7 +515,8 @@ fn validate(
             "must be between 8 and 4096".into(),
         ));
     }
-    if raw.embedder.kind == "minilm" && cairn_ingest::models::find_model(&raw.embedder.model).is_none()
+    if raw.embedder.kind == "minilm"
+        && cairn_ingest::models::find_model(&raw.embedder.model).is_none()
     {
         return Err(key_err(
             "embedder.model",

@@ -31,7 +31,9 @@ pub fn spec(cfg: &RawEmbedder) -> anyhow::Result<ModelSpec> {
 }
 
 fn cache_dir(cfg: &RawEmbedder) -> PathBuf {
-    cfg.cache_dir.clone().unwrap_or_else(models::default_cache_dir)
+    cfg.cache_dir
+        .clone()
+        .unwrap_or_else(models::default_cache_dir)
 }
 
 /// Returns the model's verified files, fetching them from the configured sources when they

@@ -118,7 +118,9 @@ impl Engine {
         let options = index_options(&config, embedder.info());
         let index_dir = config.data_dir.join("index");
         let index = match Index::open(&index_dir, options.clone()) {
-            Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {
+            Err(IndexError::EmbedderMismatch { found, .. })
+                if open.replace_index_on_new_embedder =>
+            {
                 // Kept until the next replacement, so a mistaken switch can be undone by hand.
                 let aside = config.data_dir.join("index.previous");
                 if aside.exists() {
@@ -126,7 +128,11 @@ impl Engine {
                         .with_context(|| format!("removing {}", aside.display()))?;
                 }
                 std::fs::rename(&index_dir, &aside).with_context(|| {
-                    format!("moving {} aside to {}", index_dir.display(), aside.display())
+                    format!(
+                        "moving {} aside to {}",
+                        index_dir.display(),
+                        aside.display()
+                    )
                 })?;
                 tracing::warn!(
                     old = %found,
@@ -298,7 +304,9 @@ impl Engine {
     /// Embeds a question on the query pool (its own threads), so searches stay fast while a
     /// reindex keeps the global pool busy. Blocking.
     pub fn embed_query(&self, text: &str) -> anyhow::Result<Vec<f32>> {
-        Ok(self.query_pool.install(|| self.embedder.embed_query(text))?)
+        Ok(self
+            .query_pool
+            .install(|| self.embedder.embed_query(text))?)
     }
 
     /// Hits for an answer: the fused top `k`, or, with a reranker configured, the best `k` of
@@ -312,7 +320,8 @@ impl Engine {
         filter: Filter,
     ) -> anyhow::Result<(Vec<Hit>, f64)> {
         if self.config.rerank.kind == "none" {
-            let hits = self.search_with_vector(text, Some(vector), k, filter, SearchMode::Hybrid)?;
+            let hits =
+                self.search_with_vector(text, Some(vector), k, filter, SearchMode::Hybrid)?;
             return Ok((hits, 0.0));
         }
         let wide = k.max(self.config.rerank.candidates);

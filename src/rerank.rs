@@ -68,7 +68,10 @@ impl Reranker for ProviderReranker {
             message: "a remote reranker runs only inside the server's runtime".into(),
         })?;
         let (resp, _) = runtime
-            .block_on(self.router.rerank(&self.route, &req, CancellationToken::new()))
+            .block_on(
+                self.router
+                    .rerank(&self.route, &req, CancellationToken::new()),
+            )
             .map_err(|e| IngestError::Embed {
                 embedder: self.name(),
                 message: e.to_string(),

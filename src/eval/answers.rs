@@ -127,7 +127,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn citation_holds(engine: &Engine, c: &Citation) -> anyhow::Result<bool> {
     let chunks = engine.index.chunks_of(&c.doc_id)?;
     Ok(chunks.iter().any(|ch| {
-        ch.chunk_id() == c.chunk_id && (c.quote.is_empty() || normalise(&ch.text).contains(&normalise(&c.quote)))
+        ch.chunk_id() == c.chunk_id
+            && (c.quote.is_empty() || normalise(&ch.text).contains(&normalise(&c.quote)))
     }))
 }
 

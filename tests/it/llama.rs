@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::support::llama::{LlamaServer, MODEL_ALIAS};
+use crate::vendors::llama::{LlamaServer, MODEL_ALIAS};
 use crate::support::{self, TestApp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,6 @@
 
 #![allow(dead_code)]
 
-#[path = "../../support/llama.rs"]
-pub mod llama;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
