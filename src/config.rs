@@ -834,6 +834,33 @@ mod tests {
     }
 
     #[test]
+    fn embedder_and_rerank_are_checked_and_paths_resolved() {
+        let c = load("", &[]).expect("default");
+        assert_eq!(c.embedder.kind, "minilm");
+        assert!(c.embedder.cache_dir.is_some());
+        assert_eq!(c.rerank.kind, "none");
+        let c = load(
+            "[embedder]\nmodel_dir = \"m\"\nsources = [\"dir\", \"pip\"]\n[rerank]\nkind = \"cross_encoder\"\nmodel_dir = \"ce\"\n",
+            &[],
+        )
+        .expect("valid");
+        assert!(c.embedder.model_dir.expect("dir").is_absolute());
+        assert!(c.rerank.model_dir.expect("dir").is_absolute());
+        for (toml, key) in [
+            ("[embedder]\nkind = \"bert\"\n", "embedder.kind"),
+            ("[embedder]\nmodel = \"gpt\"\n", "embedder.model"),
+            ("[embedder]\nsources = [\"ftp\"]\n", "embedder.sources[0]"),
+            ("[embedder]\nbatch_size = 0\n", "embedder.batch_size"),
+            ("[rerank]\nkind = \"magic\"\n", "rerank.kind"),
+            ("[rerank]\nkind = \"cross_encoder\"\n", "rerank.model_dir"),
+            ("[rerank]\ncandidates = 0\n", "rerank.candidates"),
+        ] {
+            let e = load(toml, &[]).expect_err(toml);
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
     fn unknown_source_kind_and_field_are_refused() {
         assert!(load("[[sources]]\nname = \"x\"\nkind = \"ftp\"\n", &[]).is_err());
         let e = load(

@@ -183,3 +183,84 @@ fn bench_ingest_reports_figures_and_an_unchanged_second_run() {
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("corpus.jsonl"));
 }
+
+/// `cairn eval answers` on the bundled question file with the offline provider: every figure
+/// is reproducible, citations all resolve, and the MiniLM default finds the gold passages for
+/// paraphrased questions.
+#[test]
+fn eval_answers_reports_citation_and_gold_figures_reproducibly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "");
+    stdout_of_success(cairn().arg("--config").arg(&config).args(["-q", "ingest"]));
+    let qa = support::repo().join("samples/qa.jsonl");
+    let run = || -> serde_json::Value {
+        let out = stdout_of_success(
+            cairn()
+                .arg("--config")
+                .arg(&config)
+                .args(["-q", "eval", "answers", "--json", "--qa"])
+                .arg(&qa),
+        );
+        serde_json::from_slice(&out).expect("json")
+    };
+    let first = run();
+    assert_eq!(first["questions"], 10);
+    assert_eq!(first["citation_validity"], 1.0, "{first:#}");
+    assert!(
+        first["answer_contains_gold"].as_f64().expect("gold") >= 0.75,
+        "{first:#}"
+    );
+    assert!(
+        first["citation_recall"].as_f64().expect("recall") >= 0.75,
+        "{first:#}"
+    );
+    assert_eq!(first["idk_rate_answerable"], 0.0, "{first:#}");
+    assert!(first["idk_rate_unanswerable"].is_number(), "{first:#}");
+    let second = run();
+    for key in [
+        "citation_validity",
+        "citation_precision",
+        "citation_recall",
+        "idk_rate_unanswerable",
+        "answer_contains_gold",
+    ] {
+        assert_eq!(first[key], second[key], "{key} differs between runs");
+    }
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"question\": \"ok\"}\n{\"quest\": 1}\n").expect("write");
+    let out = cairn()
+        .arg("--config")
+        .arg(&config)
+        .args(["-q", "eval", "answers", "--qa"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2"), "{err}");
+}
+
+/// `cairn models list` names the default model and reports the verified cached copy that the
+/// test run itself uses; an unknown model name is refused with the list of known ones.
+#[test]
+fn models_list_and_unknown_pull() {
+    let out = stdout_of_success(cairn().args(["-q", "models", "pull"]));
+    assert!(String::from_utf8_lossy(&out).contains("ready in"));
+    let out = stdout_of_success(cairn().args(["-q", "models", "list"]));
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("all-MiniLM-L6-v2") && text.contains("cached in"),
+        "{text}"
+    );
+    let out = cairn()
+        .args(["-q", "models", "pull", "no-such-model"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown model") && err.contains("all-MiniLM-L6-v2"),
+        "{err}"
+    );
+}

@@ -255,3 +255,45 @@ async fn health_ready_and_page() {
         .expect("body");
     assert!(std::str::from_utf8(&bytes).expect("utf8").contains("<html"));
 }
+
+/// With `[rerank] kind = "lexical"` the answer path scores the fused candidates, shows the
+/// rerank score in each hit's breakdown, and records the rerank time in the trace. A paraphrase
+/// with no word in common with the gold passage title still finds it (MiniLM dense side).
+#[tokio::test]
+async fn ask_with_a_reranker_records_scores_and_timing() {
+    let app = TestApp::with_config("[rerank]\nkind = \"lexical\"\ncandidates = 10\n");
+    let resp = app
+        .router()
+        .oneshot(support::post_json(
+            "/ask",
+            r#"{"question":"How long until I get my money back after returning something?","stream":false}"#,
+        ))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json = body_json(resp).await;
+    assert_eq!(json["outcome"], "answered", "{json:#}");
+    let citations = json["citations"].as_array().expect("citations");
+    assert_eq!(citations[0]["doc_id"], "samples:help-center/refunds.md");
+    let trace = app.engine.traces.recent(1).pop().expect("trace");
+    assert!(trace.timings.rerank_ms > 0.0, "{:?}", trace.timings);
+    assert!(trace.timings.embed_ms > 0.0, "{:?}", trace.timings);
+    let hits = app
+        .engine
+        .retrieve(
+            "How long until I get my money back after returning something?",
+            app.engine
+                .embed_query("How long until I get my money back after returning something?")
+                .expect("embed"),
+            3,
+            Default::default(),
+        )
+        .expect("retrieve")
+        .0;
+    assert_eq!(hits.len(), 3);
+    let scores: Vec<f32> = hits
+        .iter()
+        .map(|h| h.breakdown.rerank.expect("rerank score"))
+        .collect();
+    assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+}

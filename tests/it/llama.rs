@@ -4,8 +4,8 @@
 
 use serde_json::Value;
 
-use crate::vendors::llama::{LlamaServer, MODEL_ALIAS};
 use crate::support::{self, TestApp};
+use crate::vendors::llama::{LlamaServer, MODEL_ALIAS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_streams_an_answer_generated_by_llama_server() {
