@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use tokio::sync::mpsc;
 
@@ -447,9 +448,16 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(engine.config.server.shutdown_grace_secs);
     crate::metrics::handle();
     let app = router(AppState::new(engine)?);
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind")
-    })?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind"))?
+        // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds each
+        // one back until the previous one is acknowledged.
+        .tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
     tracing::info!(%bind, "cairn is serving");
     eprintln!("cairn is serving on http://{bind}");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
