@@ -360,11 +360,7 @@ fn models(
     cmd: &ModelsCommand,
     feedback: Feedback,
 ) -> anyhow::Result<std::process::ExitCode> {
-    let cache = config
-        .embedder
-        .cache_dir
-        .clone()
-        .unwrap_or_else(cairn_ingest::models::default_cache_dir);
+    let cache = crate::embedder::cache_dir(&config.embedder);
     match cmd {
         ModelsCommand::Pull { name } => {
             let mut cfg = config.embedder.clone();

@@ -30,7 +30,8 @@ pub fn spec(cfg: &RawEmbedder) -> anyhow::Result<ModelSpec> {
         .ok_or_else(|| models::ModelError::Unknown(cfg.model.clone()).into())
 }
 
-fn cache_dir(cfg: &RawEmbedder) -> PathBuf {
+/// Where the configured model is cached (the config loader fills it; the user cache otherwise).
+pub fn cache_dir(cfg: &RawEmbedder) -> PathBuf {
     cfg.cache_dir
         .clone()
         .unwrap_or_else(models::default_cache_dir)
