@@ -12,12 +12,14 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::breaker::Breaker;
 use super::config::{Price, ProviderSettings};
@@ -211,12 +213,21 @@ impl Drop for CallGuard {
     }
 }
 
+/// A stream after its first output event: idle and total time-outs, cancellation, metering.
+///
+/// Written as a hand-made [`Stream`](futures::Stream) rather than an `unfold` with a fresh
+/// `timeout` and `cancelled()` per event: the timer and the cancellation waiter are created once
+/// per stream, and the timer is only re-armed when it fires early (an event arrived since it
+/// was set), so an event that is already waiting costs no timer work at all.
 struct Live {
     inner: ChatStream,
     buf: VecDeque<ChatEvent>,
     idle: Duration,
     deadline: Instant,
-    cancel: CancellationToken,
+    /// When the last event came from upstream; the idle limit counts from here.
+    last_event: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    cancelled: Pin<Box<WaitForCancellationFutureOwned>>,
     price: Option<Price>,
     provider: String,
     guard: CallGuard,
@@ -224,55 +235,104 @@ struct Live {
 }
 
 impl Live {
+    /// `started` is when the call began; the total limit counts from there.
+    fn new(
+        inner: ChatStream,
+        buf: VecDeque<ChatEvent>,
+        s: &ProviderSettings,
+        target: &Target,
+        started: Instant,
+        cancel: CancellationToken,
+        guard: CallGuard,
+    ) -> Live {
+        let idle = Gate::ms(s.timeout_idle_ms);
+        let deadline = started + Gate::ms(s.timeout_total_ms);
+        let now = Instant::now();
+        let due = (now + idle).min(deadline);
+        Live {
+            inner,
+            buf,
+            idle,
+            deadline,
+            last_event: now,
+            timer: Box::pin(tokio::time::sleep_until(due.into())),
+            cancelled: Box::pin(cancel.cancelled_owned()),
+            price: s.prices.get(&target.model).copied(),
+            provider: target.provider_name.clone(),
+            guard,
+            done: false,
+        }
+    }
+
     fn observe(&self, ev: &ChatEvent) {
         if let ChatEvent::Usage(u) = ev {
             self.guard.meter.set(*u, self.price.as_ref());
         }
     }
 
-    fn into_stream(self) -> ChatStream {
-        Box::pin(futures::stream::unfold(self, |mut l| async move {
-            if let Some(ev) = l.buf.pop_front() {
-                l.observe(&ev);
-                return Some((Ok(ev), l));
-            }
-            if l.done {
-                return None;
+    /// Polls the timer; `Ready` means the idle or total limit has really passed.
+    fn poll_timeout(&mut self, cx: &mut Context<'_>) -> Poll<&'static str> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
             let now = Instant::now();
-            let wait = l.idle.min(l.deadline.saturating_duration_since(now));
-            let next = tokio::select! {
-                _ = l.cancel.cancelled() => None,
-                r = tokio::time::timeout(wait, l.inner.next()) => Some(r),
-            };
-            match next {
-                None => None,
-                Some(Err(_)) => {
+            if now >= self.deadline {
+                return Poll::Ready("total");
+            }
+            let due = (self.last_event + self.idle).min(self.deadline);
+            if now >= due {
+                return Poll::Ready("idle");
+            }
+            // Events arrived since the timer was armed: move it and poll again to register.
+            self.timer.as_mut().reset(due.into());
+        }
+    }
+}
+
+impl futures::Stream for Live {
+    type Item = Result<ChatEvent, ProviderError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let l = self.get_mut();
+        if let Some(ev) = l.buf.pop_front() {
+            l.observe(&ev);
+            return Poll::Ready(Some(Ok(ev)));
+        }
+        if l.done {
+            return Poll::Ready(None);
+        }
+        if l.cancelled.as_mut().poll(cx).is_ready() {
+            l.done = true;
+            return Poll::Ready(None);
+        }
+        match l.inner.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(ev))) => {
+                l.last_event = Instant::now();
+                l.observe(&ev);
+                Poll::Ready(Some(Ok(ev)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                l.done = true;
+                l.guard.failed = health_failure(&e);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                l.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match l.poll_timeout(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(stage) => {
                     l.done = true;
                     l.guard.failed = true;
-                    let stage = if Instant::now() >= l.deadline {
-                        "total"
-                    } else {
-                        "idle"
-                    };
-                    let e = ProviderError::Timeout {
+                    Poll::Ready(Some(Err(ProviderError::Timeout {
                         provider: l.provider.clone(),
                         stage: stage.into(),
-                    };
-                    Some((Err(e), l))
+                    })))
                 }
-                Some(Ok(None)) => None,
-                Some(Ok(Some(Ok(ev)))) => {
-                    l.observe(&ev);
-                    Some((Ok(ev), l))
-                }
-                Some(Ok(Some(Err(e)))) => {
-                    l.done = true;
-                    l.guard.failed = health_failure(&e);
-                    Some((Err(e), l))
-                }
-            }
-        }))
+            },
+        }
     }
 }
 
@@ -377,15 +437,14 @@ impl Router {
                     Ok((inner, buf)) => {
                         gate.breaker.success();
                         let meter = Arc::new(CallMeter::default());
-                        let live = Live {
+                        let live = Live::new(
                             inner,
                             buf,
-                            idle: Gate::ms(s.timeout_idle_ms),
-                            deadline: started + Gate::ms(s.timeout_total_ms),
-                            cancel: cancel.clone(),
-                            price: s.prices.get(&target.model).copied(),
-                            provider: target.provider_name.clone(),
-                            guard: CallGuard {
+                            s,
+                            target,
+                            started,
+                            cancel.clone(),
+                            CallGuard {
                                 _permit: permit,
                                 gate: gate.clone(),
                                 meter: meter.clone(),
@@ -393,8 +452,7 @@ impl Router {
                                 key: key.map(str::to_string),
                                 failed: false,
                             },
-                            done: false,
-                        };
+                        );
                         let info = TargetInfo {
                             provider_name: target.provider_name.clone(),
                             model: target.model.clone(),
@@ -402,7 +460,7 @@ impl Router {
                             attempts,
                             meter,
                         };
-                        return Ok((live.into_stream(), info));
+                        return Ok((Box::pin(live), info));
                     }
                     Err(e) => {
                         drop(permit);

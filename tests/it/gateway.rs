@@ -2,7 +2,10 @@
 //! OpenAI-compatible server) in front of the offline extractive one, retries and fallback
 //! before the first token, cost in usage and traces, and `[budget]` refusals.
 
+use std::time::{Duration, Instant};
+
 use axum::http::StatusCode;
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -148,6 +151,51 @@ async fn remote_answer_carries_cost_and_filtered_citations() {
     assert!((trace.cost_usd - 0.028).abs() < 1e-9, "{}", trace.cost_usd);
     assert_eq!(trace.dropped_citations, 1);
     assert!((app.engine.router.budget.spent_today() - 0.028).abs() < 1e-9);
+}
+
+/// A client that leaves mid-answer closes the upstream call: the fake sees its response body
+/// dropped before the last frame, long before its scripted 60 s pause would have ended.
+#[tokio::test]
+async fn client_disconnect_mid_stream_closes_the_upstream_call() {
+    let mut frames = Vendor::Compatible.success(&["Refunds take ", "5 business days [1]."]);
+    let first_text = frames
+        .iter()
+        .position(|f| matches!(f, Frame::Bytes(b) if b.contains("Refunds take")))
+        .expect("text frame");
+    frames.insert(first_text + 1, Frame::Delay(Duration::from_secs(60)));
+    let fake = Fake::start(vec![Reply::sse(frames)]).await;
+    let app = app_with_remote(&fake, "");
+    let body = serde_json::json!({"question": "How long do refunds take?"}).to_string();
+    let resp = app
+        .router()
+        .oneshot(with_key(post_json("/ask", &body), BOT))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body().into_data_stream();
+    let mut received = String::new();
+    while !received.contains("event: token") {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
+            .await
+            .expect("a token event before the pause")
+            .expect("body still open")
+            .expect("body bytes");
+        received.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(received.contains("Refunds take"), "{received}");
+    assert_eq!(fake.abandoned(), 0, "upstream closed while the client listened");
+
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.abandoned() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        fake.abandoned(),
+        1,
+        "the upstream response was still open 10 s after the client left"
+    );
+    assert_eq!(fake.hits(), 1, "no retry or fallback after the client left");
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 
 pub mod llama;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +14,6 @@ use axum::body::{Body, Bytes};
 use axum::extract::Request;
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use futures::StreamExt;
 
 /// One piece of a scripted response body.
 #[derive(Debug, Clone)]
@@ -66,12 +66,36 @@ pub struct Seen {
 struct State {
     script: Arc<Mutex<Vec<Reply>>>,
     seen: Arc<Mutex<Vec<Seen>>>,
+    abandoned: Arc<AtomicUsize>,
 }
 
 pub struct Fake {
     pub base: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    abandoned: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Counts a response body that was dropped before its last scripted frame was sent, which is
+/// what the server sees when the client closes the connection mid-stream.
+struct BodyWatch {
+    finished: bool,
+    abandoned: Arc<AtomicUsize>,
+}
+
+impl BodyWatch {
+    /// The body ended as scripted (last frame or scripted drop): not a client disconnect.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for BodyWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Drop for Fake {
@@ -85,8 +109,10 @@ impl Fake {
         let state = State {
             script: Arc::new(Mutex::new(script)),
             seen: Arc::new(Mutex::new(Vec::new())),
+            abandoned: Arc::new(AtomicUsize::new(0)),
         };
         let seen = state.seen.clone();
+        let abandoned = state.abandoned.clone();
         let app = axum::Router::new().fallback(move |uri: Uri, req: Request| {
             let state = state.clone();
             async move { handle(state, uri, req).await }
@@ -106,6 +132,7 @@ impl Fake {
         Fake {
             base: format!("http://{addr}"),
             seen,
+            abandoned,
             task,
         }
     }
@@ -116,6 +143,11 @@ impl Fake {
 
     pub fn hits(&self) -> usize {
         self.seen.lock().expect("lock").len()
+    }
+
+    /// How many response bodies were dropped (client gone) before their last frame.
+    pub fn abandoned(&self) -> usize {
+        self.abandoned.load(Ordering::SeqCst)
     }
 }
 
@@ -140,18 +172,30 @@ async fn handle(state: State, uri: Uri, req: Request) -> Response {
             s[0].clone()
         }
     };
-    let frames = reply.frames.clone();
-    let stream = futures::stream::iter(frames).then(|f| async move {
-        match f {
-            Frame::Bytes(b) => Some(Ok::<_, std::io::Error>(Bytes::from(b))),
-            Frame::Delay(d) => {
-                tokio::time::sleep(d).await;
-                None
+    let watch = BodyWatch {
+        finished: false,
+        abandoned: state.abandoned.clone(),
+    };
+    let frames = reply.frames.clone().into_iter();
+    let stream = futures::stream::unfold((frames, watch), |(mut frames, mut watch)| async move {
+        loop {
+            match frames.next() {
+                None => {
+                    watch.finish();
+                    return None;
+                }
+                Some(Frame::Delay(d)) => tokio::time::sleep(d).await,
+                Some(Frame::Bytes(b)) => {
+                    return Some((Ok::<_, std::io::Error>(Bytes::from(b)), (frames, watch)));
+                }
+                Some(Frame::Drop) => {
+                    watch.finished = true;
+                    let e = std::io::Error::other("scripted drop");
+                    return Some((Err(e), (frames, watch)));
+                }
             }
-            Frame::Drop => Some(Err(std::io::Error::other("scripted drop"))),
         }
     });
-    let stream = stream.filter_map(|x| async move { x });
     let mut b = Response::builder().status(reply.status);
     for (k, v) in &reply.headers {
         b = b.header(k, v);
