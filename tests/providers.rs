@@ -216,6 +216,35 @@ macro_rules! provider_matrix {
     )*};
 }
 
+/// Events that keep arriving within the idle limit do not extend the total limit: the stream
+/// ends with a `total` time-out after the text that came before it.
+#[tokio::test]
+async fn total_timeout_applies_while_events_keep_coming() {
+    let v = Vendor::Compatible;
+    let mut f = v.preamble();
+    for i in 0..20 {
+        f.push(v.text_frame(&format!("t{i} ")));
+        f.push(Frame::Delay(Duration::from_millis(100)));
+    }
+    f.extend(v.finale());
+    let fake = Fake::start(vec![Reply::sse(f)]).await;
+    let mut p = provider("p", v, &fake);
+    p.settings.timeout_idle_ms = 400;
+    p.settings.timeout_total_ms = 700;
+    let r = router(vec![(p, v.model())], BudgetConfig::default());
+    let (s, _) = r
+        .stream("answer", &request(), CancellationToken::new())
+        .await
+        .expect("stream");
+    let (resp, err) = drain(s).await;
+    assert!(
+        matches!(err, Some(ProviderError::Timeout { ref stage, .. }) if stage == "total"),
+        "{err:?}"
+    );
+    assert!(resp.text.starts_with("t0 t1 "), "{}", resp.text);
+    assert!(!resp.text.contains("t19"), "{}", resp.text);
+}
+
 provider_matrix! {
     openai => Vendor::OpenAi,
     anthropic => Vendor::Anthropic,

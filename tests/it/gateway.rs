@@ -183,7 +183,11 @@ async fn client_disconnect_mid_stream_closes_the_upstream_call() {
         received.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(received.contains("Refunds take"), "{received}");
-    assert_eq!(fake.abandoned(), 0, "upstream closed while the client listened");
+    assert_eq!(
+        fake.abandoned(),
+        0,
+        "upstream closed while the client listened"
+    );
 
     drop(body);
     let deadline = Instant::now() + Duration::from_secs(10);
