@@ -134,6 +134,24 @@ pub enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Sweeps fusion settings (RRF k and weights, convex alpha) over stored retriever lists,
+    /// with a two-fold check that the best setting holds on queries it was not chosen on.
+    #[command(
+        after_help = "Example:\n  cairn eval fusion --dataset ../data/scifact --split train --json"
+    )]
+    Fusion {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Evaluate only the first N judged queries (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// The whole report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Citation validity, precision/recall, "I don't know" rate, gold-answer rate, cost and latency.
     #[command(after_help = "Example:\n  cairn eval answers --qa samples/qa.jsonl --json")]
     Answers {
@@ -291,6 +309,27 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Eval(EvalCommand::Fusion {
+            dataset,
+            split,
+            limit,
+            json,
+        }) => {
+            let report = crate::eval::fusion::sweep(
+                &engine,
+                &crate::eval::fusion::FusionOptions {
+                    dataset,
+                    split,
+                    limit,
+                },
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print_fusion_report(&report);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Eval(EvalCommand::Retrieval {
             dataset,
             split,
@@ -382,6 +421,41 @@ fn models(
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn print_fusion_report(r: &crate::eval::fusion::FusionReport) {
+    let mut rows: Vec<_> = r.results.iter().collect();
+    rows.sort_by(|a, b| b.ndcg_10.total_cmp(&a.ndcg_10));
+    println!(
+        "{:<34} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
+        "setting", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "even", "odd"
+    );
+    for x in rows {
+        let mark = if x.setting == r.default_setting {
+            " (default)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<34} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.4} {:>9.4}{mark}",
+            x.setting,
+            x.ndcg_10,
+            x.recall_10,
+            x.recall_100,
+            x.mrr_10,
+            x.ndcg_10_folds[0],
+            x.ndcg_10_folds[1]
+        );
+    }
+    for h in &r.cross_validation {
+        println!(
+            "best on the {} queries: {} -> {:.4} nDCG@10 on the others (default there: {:.4})",
+            if h.chosen_on_fold == 0 { "even" } else { "odd" },
+            h.setting,
+            h.held_out_ndcg_10,
+            h.default_ndcg_10
+        );
+    }
 }
 
 fn print_answer_report(r: &crate::eval::answers::AnswerReport) {

@@ -23,6 +23,7 @@ use cairn_ingest::{Body, Connector, IngestError, Item, SourceDocument, SyncState
 use crate::engine::{Engine, index_options};
 
 pub mod answers;
+pub mod fusion;
 
 /// Graded relevance judgements: query id → (doc id → grade).
 pub type Qrels = HashMap<String, HashMap<String, u32>>;
@@ -303,15 +304,16 @@ fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
         .join(&hex::encode(h.finalize())[..16]))
 }
 
-/// Builds (or reuses) the dataset's index and evaluates every mode.
-pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<ModeResult>> {
-    let corpus = options.dataset.join("corpus.jsonl");
-    let qrels = read_qrels(
-        &options
-            .dataset
-            .join("qrels")
-            .join(format!("{}.tsv", options.split)),
-    )?;
+/// A judged query of a BEIR dataset.
+pub(crate) struct JudgedQuery {
+    pub id: String,
+    pub text: String,
+}
+
+/// Opens the dataset's cached evaluation index, building it on first use, with at least 100
+/// candidates per retriever.
+pub(crate) fn open_dataset_index(engine: &Engine, dataset: &Path) -> anyhow::Result<Index> {
+    let corpus = dataset.join("corpus.jsonl");
     let dir = cache_dir(engine, &corpus)?;
     let mut index_options = index_options(&engine.config, engine.embedder.info());
     index_options.candidates = index_options.candidates.max(100);
@@ -334,8 +336,18 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
             report.counts.indexed, report.counts.chunks, report.seconds
         );
     }
-    let file = std::fs::File::open(options.dataset.join("queries.jsonl"))?;
-    let mut queries: Vec<RawQuery> = Vec::new();
+    Ok(index)
+}
+
+/// The split's judgements and its judged queries sorted by id (the first `limit`, 0 = all).
+pub(crate) fn judged_queries(
+    dataset: &Path,
+    split: &str,
+    limit: usize,
+) -> anyhow::Result<(Qrels, Vec<JudgedQuery>)> {
+    let qrels = read_qrels(&dataset.join("qrels").join(format!("{split}.tsv")))?;
+    let file = std::fs::File::open(dataset.join("queries.jsonl"))?;
+    let mut queries: Vec<JudgedQuery> = Vec::new();
     for line in std::io::BufReader::new(file).lines() {
         let line = line?;
         if line.trim().is_empty() {
@@ -343,18 +355,38 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
         }
         let q: RawQuery = serde_json::from_str(&line)?;
         if qrels.contains_key(&q.id) {
-            queries.push(q);
+            queries.push(JudgedQuery {
+                id: q.id,
+                text: q.text,
+            });
         }
     }
     queries.sort_by(|a, b| a.id.cmp(&b.id));
-    if options.limit > 0 {
-        queries.truncate(options.limit);
+    if limit > 0 {
+        queries.truncate(limit);
     }
     anyhow::ensure!(
         !queries.is_empty(),
-        "no query of queries.jsonl is judged in split `{}`",
-        options.split
+        "no query of queries.jsonl is judged in split `{split}`"
     );
+    Ok((qrels, queries))
+}
+
+/// Folds ranked chunk hits' documents into a ranked list of at most 100 distinct documents
+/// (a document's best-ranked chunk decides its place).
+pub(crate) fn distinct_documents<'a>(doc_ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    doc_ids
+        .filter(|d| seen.insert(*d))
+        .take(100)
+        .map(str::to_string)
+        .collect()
+}
+
+/// Builds (or reuses) the dataset's index and evaluates every mode.
+pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<ModeResult>> {
+    let index = open_dataset_index(engine, &options.dataset)?;
+    let (qrels, queries) = judged_queries(&options.dataset, &options.split, options.limit)?;
     let index = Arc::new(index);
     let mut results = Vec::new();
     for mode in &options.modes {
@@ -382,13 +414,7 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
                 hits.extend(rest);
             }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
-            let mut seen = HashSet::new();
-            let ranked: Vec<String> = hits
-                .iter()
-                .map(|h| h.document.external_id.clone())
-                .filter(|d| seen.insert(d.clone()))
-                .take(100)
-                .collect();
+            let ranked = distinct_documents(hits.iter().map(|h| h.document.external_id.as_str()));
             let rels = &qrels[&q.id];
             ndcg += ndcg_at(&ranked, rels, 10);
             r10 += recall_at(&ranked, rels, 10);
