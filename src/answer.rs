@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use cairn_index::{Filter, Hit};
 
+use crate::context::{self, ContextOptions, Passage};
 use crate::engine::{Engine, HitView};
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
@@ -183,6 +184,16 @@ struct Out {
 }
 
 impl Out {
+    /// Tells the client an internal error happened (details stay in the log).
+    async fn internal_error(&mut self) -> &'static str {
+        self.send(AnswerEvent::Error {
+            code: "internal",
+            message: "An internal error occurred.".into(),
+        })
+        .await;
+        "internal"
+    }
+
     async fn send(&mut self, ev: AnswerEvent) -> bool {
         if self.gone {
             return false;
@@ -375,12 +386,7 @@ async fn run(
         }
         Err(e) => {
             tracing::error!(error = %e, "retrieval task panicked");
-            out.send(AnswerEvent::Error {
-                code: "internal",
-                message: "An internal error occurred.".into(),
-            })
-            .await;
-            return "internal";
+            return out.internal_error().await;
         }
     };
     trace.timings.retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -400,26 +406,34 @@ async fn run(
         return "client_disconnected";
     }
 
-    // Context: relevant hits, deduplicated, within the word budget.
+    // Context: relevant hits as passages (near-duplicates out, cut chunks completed by their
+    // neighbours), within the word budget. Neighbour lookups read the store: off the runtime.
     let min_sim = engine.config.retrieval.min_similarity;
-    let mut context: Vec<&Hit> = Vec::new();
-    let mut seen_text: HashSet<String> = HashSet::new();
-    let mut budget = engine.config.retrieval.max_context_words;
-    for h in hits.iter().filter(|h| relevant(h, min_sim)) {
-        let norm: String = h
-            .chunk
-            .text
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase();
-        let n_words = h.chunk.text.split_whitespace().count();
-        if !seen_text.insert(norm) || n_words > budget {
-            continue;
+    let options = ContextOptions {
+        max_words: engine.config.retrieval.max_context_words,
+        near_duplicate: engine.config.retrieval.near_duplicate,
+        neighbours: engine.config.retrieval.neighbours,
+    };
+    let eng = engine.clone();
+    let candidates: Vec<Hit> = hits
+        .iter()
+        .filter(|h| relevant(h, min_sim))
+        .cloned()
+        .collect();
+    let selected = tokio::task::spawn_blocking(move || {
+        let refs: Vec<&Hit> = candidates.iter().collect();
+        context::select(&refs, &options, &mut |doc| eng.neighbour_chunks(doc))
+    })
+    .await;
+    let (context, selection) = match selected {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!(error = %e, "context selection panicked");
+            return out.internal_error().await;
         }
-        budget -= n_words;
-        context.push(h);
-    }
+    };
+    trace.context_near_duplicates = selection.near_duplicates;
+    trace.context_neighbours = selection.neighbours_added;
 
     if context.is_empty() {
         // Nothing clears the relevance gate: say so without calling a model.
@@ -447,7 +461,11 @@ async fn run(
         .unwrap_or_default();
     let versions: Vec<(String, String)> = context
         .iter()
-        .map(|h| (h.chunk_id.clone(), h.document.content_hash.clone()))
+        .flat_map(|p| {
+            p.chunks
+                .iter()
+                .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
+        })
         .collect();
     let cache_key = crate::cache::context_key(&versions, &first_model, &engine.prompt.version);
     if let Some((cached, kind)) = engine.cache.get(&req.question, &question_vec, &cache_key) {
@@ -482,10 +500,10 @@ async fn run(
     let passages: Vec<ContextPassage> = context
         .iter()
         .enumerate()
-        .map(|(i, h)| ContextPassage {
+        .map(|(i, p)| ContextPassage {
             n: i + 1,
-            title: h.document.title.clone(),
-            text: h.chunk.text.clone(),
+            title: p.document.title.clone(),
+            text: p.text.clone(),
         })
         .collect();
     let chat = engine
@@ -586,24 +604,32 @@ async fn run(
     } else {
         "answered"
     };
-    let by_n: BTreeMap<usize, &Hit> = context
+    let by_n: BTreeMap<usize, &Passage> = context
         .iter()
         .enumerate()
-        .map(|(i, h)| (i + 1, *h))
+        .map(|(i, p)| (i + 1, p))
         .collect();
     let mut citations = Vec::new();
     for n in &filter.used {
-        let Some(h) = by_n.get(n) else { continue };
+        let Some(p) = by_n.get(n) else { continue };
+        // A citation names one chunk: the one holding the quoted sentence.
+        let quote = best_quote(&answer_text, *n, &p.text);
+        let chunk = context::chunk_for_quote(p, &quote);
+        let quote = if chunk.text.contains(quote.trim()) {
+            quote
+        } else {
+            best_quote(&answer_text, *n, &chunk.text)
+        };
         let c = Citation {
             n: *n,
-            doc_id: h.document.id.clone(),
-            chunk_id: h.chunk_id.clone(),
-            title: h.document.title.clone(),
-            url: h.document.url.clone(),
-            page: h.chunk.page,
-            char_start: h.chunk.char_start,
-            char_end: h.chunk.char_end,
-            quote: best_quote(&answer_text, *n, &h.chunk.text),
+            doc_id: p.document.id.clone(),
+            chunk_id: chunk.chunk_id(),
+            title: p.document.title.clone(),
+            url: p.document.url.clone(),
+            page: chunk.page,
+            char_start: chunk.char_start,
+            char_end: chunk.char_end,
+            quote,
         };
         citations.push(c.clone());
         if !out.send(AnswerEvent::Citation(c)).await {

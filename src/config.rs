@@ -184,6 +184,11 @@ pub struct RawRetrieval {
     pub min_similarity: f32,
     /// Upper bound on context words sent to the model.
     pub max_context_words: usize,
+    /// Jaccard similarity of word 3-shingles at or above which a hit repeats an already chosen
+    /// one and is left out of the context (1 = only hits whose words repeat exactly).
+    pub near_duplicate: f32,
+    /// Complete a chunk cut mid-sentence with its neighbour of the same section.
+    pub neighbours: bool,
 }
 
 impl Default for RawRetrieval {
@@ -192,6 +197,8 @@ impl Default for RawRetrieval {
             top_k: 5,
             min_similarity: 0.5,
             max_context_words: 1500,
+            near_duplicate: 0.8,
+            neighbours: true,
         }
     }
 }
@@ -541,6 +548,13 @@ fn validate(
         return Err(key_err(
             "retrieval.top_k",
             "must be between 1 and 50".into(),
+        ));
+    }
+    if !(raw.retrieval.near_duplicate > 0.0 && raw.retrieval.near_duplicate <= 1.0) {
+        return Err(key_err(
+            "retrieval.near_duplicate",
+            "must be above 0 and at most 1 (1 = leave out only hits whose words repeat exactly)"
+                .into(),
         ));
     }
     if raw.chunking.max_tokens < 16 {

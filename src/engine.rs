@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use cairn_index::{
-    EmbedderInfo, Filter, Hit, Index, IndexError, IndexOptions, SearchMode, SearchRequest,
+    ChunkRecord, EmbedderInfo, Filter, Hit, Index, IndexError, IndexOptions, SearchMode,
+    SearchRequest,
 };
 use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
@@ -307,6 +308,17 @@ impl Engine {
         Ok(self
             .query_pool
             .install(|| self.embedder.embed_query(text))?)
+    }
+
+    /// A document's chunks in order, for completing a passage — empty when the document is gone
+    /// or has changed since it was retrieved (its content hash differs). Blocking.
+    pub fn neighbour_chunks(&self, doc: &cairn_index::DocumentRecord) -> Vec<ChunkRecord> {
+        match self.index.content_hash(&doc.id) {
+            Ok(Some(h)) if h == doc.content_hash => {
+                self.index.chunks_of(&doc.id).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Hits for an answer: the fused top `k`, or, with a reranker configured, the best `k` of

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod embedder;
 pub mod engine;
 pub mod eval;

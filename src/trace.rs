@@ -66,6 +66,12 @@ pub struct Trace {
     pub prompt_version: String,
     pub cache_hit: Option<String>,
     pub dropped_citations: usize,
+    /// Relevant hits left out of the context as near-duplicates of a chosen one.
+    #[serde(default)]
+    pub context_near_duplicates: usize,
+    /// Neighbouring chunks added to complete a passage cut mid-sentence.
+    #[serde(default)]
+    pub context_neighbours: usize,
     pub outcome: String,
     pub question: Option<String>,
     pub answer: Option<String>,

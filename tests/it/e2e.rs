@@ -297,3 +297,87 @@ async fn ask_with_a_reranker_records_scores_and_timing() {
         .collect();
     assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
 }
+
+/// Context selection through /ask: a mirrored copy of a page is left out as a near-duplicate,
+/// and a chunk cut mid-sentence reaches the model completed by the chunk after it.
+#[tokio::test]
+async fn ask_context_drops_mirrored_pages_and_completes_cut_sentences() {
+    let app = TestApp::with_setup(|dir| {
+        let manual = dir.join("manual");
+        std::fs::create_dir_all(&manual).expect("mkdir");
+        let page = "# Zebra care\n\nZebras in the north paddock are fed hay at seven in the morning and again at five in the evening.\n";
+        std::fs::write(manual.join("zebras.md"), page).expect("write");
+        std::fs::write(manual.join("zebras-mirror.md"), page).expect("write");
+        std::fs::write(
+            manual.join("generator.md"),
+            "# Generator\n\nThe emergency generator in building nine is started by pressing the red lever twice, waiting for the amber lamp to glow steadily, and then turning the brass key clockwise until the small display reads READY.\n",
+        )
+        .expect("write");
+        format!(
+            "[chunking]\nmax_tokens = 24\noverlap_tokens = 4\nmin_tokens = 4\n[retrieval]\nmin_similarity = 0.95\n[[sources]]\nname = \"manual\"\nkind = \"files\"\npath = {manual:?}\n"
+        )
+    });
+    let ask = |q: &str| {
+        support::post_json(
+            "/ask",
+            &serde_json::json!({"question": q, "stream": false}).to_string(),
+        )
+    };
+
+    let resp = app
+        .router()
+        .oneshot(ask("When are the zebras in the north paddock fed hay?"))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json = body_json(resp).await;
+    let trace = &app.engine.traces.recent(1)[0];
+    assert!(trace.context_near_duplicates >= 1, "{trace:?}");
+    let zebra_docs: std::collections::HashSet<&str> = json["citations"]
+        .as_array()
+        .expect("citations")
+        .iter()
+        .filter_map(|c| c["doc_id"].as_str())
+        .filter(|d| d.contains("zebras"))
+        .collect();
+    assert_eq!(zebra_docs.len(), 1, "{json}");
+
+    // The generator sentence is longer than a chunk: its first chunk ends mid-sentence.
+    let chunks = app
+        .engine
+        .index
+        .chunks_of("manual:generator.md")
+        .expect("chunks");
+    assert!(chunks.len() >= 2, "{chunks:?}");
+    let head = chunks
+        .iter()
+        .find(|c| c.text.contains("emergency generator"))
+        .expect("the chunk naming the generator");
+    let next = chunks
+        .iter()
+        .find(|c| c.ordinal == head.ordinal + 1)
+        .expect("the chunk after it");
+    let only_next: Vec<&str> = next
+        .text
+        .split_whitespace()
+        .filter(|w| !head.text.contains(w))
+        .collect();
+    assert!(!only_next.is_empty(), "{head:?} {next:?}");
+    let resp = app
+        .router()
+        .oneshot(ask(
+            "How is the emergency generator in building nine started?",
+        ))
+        .await
+        .expect("response");
+    let json = body_json(resp).await;
+    let answer = json["answer"].as_str().expect("answer");
+    assert!(
+        only_next.iter().any(|w| answer.contains(w)),
+        "answer lacks the continuation {only_next:?}: {answer}"
+    );
+    let trace = &app.engine.traces.recent(1)[0];
+    // Only word matches clear the relevance gate here (min_similarity 0.95), and the chunk
+    // after shares no word with the question: it can only have come in as a neighbour.
+    assert!(trace.context_neighbours >= 1, "{trace:?}");
+}
