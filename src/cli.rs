@@ -177,6 +177,26 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Serve on loopback and drive /search and streaming /ask with 1, 16 and 128 concurrent
+    /// clients: client-side p50/p99 (time to first token for /ask) and the server-side share.
+    #[command(
+        after_help = "The index must hold the corpus already, or --dataset ingests its corpus.jsonl first.\nSet CAIRN__CACHE__ENABLED=false to measure the answer pipeline rather than the cache.\nExample:\n  cairn --data-dir /var/tmp/scifact bench serve --dataset ../data/scifact --json"
+    )]
+    Serve {
+        /// A BEIR folder: its queries.jsonl is the workload; its corpus.jsonl is ingested when
+        /// the index is empty.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Concurrent clients per level (repeatable).
+        #[arg(long, default_values_t = [1, 16, 128])]
+        clients: Vec<usize>,
+        /// Requests per level (at least 4 per client).
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// One JSON object per level, one per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -297,6 +317,44 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print_answer_report(&report);
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Serve {
+            dataset,
+            clients,
+            requests,
+            json,
+        }) => {
+            anyhow::ensure!(
+                !clients.is_empty() && clients.iter().all(|c| *c > 0),
+                "--clients must be at least 1"
+            );
+            if engine.index.stats().documents == 0 {
+                eprintln!(
+                    "the index is empty: ingesting {}",
+                    dataset.join("corpus.jsonl").display()
+                );
+                crate::eval::ingest_corpus(
+                    &engine,
+                    &dataset.join("corpus.jsonl"),
+                    &engine.index,
+                    &cairn_ingest::pipeline::PipelineOptions::default(),
+                    &|_| {},
+                )?;
+            }
+            let options = crate::loadgen::LoadOptions {
+                queries: crate::loadgen::read_queries(&dataset.join("queries.jsonl"))?,
+                clients,
+                requests,
+            };
+            let levels = runtime.block_on(crate::loadgen::run(engine.clone(), &options))?;
+            if json {
+                for l in &levels {
+                    println!("{}", serde_json::to_string(l)?);
+                }
+            } else {
+                crate::loadgen::print(&levels);
             }
             Ok(std::process::ExitCode::SUCCESS)
         }

@@ -14,6 +14,7 @@ pub mod embedder;
 pub mod engine;
 pub mod eval;
 pub mod jobs;
+pub mod loadgen;
 pub mod metrics;
 pub mod openai_compat;
 pub mod progress;

@@ -381,3 +381,53 @@ async fn ask_context_drops_mirrored_pages_and_completes_cut_sentences() {
     // after shares no word with the question: it can only have come in as a neighbour.
     assert!(trace.context_neighbours >= 1, "{trace:?}");
 }
+
+/// `cairn bench serve`'s load generator completes every request of every level over loopback
+/// and finds each /ask's trace (its server-side stages) by the trace id of the `done` event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_runs_every_level_and_reads_server_traces() {
+    let app = TestApp::new();
+    let options = cairn::loadgen::LoadOptions {
+        queries: vec![
+            "How long do refunds take?".into(),
+            "Is shipping free?".into(),
+        ],
+        clients: vec![1, 3],
+        requests: 6,
+    };
+    let levels = cairn::loadgen::run(app.engine.clone(), &options)
+        .await
+        .expect("load run");
+    let shape: Vec<(&str, usize, usize)> = levels
+        .iter()
+        .map(|l| (l.route, l.clients, l.requests))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("search", 1, 6),
+            ("search", 3, 12),
+            ("ask", 1, 6),
+            ("ask", 3, 12)
+        ]
+    );
+    for l in &levels {
+        assert_eq!(l.errors, 0, "{l:?}");
+        assert!(
+            l.client_p50_ms > 0.0 && l.client_p99_ms >= l.client_p50_ms,
+            "{l:?}"
+        );
+        assert!(l.server_p50_ms > 0.0, "{l:?}");
+    }
+    let ask = &levels[2];
+    assert!(
+        ask.server_retrieve_p50_ms.is_some_and(|r| r > 0.0),
+        "{ask:?}"
+    );
+    // Each stream ends after its first token, so every order statistic of the totals is larger.
+    assert!(
+        ask.client_total_p50_ms
+            .is_some_and(|t| t >= ask.client_p50_ms),
+        "{ask:?}"
+    );
+}
