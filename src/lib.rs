@@ -15,6 +15,7 @@ pub mod eval;
 pub mod jobs;
 pub mod metrics;
 pub mod openai_compat;
+pub mod otlp;
 pub mod progress;
 pub mod prompt;
 pub mod providers;
