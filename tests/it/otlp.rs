@@ -235,3 +235,92 @@ async fn an_unreachable_collector_does_not_fail_the_answer_and_is_counted() {
     let after = export_failures(&app).await;
     assert!(after > before, "failures {before} -> {after}");
 }
+
+/// `cairn serve` stopped by SIGTERM sends the spans still queued: with the batch schedule set
+/// far beyond the test's length, only the shutdown flush can have delivered them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_of_serve_flushes_queued_spans() {
+    let (endpoint, mut rx) = collector().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = crate::support::write_config(
+        dir.path(),
+        &format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[traces.otlp]\nendpoint = \"{endpoint}\"\n"
+        ),
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("--config")
+        .arg(&config)
+        .args(["-q", "serve"])
+        // The SDK's batch schedule (standard variable): an hour.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start cairn serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !ready {
+        let _ = child.kill();
+        panic!("cairn serve did not come up within 60 s");
+    }
+    let answer: serde_json::Value = client
+        .post(format!("{base}/ask"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"question":"{QUESTION}","stream":false}}"#))
+        .send()
+        .await
+        .expect("ask")
+        .json()
+        .await
+        .expect("json");
+    let trace_id = answer["trace_id"].as_str().expect("trace id").to_string();
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing is exported before the schedule or a flush"
+    );
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "{exit:?}");
+
+    // The process is gone, so whatever it sent has been received.
+    let mut exported = Vec::new();
+    while let Ok(got) = rx.try_recv() {
+        let req = ExportTraceServiceRequest::decode(got.body).expect("OTLP protobuf");
+        exported.extend(
+            req.resource_spans
+                .into_iter()
+                .flat_map(|rs| rs.scope_spans)
+                .flat_map(|ss| ss.spans),
+        );
+    }
+    let root = exported
+        .iter()
+        .find(|s| s.name == "POST /ask")
+        .expect("the request span was flushed at shutdown");
+    assert_eq!(string(&root.attributes, "cairn.trace_id"), trace_id);
+}
