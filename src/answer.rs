@@ -213,11 +213,23 @@ pub async fn answer(
     caller: String,
     tx: mpsc::Sender<AnswerEvent>,
 ) {
+    answer_on(engine, req, caller, None, tx).await
+}
+
+/// As [`answer`] for a question that came in on the HTTP route `http_route` (kept in the trace).
+pub async fn answer_on(
+    engine: Arc<Engine>,
+    req: AskRequest,
+    caller: String,
+    http_route: Option<&'static str>,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
     let started = Instant::now();
     let mut trace = Trace {
         id: uuid::Uuid::new_v4().to_string(),
         at: chrono::Utc::now().to_rfc3339(),
         route: engine.config.answer.route.clone(),
+        http_route: http_route.map(str::to_string),
         caller,
         prompt_version: engine.prompt.version.clone(),
         question: Some(req.question.clone()),

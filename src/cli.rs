@@ -575,7 +575,7 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let bind = engine.config.bind;
     let grace = Duration::from_secs(engine.config.server.shutdown_grace_secs);
     crate::metrics::handle();
-    let app = router(AppState::new(engine)?);
+    let app = router(AppState::new(engine.clone())?);
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind"))?
@@ -602,7 +602,13 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
             tokio::time::sleep(grace).await;
         } => eprintln!("shutdown grace period over; closing remaining connections"),
     }
+    flush_traces(engine).await;
     Ok(())
+}
+
+/// Sends the traces still queued for OTLP export before the process ends.
+async fn flush_traces(engine: Arc<Engine>) {
+    let _ = tokio::task::spawn_blocking(move || engine.traces.shutdown_export()).await;
 }
 
 async fn shutdown_signal() {
@@ -640,7 +646,7 @@ async fn ask(
         budget_key: None,
     };
     let (tx, mut rx) = mpsc::channel(64);
-    tokio::spawn(answer(engine, req, "cli".to_string(), tx));
+    tokio::spawn(answer(engine.clone(), req, "cli".to_string(), tx));
     let mut resp = AskResponse::default();
     while let Some(ev) = rx.recv().await {
         if !json {
@@ -656,6 +662,8 @@ async fn ask(
         }
         resp.apply(ev);
     }
+    // The channel closes after the trace was recorded.
+    flush_traces(engine).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&resp)?);
     } else {

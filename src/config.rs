@@ -675,6 +675,8 @@ fn validate(
             "must be at least 1 (set enabled = false to turn the cache off)".into(),
         ));
     }
+    let mut traces = raw.traces;
+    crate::otlp::validate(&mut traces.otlp, origin, env)?;
     let mut answer = raw.answer;
     answer.prompt = resolve(base, &answer.prompt);
     if !matches!(
@@ -725,7 +727,7 @@ fn validate(
         budget: raw.budget,
         auth: raw.auth,
         cache: raw.cache,
-        traces: raw.traces,
+        traces,
         sources,
     })
 }

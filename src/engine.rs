@@ -154,7 +154,7 @@ impl Engine {
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
-        let traces = Traces::open(&config.data_dir, config.traces.clone())?;
+        let traces = Traces::open(&config.data_dir, config.traces.clone(), &config.providers)?;
         let embed_cache = Arc::new(
             EmbeddingCache::open(&config.data_dir.join("embed-cache"))
                 .context("opening the embedding cache")?,

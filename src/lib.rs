@@ -17,6 +17,7 @@ pub mod jobs;
 pub mod loadgen;
 pub mod metrics;
 pub mod openai_compat;
+pub mod otlp;
 pub mod progress;
 pub mod prompt;
 pub mod providers;

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::answer::{AnswerEvent, answer};
+use crate::answer::{AnswerEvent, answer_on};
 use crate::auth::Scope;
 use crate::providers::Role;
 use crate::server::{ApiError, AppState, AskBody, AskResponse, Turn, validate_ask};
@@ -94,7 +94,13 @@ pub async fn chat_completions(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = chrono::Utc::now().timestamp();
     let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
-    tokio::spawn(answer(s.engine.clone(), ask, caller.name, tx));
+    tokio::spawn(answer_on(
+        s.engine.clone(),
+        ask,
+        caller.name,
+        Some("/v1/chat/completions"),
+        tx,
+    ));
     if !stream {
         let mut resp = AskResponse::default();
         let mut rx = rx;

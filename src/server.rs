@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use cairn_index::{Filter, SearchMode, TimeRange};
 
-use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer};
+use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer_on};
 use crate::auth::{Auth, AuthError, Caller, Scope};
 use crate::engine::{Engine, HitView};
 use crate::jobs::{Jobs, StartError};
@@ -567,7 +567,7 @@ async fn ask(
     let (req, stream) = validate_ask(&s.engine, body, &caller)?;
     let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
     let engine = s.engine.clone();
-    tokio::spawn(answer(engine, req, caller.name, tx));
+    tokio::spawn(answer_on(engine, req, caller.name, Some("/ask"), tx));
     if stream {
         let events = ReceiverStream::new(rx)
             .enumerate()

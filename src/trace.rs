@@ -1,7 +1,8 @@
 //! Request traces: one record per /ask (timings, provider, tokens, cost, retrieved chunks,
 //! prompt version, cache hit, outcome), kept in memory with bounded retention and appended to
 //! `state/traces.jsonl` (compacted to the retention at start). Question and answer text are
-//! recorded only when `[traces] record_text = true`.
+//! recorded only when `[traces] record_text = true`. With `[traces.otlp] endpoint` set, each
+//! pushed trace is also handed to [`crate::otlp`] for export.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -10,6 +11,9 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ProviderConfig;
+use crate::otlp::{OtlpExport, RawOtlp};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawTraces {
@@ -17,6 +21,8 @@ pub struct RawTraces {
     pub keep: usize,
     /// Also store question and answer text (off: data minimisation).
     pub record_text: bool,
+    /// `[traces.otlp]`: export over OpenTelemetry (off while the endpoint is empty).
+    pub otlp: RawOtlp,
 }
 
 impl Default for RawTraces {
@@ -24,6 +30,7 @@ impl Default for RawTraces {
         RawTraces {
             keep: 1000,
             record_text: false,
+            otlp: RawOtlp::default(),
         }
     }
 }
@@ -53,6 +60,9 @@ pub struct Trace {
     pub id: String,
     pub at: String,
     pub route: String,
+    /// The HTTP route the question came in on (`/ask`, `/v1/chat/completions`); none from the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<String>,
     pub caller: String,
     pub timings: Timings,
     pub provider: Option<String>,
@@ -82,10 +92,17 @@ pub struct Traces {
     path: PathBuf,
     recent: Mutex<VecDeque<Trace>>,
     file: Mutex<Option<std::fs::File>>,
+    otlp: Option<OtlpExport>,
 }
 
 impl Traces {
-    pub fn open(data_dir: &std::path::Path, config: RawTraces) -> anyhow::Result<Traces> {
+    /// Loads the kept traces and starts the OTLP exporter if one is configured (`providers`
+    /// name the vendor behind each provider in exported spans).
+    pub fn open(
+        data_dir: &std::path::Path,
+        config: RawTraces,
+        providers: &std::collections::BTreeMap<String, ProviderConfig>,
+    ) -> anyhow::Result<Traces> {
         let dir = data_dir.join("state");
         std::fs::create_dir_all(&dir)?;
         let path = dir.join("traces.jsonl");
@@ -110,11 +127,13 @@ impl Traces {
         std::fs::write(&tmp, out)?;
         std::fs::rename(&tmp, &path)?;
         let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let otlp = OtlpExport::start(&config.otlp, config.record_text, providers)?;
         Ok(Traces {
             config,
             path,
             recent: Mutex::new(recent),
             file: Mutex::new(Some(file)),
+            otlp,
         })
     }
 
@@ -134,6 +153,9 @@ impl Traces {
         {
             tracing::warn!(file = %self.path.display(), error = %e, "cannot append trace");
         }
+        if let Some(otlp) = &self.otlp {
+            otlp.export(&trace);
+        }
         let mut recent = match self.recent.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -151,5 +173,24 @@ impl Traces {
             Err(p) => p.into_inner(),
         };
         recent.iter().rev().take(limit).cloned().collect()
+    }
+
+    /// Sends the traces still queued for OTLP export and waits for the collector's answer
+    /// (blocking, bounded by the export time-out). Nothing to do without an endpoint.
+    pub fn flush_export(&self) {
+        if let Some(otlp) = &self.otlp
+            && let Err(e) = otlp.flush()
+        {
+            tracing::warn!(error = %e, "flushing OTLP trace export");
+        }
+    }
+
+    /// Flushes and stops the OTLP exporter (graceful shutdown; blocking).
+    pub fn shutdown_export(&self) {
+        if let Some(otlp) = &self.otlp
+            && let Err(e) = otlp.shutdown()
+        {
+            tracing::warn!(error = %e, "stopping OTLP trace export");
+        }
     }
 }

@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod gateway;
 mod llama;
+mod otlp;
 mod server;
 mod support;
 #[path = "../support/mod.rs"]

@@ -250,18 +250,7 @@ async fn traces_metrics_and_cache() {
 
     cairn::metrics::handle();
     let _ = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
-    let resp = app
-        .router()
-        .oneshot(get("/metrics"))
-        .await
-        .expect("metrics");
-    let text = String::from_utf8(
-        axum::body::to_bytes(resp.into_body(), 1 << 22)
-            .await
-            .expect("body")
-            .to_vec(),
-    )
-    .expect("utf8");
+    let text = support::metrics_text(&app).await;
     assert!(text.contains("cairn_requests_total"), "{text}");
     assert!(text.contains("cairn_answer_cache_hits_total"), "{text}");
     assert!(text.contains("cairn_index_documents"), "{text}");

@@ -104,6 +104,20 @@ pub fn post_json(uri: &str, body: &str) -> Request<Body> {
         .expect("request")
 }
 
+/// The Prometheus text of `GET /metrics`.
+pub async fn metrics_text(app: &TestApp) -> String {
+    use tower::ServiceExt;
+    let resp = app
+        .router()
+        .oneshot(get("/metrics"))
+        .await
+        .expect("metrics");
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
+        .await
+        .expect("body");
+    String::from_utf8(bytes.to_vec()).expect("utf8")
+}
+
 pub async fn body_json(resp: axum::response::Response) -> Value {
     let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
