@@ -160,6 +160,10 @@ impl Default for RawEmbedder {
 #[serde(default, deny_unknown_fields)]
 pub struct RawIndex {
     pub candidates: usize,
+    /// Not serialised into the layering base: fusion methods have different keys, and merging
+    /// a file's `method = "rrf"` table over the default convex one would mix the two. A missing
+    /// table takes the struct default.
+    #[serde(skip_serializing)]
     pub fusion: Fusion,
     pub vectors: VectorOptions,
 }
@@ -751,6 +755,27 @@ mod tests {
             |k| env.get(k).cloned(),
             false,
         )
+    }
+
+    #[test]
+    fn fusion_defaults_to_convex_and_either_method_can_be_configured() {
+        let c = load("", &[]).expect("valid");
+        assert_eq!(c.index.fusion, Fusion::Convex { alpha: 0.5 });
+        let c = load(
+            "[index.fusion]\nmethod = \"rrf\"\nk = 20.0\nbm25_weight = 1.0\nvector_weight = 0.75\n",
+            &[],
+        )
+        .expect("an rrf table does not mix with the convex default");
+        assert_eq!(
+            c.index.fusion,
+            Fusion::Rrf {
+                k: 20.0,
+                bm25_weight: 1.0,
+                vector_weight: 0.75
+            }
+        );
+        let c = load("[index.fusion]\nmethod = \"convex\"\nalpha = 0.3\n", &[]).expect("valid");
+        assert_eq!(c.index.fusion, Fusion::Convex { alpha: 0.3 });
     }
 
     #[test]

@@ -401,6 +401,11 @@ fn spans(
         KeyValue::new("cairn.cache_hit", trace.cache_hit.is_some()),
         KeyValue::new("cairn.dropped_citations", trace.dropped_citations as i64),
         KeyValue::new(
+            "cairn.context.near_duplicates",
+            trace.context_near_duplicates as i64,
+        ),
+        KeyValue::new("cairn.context.neighbours", trace.context_neighbours as i64),
+        KeyValue::new(
             "cairn.retrieved.chunk_ids",
             strings(trace.retrieved.iter().map(|c| c.chunk_id.clone())),
         ),
@@ -565,6 +570,8 @@ mod tests {
             prompt_version: "answer.v1".into(),
             cache_hit: None,
             dropped_citations: 1,
+            context_near_duplicates: 2,
+            context_neighbours: 1,
             outcome: "answered".into(),
             question: Some("secret question".into()),
             answer: Some("secret answer".into()),
@@ -656,6 +663,10 @@ mod tests {
         assert_eq!(attr(root, "http.route"), Some(&Value::from("/ask")));
         assert_eq!(attr(root, "cairn.outcome"), Some(&Value::from("answered")));
         assert_eq!(attr(root, "cairn.dropped_citations"), Some(&Value::I64(1)));
+        assert_eq!(
+            attr(root, "cairn.context.near_duplicates"),
+            Some(&Value::I64(2))
+        );
         assert_eq!(
             attr(root, "cairn.retrieved.chunk_ids"),
             Some(&strings(["c1".to_string(), "c2".to_string()]))
