@@ -509,8 +509,22 @@ fn bench(c: &mut Criterion) {
     // filtered graph walk takes hundreds of ms, so this uses the first 50 queries, and
     // CAIRN_BENCH_QUICK skips the 1% walk.
     let few = &qs[..50];
+    // Broad filters too, where the walk and the scan meet.
+    let broad = [7, 9].map(|n| {
+        (
+            if n == 7 {
+                "sources (70%)"
+            } else {
+                "sources (90%)"
+            },
+            Filter {
+                sources: (0..n).map(|i| format!("src{i}")).collect(),
+                ..Default::default()
+            },
+        )
+    });
     println!("| dense k=10, filter | path | recall@10 | p50 ms | p99 ms | cpu mean ms |");
-    for (name, f) in filters.iter().skip(1) {
+    for (name, f) in broad.iter().chain(filters.iter().skip(1)) {
         let (t, _) = {
             let (index, _) = open_with(&dir, |_| {});
             truth(&index, few, f)

@@ -30,7 +30,7 @@ use crate::types::{
     SearchRequest,
 };
 use crate::vectors::{
-    PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
+    Best, PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
 };
 use crate::{IndexError, Result};
 
@@ -458,9 +458,10 @@ impl Index {
     }
 
     /// Dense top-`k` among the chunks `filter` allows. When the filter keeps fewer than
-    /// `exact_filter_fraction` of the live chunks they are collected from the filter's id lists
-    /// and scanned exactly (a filtered graph walk visits many rejected nodes to find them);
-    /// otherwise each segment's graph is walked, with the filter inside the walk.
+    /// `exact_filter_fraction` of the live chunks, their rows are marked in one bitmap per
+    /// segment and scanned exactly: int8 scores over each segment's contiguous rows, then the
+    /// best few re-scored with the f32 rows (a filtered graph walk visits many rejected nodes
+    /// to find them). Otherwise each segment's graph is walked, with the filter inside the walk.
     fn vector_search(
         &self,
         g: &Generation,
@@ -471,23 +472,20 @@ impl Index {
         let q = validate("query", query, self.options.embedder.dimension)?;
         let options = &self.options.vectors;
         let limit = (options.exact_filter_fraction * g.live.len() as f32).ceil() as usize;
-        if let Some(chunks) = g.live.allowed_chunks(filter, limit) {
-            // Score the int8 rows, then the best few exactly with the f32 rows.
+        let rows: Vec<usize> = g.segments.iter().map(|s| s.len()).collect();
+        if let Some(masks) = g.live.allowed_rows(filter, limit, &rows) {
             let sq = Sq8Query::new(&q);
-            let located: Vec<(u64, usize, usize)> = chunks
+            let mut best = Best::new(rescore_count(k));
+            for (s, (seg, mask)) in g.segments.iter().zip(&masks).enumerate() {
+                seg.scan_masked(&sq, mask, (s as u64) << 32, &mut best);
+            }
+            let scored = best
+                .into_sorted()
                 .into_iter()
-                .filter_map(|c| c.location.map(|(s, row)| (c.id, s, row)))
-                .collect();
-            let approx = located
-                .iter()
-                .enumerate()
-                .map(|(i, (_, s, row))| (i as u64, g.segments[*s].approx_dot(&sq, *row)))
-                .collect();
-            let scored = top_k(approx, rescore_count(k))
-                .into_iter()
-                .map(|(i, _)| {
-                    let (id, s, row) = located[i as usize];
-                    (id, dot(&q, g.segments[s].row(row)))
+                .map(|(key, _)| {
+                    let seg = &g.segments[(key >> 32) as usize];
+                    let row = (key & u64::from(u32::MAX)) as usize;
+                    (seg.ids()[row], dot(&q, seg.row(row)))
                 })
                 .collect();
             return Ok(top_k(scored, k));
