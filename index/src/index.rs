@@ -42,6 +42,10 @@ pub struct IndexOptions {
     pub fusion: Fusion,
     /// Candidates taken from each retriever before fusion.
     pub candidates: usize,
+    /// Bytes of sled's page cache. Searches read only the bodies of the hits they return (the
+    /// documents and vectors live in memory), so a small cache costs little; sled's own
+    /// default (1 GiB) kept most of what opening read resident.
+    pub store_cache_bytes: u64,
 }
 
 impl IndexOptions {
@@ -51,6 +55,7 @@ impl IndexOptions {
             vectors: VectorOptions::default(),
             fusion: Fusion::default(),
             candidates: 100,
+            store_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -142,7 +147,7 @@ impl Index {
             path: dir.to_path_buf(),
             source,
         })?;
-        let store = Store::open(&dir.join("store"))?;
+        let store = Store::open(&dir.join("store"), options.store_cache_bytes)?;
         match store.manifest()? {
             Some(m) if m.embedder != options.embedder => {
                 return Err(IndexError::EmbedderMismatch {
@@ -230,8 +235,14 @@ impl Index {
             w.commit(generation)?;
         }
 
-        let mut vectors = HashMap::with_capacity(live.len());
-        for id in live.keys() {
+        // Graphs first: the vectors they hold come from their dumps, so only live vectors no
+        // graph covers are read from the store.
+        let graphs_dir = dir.join("graphs");
+        let (mut segments, claimed) =
+            load_graphs(&store.graph_segments()?, &graphs_dir, &live, &options);
+        let graphs_loaded = segments.len();
+        let mut rest: Vec<(u64, Vec<f32>)> = Vec::new();
+        for id in live.keys().filter(|id| !claimed.contains(id)) {
             let v = store.vector(*id)?.ok_or_else(|| IndexError::Corrupt {
                 path: dir.join("store"),
                 reason: format!("chunk {id} has no vector"),
@@ -242,17 +253,8 @@ impl Index {
                     reason: format!("chunk {id} has a {}-d vector", v.len()),
                 });
             }
-            vectors.insert(*id, v);
+            rest.push((*id, v));
         }
-        let graphs_dir = dir.join("graphs");
-        let mut segments = load_graphs(
-            &store.graph_segments()?,
-            &graphs_dir,
-            &mut vectors,
-            &options,
-        );
-        let graphs_loaded = segments.len();
-        let mut rest: Vec<(u64, Vec<f32>)> = vectors.into_iter().collect();
         rest.sort_by_key(|(id, _)| *id);
         if !rest.is_empty() {
             segments.push(Arc::new(Segment::build(
@@ -756,14 +758,14 @@ fn check_committed_marker(dir: &Path, store_generation: u64) -> Result<()> {
     }
 }
 
-/// Loads every persisted graph that still covers a live vector and passes its checksums,
-/// taking the rows it covers out of `vectors`; the rest stay in `vectors` to be rebuilt.
+/// Loads every persisted graph that still covers a live chunk and passes its checksums;
+/// returns them with the ids they hold. Live chunks outside them are rebuilt from the store.
 fn load_graphs(
     saved: &[PersistedSegment],
     dir: &Path,
-    vectors: &mut HashMap<u64, Vec<f32>>,
+    live: &HashMap<u64, Arc<DocumentRecord>>,
     options: &IndexOptions,
-) -> Vec<Arc<Segment>> {
+) -> (Vec<Arc<Segment>>, HashSet<u64>) {
     let dim = options.embedder.dimension;
     let mut out = Vec::new();
     let mut claimed: HashSet<u64> = HashSet::new();
@@ -774,24 +776,14 @@ fn load_graphs(
             continue;
         }
         // A graph mostly made of tombstones is cheaper to rebuild than to keep.
-        let alive = p.ids.iter().filter(|id| vectors.contains_key(id)).count();
+        let alive = p.ids.iter().filter(|id| live.contains_key(id)).count();
         let dead_fraction = 1.0 - alive as f32 / p.ids.len().max(1) as f32;
         if alive == 0 || dead_fraction > options.vectors.rebuild_dead_fraction {
             continue;
         }
-        let mut data = Vec::with_capacity(p.ids.len() * dim);
-        for id in &p.ids {
-            match vectors.get(id) {
-                Some(v) => data.extend_from_slice(v),
-                None => data.extend(std::iter::repeat_n(0.0, dim)),
-            }
-        }
-        match Segment::load(dim, p, dir, data) {
+        match Segment::load(dim, p, dir) {
             Ok(seg) => {
-                for id in &p.ids {
-                    vectors.remove(id);
-                    claimed.insert(*id);
-                }
+                claimed.extend(p.ids.iter().copied());
                 out.push(Arc::new(seg));
             }
             Err(reason) => {
@@ -799,7 +791,7 @@ fn load_graphs(
             }
         }
     }
-    out
+    (out, claimed)
 }
 
 /// The vector segments of the next generation: the old ones, plus one for the new vectors;

@@ -16,11 +16,11 @@
 //! the files to hnsw_rs, whose loader asserts or exits the process on malformed input.
 
 use std::path::Path;
-use std::sync::{LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use anndists::dist::DistDot;
 use hnsw_rs::api::AnnT;
-use hnsw_rs::hnsw::Hnsw;
+use hnsw_rs::hnsw::{Hnsw, Point};
 use hnsw_rs::hnswio::HnswIo;
 use hnsw_rs::prelude::FilterT;
 use serde::{Deserialize, Serialize};
@@ -122,12 +122,47 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub struct Segment {
     dim: usize,
     ids: Vec<u64>,
-    data: Vec<f32>,
+    rows: Rows,
     /// The rows quantised to int8 (see [`Sq8Rows`]), a quarter of the bytes for exact scans.
     sq8: Sq8Rows,
     graph: Option<Hnsw<'static, f32, DistDot>>,
     /// Set once the graph has been written to disk (or when it was loaded from disk).
     persisted: OnceLock<PersistedSegment>,
+}
+
+/// Where a segment's f32 rows live.
+enum Rows {
+    /// One contiguous array, for segments without a graph.
+    Owned(Vec<f32>),
+    /// hnsw_rs's own copy of each vector, by row: a graph keeps every point's vector anyway,
+    /// so the segment holds a pointer per row instead of a second copy.
+    Graph(Vec<Arc<Point<'static, f32>>>),
+}
+
+/// The graph's points by row (the id each point was inserted or dumped with), checking that
+/// every row is there once with the right dimension.
+fn graph_rows(
+    graph: &Hnsw<'static, f32, DistDot>,
+    rows: usize,
+    dim: usize,
+) -> std::result::Result<Vec<Arc<Point<'static, f32>>>, String> {
+    let mut by_row: Vec<Option<Arc<Point<'static, f32>>>> = vec![None; rows];
+    for point in graph.get_point_indexation() {
+        let row = point.get_origin_id();
+        if point.get_v().len() != dim {
+            return Err(format!("point {row} has {} values", point.get_v().len()));
+        }
+        match by_row.get_mut(row) {
+            Some(slot @ None) => *slot = Some(point),
+            Some(Some(_)) => return Err(format!("point {row} appears twice")),
+            None => return Err(format!("point {row} is past the {rows} rows listed")),
+        }
+    }
+    by_row
+        .into_iter()
+        .enumerate()
+        .map(|(row, p)| p.ok_or_else(|| format!("point {row} is missing")))
+        .collect()
 }
 
 /// A graph segment on disk: hnsw_rs dump files `<name>.hnsw.graph` and `<name>.hnsw.data`,
@@ -180,28 +215,34 @@ impl Segment {
             g.parallel_insert_slice(&rows);
             g
         });
+        let sq8 = Sq8Rows::new(&data, dim);
+        // A graph built here holds every row it was given; keep its copy, drop ours.
+        let rows = match graph.as_ref().map(|g| graph_rows(g, ids.len(), dim)) {
+            Some(Ok(points)) => Rows::Graph(points),
+            Some(Err(reason)) => {
+                tracing::warn!(%reason, "graph rows unusable; keeping a copy of the vectors");
+                Rows::Owned(data)
+            }
+            None => Rows::Owned(data),
+        };
         Segment {
             dim,
-            sq8: Sq8Rows::new(&data, dim),
+            sq8,
             ids,
-            data,
+            rows,
             graph,
             persisted: OnceLock::new(),
         }
     }
 
     /// Loads a persisted graph after checking both files against the hashes the store
-    /// recorded. `data` holds the rows in `saved.ids` order (rows of dead ids may be zeros:
-    /// they are never allowed through a search). Errors say why the graph must be rebuilt.
+    /// recorded; its vectors come from the dump (row `i` holds `saved.ids[i]`), so the store's
+    /// copies of them are not read. Errors say why the graph must be rebuilt.
     pub fn load(
         dim: usize,
         saved: &PersistedSegment,
         dir: &Path,
-        data: Vec<f32>,
     ) -> std::result::Result<Segment, String> {
-        if data.len() != saved.ids.len() * dim {
-            return Err("row count differs from the manifest".into());
-        }
         let [graph_file, data_file] = saved.file_names();
         for (file, want) in [
             (&graph_file, &saved.graph_sha256),
@@ -224,11 +265,14 @@ impl Segment {
                 saved.ids.len()
             ));
         }
+        let points =
+            graph_rows(&graph, saved.ids.len(), dim).map_err(|e| format!("{data_file}: {e}"))?;
+        let sq8 = Sq8Rows::from_rows(points.iter().map(|p| p.get_v()), dim);
         Ok(Segment {
             dim,
             ids: saved.ids.clone(),
-            sq8: Sq8Rows::new(&data, dim),
-            data,
+            sq8,
+            rows: Rows::Graph(points),
             graph: Some(graph),
             persisted: OnceLock::from(saved.clone()),
         })
@@ -292,7 +336,10 @@ impl Segment {
     /// The vector in row `i`.
     #[inline(always)]
     pub fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
+        match &self.rows {
+            Rows::Owned(data) => &data[i * self.dim..(i + 1) * self.dim],
+            Rows::Graph(points) => points[i].get_v(),
+        }
     }
 
     /// (id, vector) of rows for which `keep` holds; used to merge segments.
@@ -372,8 +419,14 @@ impl Segment {
         })
     }
 
+    /// Bytes this segment holds besides its graph: ids, int8 rows, and the f32 rows of a
+    /// segment without a graph (a graph's vectors belong to hnsw_rs and are not counted).
     pub fn memory_bytes(&self) -> usize {
-        self.data.len() * 4 + self.ids.len() * 8 + self.sq8.memory_bytes()
+        let rows = match &self.rows {
+            Rows::Owned(data) => data.len() * 4,
+            Rows::Graph(points) => points.len() * std::mem::size_of::<usize>(),
+        };
+        rows + self.ids.len() * 8 + self.sq8.memory_bytes()
     }
 }
 
@@ -414,10 +467,13 @@ impl Sq8Query {
 
 impl Sq8Rows {
     fn new(data: &[f32], dim: usize) -> Sq8Rows {
-        let rows = data.len() / dim.max(1);
-        let mut codes = Vec::with_capacity(data.len());
-        let mut scales = Vec::with_capacity(rows);
-        for row in data.chunks_exact(dim.max(1)) {
+        Sq8Rows::from_rows(data.chunks_exact(dim.max(1)), dim)
+    }
+
+    fn from_rows<'a>(rows: impl ExactSizeIterator<Item = &'a [f32]>, dim: usize) -> Sq8Rows {
+        let mut codes = Vec::with_capacity(rows.len() * dim);
+        let mut scales = Vec::with_capacity(rows.len());
+        for row in rows {
             scales.push(quantise(row, &mut codes));
         }
         Sq8Rows { dim, codes, scales }
