@@ -843,5 +843,54 @@ fn plan_segments(
             keep.push(Arc::new(Segment::build(dim, new_vectors, options)));
         }
     }
-    keep
+    merge_graph_tiers(keep, &is_live, dim, options)
+}
+
+/// Merges graph segments of similar size, `merge_factor` at a time, until no tier holds that
+/// many (see [`VectorOptions::merge_factor`]). Each merge takes the smallest graphs whose live
+/// rows are within `merge_factor` times the smallest's, so a row is rebuilt about once per
+/// fourfold growth instead of at every commit.
+fn merge_graph_tiers(
+    mut segments: Vec<Arc<Segment>>,
+    is_live: &dyn Fn(u64) -> bool,
+    dim: usize,
+    options: &VectorOptions,
+) -> Vec<Arc<Segment>> {
+    let factor = options.merge_factor;
+    if factor < 2 {
+        return segments;
+    }
+    loop {
+        let mut graphs: Vec<(usize, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.has_graph())
+            .map(|(i, s)| (i, s.ids().iter().filter(|id| is_live(**id)).count()))
+            .collect();
+        graphs.sort_by_key(|&(i, live)| (live, i));
+        let Some(&(_, smallest)) = graphs.first() else {
+            return segments;
+        };
+        let mut tier: Vec<usize> = graphs
+            .iter()
+            .take_while(|(_, live)| *live <= smallest.saturating_mul(factor))
+            .take(factor)
+            .map(|(i, _)| *i)
+            .collect();
+        if tier.len() < factor {
+            return segments;
+        }
+        tier.sort_unstable();
+        let mut rows = Vec::new();
+        for i in tier.iter().rev() {
+            rows.extend(segments.remove(*i).live_rows(is_live));
+        }
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        tracing::info!(
+            segments = factor,
+            rows = rows.len(),
+            "merging graph segments into one"
+        );
+        segments.push(Arc::new(Segment::build(dim, rows, options)));
+    }
 }

@@ -56,6 +56,17 @@ pub struct VectorOptions {
     pub exact_filter_fraction: f32,
     /// Rebuild the graph when this fraction of its nodes are tombstones.
     pub rebuild_dead_fraction: f32,
+    /// Tiered merging of graph segments: once this many graph segments hold similar numbers
+    /// of live rows (each at most `merge_factor` times the smallest), a commit merges them
+    /// into one graph built from their live rows (tombstones dropped). 0 or 1 turns merging
+    /// off.
+    ///
+    /// Default 4: an ingest committed in batches leaves graphs of about `exact_below` rows
+    /// (four of 25,000 at 100k), and every search walks each graph for `candidates` hits, so
+    /// the vector side costs about one graph search per segment. Each row is rebuilt about
+    /// once per fourfold growth of the corpus. The build runs in the committing writer; readers
+    /// keep the previous generation until it is published.
+    pub merge_factor: usize,
 }
 
 impl Default for VectorOptions {
@@ -67,6 +78,7 @@ impl Default for VectorOptions {
             exact_below: 20_000,
             exact_filter_fraction: 0.4,
             rebuild_dead_fraction: 0.25,
+            merge_factor: 4,
         }
     }
 }
