@@ -47,25 +47,27 @@ pub struct VectorOptions {
     pub exact_below: usize,
     /// When a filter keeps less than this fraction of vectors, scan the allowed ones exactly.
     ///
-    /// Default 0.4 (see `## Index` in BENCHMARKS.md, 100k×384-d, 4 graph segments, mean CPU
-    /// per dense query with candidates = 100): a filter keeping 10% cost 61 ms through
-    /// hnsw_rs's filtered graph walk against 3.7 ms for the exact scan of the allowed rows,
-    /// 30% cost 23.6 ms against 8.9 ms, and 50% cost 9.1 ms against 14.5 ms, all at recall
-    /// 1.000. The walk visits many rejected nodes to collect `candidates` allowed ones, so it
-    /// only wins once most nodes pass; the crossover lies between 30% and 50%.
+    /// Default 1.0: every filter that leaves out any chunk is served by the scan, and only a
+    /// search that every chunk passes walks the graphs. See `## Index` in BENCHMARKS.md
+    /// (100k×384-d, four graph segments of 25k, AVX2, mean CPU per dense query with
+    /// candidates = 100): the scan of the allowed int8 rows cost 4.8–6.0 ms at 90%, 5.9–6.2 at
+    /// 70%, 5.4–6.1 at 50% and 2.3–3.5 at 10%, against 7.6–8.3, 8.8–10.3, 9.0–9.8 and 60–72 ms
+    /// for hnsw_rs's filtered walk, both at recall 1.000. The scan grows with the corpus and the
+    /// walk does not, so a much larger index may want a lower value.
     pub exact_filter_fraction: f32,
     /// Rebuild the graph when this fraction of its nodes are tombstones.
     pub rebuild_dead_fraction: f32,
     /// Tiered merging of graph segments: once this many graph segments hold similar numbers
     /// of live rows (each at most `merge_factor` times the smallest), a commit merges them
-    /// into one graph built from their live rows (tombstones dropped). 0 or 1 turns merging
-    /// off.
+    /// into one graph built from their live rows (tombstones dropped). The build runs in the
+    /// committing writer; readers keep the previous generation until it is published.
     ///
-    /// Default 4: an ingest committed in batches leaves graphs of about `exact_below` rows
-    /// (four of 25,000 at 100k), and every search walks each graph for `candidates` hits, so
-    /// the vector side costs about one graph search per segment. Each row is rebuilt about
-    /// once per fourfold growth of the corpus. The build runs in the committing writer; readers
-    /// keep the previous generation until it is published.
+    /// Default 0 (off). Merging the four 25k graphs of the 100k bench fixture into one (factor
+    /// 4) halved the unfiltered vector side (2.4 → 1.3 ms of CPU) but the single graph, built
+    /// with the default `m` and `ef_construction`, found far fewer true neighbours on that
+    /// clustered corpus: recall@10 0.79 at ef 64 and 0.87 at ef 128, against 0.998 for four
+    /// graphs (see `## Index` in BENCHMARKS.md). Turn it on together with a higher
+    /// `ef_construction`, and measure recall.
     pub merge_factor: usize,
 }
 
@@ -76,9 +78,9 @@ impl Default for VectorOptions {
             ef_construction: 100,
             ef_search: 64,
             exact_below: 20_000,
-            exact_filter_fraction: 0.4,
+            exact_filter_fraction: 1.0,
             rebuild_dead_fraction: 0.25,
-            merge_factor: 4,
+            merge_factor: 0,
         }
     }
 }

@@ -205,8 +205,10 @@ fn graph_segments_of_similar_size_are_merged_without_their_tombstones() {
     let queries = &data[N..];
     let dir = tempfile::tempdir().expect("tempdir");
     let deleted = |i: usize| i.is_multiple_of(11) && i < N / 2;
+    let mut merging = opts();
+    merging.vectors.merge_factor = 4;
     let before = {
-        let index = Index::open(dir.path(), opts()).expect("open");
+        let index = Index::open(dir.path(), merging.clone()).expect("open");
         // Four commits of 300 rows: each is one graph (exact_below = 300) until the fourth,
         // which makes a tier of four and merges them. Deletes in between leave tombstones.
         for (c, part) in data[..N].chunks(N / 4).enumerate() {
@@ -248,7 +250,7 @@ fn graph_segments_of_similar_size_are_merged_without_their_tombstones() {
     };
     // Only the merged graph is on disk, and reopening loads it.
     assert_eq!(graph_files(dir.path()).len(), 2);
-    let index = Index::open(dir.path(), opts()).expect("reopen");
+    let index = Index::open(dir.path(), merging).expect("reopen");
     assert_eq!(index.graphs_loaded(), 1);
     assert_eq!(results(&index, queries), before);
 }
