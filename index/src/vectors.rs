@@ -50,10 +50,11 @@ pub struct VectorOptions {
     /// Default 1.0: every filter that leaves out any chunk is served by the scan, and only a
     /// search that every chunk passes walks the graphs. See `## Index` in BENCHMARKS.md
     /// (100k×384-d, four graph segments of 25k, AVX2, mean CPU per dense query with
-    /// candidates = 100): the scan of the allowed int8 rows cost 4.8–6.0 ms at 90%, 5.9–6.2 at
-    /// 70%, 5.4–6.1 at 50% and 2.3–3.5 at 10%, against 7.6–8.3, 8.8–10.3, 9.0–9.8 and 60–72 ms
-    /// for hnsw_rs's filtered walk, both at recall 1.000. The scan grows with the corpus and the
-    /// walk does not, so a much larger index may want a lower value.
+    /// candidates = 100, three runs): the scan of the allowed int8 rows cost 4.8–6.6 ms at
+    /// 90%, 5.9–7.2 at 70%, 5.4–7.0 at 50% and 2.3–3.7 at 10%, against 7.6–8.5, 8.8–10.3,
+    /// 9.0–10.8 and 65–72 ms for hnsw_rs's filtered walk, both at recall 1.000. The scan
+    /// grows with the corpus and the walk does not, so a much larger index may want a lower
+    /// value.
     pub exact_filter_fraction: f32,
     /// Rebuild the graph when this fraction of its nodes are tombstones.
     pub rebuild_dead_fraction: f32,
