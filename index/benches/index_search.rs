@@ -8,6 +8,8 @@
 //! and cached under the target directory; delete `bench-fixtures` there to rebuild it.
 //!
 //! Run: `cargo bench -p cairn-index --bench index_search` (add `CAIRN_BENCH_N=20000` for a quick run).
+//! `CAIRN_BENCH_MERGE_FACTOR` and `CAIRN_BENCH_EF_CONSTRUCTION` build and open the index with
+//! other graph settings (in a fixture of their own).
 
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
@@ -25,6 +27,7 @@ const DIM: usize = 384;
 const CLUSTERS: usize = 100;
 const BATCH: usize = 5_000;
 const QUERIES: usize = 200;
+/// Bumped when the index builds a different fixture from the same corpus.
 const FIXTURE_VERSION: u32 = 1;
 const SYLLABLES: [&str; 12] = [
     "ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "po", "zu", "ga",
@@ -35,6 +38,34 @@ fn n_chunks() -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000)
+}
+
+/// Index options of every build and open in this run: the defaults, or graph settings from
+/// `CAIRN_BENCH_MERGE_FACTOR` and `CAIRN_BENCH_EF_CONSTRUCTION` (for measuring merged graphs;
+/// such fixtures are cached under their own name).
+fn options() -> IndexOptions {
+    let mut o = IndexOptions::new(embedder());
+    let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    if let Some(f) = var("CAIRN_BENCH_MERGE_FACTOR") {
+        o.vectors.merge_factor = f;
+    }
+    if let Some(ef) = var("CAIRN_BENCH_EF_CONSTRUCTION") {
+        o.vectors.ef_construction = ef;
+    }
+    o
+}
+
+/// Suffix of the fixture name for non-default graph settings.
+fn variant() -> String {
+    let (o, d) = (options().vectors, IndexOptions::new(embedder()).vectors);
+    let mut s = String::new();
+    if o.merge_factor != d.merge_factor {
+        s += &format!("-merge{}", o.merge_factor);
+    }
+    if o.ef_construction != d.ef_construction {
+        s += &format!("-efc{}", o.ef_construction);
+    }
+    s
 }
 
 fn embedder() -> EmbedderInfo {
@@ -160,7 +191,7 @@ fn target_dir() -> PathBuf {
 fn fixture(n: usize) -> (PathBuf, f64) {
     let dir = target_dir()
         .join("bench-fixtures")
-        .join(format!("index-v{FIXTURE_VERSION}-{n}"));
+        .join(format!("index-v{FIXTURE_VERSION}-{n}{}", variant()));
     let stamp = dir.join("built-seconds");
     if let Some(secs) = std::fs::read_to_string(&stamp)
         .ok()
@@ -170,7 +201,7 @@ fn fixture(n: usize) -> (PathBuf, f64) {
     }
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("building the {n}-chunk fixture in {}", dir.display());
-    let secs = build(&dir, n, BATCH, IndexOptions::new(embedder()));
+    let secs = build(&dir, n, BATCH, options());
     std::fs::write(&stamp, format!("{secs}")).expect("stamp");
     (dir, secs)
 }
@@ -313,7 +344,7 @@ fn recall(index: &Index, qs: &[Query], filter: &Filter, truth: &[Vec<String>]) -
 }
 
 fn open_with(dir: &Path, tweak: impl FnOnce(&mut IndexOptions)) -> (Index, f64) {
-    let mut options = IndexOptions::new(embedder());
+    let mut options = options();
     tweak(&mut options);
     let t = Instant::now();
     let index = Index::open(dir, options).expect("open fixture");
@@ -369,7 +400,7 @@ fn bench(c: &mut Criterion) {
     };
     let tmp = tempfile::tempdir().expect("tempdir");
     if fresh_n > 0 {
-        let fresh = build(tmp.path(), fresh_n, fresh_n, IndexOptions::new(embedder()));
+        let fresh = build(tmp.path(), fresh_n, fresh_n, options());
         println!(
             "fresh build, one commit of {fresh_n}: {fresh:.1} s = {:.0} chunks/s",
             fresh_n as f64 / fresh
@@ -509,8 +540,22 @@ fn bench(c: &mut Criterion) {
     // filtered graph walk takes hundreds of ms, so this uses the first 50 queries, and
     // CAIRN_BENCH_QUICK skips the 1% walk.
     let few = &qs[..50];
+    // Broad filters too, where the walk and the scan meet.
+    let broad = [7, 9].map(|n| {
+        (
+            if n == 7 {
+                "sources (70%)"
+            } else {
+                "sources (90%)"
+            },
+            Filter {
+                sources: (0..n).map(|i| format!("src{i}")).collect(),
+                ..Default::default()
+            },
+        )
+    });
     println!("| dense k=10, filter | path | recall@10 | p50 ms | p99 ms | cpu mean ms |");
-    for (name, f) in filters.iter().skip(1) {
+    for (name, f) in broad.iter().chain(filters.iter().skip(1)) {
         let (t, _) = {
             let (index, _) = open_with(&dir, |_| {});
             truth(&index, few, f)

@@ -30,7 +30,7 @@ use crate::types::{
     SearchRequest,
 };
 use crate::vectors::{
-    PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
+    Best, PersistedSegment, Segment, Sq8Query, VectorOptions, dot, rescore_count, top_k, validate,
 };
 use crate::{IndexError, Result};
 
@@ -42,6 +42,10 @@ pub struct IndexOptions {
     pub fusion: Fusion,
     /// Candidates taken from each retriever before fusion.
     pub candidates: usize,
+    /// Bytes of sled's page cache. Searches read only the bodies of the hits they return (the
+    /// documents and vectors live in memory), so a small cache costs little; sled's own
+    /// default (1 GiB) kept most of what opening read resident.
+    pub store_cache_bytes: u64,
 }
 
 impl IndexOptions {
@@ -51,6 +55,7 @@ impl IndexOptions {
             vectors: VectorOptions::default(),
             fusion: Fusion::default(),
             candidates: 100,
+            store_cache_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -142,7 +147,7 @@ impl Index {
             path: dir.to_path_buf(),
             source,
         })?;
-        let store = Store::open(&dir.join("store"))?;
+        let store = Store::open(&dir.join("store"), options.store_cache_bytes)?;
         match store.manifest()? {
             Some(m) if m.embedder != options.embedder => {
                 return Err(IndexError::EmbedderMismatch {
@@ -230,8 +235,14 @@ impl Index {
             w.commit(generation)?;
         }
 
-        let mut vectors = HashMap::with_capacity(live.len());
-        for id in live.keys() {
+        // Graphs first: the vectors they hold come from their dumps, so only live vectors no
+        // graph covers are read from the store.
+        let graphs_dir = dir.join("graphs");
+        let (mut segments, claimed) =
+            load_graphs(&store.graph_segments()?, &graphs_dir, &live, &options);
+        let graphs_loaded = segments.len();
+        let mut rest: Vec<(u64, Vec<f32>)> = Vec::new();
+        for id in live.keys().filter(|id| !claimed.contains(id)) {
             let v = store.vector(*id)?.ok_or_else(|| IndexError::Corrupt {
                 path: dir.join("store"),
                 reason: format!("chunk {id} has no vector"),
@@ -242,17 +253,8 @@ impl Index {
                     reason: format!("chunk {id} has a {}-d vector", v.len()),
                 });
             }
-            vectors.insert(*id, v);
+            rest.push((*id, v));
         }
-        let graphs_dir = dir.join("graphs");
-        let mut segments = load_graphs(
-            &store.graph_segments()?,
-            &graphs_dir,
-            &mut vectors,
-            &options,
-        );
-        let graphs_loaded = segments.len();
-        let mut rest: Vec<(u64, Vec<f32>)> = vectors.into_iter().collect();
         rest.sort_by_key(|(id, _)| *id);
         if !rest.is_empty() {
             segments.push(Arc::new(Segment::build(
@@ -458,9 +460,10 @@ impl Index {
     }
 
     /// Dense top-`k` among the chunks `filter` allows. When the filter keeps fewer than
-    /// `exact_filter_fraction` of the live chunks they are collected from the filter's id lists
-    /// and scanned exactly (a filtered graph walk visits many rejected nodes to find them);
-    /// otherwise each segment's graph is walked, with the filter inside the walk.
+    /// `exact_filter_fraction` of the live chunks, their rows are marked in one bitmap per
+    /// segment and scanned exactly: int8 scores over each segment's contiguous rows, then the
+    /// best few re-scored with the f32 rows (a filtered graph walk visits many rejected nodes
+    /// to find them). Otherwise each segment's graph is walked, with the filter inside the walk.
     fn vector_search(
         &self,
         g: &Generation,
@@ -471,23 +474,20 @@ impl Index {
         let q = validate("query", query, self.options.embedder.dimension)?;
         let options = &self.options.vectors;
         let limit = (options.exact_filter_fraction * g.live.len() as f32).ceil() as usize;
-        if let Some(chunks) = g.live.allowed_chunks(filter, limit) {
-            // Score the int8 rows, then the best few exactly with the f32 rows.
+        let rows: Vec<usize> = g.segments.iter().map(|s| s.len()).collect();
+        if let Some(masks) = g.live.allowed_rows(filter, limit, &rows) {
             let sq = Sq8Query::new(&q);
-            let located: Vec<(u64, usize, usize)> = chunks
+            let mut best = Best::new(rescore_count(k));
+            for (s, (seg, mask)) in g.segments.iter().zip(&masks).enumerate() {
+                seg.scan_masked(&sq, mask, (s as u64) << 32, &mut best);
+            }
+            let scored = best
+                .into_sorted()
                 .into_iter()
-                .filter_map(|c| c.location.map(|(s, row)| (c.id, s, row)))
-                .collect();
-            let approx = located
-                .iter()
-                .enumerate()
-                .map(|(i, (_, s, row))| (i as u64, g.segments[*s].approx_dot(&sq, *row)))
-                .collect();
-            let scored = top_k(approx, rescore_count(k))
-                .into_iter()
-                .map(|(i, _)| {
-                    let (id, s, row) = located[i as usize];
-                    (id, dot(&q, g.segments[s].row(row)))
+                .map(|(key, _)| {
+                    let seg = &g.segments[(key >> 32) as usize];
+                    let row = (key & u64::from(u32::MAX)) as usize;
+                    (seg.ids()[row], dot(&q, seg.row(row)))
                 })
                 .collect();
             return Ok(top_k(scored, k));
@@ -758,14 +758,14 @@ fn check_committed_marker(dir: &Path, store_generation: u64) -> Result<()> {
     }
 }
 
-/// Loads every persisted graph that still covers a live vector and passes its checksums,
-/// taking the rows it covers out of `vectors`; the rest stay in `vectors` to be rebuilt.
+/// Loads every persisted graph that still covers a live chunk and passes its checksums;
+/// returns them with the ids they hold. Live chunks outside them are rebuilt from the store.
 fn load_graphs(
     saved: &[PersistedSegment],
     dir: &Path,
-    vectors: &mut HashMap<u64, Vec<f32>>,
+    live: &HashMap<u64, Arc<DocumentRecord>>,
     options: &IndexOptions,
-) -> Vec<Arc<Segment>> {
+) -> (Vec<Arc<Segment>>, HashSet<u64>) {
     let dim = options.embedder.dimension;
     let mut out = Vec::new();
     let mut claimed: HashSet<u64> = HashSet::new();
@@ -776,24 +776,14 @@ fn load_graphs(
             continue;
         }
         // A graph mostly made of tombstones is cheaper to rebuild than to keep.
-        let alive = p.ids.iter().filter(|id| vectors.contains_key(id)).count();
+        let alive = p.ids.iter().filter(|id| live.contains_key(id)).count();
         let dead_fraction = 1.0 - alive as f32 / p.ids.len().max(1) as f32;
         if alive == 0 || dead_fraction > options.vectors.rebuild_dead_fraction {
             continue;
         }
-        let mut data = Vec::with_capacity(p.ids.len() * dim);
-        for id in &p.ids {
-            match vectors.get(id) {
-                Some(v) => data.extend_from_slice(v),
-                None => data.extend(std::iter::repeat_n(0.0, dim)),
-            }
-        }
-        match Segment::load(dim, p, dir, data) {
+        match Segment::load(dim, p, dir) {
             Ok(seg) => {
-                for id in &p.ids {
-                    vectors.remove(id);
-                    claimed.insert(*id);
-                }
+                claimed.extend(p.ids.iter().copied());
                 out.push(Arc::new(seg));
             }
             Err(reason) => {
@@ -801,7 +791,7 @@ fn load_graphs(
             }
         }
     }
-    out
+    (out, claimed)
 }
 
 /// The vector segments of the next generation: the old ones, plus one for the new vectors;
@@ -853,5 +843,54 @@ fn plan_segments(
             keep.push(Arc::new(Segment::build(dim, new_vectors, options)));
         }
     }
-    keep
+    merge_graph_tiers(keep, &is_live, dim, options)
+}
+
+/// Merges graph segments of similar size, `merge_factor` at a time, until no tier holds that
+/// many (see [`VectorOptions::merge_factor`]). Each merge takes the smallest graphs whose live
+/// rows are within `merge_factor` times the smallest's, so a row is rebuilt about once per
+/// fourfold growth instead of at every commit.
+fn merge_graph_tiers(
+    mut segments: Vec<Arc<Segment>>,
+    is_live: &dyn Fn(u64) -> bool,
+    dim: usize,
+    options: &VectorOptions,
+) -> Vec<Arc<Segment>> {
+    let factor = options.merge_factor;
+    if factor < 2 {
+        return segments;
+    }
+    loop {
+        let mut graphs: Vec<(usize, usize)> = segments
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.has_graph())
+            .map(|(i, s)| (i, s.ids().iter().filter(|id| is_live(**id)).count()))
+            .collect();
+        graphs.sort_by_key(|&(i, live)| (live, i));
+        let Some(&(_, smallest)) = graphs.first() else {
+            return segments;
+        };
+        let mut tier: Vec<usize> = graphs
+            .iter()
+            .take_while(|(_, live)| *live <= smallest.saturating_mul(factor))
+            .take(factor)
+            .map(|(i, _)| *i)
+            .collect();
+        if tier.len() < factor {
+            return segments;
+        }
+        tier.sort_unstable();
+        let mut rows = Vec::new();
+        for i in tier.iter().rev() {
+            rows.extend(segments.remove(*i).live_rows(is_live));
+        }
+        rows.sort_unstable_by_key(|(id, _)| *id);
+        tracing::info!(
+            segments = factor,
+            rows = rows.len(),
+            "merging graph segments into one"
+        );
+        segments.push(Arc::new(Segment::build(dim, rows, options)));
+    }
 }

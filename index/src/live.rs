@@ -204,14 +204,19 @@ impl LiveSet {
         self.all_public() && filter_is_open(filter)
     }
 
-    /// Every live chunk `filter` allows, when there are fewer than `limit`; `None` as soon as
-    /// `limit` are found. Walks only the narrowest constraint's candidates, so a selective
-    /// filter costs in proportion to what it keeps, not to the corpus.
-    pub fn allowed_chunks(&self, filter: &Filter, limit: usize) -> Option<Vec<&LiveChunk>> {
+    /// Calls `each` with every live chunk `filter` allows and returns how many there were, or
+    /// `None` as soon as `limit` are found. Walks only the narrowest constraint's candidates,
+    /// so a selective filter costs in proportion to what it keeps, not to the corpus.
+    pub fn for_each_allowed(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        mut each: impl FnMut(&LiveChunk),
+    ) -> Option<usize> {
         if limit == 0 || (limit <= self.len() && self.passes_all(filter)) {
             return None;
         }
-        let mut out = Vec::new();
+        let mut found = 0usize;
         let narrowest = self.narrowest(filter);
         let rest = match &narrowest {
             Narrowest::Lists(_, rest) => rest,
@@ -223,9 +228,10 @@ impl LiveSet {
         let mut take = |slot: u32| -> bool {
             let c = &self.chunks[slot as usize];
             if public(slot) || visible(&c.doc, rest) {
-                out.push(c);
+                each(c);
+                found += 1;
             }
-            out.len() < limit
+            found < limit
         };
         match &narrowest {
             Narrowest::All => {
@@ -263,7 +269,30 @@ impl LiveSet {
                 }
             }
         }
-        Some(out)
+        Some(found)
+    }
+
+    /// The segment rows of every live chunk `filter` allows, as one bitmap per segment (bit
+    /// `row % 64` of word `row / 64`), when fewer than `limit` chunks pass; `None` otherwise.
+    /// Tombstones are never set. `segment_rows` is the row count of each segment.
+    pub fn allowed_rows(
+        &self,
+        filter: &Filter,
+        limit: usize,
+        segment_rows: &[usize],
+    ) -> Option<Vec<Vec<u64>>> {
+        let mut masks: Vec<Vec<u64>> = segment_rows
+            .iter()
+            .map(|rows| vec![0u64; rows.div_ceil(64)])
+            .collect();
+        self.for_each_allowed(filter, limit, |c| {
+            if let Some((s, row)) = c.location
+                && let Some(word) = masks.get_mut(s).and_then(|m| m.get_mut(row / 64))
+            {
+                *word |= 1u64 << (row % 64);
+            }
+        })?;
+        Some(masks)
     }
 
     fn narrowest<'a>(&'a self, filter: &'a Filter) -> Narrowest<'a> {
@@ -413,18 +442,21 @@ mod tests {
                 .map(|(id, _)| *id)
                 .collect();
             want.sort_unstable();
-            let mut got: Vec<u64> = live
-                .allowed_chunks(f, usize::MAX)
-                .expect("under the limit")
-                .into_iter()
-                .map(|c| c.id)
-                .collect();
+            let mut got: Vec<u64> = Vec::new();
+            let count = live.for_each_allowed(f, usize::MAX, |c| got.push(c.id));
+            assert_eq!(count, Some(want.len()), "{f:?}");
             got.sort_unstable();
             assert_eq!(got, want, "{f:?}");
-            // At the limit the search takes the graph instead: no list is returned.
+            // At the limit the search takes the graph instead: the walk stops.
             if !want.is_empty() {
-                assert!(live.allowed_chunks(f, want.len()).is_none(), "{f:?}");
-                assert!(live.allowed_chunks(f, want.len() + 1).is_some(), "{f:?}");
+                assert!(
+                    live.for_each_allowed(f, want.len(), |_| ()).is_none(),
+                    "{f:?}"
+                );
+                assert!(
+                    live.for_each_allowed(f, want.len() + 1, |_| ()).is_some(),
+                    "{f:?}"
+                );
             }
         }
     }

@@ -78,9 +78,14 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Store> {
+    /// Opens (or creates) the store with a page cache of `cache_bytes`.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<Store> {
         let err = |source| store_error(path, source);
-        let db = sled::Config::new().path(path).open().map_err(err)?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(err)?;
         Ok(Store {
             docs: db.open_tree("docs").map_err(err)?,
             chunks: db.open_tree("chunks").map_err(err)?,

@@ -118,7 +118,16 @@ fn graphs_are_reloaded_not_rebuilt() {
     let index = Index::open(dir.path(), opts()).expect("reopen");
     assert_eq!(index.graphs_loaded(), 2);
     assert_eq!(results(&index, queries), before);
-    assert!(recall(&before, &exact(&index, queries)) >= 0.95);
+    let truth = exact(&index, queries);
+    assert!(recall(&before, &truth) >= 0.95);
+    drop(index);
+    // The scan path reads the reloaded graphs' own rows (int8, then f32 for the best few): it
+    // must give exactly the oracle's top 10, tombstones left out.
+    let mut scan = opts();
+    scan.vectors.exact_filter_fraction = 1.01;
+    let index = Index::open(dir.path(), scan).expect("reopen for scans");
+    assert_eq!(index.graphs_loaded(), 2);
+    assert_eq!(results(&index, queries), truth);
     for hits in &before {
         for c in hits {
             let i: usize = c["v:".len()..c.len() - 2].parse().expect("id");
@@ -188,4 +197,60 @@ fn copy_tree(from: &Path, to: &Path) {
             fs::copy(e.path(), to.join(e.file_name())).expect("copy");
         }
     }
+}
+
+#[test]
+fn graph_segments_of_similar_size_are_merged_without_their_tombstones() {
+    let data = vectors();
+    let queries = &data[N..];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let deleted = |i: usize| i.is_multiple_of(11) && i < N / 2;
+    let mut merging = opts();
+    merging.vectors.merge_factor = 4;
+    let before = {
+        let index = Index::open(dir.path(), merging.clone()).expect("open");
+        // Four commits of 300 rows: each is one graph (exact_below = 300) until the fourth,
+        // which makes a tier of four and merges them. Deletes in between leave tombstones.
+        for (c, part) in data[..N].chunks(N / 4).enumerate() {
+            let mut w = index.writer();
+            for (j, v) in part.iter().enumerate() {
+                let id = format!("v:{}", c * (N / 4) + j);
+                w.upsert(
+                    record(&DocSpec::new(&id, "point", 0)),
+                    vec![chunk(&id, 0, "point", v.clone())],
+                )
+                .expect("upsert");
+            }
+            w.commit().expect("commit");
+            if c == 1 {
+                let mut w = index.writer();
+                for i in (0..N).filter(|i| deleted(*i)) {
+                    w.delete(&format!("v:{i}"));
+                }
+                w.commit().expect("commit deletes");
+                let s = index.stats();
+                assert_eq!((s.vector_segments, s.tombstones), (2, 55));
+            }
+            if c == 2 {
+                assert_eq!(index.stats().vector_segments, 3);
+            }
+        }
+        let s = index.stats();
+        assert_eq!((s.vector_segments, s.tombstones, s.chunks), (1, 0, N - 55));
+        let got = results(&index, queries);
+        let truth = exact(&index, queries);
+        assert!(recall(&got, &truth) >= 0.95);
+        for hits in &got {
+            for c in hits {
+                let i: usize = c["v:".len()..c.len() - 2].parse().expect("id");
+                assert!(!deleted(i), "deleted {c} came back");
+            }
+        }
+        got
+    };
+    // Only the merged graph is on disk, and reopening loads it.
+    assert_eq!(graph_files(dir.path()).len(), 2);
+    let index = Index::open(dir.path(), merging).expect("reopen");
+    assert_eq!(index.graphs_loaded(), 1);
+    assert_eq!(results(&index, queries), before);
 }
