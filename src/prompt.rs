@@ -97,11 +97,15 @@ pub fn fence_attribute(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The bundled answer prompt.
+    fn bundled() -> Prompt {
+        Prompt::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/answer.v1.toml"))
+            .expect("prompt")
+    }
+
     #[test]
     fn bundled_prompt_loads_and_fences_injected_text() {
-        let p = Prompt::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/answer.v1.toml"))
-            .expect("prompt");
-        let req = p.render(
+        let req = bundled().render(
             "What is the refund window?",
             &[ContextPassage {
                 n: 1,
@@ -119,9 +123,7 @@ mod tests {
 
     #[test]
     fn a_title_cannot_forge_attributes() {
-        let p = Prompt::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/answer.v1.toml"))
-            .expect("prompt");
-        let req = p.render(
+        let req = bundled().render(
             "q",
             &[ContextPassage {
                 n: 1,
