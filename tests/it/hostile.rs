@@ -473,3 +473,31 @@ path = {wiki:?}
     let trace = &app.engine.traces.recent(1)[0];
     assert_eq!(trace.dropped_citations, 1, "{trace:?}");
 }
+
+/// Over a real socket: a 1 MB body sent chunked (no length up front) still meets the body limit
+/// with the typed error, and the server keeps serving.
+#[tokio::test]
+async fn a_chunked_1mb_body_over_tcp_is_refused_and_the_server_keeps_serving() {
+    let app = TestApp::new();
+    let addr = app.serve().await;
+    let client = reqwest::Client::new();
+    let chunks =
+        futures::stream::iter((0..16).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 64 << 10])));
+    let resp = client
+        .post(format!("http://{addr}/ask"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 413);
+    let json: Value = resp.json().await.expect("json");
+    assert_eq!(json["error"]["code"], "body_too_large", "{json}");
+
+    let resp = client
+        .get(format!("http://{addr}/search?q=refund"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200);
+}
