@@ -128,6 +128,13 @@ async fn hostile_http_requests_get_typed_errors_or_safe_handling() {
         case("admin reindex: source as a number", k, post_json("/admin/reindex", r#"{"source":5}"#), S::UNPROCESSABLE_ENTITY, invalid),
         case("admin reindex: unknown field", k, post_json("/admin/reindex", r#"{"source":"samples","wipe":true}"#), S::UNPROCESSABLE_ENTITY, invalid),
         case("admin reindex: 60k nested arrays", k, post_json("/admin/reindex", &format!(r#"{{"source":{}"#, "[".repeat(60_000))), S::UNPROCESSABLE_ENTITY, invalid),
+        case(
+            "admin reindex: text/plain body",
+            k,
+            post("/admin/reindex", Some("text/plain"), r#"{"full":true}"#),
+            S::BAD_REQUEST,
+            bad,
+        ),
         case("admin reindex: invalid JSON from a key without admin", Some(BOT), post_json("/admin/reindex", "{\"source\":"), S::FORBIDDEN, Some("forbidden")),
         case("admin jobs: limit as text", k, support::get("/admin/jobs?limit=abc"), S::UNPROCESSABLE_ENTITY, invalid),
         case("admin jobs: limit as text, no key", None, support::get("/admin/jobs?limit=abc"), S::UNAUTHORIZED, Some("unauthorized")),
