@@ -629,6 +629,15 @@ fn validate(
         }
         sources.push(match s {
             RawSource::Files(mut f) => {
+                for (field, patterns) in [("include", &f.include), ("exclude", &f.exclude)] {
+                    for p in patterns {
+                        if let Some(reason) =
+                            cairn_ingest::connectors::files::pattern_leaves_root(p)
+                        {
+                            return Err(key_err(&format!("sources[{i}].{field}"), reason));
+                        }
+                    }
+                }
                 f.path = resolve(base, &f.path);
                 RawSource::Files(f)
             }

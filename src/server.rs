@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -40,8 +40,10 @@ pub enum ApiError {
     QuestionTooLong { chars: usize, limit: usize },
     #[error("unknown source `{0}` in filters; see GET /search for the available sources")]
     UnknownSource(String),
-    #[error("the request body is larger than the {0} byte limit")]
-    BodyTooLarge(usize),
+    #[error(
+        "the request body could not be read or is larger than the server's limit (`[server] max_body_bytes`)"
+    )]
+    BodyTooLarge,
     #[error("this endpoint needs an API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("the API key is not valid")]
@@ -71,7 +73,7 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long")
             }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
-            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -114,7 +116,7 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::InvalidJson("send the body with `content-type: application/json`".into())
             }
-            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge(0),
+            JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge,
             other => ApiError::InvalidJson(other.body_text()),
         }
     }
@@ -212,10 +214,10 @@ pub struct ReindexBody {
 async fn admin_reindex(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Option<Json<ReindexBody>>,
+    body: Result<Option<Json<ReindexBody>>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Admin)?;
-    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let body = body?.map(|Json(b)| b).unwrap_or_default();
     let job = s
         .jobs
         .start(s.engine.clone(), body.source.clone(), body.full)
@@ -236,18 +238,20 @@ pub struct LimitParams {
 async fn admin_jobs(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(p): Query<LimitParams>,
+    params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
+    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     Ok(Json(json!({"jobs": s.jobs.list(p.limit.unwrap_or(50))})).into_response())
 }
 
 async fn admin_job(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    axum::extract::Path(id): axum::extract::Path<String>,
+    id: Result<axum::extract::Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
+    let axum::extract::Path(id) = id.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let job = s
         .jobs
         .get(&id)
@@ -295,9 +299,10 @@ async fn admin_sources(
 async fn admin_traces(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(p): Query<LimitParams>,
+    params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
+    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let limit = p.limit.unwrap_or(50).min(1000);
     Ok(Json(json!({"traces": s.engine.traces.recent(limit)})).into_response())
 }
@@ -342,7 +347,7 @@ fn check_sources(engine: &Engine, sources: &[String]) -> Result<(), ApiError> {
 async fn search(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    params: Result<Query<SearchParams>, axum::extract::rejection::QueryRejection>,
+    params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Search)?;
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;

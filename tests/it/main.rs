@@ -4,6 +4,7 @@ mod browser;
 mod cli;
 mod e2e;
 mod gateway;
+mod hostile;
 mod llama;
 mod otlp;
 mod server;

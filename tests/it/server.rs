@@ -7,53 +7,9 @@ use axum::http::StatusCode;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::{self, TestApp, body_json, get, post_json, with_key};
-
-const ADMIN: &str = "admin-key-123";
-const BOT: &str = "bot-key-456";
-const HR: &str = "hr-key-789";
-
-fn keyed_app() -> TestApp {
-    TestApp::with_setup(|dir| {
-        let secret = dir.join("secret");
-        std::fs::create_dir_all(&secret).expect("mkdir");
-        std::fs::write(
-            secret.join("salaries.md"),
-            "# Salary bands\n\nThe salary band for senior engineers is confidential and reviewed every March.",
-        )
-        .expect("write");
-        format!(
-            r#"
-[auth]
-anonymous_scopes = ["search"]
-[[auth.keys]]
-name = "admin"
-hash = "{}"
-scopes = ["admin", "ask", "search"]
-[[auth.keys]]
-name = "bot"
-hash = "{}"
-scopes = ["ask", "search"]
-rate_per_minute = 60
-burst = 3
-[[auth.keys]]
-name = "hr"
-hash = "{}"
-scopes = ["ask", "search"]
-access_groups = ["hr"]
-[[sources]]
-name = "hr"
-kind = "files"
-path = {:?}
-access_groups = ["hr"]
-"#,
-            cairn::auth::hash_key(ADMIN),
-            cairn::auth::hash_key(BOT),
-            cairn::auth::hash_key(HR),
-            secret
-        )
-    })
-}
+use crate::support::{
+    self, ADMIN, BOT, HR, TestApp, body_json, get, keyed_app, post_json, with_key,
+};
 
 async fn status_code(
     app: &TestApp,

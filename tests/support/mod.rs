@@ -62,9 +62,13 @@ pub struct Seen {
     pub body: serde_json::Value,
 }
 
+/// Computes a reply from the request body (a fake model that reads its prompt).
+pub type Responder = Arc<dyn Fn(&serde_json::Value) -> Reply + Send + Sync>;
+
 #[derive(Clone)]
 struct State {
     script: Arc<Mutex<Vec<Reply>>>,
+    respond: Option<Responder>,
     seen: Arc<Mutex<Vec<Seen>>>,
     abandoned: Arc<AtomicUsize>,
 }
@@ -106,8 +110,20 @@ impl Drop for Fake {
 
 impl Fake {
     pub async fn start(script: Vec<Reply>) -> Fake {
+        Self::launch(script, None).await
+    }
+
+    /// A fake whose every reply is computed by `respond` from the request body.
+    pub async fn responding(
+        respond: impl Fn(&serde_json::Value) -> Reply + Send + Sync + 'static,
+    ) -> Fake {
+        Self::launch(Vec::new(), Some(Arc::new(respond))).await
+    }
+
+    async fn launch(script: Vec<Reply>, respond: Option<Responder>) -> Fake {
         let state = State {
             script: Arc::new(Mutex::new(script)),
+            respond,
             seen: Arc::new(Mutex::new(Vec::new())),
             abandoned: Arc::new(AtomicUsize::new(0)),
         };
@@ -156,15 +172,19 @@ async fn handle(state: State, uri: Uri, req: Request) -> Response {
     let body = axum::body::to_bytes(req.into_body(), 1 << 20)
         .await
         .unwrap_or_default();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    let computed = state.respond.as_ref().map(|f| f(&body));
     state.seen.lock().expect("lock").push(Seen {
         path_and_query: uri
             .path_and_query()
             .map(|p| p.to_string())
             .unwrap_or_default(),
         headers,
-        body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        body,
     });
-    let reply = {
+    let reply = if let Some(r) = computed {
+        r
+    } else {
         let mut s = state.script.lock().expect("lock");
         if s.len() > 1 {
             s.remove(0)

@@ -3,7 +3,9 @@
 //! Reads Markdown, plain text, HTML (converted to Markdown, see [`crate::extract`]) and PDF
 //! (text per page, isolated extraction; encrypted or image-only files are skipped with a
 //! reason, unreadable ones fail). Paths never escape the configured root: every entry is
-//! canonicalised and checked, so a symlink pointing outside is skipped with that reason.
+//! canonicalised and checked, so a symlink pointing outside is skipped with that reason, a link
+//! to a directory is skipped (the walk follows no links), a symlink loop fails with the OS
+//! error, and include/exclude patterns that are absolute or contain `..` are refused.
 //! The external id is the path relative to the root, with `/` separators.
 
 use std::collections::BTreeMap;
@@ -39,9 +41,33 @@ pub struct FilesConnector {
     exclude: GlobSet,
 }
 
+/// Why an include/exclude pattern could never match a path under the root (an absolute
+/// pattern, or one with a `..` component), or `None` for a usable pattern. Patterns are matched
+/// against paths relative to the root, so such a pattern cannot reach outside it; it is refused
+/// rather than silently matching nothing.
+pub fn pattern_leaves_root(pattern: &str) -> Option<String> {
+    if pattern.starts_with('/') || pattern.starts_with('\\') {
+        return Some(format!(
+            "`{pattern}` is absolute; patterns are relative to the source's `path`"
+        ));
+    }
+    if pattern.split(['/', '\\']).any(|c| c == "..") {
+        return Some(format!(
+            "`{pattern}` names a parent directory (`..`); patterns are relative to the source's `path` and never leave it"
+        ));
+    }
+    None
+}
+
 fn glob_set(source: &str, patterns: &[String]) -> Result<GlobSet, IngestError> {
     let mut b = GlobSetBuilder::new();
     for p in patterns {
+        if let Some(message) = pattern_leaves_root(p) {
+            return Err(IngestError::Connector {
+                source_name: source.to_string(),
+                message,
+            });
+        }
         let g = Glob::new(p).map_err(|e| IngestError::Connector {
             source_name: source.to_string(),
             message: format!("bad glob `{p}`: {e}"),
@@ -93,6 +119,10 @@ impl FilesConnector {
             Ok(m) => m,
             Err(e) => return fail(format!("cannot stat: {e}")),
         };
+        if meta.is_dir() {
+            // Only a symlink can lead here: the walk does not follow links.
+            return skip("a link to a directory; directory links are not followed".to_string());
+        }
         if meta.len() > self.options.max_file_bytes {
             return skip(format!(
                 "{} bytes is over the {} byte limit",
@@ -314,6 +344,18 @@ mod tests {
         let mut c = FilesConnector::new("docs", options(dir.path())).expect("connector");
         let items = collect(&mut c);
         assert!(matches!(&items[..], [Item::Skipped { reason, .. }] if reason.contains("outside")));
+    }
+
+    #[test]
+    fn patterns_that_leave_the_root_are_refused() {
+        for bad in ["../**", "docs/../../etc/*", "/etc/**"] {
+            assert!(pattern_leaves_root(bad).is_some(), "{bad}");
+            let mut o = options(Path::new("."));
+            o.include = vec![bad.to_string()];
+            assert!(FilesConnector::new("docs", o).is_err(), "{bad}");
+        }
+        assert_eq!(pattern_leaves_root("**/*.md"), None);
+        assert_eq!(pattern_leaves_root("a..b/*.md"), None);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use serde_json::Value;
 use cairn::config::{Config, Overrides};
 use cairn::engine::Engine;
 use cairn::server::{AppState, router};
+use cairn_ingest::pipeline::Report;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,6 +53,14 @@ impl TestApp {
 
     /// `setup` may create files in the test directory and returns extra config text.
     pub fn with_setup(setup: impl FnOnce(&Path) -> String) -> TestApp {
+        let (app, reports) = Self::with_setup_reports(setup);
+        assert!(reports.iter().all(|r| r.counts.failed == 0), "{reports:?}");
+        app
+    }
+
+    /// As [`TestApp::with_setup`], returning the ingest reports instead of requiring that no
+    /// document failed.
+    pub fn with_setup_reports(setup: impl FnOnce(&Path) -> String) -> (TestApp, Vec<Report>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = setup(dir.path());
         let path = write_config(dir.path(), &extra);
@@ -60,10 +69,9 @@ impl TestApp {
         let reports = engine
             .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
             .expect("ingest");
-        assert!(reports.iter().all(|r| r.counts.failed == 0), "{reports:?}");
         let engine = Arc::new(engine);
         let state = AppState::new(engine.clone()).expect("state");
-        TestApp { dir, engine, state }
+        (TestApp { dir, engine, state }, reports)
     }
 
     pub fn router(&self) -> axum::Router {
@@ -82,6 +90,56 @@ impl TestApp {
         });
         addr
     }
+}
+
+pub const ADMIN: &str = "admin-key-123";
+pub const BOT: &str = "bot-key-456";
+pub const HR: &str = "hr-key-789";
+
+/// An app with keys `admin` (all scopes, a burst of 200), `bot` (ask + search, rate limited, no groups) and
+/// `hr` (ask + search, group `hr`), anonymous search, and an `hr` source (group `hr`) holding
+/// one confidential page on salary bands.
+pub fn keyed_app() -> TestApp {
+    TestApp::with_setup(|dir| {
+        let secret = dir.join("secret");
+        std::fs::create_dir_all(&secret).expect("mkdir");
+        std::fs::write(
+            secret.join("salaries.md"),
+            "# Salary bands\n\nThe salary band for senior engineers is confidential and reviewed every March.",
+        )
+        .expect("write");
+        format!(
+            r#"
+[auth]
+anonymous_scopes = ["search"]
+[[auth.keys]]
+name = "admin"
+hash = "{}"
+scopes = ["admin", "ask", "search"]
+burst = 200
+[[auth.keys]]
+name = "bot"
+hash = "{}"
+scopes = ["ask", "search"]
+rate_per_minute = 60
+burst = 3
+[[auth.keys]]
+name = "hr"
+hash = "{}"
+scopes = ["ask", "search"]
+access_groups = ["hr"]
+[[sources]]
+name = "hr"
+kind = "files"
+path = {:?}
+access_groups = ["hr"]
+"#,
+            cairn::auth::hash_key(ADMIN),
+            cairn::auth::hash_key(BOT),
+            cairn::auth::hash_key(HR),
+            secret
+        )
+    })
 }
 
 /// A request with a bearer key.
