@@ -226,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .build()?;
     match cli.command {
         Command::Serve { .. } => {
-            if engine.index.stats().documents == 0 && !engine.config.sources.is_empty() {
+            if engine.index.stats()?.documents == 0 && !engine.config.sources.is_empty() {
                 let reports = ingest_with_progress(&engine, None, false, cli.quiet)?;
                 print_reports(&reports);
             }

@@ -5,6 +5,7 @@ mod cli;
 mod e2e;
 mod gateway;
 mod llama;
+mod replicas;
 mod server;
 mod support;
 #[path = "../support/mod.rs"]
