@@ -304,6 +304,10 @@ impl Engine {
             let _claim = match &self.pg {
                 Some(pg) => match pg.claim_source(&name)? {
                     Some(claim) => Some(claim),
+                    None if only.is_some() => anyhow::bail!(
+                        "source `{name}` is being ingested by another cairn process; \
+                         try again when that run has finished"
+                    ),
                     None => {
                         tracing::warn!(
                             source = %name,

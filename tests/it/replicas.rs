@@ -81,6 +81,12 @@ fn two_replicas_share_one_postgres_index() {
         .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
         .expect("ingest");
     assert!(reports.is_empty(), "{reports:?}");
+    // Asked for that source by name, it says why it cannot run it.
+    let e = b
+        .engine
+        .ingest(Some("samples"), false, &|_, _| {}, &AtomicBool::new(false))
+        .expect_err("claimed elsewhere");
+    assert!(e.to_string().contains("another cairn process"), "{e:#}");
     drop(claim);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
