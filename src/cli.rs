@@ -264,7 +264,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .build()?;
     match cli.command {
         Command::Serve { .. } => {
-            if engine.index.stats().documents == 0 && !engine.config.sources.is_empty() {
+            if engine.index.stats()?.documents == 0 && !engine.config.sources.is_empty() {
                 let reports = ingest_with_progress(&engine, None, false, cli.quiet)?;
                 print_reports(&reports);
             }
@@ -330,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 !clients.is_empty() && clients.iter().all(|c| *c > 0),
                 "--clients must be at least 1"
             );
-            if engine.index.stats().documents == 0 {
+            if engine.index.stats()?.documents == 0 {
                 eprintln!(
                     "the index is empty: ingesting {}",
                     dataset.join("corpus.jsonl").display()
@@ -338,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 crate::eval::ingest_corpus(
                     &engine,
                     &dataset.join("corpus.jsonl"),
-                    &engine.index,
+                    engine.index.as_ref(),
                     &cairn_ingest::pipeline::PipelineOptions::default(),
                     &|_| {},
                 )?;

@@ -159,6 +159,8 @@ impl Default for RawEmbedder {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawIndex {
+    /// Where the index lives: in-process (the default) or in PostgreSQL.
+    pub backend: BackendKind,
     pub candidates: usize,
     /// Not serialised into the layering base: fusion methods have different keys, and merging
     /// a file's `method = "rrf"` table over the default convex one would mix the two. A missing
@@ -166,14 +168,56 @@ pub struct RawIndex {
     #[serde(skip_serializing)]
     pub fusion: Fusion,
     pub vectors: VectorOptions,
+    pub postgres: RawPostgres,
 }
 
 impl Default for RawIndex {
     fn default() -> Self {
         RawIndex {
+            backend: BackendKind::Embedded,
             candidates: 100,
             fusion: Fusion::default(),
             vectors: VectorOptions::default(),
+            postgres: RawPostgres::default(),
+        }
+    }
+}
+
+/// `[index] backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// sled + tantivy + HNSW in the data directory: one process, fastest.
+    Embedded,
+    /// PostgreSQL with pgvector, shared by many cairn processes.
+    Postgres,
+}
+
+/// `[index.postgres]`: used when `backend = "postgres"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawPostgres {
+    /// Connection URL as a reference, `env:VARIABLE` (it usually holds a password).
+    pub url: String,
+    /// Schema holding cairn's tables.
+    pub schema: String,
+    /// Connections per cairn process.
+    pub pool_size: u32,
+    pub connect_timeout_secs: u64,
+    /// HNSW build parameters, used when the schema is created.
+    pub hnsw_m: u32,
+    pub hnsw_ef_construction: u32,
+}
+
+impl Default for RawPostgres {
+    fn default() -> Self {
+        RawPostgres {
+            url: "env:CAIRN_PG_URL".into(),
+            schema: "cairn".into(),
+            pool_size: 8,
+            connect_timeout_secs: 5,
+            hnsw_m: 16,
+            hnsw_ef_construction: 64,
         }
     }
 }
@@ -354,6 +398,8 @@ pub struct Config {
     pub rerank: crate::rerank::RawRerank,
     pub chunking: ChunkerOptions,
     pub index: RawIndex,
+    /// The PostgreSQL connection settings with the URL resolved, when `backend = "postgres"`.
+    pub postgres: Option<cairn_pg::PgOptions>,
     pub retrieval: RawRetrieval,
     pub answer: RawAnswer,
     pub providers: BTreeMap<String, ProviderConfig>,
@@ -445,6 +491,23 @@ pub fn resolve_secret(
     origin: &str,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
+    resolve_reference(
+        reference,
+        key,
+        origin,
+        env,
+        "export it or remove this provider",
+    )
+}
+
+/// Resolves an `env:NAME` reference; `unset_hint` says what to do when the variable is unset.
+fn resolve_reference(
+    reference: &str,
+    key: &str,
+    origin: &str,
+    env: &impl Fn(&str) -> Option<String>,
+    unset_hint: &str,
+) -> Result<String, ConfigError> {
     let Some(var) = reference.strip_prefix("env:") else {
         return Err(ConfigError::Key {
             file: origin.into(),
@@ -457,9 +520,7 @@ pub fn resolve_secret(
         _ => Err(ConfigError::Key {
             file: origin.into(),
             key: key.into(),
-            message: format!(
-                "environment variable {var} is not set; export it or remove this provider"
-            ),
+            message: format!("environment variable {var} is not set; {unset_hint}"),
         }),
     }
 }
@@ -564,6 +625,33 @@ fn validate(
     if raw.chunking.max_tokens < 16 {
         return Err(key_err("chunking.max_tokens", "must be at least 16".into()));
     }
+    let postgres = match raw.index.backend {
+        BackendKind::Embedded => None,
+        BackendKind::Postgres => {
+            let p = &raw.index.postgres;
+            let url = resolve_reference(
+                &p.url,
+                "index.postgres.url",
+                origin,
+                env,
+                "export it with the server's connection URL, or set [index] backend = \"embedded\"",
+            )?;
+            if p.pool_size == 0 {
+                return Err(key_err(
+                    "index.postgres.pool_size",
+                    "must be at least 1".into(),
+                ));
+            }
+            Some(cairn_pg::PgOptions {
+                url,
+                schema: p.schema.clone(),
+                pool_size: p.pool_size,
+                connect_timeout: std::time::Duration::from_secs(p.connect_timeout_secs.max(1)),
+                hnsw_m: p.hnsw_m,
+                hnsw_ef_construction: p.hnsw_ef_construction,
+            })
+        }
+    };
     let mut providers = BTreeMap::new();
     for (name, p) in &raw.providers {
         let api_key = match &p.api_key {
@@ -733,6 +821,7 @@ fn validate(
         rerank,
         chunking: raw.chunking,
         index: raw.index,
+        postgres,
         retrieval: raw.retrieval,
         answer,
         providers,
@@ -807,6 +896,30 @@ mod tests {
         let e = load("[server]\nbnd = \"127.0.0.1:1\"\n", &[]).expect_err("must fail");
         let msg = e.to_string();
         assert!(msg.contains("bnd") && msg.contains("config.toml"), "{msg}");
+    }
+
+    #[test]
+    fn postgres_backend_resolves_its_url_reference() {
+        let embedded = load("", &[]).expect("valid");
+        assert_eq!(embedded.index.backend, BackendKind::Embedded);
+        assert!(embedded.postgres.is_none());
+
+        let toml = "[index]\nbackend = \"postgres\"\n[index.postgres]\nschema = \"corpus\"\n";
+        let e = load(toml, &[]).expect_err("must fail");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("index.postgres.url") && msg.contains("CAIRN_PG_URL"),
+            "{msg}"
+        );
+        let url = "postgresql://cairn:pw@db:5432/rag";
+        let c = load(toml, &[("CAIRN_PG_URL", url)]).expect("resolves");
+        let pg = c.postgres.expect("postgres options");
+        assert_eq!((pg.url.as_str(), pg.schema.as_str()), (url, "corpus"));
+        assert_eq!(pg.pool_size, 8);
+        // A literal URL (it would hold the password) is refused.
+        let literal =
+            format!("[index]\nbackend = \"postgres\"\n[index.postgres]\nurl = \"{url}\"\n");
+        assert!(load(&literal, &[]).is_err());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The engine: everything a running cairn holds (config, index, embedder, chunker, providers,
-//! prompt) and the operations the CLI and the server share — ingest, search and the
-//! source-state files.
+//! prompt) and the operations the CLI and the server share — ingest, search and each source's
+//! sync state (files in the data directory, or rows in PostgreSQL shared by every replica, with
+//! a per-source claim so two replicas never ingest one source at once).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -10,8 +11,8 @@ use anyhow::Context;
 use serde::Serialize;
 
 use cairn_index::{
-    ChunkRecord, EmbedderInfo, Filter, Hit, Index, IndexError, IndexOptions, SearchMode,
-    SearchRequest,
+    ChunkRecord, EmbedderInfo, Filter, Hit, Index, IndexBackend, IndexError, IndexOptions,
+    SearchMode, SearchRequest,
 };
 use cairn_ingest::connectors::crm::CrmConnector;
 use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
@@ -31,7 +32,11 @@ use crate::trace::Traces;
 
 pub struct Engine {
     pub config: Config,
-    pub index: Arc<Index>,
+    /// The configured index backend (`[index] backend`): embedded or PostgreSQL.
+    pub index: Arc<dyn IndexBackend>,
+    /// The PostgreSQL backend when configured: it also holds the source state and claims that
+    /// replicas share (otherwise those are files in the data directory).
+    pg: Option<Arc<cairn_pg::PgIndex>>,
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Chunker,
     pub router: Router,
@@ -107,6 +112,41 @@ pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
     options
 }
 
+/// Opens the embedded index in the data directory; see [`OpenOptions`] for a changed embedder.
+fn open_embedded(
+    config: &Config,
+    options: IndexOptions,
+    open: &OpenOptions,
+) -> anyhow::Result<Index> {
+    let index_dir = config.data_dir.join("index");
+    match Index::open(&index_dir, options.clone()) {
+        Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {
+            // Kept until the next replacement, so a mistaken switch can be undone by hand.
+            let aside = config.data_dir.join("index.previous");
+            if aside.exists() {
+                std::fs::remove_dir_all(&aside)
+                    .with_context(|| format!("removing {}", aside.display()))?;
+            }
+            std::fs::rename(&index_dir, &aside).with_context(|| {
+                format!(
+                    "moving {} aside to {}",
+                    index_dir.display(),
+                    aside.display()
+                )
+            })?;
+            tracing::warn!(
+                old = %found,
+                new = %options.embedder,
+                kept = %aside.display(),
+                "the embedder changed: rebuilding the index from the sources"
+            );
+            Index::open(&index_dir, options)
+        }
+        other => other,
+    }
+    .with_context(|| format!("opening the index in {}", index_dir.display()))
+}
+
 impl Engine {
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
@@ -117,35 +157,20 @@ impl Engine {
     pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
         let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
         let options = index_options(&config, embedder.info());
-        let index_dir = config.data_dir.join("index");
-        let index = match Index::open(&index_dir, options.clone()) {
-            Err(IndexError::EmbedderMismatch { found, .. })
-                if open.replace_index_on_new_embedder =>
-            {
-                // Kept until the next replacement, so a mistaken switch can be undone by hand.
-                let aside = config.data_dir.join("index.previous");
-                if aside.exists() {
-                    std::fs::remove_dir_all(&aside)
-                        .with_context(|| format!("removing {}", aside.display()))?;
-                }
-                std::fs::rename(&index_dir, &aside).with_context(|| {
-                    format!(
-                        "moving {} aside to {}",
-                        index_dir.display(),
-                        aside.display()
-                    )
-                })?;
-                tracing::warn!(
-                    old = %found,
-                    new = %options.embedder,
-                    kept = %aside.display(),
-                    "the embedder changed: rebuilding the index from the sources"
-                );
-                Index::open(&index_dir, options)
+        let (index, pg): (Arc<dyn IndexBackend>, _) = match &config.postgres {
+            Some(pg) => {
+                let opened =
+                    Arc::new(cairn_pg::PgIndex::open(pg, &options).with_context(|| {
+                        format!(
+                            "opening the PostgreSQL index (schema `{}` at {})",
+                            pg.schema,
+                            cairn_pg::redact_url(&pg.url)
+                        )
+                    })?);
+                (opened.clone(), Some(opened))
             }
-            other => other,
-        }
-        .with_context(|| format!("opening the index in {}", index_dir.display()))?;
+            None => (Arc::new(open_embedded(&config, options, open)?), None),
+        };
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
@@ -166,7 +191,8 @@ impl Engine {
             .context("starting the query-embedding threads")?;
         Ok(Engine {
             config,
-            index: Arc::new(index),
+            index,
+            pg,
             embedder,
             chunker,
             router,
@@ -184,8 +210,18 @@ impl Engine {
         self.config.data_dir.join("state")
     }
 
-    /// The persisted sync state of a source.
+    /// The persisted sync state of a source (shared through PostgreSQL with that backend).
     pub fn source_state(&self, name: &str) -> SyncState {
+        if let Some(pg) = &self.pg {
+            return match pg.source_state(name) {
+                Ok(Some((state, _))) => serde_json::from_value(state).unwrap_or_default(),
+                Ok(None) => SyncState::default(),
+                Err(e) => {
+                    tracing::warn!(source = name, error = %e, "source state unavailable; running from the start");
+                    SyncState::default()
+                }
+            };
+        }
         let path = self.state_dir().join(format!("{name}.state.json"));
         std::fs::read(&path)
             .ok()
@@ -195,6 +231,10 @@ impl Engine {
 
     /// The last report of a source, if it ever ran.
     pub fn last_report(&self, name: &str) -> Option<Report> {
+        if let Some(pg) = &self.pg {
+            let (_, report) = pg.source_state(name).ok().flatten()?;
+            return serde_json::from_value(report?).ok();
+        }
         let path = self.state_dir().join(format!("{name}.report.json"));
         std::fs::read(&path)
             .ok()
@@ -260,6 +300,24 @@ impl Engine {
         let mut reports = Vec::new();
         for source in sources {
             let name = source.name().to_string();
+            // With PostgreSQL, one replica at a time runs a source; the claim dies with it.
+            let _claim = match &self.pg {
+                Some(pg) => match pg.claim_source(&name)? {
+                    Some(claim) => Some(claim),
+                    None if only.is_some() => anyhow::bail!(
+                        "source `{name}` is being ingested by another cairn process; \
+                         try again when that run has finished"
+                    ),
+                    None => {
+                        tracing::warn!(
+                            source = %name,
+                            "another cairn process is ingesting this source; skipped"
+                        );
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let mut connector = self.connector(source)?;
             let state = self.source_state(&name);
             let options = PipelineOptions {
@@ -269,7 +327,7 @@ impl Engine {
             };
             let report = pipeline::run(
                 connector.as_mut(),
-                &self.index,
+                self.index.as_ref(),
                 &self.chunker,
                 &self.embedder,
                 &state,
@@ -280,8 +338,17 @@ impl Engine {
                 },
             )
             .with_context(|| format!("ingesting source `{name}`"))?;
-            self.write_atomic(&format!("{name}.state.json"), &report.state)?;
-            self.write_atomic(&format!("{name}.report.json"), &report)?;
+            match &self.pg {
+                Some(pg) => pg.put_source_state(
+                    &name,
+                    &serde_json::to_value(&report.state)?,
+                    &serde_json::to_value(&report)?,
+                )?,
+                None => {
+                    self.write_atomic(&format!("{name}.state.json"), &report.state)?;
+                    self.write_atomic(&format!("{name}.report.json"), &report)?;
+                }
+            }
             reports.push(report);
         }
         Ok(reports)

@@ -261,7 +261,7 @@ impl EvalMode {
 pub fn ingest_corpus(
     engine: &Engine,
     corpus: &Path,
-    index: &Index,
+    index: &dyn cairn_index::IndexBackend,
     options: &PipelineOptions,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> Result<Report, IngestError> {

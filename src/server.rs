@@ -187,11 +187,26 @@ async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("route {}", uri.path()))
 }
 
+/// Index counts, read on a blocking thread (a server-backed index does I/O); `None`, logged,
+/// when the index cannot answer.
+async fn index_stats(engine: &Arc<Engine>) -> Option<cairn_index::IndexStats> {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || engine.index.stats()).await {
+        Ok(Ok(stats)) => Some(stats),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "index statistics unavailable");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
-    let stats = s.engine.index.stats();
-    metrics::gauge!(crate::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
-    metrics::gauge!(crate::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
-    metrics::gauge!(crate::metrics::INDEX_GENERATION).set(stats.generation as f64);
+    if let Some(stats) = index_stats(&s.engine).await {
+        metrics::gauge!(crate::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
+        metrics::gauge!(crate::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
+        metrics::gauge!(crate::metrics::INDEX_GENERATION).set(stats.generation as f64);
+    }
     metrics::gauge!(crate::metrics::JOBS_RUNNING).set(if s.jobs.running().is_some() {
         1.0
     } else {
@@ -311,13 +326,22 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(s): State<Arc<AppState>>) -> impl IntoResponse {
-    let stats = s.engine.index.stats();
-    Json(json!({
-        "status": "ready",
-        "index": {"generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
-        "embedder": stats.embedder,
-    }))
+/// Ready when the index answers; 503 otherwise, so a load balancer routes around a replica
+/// that lost its database.
+async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    match index_stats(&s.engine).await {
+        Some(stats) => Json(json!({
+            "status": "ready",
+            "index": {"backend": s.engine.index.kind(), "generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
+            "embedder": stats.embedder,
+        }))
+        .into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "index": {"backend": s.engine.index.kind()}})),
+        )
+            .into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -349,7 +349,8 @@ pub fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn html_escape(s: &str) -> String {
+/// Escapes text for HTML (snippets are HTML with `<mark>` around matches).
+pub fn html_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

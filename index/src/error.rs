@@ -42,6 +42,13 @@ pub enum IndexError {
         #[source]
         source: tantivy::TantivyError,
     },
+    /// A failure of a server-backed index (connection, query, schema); the message names the
+    /// server object and says what to do.
+    #[error("{backend} index: {message}")]
+    Backend {
+        backend: &'static str,
+        message: String,
+    },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

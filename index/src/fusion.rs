@@ -87,6 +87,28 @@ pub fn fuse(
     v
 }
 
+/// One retriever's ranked list (best first) as hits with a breakdown: its own rank and score,
+/// and the score itself as the fused one (used when only one retriever runs).
+pub fn single(hits: &[(u64, f32)], is_bm25: bool) -> Vec<(u64, ScoreBreakdown)> {
+    hits.iter()
+        .enumerate()
+        .map(|(i, (id, s))| {
+            let mut b = ScoreBreakdown {
+                fused: *s,
+                ..Default::default()
+            };
+            if is_bm25 {
+                b.bm25_rank = Some(i + 1);
+                b.bm25_score = Some(*s);
+            } else {
+                b.vector_rank = Some(i + 1);
+                b.vector_similarity = Some(*s);
+            }
+            (*id, b)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

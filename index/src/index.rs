@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use crate::backend::validate_upsert;
 use crate::bm25::Bm25;
-use crate::fusion::{Fusion, fuse};
+use crate::fusion::{Fusion, fuse, single};
 use crate::live::LiveSet;
 use crate::store::{DocChange, FORMAT_VERSION, Manifest, Store, StoredDoc};
 use crate::types::{
@@ -550,26 +551,6 @@ impl Index {
     }
 }
 
-fn single(hits: &[(u64, f32)], is_bm25: bool) -> Vec<(u64, ScoreBreakdown)> {
-    hits.iter()
-        .enumerate()
-        .map(|(i, (id, s))| {
-            let mut b = ScoreBreakdown {
-                fused: *s,
-                ..Default::default()
-            };
-            if is_bm25 {
-                b.bm25_rank = Some(i + 1);
-                b.bm25_score = Some(*s);
-            } else {
-                b.vector_rank = Some(i + 1);
-                b.vector_similarity = Some(*s);
-            }
-            (*id, b)
-        })
-        .collect()
-}
-
 /// A document staged for upsert with its validated chunks and normalised vectors.
 type StagedDoc = (DocumentRecord, Vec<(ChunkRecord, Vec<f32>)>);
 
@@ -586,27 +567,7 @@ impl Writer<'_> {
     /// Stages a document and its chunks, replacing any previous version. Validates every chunk
     /// (non-empty text, vector of the right dimension, finite, non-zero) before staging.
     pub fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()> {
-        if doc.id.is_empty() || doc.source.is_empty() {
-            return Err(IndexError::InvalidDocument(
-                "a document needs a non-empty id and source".into(),
-            ));
-        }
-        let dim = self.index.options.embedder.dimension;
-        let mut staged = Vec::with_capacity(chunks.len());
-        for c in chunks {
-            let name = c.chunk.chunk_id();
-            if c.chunk.doc_id != doc.id {
-                return Err(IndexError::InvalidDocument(format!(
-                    "chunk {name} belongs to {} but was given with {}",
-                    c.chunk.doc_id, doc.id
-                )));
-            }
-            if c.chunk.text.trim().is_empty() {
-                return Err(IndexError::EmptyText { chunk: name });
-            }
-            let v = validate(&name, &c.vector, dim)?;
-            staged.push((c.chunk, v));
-        }
+        let staged = validate_upsert(&doc, chunks, self.index.options.embedder.dimension)?;
         self.deletes.retain(|d| d != &doc.id);
         self.upserts.retain(|(d, _)| d.id != doc.id);
         self.upserts.push((doc, staged));

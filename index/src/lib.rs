@@ -8,7 +8,10 @@
 //! generation while one [`Writer`] stages upserts and deletes and publishes a new generation
 //! atomically on [`Writer::commit`].
 
+mod backend;
 mod bm25;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod fusion;
 mod index;
@@ -17,8 +20,10 @@ mod store;
 mod types;
 mod vectors;
 
+pub use backend::{IndexBackend, IndexWriter, validate_query, validate_upsert};
+pub use bm25::{body_text, html_escape};
 pub use error::IndexError;
-pub use fusion::{Fusion, fuse};
+pub use fusion::{Fusion, fuse, single};
 pub use index::{Index, IndexOptions, IndexStats, Writer};
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,

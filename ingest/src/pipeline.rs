@@ -21,7 +21,7 @@ use chrono::Utc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use cairn_index::{ChunkInput, ChunkRecord, DocumentRecord, Index};
+use cairn_index::{ChunkInput, ChunkRecord, DocumentRecord, IndexBackend, IndexWriter};
 
 use crate::IngestError;
 use crate::chunking::Chunker;
@@ -163,7 +163,7 @@ impl Default for PipelineOptions {
 
 struct Run<'a> {
     source: String,
-    index: &'a Index,
+    index: &'a dyn IndexBackend,
     chunker: &'a Chunker,
     embedder: &'a Arc<dyn Embedder>,
     options: &'a PipelineOptions,
@@ -174,7 +174,7 @@ struct Run<'a> {
     counts: Counts,
     lines: Vec<ReportLine>,
     state: Progress,
-    writer: Option<cairn_index::Writer<'a>>,
+    writer: Option<Box<dyn IndexWriter + 'a>>,
     fatal: Option<IngestError>,
     clock: Stopwatches,
 }
@@ -184,8 +184,12 @@ impl<'a> Run<'a> {
         DocumentRecord::make_id(&self.source, external)
     }
 
-    fn writer(&mut self) -> &mut cairn_index::Writer<'a> {
-        self.writer.get_or_insert_with(|| self.index.writer())
+    fn writer(&mut self) -> Result<&mut (dyn IndexWriter + 'a), IngestError> {
+        let w = match self.writer.take() {
+            Some(w) => w,
+            None => self.index.writer()?,
+        };
+        Ok(self.writer.insert(w).as_mut())
     }
 
     fn line(&mut self, doc_id: String, outcome: Outcome) {
@@ -232,7 +236,7 @@ impl<'a> Run<'a> {
                 // A document that is now deliberately excluded must not stay searchable.
                 let lookup = Instant::now();
                 if self.index.content_hash(&doc_id)?.is_some() {
-                    self.writer().delete(&doc_id);
+                    self.writer()?.delete(&doc_id);
                     self.uncommitted += 1;
                 }
                 self.clock.indexing += lookup.elapsed();
@@ -327,7 +331,7 @@ impl<'a> Run<'a> {
                 })
                 .collect();
             let write = Instant::now();
-            let written = self.writer().upsert(record, inputs);
+            let written = self.writer()?.upsert(record, inputs);
             self.clock.indexing += write.elapsed();
             match written {
                 Ok(()) => {
@@ -369,7 +373,7 @@ pub struct Control<'a> {
 /// Runs one source into the index and returns its report.
 pub fn run(
     connector: &mut dyn Connector,
-    index: &Index,
+    index: &dyn IndexBackend,
     chunker: &Chunker,
     embedder: &Arc<dyn Embedder>,
     state: &SyncState,
@@ -441,7 +445,7 @@ pub fn run(
     }
     for id in to_delete.into_keys() {
         if index.content_hash(&id)?.is_some() {
-            run.writer().delete(&id);
+            run.writer()?.delete(&id);
             run.line(id, Outcome::Deleted);
         }
     }

@@ -174,11 +174,20 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
     task.await.context("the answer task failed")?;
     out.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     out.citation_markers += citations.len();
-    for c in &citations {
-        if citation_holds(engine, c)? {
-            out.valid_citations += 1;
+    // Index reads may do I/O (a server-backed index): off the async threads.
+    let checker = engine.clone();
+    let (valid, citations) = tokio::task::spawn_blocking(move || {
+        let mut valid = 0;
+        for c in &citations {
+            if citation_holds(&checker, c)? {
+                valid += 1;
+            }
         }
-    }
+        anyhow::Ok((valid, citations))
+    })
+    .await
+    .context("the citation check failed")??;
+    out.valid_citations += valid;
     let idk_text = normalise(&engine.config.answer.no_answer_text);
     let answer = normalise(&out.answer);
     out.said_idk = out.outcome == "no_answer"

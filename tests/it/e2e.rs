@@ -12,17 +12,7 @@ use support::{TestApp, body_json};
 #[tokio::test]
 async fn search_returns_ranked_hits_with_the_contract_fields() {
     let app = TestApp::new();
-    let resp = app
-        .router()
-        .oneshot(
-            Request::get("/search?q=refund%20card&k=3")
-                .body(Body::empty())
-                .expect("request"),
-        )
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let json = body_json(resp).await;
+    let json = support::get_json(&app, "/search?q=refund%20card&k=3").await;
     let hits = json["hits"].as_array().expect("hits");
     assert!(!hits.is_empty() && hits.len() <= 3);
     for key in [
@@ -56,16 +46,7 @@ async fn search_returns_ranked_hits_with_the_contract_fields() {
 #[tokio::test]
 async fn ask_json_answers_with_citations_into_the_corpus() {
     let app = TestApp::new();
-    let resp = app
-        .router()
-        .oneshot(support::post_json(
-            "/ask",
-            r#"{"question":"How long do refunds take?","stream":false}"#,
-        ))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    let json = body_json(resp).await;
+    let json = support::ask_refunds(&app).await;
     let answer = json["answer"].as_str().expect("answer");
     assert!(answer.contains("5 business days"), "{answer}");
     let citations = json["citations"].as_array().expect("citations");

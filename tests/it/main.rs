@@ -7,6 +7,7 @@ mod gateway;
 mod hostile;
 mod llama;
 mod otlp;
+mod replicas;
 mod server;
 mod support;
 #[path = "../support/mod.rs"]

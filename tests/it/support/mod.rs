@@ -142,6 +142,30 @@ access_groups = ["hr"]
     })
 }
 
+/// `GET uri` in-process; checks the status and returns the JSON body.
+pub async fn get_json(app: &TestApp, uri: &str) -> Value {
+    use tower::ServiceExt;
+    let resp = app.router().oneshot(get(uri)).await.expect("response");
+    assert_eq!(resp.status(), axum::http::StatusCode::OK, "{uri}");
+    body_json(resp).await
+}
+
+/// Asks "How long do refunds take?" without streaming; checks the status and returns the JSON
+/// answer.
+pub async fn ask_refunds(app: &TestApp) -> Value {
+    use tower::ServiceExt;
+    let resp = app
+        .router()
+        .oneshot(post_json(
+            "/ask",
+            r#"{"question":"How long do refunds take?","stream":false}"#,
+        ))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), axum::http::StatusCode::OK);
+    body_json(resp).await
+}
+
 /// A request with a bearer key.
 pub fn with_key(mut req: Request<Body>, key: &str) -> Request<Body> {
     req.headers_mut().insert(

@@ -1,0 +1,153 @@
+//! The index as an interface: what searches and the ingest pipeline need from any index
+//! backend, so the embedded [`Index`] (the default) and a server-backed one (the `cairn-pg`
+//! crate) are interchangeable. Also owns the input rules every backend applies the same way.
+//!
+//! This module only declares behaviour; it performs no I/O itself and pulls no network or async
+//! dependency into this crate.
+
+use crate::index::{Index, IndexStats, Writer};
+use crate::types::{ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Hit, SearchRequest};
+use crate::vectors::validate;
+use crate::{IndexError, Result};
+
+/// A searchable, writable index. Object safe: callers hold `Arc<dyn IndexBackend>`.
+///
+/// Every implementation must keep the contract the shared behaviour tests check: a deleted or
+/// replaced document is never returned again by any retriever; filters and deny-by-default
+/// access groups apply inside each retriever; hits carry the same [`crate::ScoreBreakdown`]
+/// (both rankings fused with [`crate::fuse`]).
+pub trait IndexBackend: Send + Sync {
+    /// A short name for logs and status pages: `embedded`, `postgres`.
+    fn kind(&self) -> &'static str;
+    /// The embedder whose vectors this index holds.
+    fn embedder(&self) -> &EmbedderInfo;
+    /// Hybrid (or single-retriever) search with filters applied inside each retriever.
+    fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>>;
+    /// The stored document, if indexed.
+    fn document(&self, doc_id: &str) -> Result<Option<DocumentRecord>>;
+    /// Content hash of an indexed document (for incremental ingest).
+    fn content_hash(&self, doc_id: &str) -> Result<Option<String>>;
+    /// Ids of the indexed documents of `source`.
+    fn document_ids(&self, source: &str) -> Result<Vec<String>>;
+    /// Chunks of a document in order.
+    fn chunks_of(&self, doc_id: &str) -> Result<Vec<ChunkRecord>>;
+    /// Counts for status pages and metrics.
+    fn stats(&self) -> Result<IndexStats>;
+    /// The last committed generation.
+    fn generation(&self) -> Result<u64>;
+    /// A writer that stages changes and publishes them atomically on commit. Backends allow
+    /// one writer at a time; this may block until another writer is done.
+    fn writer(&self) -> Result<Box<dyn IndexWriter + '_>>;
+}
+
+/// Stages upserts and deletes; [`IndexWriter::commit`] publishes them as one new generation.
+/// Dropping a writer without committing discards them.
+pub trait IndexWriter {
+    /// Stages a document and its chunks, replacing any previous version; rejects invalid input
+    /// (see [`validate_upsert`]) without staging anything.
+    fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()>;
+    /// Stages the removal of a document.
+    fn delete(&mut self, doc_id: &str);
+    /// Staged documents (upserts plus deletes).
+    fn pending(&self) -> usize;
+    /// Publishes the staged changes and returns the new generation number; with nothing staged
+    /// it returns the current one. On error nothing is published.
+    fn commit(self: Box<Self>) -> Result<u64>;
+}
+
+impl IndexBackend for Index {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn embedder(&self) -> &EmbedderInfo {
+        &self.options().embedder
+    }
+
+    fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        Index::search(self, req)
+    }
+
+    fn document(&self, doc_id: &str) -> Result<Option<DocumentRecord>> {
+        Index::document(self, doc_id)
+    }
+
+    fn content_hash(&self, doc_id: &str) -> Result<Option<String>> {
+        Index::content_hash(self, doc_id)
+    }
+
+    fn document_ids(&self, source: &str) -> Result<Vec<String>> {
+        Index::document_ids(self, source)
+    }
+
+    fn chunks_of(&self, doc_id: &str) -> Result<Vec<ChunkRecord>> {
+        Index::chunks_of(self, doc_id)
+    }
+
+    fn stats(&self) -> Result<IndexStats> {
+        Ok(Index::stats(self))
+    }
+
+    fn generation(&self) -> Result<u64> {
+        Ok(Index::generation(self))
+    }
+
+    fn writer(&self) -> Result<Box<dyn IndexWriter + '_>> {
+        Ok(Box::new(Index::writer(self)))
+    }
+}
+
+impl IndexWriter for Writer<'_> {
+    fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()> {
+        Writer::upsert(self, doc, chunks)
+    }
+
+    fn delete(&mut self, doc_id: &str) {
+        Writer::delete(self, doc_id)
+    }
+
+    fn pending(&self) -> usize {
+        Writer::pending(self)
+    }
+
+    fn commit(self: Box<Self>) -> Result<u64> {
+        Writer::commit(*self)
+    }
+}
+
+/// Checks a document and its chunks the way every backend must before staging them: a
+/// non-empty id and source, chunks that belong to the document, non-empty text, and vectors of
+/// the embedder's dimension that are finite and non-zero. Returns the chunks with their
+/// vectors normalised to unit length (similarity is then a dot product).
+pub fn validate_upsert(
+    doc: &DocumentRecord,
+    chunks: Vec<ChunkInput>,
+    dimension: usize,
+) -> Result<Vec<(ChunkRecord, Vec<f32>)>> {
+    if doc.id.is_empty() || doc.source.is_empty() {
+        return Err(IndexError::InvalidDocument(
+            "a document needs a non-empty id and source".into(),
+        ));
+    }
+    let mut staged = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        let name = c.chunk.chunk_id();
+        if c.chunk.doc_id != doc.id {
+            return Err(IndexError::InvalidDocument(format!(
+                "chunk {name} belongs to {} but was given with {}",
+                c.chunk.doc_id, doc.id
+            )));
+        }
+        if c.chunk.text.trim().is_empty() {
+            return Err(IndexError::EmptyText { chunk: name });
+        }
+        let v = validate(&name, &c.vector, dimension)?;
+        staged.push((c.chunk, v));
+    }
+    Ok(staged)
+}
+
+/// Checks a query vector (dimension, finite, non-zero) and normalises it to unit length.
+pub fn validate_query(vector: &[f32], dimension: usize) -> Result<Vec<f32>> {
+    validate("query", vector, dimension)
+}

@@ -1,0 +1,223 @@
+//! What is specific to a server-backed index: clear errors when the server is unreachable or
+//! lacks pgvector, the embedder manifest, versioned migrations under concurrent start-up, and
+//! several replicas sharing one index.
+
+mod common;
+
+use std::str::FromStr;
+
+use cairn_index::conformance::{
+    DocSpec, assert_embedder_mismatch, axis_vector, corpus, doc_ids, embedder, put, request,
+};
+use cairn_index::{Filter, IndexBackend, IndexError, IndexOptions, SearchMode};
+use cairn_pg::{PgIndex, PgOptions, SCHEMA_VERSION};
+use common::{Schema, pg_url};
+
+fn open(options: &PgOptions) -> PgIndex {
+    PgIndex::open(options, &IndexOptions::new(embedder())).expect("open postgres index")
+}
+
+fn backend_message(result: Result<PgIndex, IndexError>) -> String {
+    match result {
+        Err(IndexError::Backend { backend, message }) => {
+            assert_eq!(backend, "postgres");
+            message
+        }
+        Err(e) => panic!("expected a backend error, got {e}"),
+        Ok(_) => panic!("expected an error, the index opened"),
+    }
+}
+
+#[test]
+fn unreachable_server_is_a_clear_error_without_the_password() {
+    // Port 1 on loopback: nothing listens there, no server needed for this test.
+    let mut options = PgOptions::new("postgresql://cairn:hunter2@127.0.0.1:1/corpus");
+    options.connect_timeout = std::time::Duration::from_secs(2);
+    let message = backend_message(PgIndex::open(&options, &IndexOptions::new(embedder())));
+    assert!(
+        message.contains("cannot reach PostgreSQL at cairn@127.0.0.1:1/corpus"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn invalid_schema_name_is_refused_before_connecting() {
+    let mut options = PgOptions::new("postgresql://cairn@127.0.0.1:1/corpus");
+    options.schema = "x; DROP TABLE documents".into();
+    let message = backend_message(PgIndex::open(&options, &IndexOptions::new(embedder())));
+    assert!(message.contains("schema name"), "{message}");
+}
+
+#[test]
+fn missing_vector_extension_says_how_to_enable_it() {
+    let Some(url) = pg_url() else { return };
+    // A database owned by a role that is not a superuser, without the extension: that role
+    // may not create it (pgvector is not a trusted extension).
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let role_exists = admin
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = 'cairn_noext'", &[])
+        .expect("query")
+        .is_some();
+    if !role_exists {
+        admin
+            .batch_execute("CREATE ROLE cairn_noext LOGIN")
+            .expect("create role");
+    }
+    let db_exists = admin
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = 'cairn_noext'",
+            &[],
+        )
+        .expect("query")
+        .is_some();
+    if !db_exists {
+        admin
+            .batch_execute("CREATE DATABASE cairn_noext OWNER cairn_noext")
+            .expect("create database");
+    }
+    let config = postgres::Config::from_str(&url).expect("url");
+    let host = match &config.get_hosts()[0] {
+        postgres::config::Host::Tcp(h) => h.clone(),
+        postgres::config::Host::Unix(p) => p.display().to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let options = PgOptions::new(format!(
+        "postgresql://cairn_noext@{host}:{port}/cairn_noext"
+    ));
+    let message = backend_message(PgIndex::open(&options, &IndexOptions::new(embedder())));
+    assert!(
+        message.contains("vector extension is not enabled")
+            && message.contains("CREATE EXTENSION vector"),
+        "{message}"
+    );
+}
+
+#[test]
+fn another_embedder_is_refused_with_both_names() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    put(&open(&schema.options()), &corpus());
+    let mut other = IndexOptions::new(embedder());
+    other.embedder.name = "another-model".into();
+    assert_embedder_mismatch(PgIndex::open(&schema.options(), &other));
+    // The right embedder still opens it, with its data intact.
+    assert_eq!(
+        open(&schema.options()).stats().expect("stats").documents,
+        corpus().len()
+    );
+}
+
+#[test]
+fn replicas_starting_together_apply_each_migration_once() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let options = schema.options();
+    let opened: Vec<PgIndex> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4).map(|_| s.spawn(|| open(&options))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert_eq!(opened.len(), 4);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let versions: Vec<i32> = c
+        .query(
+            &format!(
+                "SELECT version FROM {}.schema_version ORDER BY version",
+                schema.name
+            ),
+            &[],
+        )
+        .expect("query")
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+}
+
+#[test]
+fn replicas_share_one_index_and_one_generation_sequence() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let a = open(&schema.options());
+    let b = open(&schema.options());
+    let g1 = put(&a, &corpus());
+    let req = request(
+        "aardvark",
+        Some(axis_vector(0, 0.0)),
+        SearchMode::Hybrid,
+        Filter::default(),
+    );
+    // Written through one, searched through the other.
+    assert_eq!(
+        doc_ids(&b, &req).first().map(String::as_str),
+        Some("wiki:a")
+    );
+    let g2 = put(&b, &[DocSpec::new("wiki:z", "zebra", 7)]);
+    assert_eq!(g2, g1 + 1);
+    assert_eq!(a.generation().expect("generation"), g2);
+    // A delete through one is seen by the other in every mode.
+    let mut w = b.writer().expect("writer");
+    w.delete("wiki:a");
+    w.commit().expect("commit");
+    cairn_index::conformance::assert_absent(&a, "aardvark", 0, "wiki:a");
+}
+
+#[test]
+fn one_replica_at_a_time_runs_a_source_and_state_is_shared() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let a = open(&schema.options());
+    let b = open(&schema.options());
+    let claim = a.claim_source("docs").expect("claim").expect("free");
+    assert!(b.claim_source("docs").expect("claim").is_none());
+    // Another source is independent.
+    assert!(b.claim_source("crm").expect("claim").is_some());
+    drop(claim);
+    assert!(b.claim_source("docs").expect("claim").is_some());
+
+    assert!(b.source_state("docs").expect("state").is_none());
+    let state = serde_json::json!({"watermark": "2024-05-01T00:00:00Z"});
+    let report = serde_json::json!({"source": "docs"});
+    a.put_source_state("docs", &state, &report).expect("put");
+    assert_eq!(
+        b.source_state("docs").expect("state"),
+        Some((state, Some(report)))
+    );
+}
+
+#[test]
+fn a_dead_replica_releases_its_claim() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let b = open(&schema.options());
+    {
+        let a = open(&schema.options());
+        let claim = a.claim_source("docs").expect("claim").expect("free");
+        assert!(b.claim_source("docs").expect("claim").is_none());
+        // A crash: the claim's connection closes without an unlock.
+        std::mem::forget(claim);
+        drop(a);
+    }
+    // The leaked connection is still open in this process (forgotten, not closed), so end its
+    // session the way a dead replica's ends: from the server side (waiting until it is gone).
+    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let key = format!("cairn-source:{}:docs", schema.name);
+    let ended: Vec<bool> = admin
+        .query(
+            "WITH k AS (SELECT hashtextextended($1, 0) AS k)
+             SELECT pg_terminate_backend(l.pid, 10000) FROM pg_locks l, k
+             WHERE l.locktype = 'advisory' AND l.granted
+               AND l.classid = ((k.k >> 32) & 4294967295)::oid
+               AND l.objid = (k.k & 4294967295)::oid",
+            &[&key],
+        )
+        .expect("terminate")
+        .into_iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ended, [true]);
+    assert!(b.claim_source("docs").expect("claim").is_some());
+}
