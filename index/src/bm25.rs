@@ -100,6 +100,26 @@ pub fn body_text(doc: &DocumentRecord, chunk: &ChunkRecord) -> String {
     s
 }
 
+/// Deletes the files a writer killed mid-commit left behind (tantivy registers each file before
+/// writing it, so they are known but unreferenced by the last commit). Left in place, the next
+/// commit can reuse one of their names — a segment's `<id>.<opstamp>.del` — and fail with
+/// `FileAlreadyExists`. Runs at open, when no other writer can exist.
+fn remove_unfinished_commit_files(index: &TantivyIndex, path: &Path) -> Result<()> {
+    let tv = |source| IndexError::Bm25 {
+        path: path.to_path_buf(),
+        source,
+    };
+    let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_HEAP).map_err(tv)?;
+    let removed = writer.garbage_collect_files().wait().map_err(tv)?;
+    if !removed.deleted_files.is_empty() {
+        tracing::info!(
+            files = removed.deleted_files.len(),
+            "removed BM25 files of an unfinished commit"
+        );
+    }
+    Ok(())
+}
+
 impl Bm25 {
     pub fn open(path: &Path) -> Result<Bm25> {
         let tv = |source| IndexError::Bm25 {
@@ -126,6 +146,7 @@ impl Bm25 {
             other => tv(other),
         })?;
         check_files(&index, path)?;
+        remove_unfinished_commit_files(&index, path)?;
         index.tokenizers().register(ANALYZER, analyzer());
         // Opening the reader opens every segment file: a failure here is a damaged index.
         let reader = index

@@ -558,7 +558,7 @@ pub fn invalid_input_is_a_typed_error_and_stages_nothing(open: &Opener) {
     ));
 }
 
-/// Hybrid hits carry both rankings and the RRF sum of them; single-retriever hits carry only
+/// Hybrid hits carry both rankings and their fused score (the configured fusion); single-retriever hits carry only
 /// their own side, with the retriever's score as the hit's score; ranks run 1, 2, 3...
 pub fn score_breakdown_has_the_same_shape(open: &Opener) {
     let index = open();
@@ -575,15 +575,16 @@ pub fn score_breakdown_has_the_same_shape(open: &Opener) {
     assert_eq!((b.bm25_rank, b.vector_rank), (Some(1), Some(1)));
     assert!(b.bm25_score.expect("bm25 score") > 0.0);
     assert!((b.vector_similarity.expect("similarity") - 1.0).abs() < 0.05);
-    let Fusion::Rrf {
-        k,
-        bm25_weight,
-        vector_weight,
-    } = fusion()
-    else {
-        unreachable!("the default fusion is RRF")
+    // The top hit is first on both sides: rank 1 twice for RRF, the best normalised score
+    // (1.0) twice for the convex combination.
+    let expected = match fusion() {
+        Fusion::Rrf {
+            k,
+            bm25_weight,
+            vector_weight,
+        } => bm25_weight / (k + 1.0) + vector_weight / (k + 1.0),
+        Fusion::Convex { alpha } => alpha + (1.0 - alpha),
     };
-    let expected = bm25_weight / (k + 1.0) + vector_weight / (k + 1.0);
     assert!((b.fused - expected).abs() < 1e-6, "{b:?}");
     assert!((hits[0].score - b.fused).abs() < 1e-6);
     // Vector-only hits of the hybrid list have no BM25 side.
