@@ -312,7 +312,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::HashKey { .. } | Command::Models(_) => Ok(std::process::ExitCode::SUCCESS),
         Command::Eval(EvalCommand::Answers { qa, json }) => {
             let items = crate::eval::answers::read_qa(&qa)?;
-            let report = runtime.block_on(crate::eval::answers::answers(engine, &items))?;
+            let report = runtime.block_on(crate::eval::answers::answers(engine.clone(), &items))?;
+            // Every answer left a trace: send queued spans before the process exits.
+            engine.traces.flush_export();
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -349,6 +351,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 requests,
             };
             let levels = runtime.block_on(crate::loadgen::run(engine.clone(), &options))?;
+            engine.traces.flush_export();
             if json {
                 for l in &levels {
                     println!("{}", serde_json::to_string(l)?);
