@@ -441,10 +441,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                         "{:<14} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
                         r.mode,
                         r.queries,
-                        r.ndcg_10,
-                        r.recall_10,
-                        r.recall_100,
-                        r.mrr_10,
+                        r.metrics.ndcg_10,
+                        r.metrics.recall_10,
+                        r.metrics.recall_100,
+                        r.metrics.mrr_10,
                         r.latency_p50_ms,
                         r.latency_p99_ms
                     );
@@ -486,7 +486,7 @@ fn models(
 
 fn print_fusion_report(r: &crate::eval::fusion::FusionReport) {
     let mut rows: Vec<_> = r.results.iter().collect();
-    rows.sort_by(|a, b| b.ndcg_10.total_cmp(&a.ndcg_10));
+    rows.sort_by(|a, b| b.metrics.ndcg_10.total_cmp(&a.metrics.ndcg_10));
     println!(
         "{:<34} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
         "setting", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "even", "odd"
@@ -500,10 +500,10 @@ fn print_fusion_report(r: &crate::eval::fusion::FusionReport) {
         println!(
             "{:<34} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.4} {:>9.4}{mark}",
             x.setting,
-            x.ndcg_10,
-            x.recall_10,
-            x.recall_100,
-            x.mrr_10,
+            x.metrics.ndcg_10,
+            x.metrics.recall_10,
+            x.metrics.recall_100,
+            x.metrics.mrr_10,
             x.ndcg_10_folds[0],
             x.ndcg_10_folds[1]
         );

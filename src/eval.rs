@@ -74,11 +74,9 @@ pub fn mrr_at(ranked: &[String], rels: &HashMap<String, u32>, k: usize) -> f64 {
         .map_or(0.0, |i| 1.0 / (i + 1) as f64)
 }
 
-/// One mode's results, as printed by `--json` (one object per line).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModeResult {
-    pub mode: String,
-    pub queries: usize,
+/// The ranking metrics of one query, or their mean over many.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Metrics {
     #[serde(rename = "ndcg@10")]
     pub ndcg_10: f64,
     #[serde(rename = "recall@10")]
@@ -87,6 +85,39 @@ pub struct ModeResult {
     pub recall_100: f64,
     #[serde(rename = "mrr@10")]
     pub mrr_10: f64,
+}
+
+impl Metrics {
+    /// nDCG@10, Recall@10/100 and MRR@10 of one ranked document list.
+    pub fn of(ranked: &[String], rels: &HashMap<String, u32>) -> Metrics {
+        Metrics {
+            ndcg_10: ndcg_at(ranked, rels, 10),
+            recall_10: recall_at(ranked, rels, 10),
+            recall_100: recall_at(ranked, rels, 100),
+            mrr_10: mrr_at(ranked, rels, 10),
+        }
+    }
+
+    /// The mean of per-query metrics (all zero for none).
+    pub fn mean(all: &[Metrics]) -> Metrics {
+        let n = all.len().max(1) as f64;
+        let sum = |f: fn(&Metrics) -> f64| all.iter().map(f).sum::<f64>() / n;
+        Metrics {
+            ndcg_10: sum(|m| m.ndcg_10),
+            recall_10: sum(|m| m.recall_10),
+            recall_100: sum(|m| m.recall_100),
+            mrr_10: sum(|m| m.mrr_10),
+        }
+    }
+}
+
+/// One mode's results, as printed by `--json` (one object per line).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModeResult {
+    pub mode: String,
+    pub queries: usize,
+    #[serde(flatten)]
+    pub metrics: Metrics,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
 }
@@ -390,8 +421,7 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
     let index = Arc::new(index);
     let mut results = Vec::new();
     for mode in &options.modes {
-        let mut ndcg = 0.0;
-        let (mut r10, mut r100, mut mrr) = (0.0, 0.0, 0.0);
+        let mut per_query = Vec::with_capacity(queries.len());
         let mut latencies = Vec::with_capacity(queries.len());
         for q in &queries {
             let started = Instant::now();
@@ -415,22 +445,14 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
             }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             let ranked = distinct_documents(hits.iter().map(|h| h.document.external_id.as_str()));
-            let rels = &qrels[&q.id];
-            ndcg += ndcg_at(&ranked, rels, 10);
-            r10 += recall_at(&ranked, rels, 10);
-            r100 += recall_at(&ranked, rels, 100);
-            mrr += mrr_at(&ranked, rels, 10);
+            per_query.push(Metrics::of(&ranked, &qrels[&q.id]));
         }
         latencies.sort_by(f64::total_cmp);
-        let n = queries.len() as f64;
         let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
         results.push(ModeResult {
             mode: mode.name().to_string(),
             queries: queries.len(),
-            ndcg_10: ndcg / n,
-            recall_10: r10 / n,
-            recall_100: r100 / n,
-            mrr_10: mrr / n,
+            metrics: Metrics::mean(&per_query),
             latency_p50_ms: pct(0.5),
             latency_p99_ms: pct(0.99),
         });

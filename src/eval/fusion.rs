@@ -14,9 +14,7 @@ use serde::Serialize;
 
 use cairn_index::{Filter, Fusion, Hit, SearchMode, SearchRequest, fuse};
 
-use super::{
-    Qrels, distinct_documents, judged_queries, mrr_at, ndcg_at, open_dataset_index, recall_at,
-};
+use super::{Metrics, Qrels, distinct_documents, judged_queries, open_dataset_index};
 use crate::engine::Engine;
 
 /// What `cairn eval fusion` evaluates.
@@ -35,14 +33,8 @@ pub struct FusionResult {
     /// The setting in config form; `None` for the one-side references.
     pub fusion: Option<Fusion>,
     pub queries: usize,
-    #[serde(rename = "ndcg@10")]
-    pub ndcg_10: f64,
-    #[serde(rename = "recall@10")]
-    pub recall_10: f64,
-    #[serde(rename = "recall@100")]
-    pub recall_100: f64,
-    #[serde(rename = "mrr@10")]
-    pub mrr_10: f64,
+    #[serde(flatten)]
+    pub metrics: Metrics,
     /// nDCG@10 over the even- and odd-positioned queries.
     pub ndcg_10_folds: [f64; 2],
 }
@@ -126,16 +118,6 @@ pub fn grid() -> Vec<Fusion> {
     out
 }
 
-/// Per-query metrics of one ranked document list.
-fn metrics(ranked: &[String], rels: &HashMap<String, u32>) -> [f64; 4] {
-    [
-        ndcg_at(ranked, rels, 10),
-        recall_at(ranked, rels, 10),
-        recall_at(ranked, rels, 100),
-        mrr_at(ranked, rels, 10),
-    ]
-}
-
 /// Scores one way of ranking every query (`rank` maps a query's lists to chunk ids, best first).
 fn score(
     setting: String,
@@ -144,29 +126,25 @@ fn score(
     chunks: &Chunks,
     rank: impl Fn(&Lists) -> Vec<u64>,
 ) -> FusionResult {
-    let mut sums = [0.0; 4];
-    let mut folds = [(0.0, 0usize); 2];
-    for (i, (lists, rels)) in per_query.iter().enumerate() {
-        let order = rank(lists);
-        let ranked = distinct_documents(order.iter().map(|id| chunks.docs[*id as usize].as_str()));
-        let m = metrics(&ranked, rels);
-        for (s, v) in sums.iter_mut().zip(m) {
-            *s += v;
-        }
-        folds[i % 2].0 += m[0];
-        folds[i % 2].1 += 1;
-    }
-    let n = per_query.len() as f64;
-    let fold = |f: (f64, usize)| if f.1 == 0 { 0.0 } else { f.0 / f.1 as f64 };
+    let per_query: Vec<Metrics> = per_query
+        .iter()
+        .map(|(lists, rels)| {
+            let order = rank(lists);
+            let ranked =
+                distinct_documents(order.iter().map(|id| chunks.docs[*id as usize].as_str()));
+            Metrics::of(&ranked, rels)
+        })
+        .collect();
+    let fold = |f: usize| {
+        let half: Vec<Metrics> = per_query.iter().skip(f).step_by(2).copied().collect();
+        Metrics::mean(&half).ndcg_10
+    };
     FusionResult {
         setting,
         fusion,
         queries: per_query.len(),
-        ndcg_10: sums[0] / n,
-        recall_10: sums[1] / n,
-        recall_100: sums[2] / n,
-        mrr_10: sums[3] / n,
-        ndcg_10_folds: [fold(folds[0]), fold(folds[1])],
+        metrics: Metrics::mean(&per_query),
+        ndcg_10_folds: [fold(0), fold(1)],
     }
 }
 
@@ -293,8 +271,8 @@ mod tests {
         let second = 1.0 / 3f64.log2();
         assert!((bm25.ndcg_10_folds[0] - 1.0).abs() < 1e-12);
         assert!((bm25.ndcg_10_folds[1] - second).abs() < 1e-12);
-        assert!((bm25.ndcg_10 - (1.0 + second) / 2.0).abs() < 1e-12);
-        assert!((bm25.mrr_10 - 0.75).abs() < 1e-12);
+        assert!((bm25.metrics.ndcg_10 - (1.0 + second) / 2.0).abs() < 1e-12);
+        assert!((bm25.metrics.mrr_10 - 0.75).abs() < 1e-12);
         let dense = score("dense".into(), None, &per_query, &chunks, |l| {
             l.vector.iter().map(|(id, _)| *id).collect()
         });
