@@ -371,19 +371,32 @@ async fn run(
     // Retrieval (CPU-bound: embedding + index) off the async threads.
     let eng = engine.clone();
     let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
+    // Context: relevant hits as passages (near-duplicates out, cut chunks completed by their
+    // neighbours), within the word budget. Chosen in the same blocking task, since neighbour
+    // lookups read the store.
+    let min_sim = engine.config.retrieval.min_similarity;
+    let options = ContextOptions {
+        max_words: engine.config.retrieval.max_context_words,
+        near_duplicate: engine.config.retrieval.near_duplicate,
+        neighbours: engine.config.retrieval.neighbours,
+    };
     let retrieved = tokio::task::spawn_blocking(move || {
         let embed_started = Instant::now();
         let vector = eng.embed_query(&question)?;
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
         let (hits, rerank_ms) = eng.retrieve(&question, vector.clone(), k, filter)?;
-        Ok::<_, anyhow::Error>((hits, vector, embed_ms, rerank_ms))
+        let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let candidates: Vec<&Hit> = hits.iter().filter(|h| relevant(h, min_sim)).collect();
+        let selected = context::select(&candidates, &options, &mut |doc| eng.neighbour_chunks(doc));
+        Ok::<_, anyhow::Error>((hits, selected, vector, [embed_ms, rerank_ms, retrieve_ms]))
     })
     .await;
-    let (hits, question_vec) = match retrieved {
-        Ok(Ok((hits, vector, embed_ms, rerank_ms))) => {
+    let (hits, (context, selection), question_vec) = match retrieved {
+        Ok(Ok((hits, selected, vector, [embed_ms, rerank_ms, retrieve_ms]))) => {
             trace.timings.embed_ms = embed_ms;
             trace.timings.rerank_ms = rerank_ms;
-            (hits, vector)
+            trace.timings.retrieve_ms = retrieve_ms;
+            (hits, selected, vector)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "retrieval failed");
@@ -401,7 +414,6 @@ async fn run(
             return out.internal_error().await;
         }
     };
-    trace.timings.retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
     trace.retrieved = hits
         .iter()
         .map(|h| RetrievedChunk {
@@ -418,32 +430,6 @@ async fn run(
         return "client_disconnected";
     }
 
-    // Context: relevant hits as passages (near-duplicates out, cut chunks completed by their
-    // neighbours), within the word budget. Neighbour lookups read the store: off the runtime.
-    let min_sim = engine.config.retrieval.min_similarity;
-    let options = ContextOptions {
-        max_words: engine.config.retrieval.max_context_words,
-        near_duplicate: engine.config.retrieval.near_duplicate,
-        neighbours: engine.config.retrieval.neighbours,
-    };
-    let eng = engine.clone();
-    let candidates: Vec<Hit> = hits
-        .iter()
-        .filter(|h| relevant(h, min_sim))
-        .cloned()
-        .collect();
-    let selected = tokio::task::spawn_blocking(move || {
-        let refs: Vec<&Hit> = candidates.iter().collect();
-        context::select(&refs, &options, &mut |doc| eng.neighbour_chunks(doc))
-    })
-    .await;
-    let (context, selection) = match selected {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::error!(error = %e, "context selection panicked");
-            return out.internal_error().await;
-        }
-    };
     trace.context_near_duplicates = selection.near_duplicates;
     trace.context_neighbours = selection.neighbours_added;
 
