@@ -113,6 +113,11 @@ fn join_chunks(chunks: &[ChunkRecord]) -> String {
     out
 }
 
+/// Whether chunk `ordinal` is in `p` or right next to one of its chunks.
+fn touches(p: &Passage, ordinal: u32) -> bool {
+    p.chunks.iter().any(|c| c.ordinal.abs_diff(ordinal) <= 1)
+}
+
 /// Picks passages from `hits` (best first, already relevance-gated). `neighbours_of` returns a
 /// document's chunks in order when its content hash still matches (else nothing); it is called
 /// only for hits that need completing.
@@ -145,12 +150,9 @@ pub fn select(
     let mut passages: Vec<Passage> = Vec::new();
     for (_, h) in &chosen {
         let chunk = h.chunk.clone();
-        let adjacent = passages.iter_mut().find(|p| {
-            p.document.id == h.document.id
-                && p.chunks
-                    .iter()
-                    .any(|c| c.ordinal.abs_diff(chunk.ordinal) <= 1)
-        });
+        let adjacent = passages
+            .iter_mut()
+            .find(|p| p.document.id == h.document.id && touches(p, chunk.ordinal));
         match adjacent {
             Some(p) => {
                 p.retrieved.push(h.chunk_id.clone());
@@ -208,12 +210,10 @@ pub fn select(
         while i < passages.len() {
             let j = (i + 1..passages.len()).find(|&j| {
                 passages[j].document.id == passages[i].document.id
-                    && passages[j].chunks.iter().any(|a| {
-                        passages[i]
-                            .chunks
-                            .iter()
-                            .any(|b| a.ordinal.abs_diff(b.ordinal) <= 1)
-                    })
+                    && passages[j]
+                        .chunks
+                        .iter()
+                        .any(|c| touches(&passages[i], c.ordinal))
             });
             match j {
                 Some(j) => {
