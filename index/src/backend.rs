@@ -5,7 +5,7 @@
 //! This module only declares behaviour; it performs no I/O itself and pulls no network or async
 //! dependency into this crate.
 
-use crate::index::{Index, IndexStats, Writer};
+use crate::index::{Index, IndexStats, Prepared, Staged, Writer};
 use crate::types::{ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Hit, SearchRequest};
 use crate::vectors::validate;
 use crate::{IndexError, Result};
@@ -53,6 +53,33 @@ pub trait IndexWriter {
     /// Publishes the staged changes and returns the new generation number; with nothing staged
     /// it returns the current one. On error nothing is published.
     fn commit(self: Box<Self>) -> Result<u64>;
+    /// Writes the staged changes as a generation that searches do not see until it is
+    /// published, so it can be evaluated first (the reindex quality gate). `Ok(None)` when
+    /// nothing is staged. Backends that cannot hold a generation back return an error.
+    fn prepare<'w>(self: Box<Self>) -> Result<Option<Box<dyn PreparedGeneration + 'w>>>
+    where
+        Self: 'w,
+    {
+        Err(IndexError::Backend {
+            backend: "index",
+            message: "this index backend cannot hold a generation back for evaluation; \
+                      remove [quality_gate] file or use the embedded backend"
+                .into(),
+        })
+    }
+}
+
+/// A written generation that is not serving yet (see [`IndexWriter::prepare`]). Dropping it
+/// discards it.
+pub trait PreparedGeneration {
+    /// The number it gets when published.
+    fn generation(&self) -> u64;
+    /// Searches it exactly as the index will once it is published.
+    fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>>;
+    /// Switches it in; returns its number.
+    fn publish(self: Box<Self>) -> Result<u64>;
+    /// Drops it; the serving generation stays.
+    fn discard(self: Box<Self>) -> Result<()>;
 }
 
 impl IndexBackend for Index {
@@ -112,6 +139,34 @@ impl IndexWriter for Writer<'_> {
 
     fn commit(self: Box<Self>) -> Result<u64> {
         Writer::commit(*self)
+    }
+
+    fn prepare<'w>(self: Box<Self>) -> Result<Option<Box<dyn PreparedGeneration + 'w>>>
+    where
+        Self: 'w,
+    {
+        Ok(match Writer::prepare(*self)? {
+            Staged::Nothing(_) => None,
+            Staged::Prepared(p) => Some(Box::new(p)),
+        })
+    }
+}
+
+impl PreparedGeneration for Prepared<'_> {
+    fn generation(&self) -> u64 {
+        Prepared::generation(self)
+    }
+
+    fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        Prepared::search(self, req)
+    }
+
+    fn publish(self: Box<Self>) -> Result<u64> {
+        Prepared::publish(*self)
+    }
+
+    fn discard(self: Box<Self>) -> Result<()> {
+        Prepared::discard(*self)
     }
 }
 

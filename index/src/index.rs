@@ -401,7 +401,11 @@ impl Index {
 
     /// Hybrid (or single-retriever) search with filters applied inside each retriever.
     pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
-        let g = self.current.load_full();
+        self.search_in(&self.current.load_full(), req)
+    }
+
+    /// [`Index::search`] over one given generation (the published one, or a prepared one).
+    fn search_in(&self, g: &Generation, req: &SearchRequest) -> Result<Vec<Hit>> {
         let candidates = self.options.candidates.max(req.k);
         let want_bm25 = matches!(req.mode, SearchMode::Bm25 | SearchMode::Hybrid);
         let want_vec = matches!(req.mode, SearchMode::Dense | SearchMode::Hybrid);
@@ -422,7 +426,7 @@ impl Index {
             Vec::new()
         };
         let vec_hits = match (&req.vector, want_vec) {
-            (Some(v), true) => self.vector_search(&g, v, candidates, &req.filter)?,
+            (Some(v), true) => self.vector_search(g, v, candidates, &req.filter)?,
             (None, true) if req.mode == SearchMode::Dense => {
                 return Err(IndexError::InvalidDocument(
                     "dense search needs a query vector".into(),
@@ -563,7 +567,7 @@ pub struct Writer<'a> {
     deletes: Vec<String>,
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
     /// Stages a document and its chunks, replacing any previous version. Validates every chunk
     /// (non-empty text, vector of the right dimension, finite, non-zero) before staging.
     pub fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()> {
@@ -589,10 +593,21 @@ impl Writer<'_> {
     /// Writes and publishes a new generation; returns its number. On error nothing is
     /// published and the previous generation keeps serving.
     pub fn commit(self) -> Result<u64> {
+        match self.prepare()? {
+            Staged::Nothing(number) => Ok(number),
+            Staged::Prepared(p) => p.publish(),
+        }
+    }
+
+    /// Writes the staged changes and builds their generation without publishing it: searches
+    /// keep using the current generation, and a crash leaves the index as it was (the store's
+    /// commit point is not moved; BM25 is rebuilt from the store on open). The caller can
+    /// search the prepared generation, then [`Prepared::publish`] or [`Prepared::discard`] it.
+    pub fn prepare(self) -> Result<Staged<'a>> {
         let index = self.index;
         let old = index.current.load_full();
         if self.upserts.is_empty() && self.deletes.is_empty() {
-            return Ok(old.number);
+            return Ok(Staged::Nothing(old.number));
         }
         let next = old.number + 1;
         let store = &index.store;
@@ -603,6 +618,7 @@ impl Writer<'_> {
         let mut changes = Vec::new();
         let mut new_vectors = Vec::with_capacity(n_chunks);
         let mut dead: Vec<u64> = Vec::new();
+        let mut staged_ids: Vec<u64> = Vec::with_capacity(n_chunks);
         let mut bm25 = index.bm25.writer()?;
         let mut new_live: Vec<(u64, Arc<DocumentRecord>)> = Vec::new();
         let mut removed_docs: HashSet<String> = HashSet::new();
@@ -631,6 +647,7 @@ impl Writer<'_> {
                 new_vectors.push((id, vector.clone()));
                 new_live.push((id, rec.clone()));
             }
+            staged_ids.extend(&ids);
             store.put_chunks(&items)?;
             removed_docs.insert(doc.id.clone());
             changes.push(DocChange::Put(Box::new(StoredDoc {
@@ -638,12 +655,11 @@ impl Writer<'_> {
                 chunk_ids: ids,
             })));
         }
-        // 2. BM25, then 3. the store's commit point.
+        // 2. BM25. Its searcher is reloaded for the prepared generation only; the published
+        // generation keeps its own searcher, so it does not see these changes.
         bm25.commit(next)?;
-        store.commit(&changes, next)?;
-        write_committed_marker(&index.dir, next)?;
 
-        // 4. Build and publish the new generation.
+        // The new generation, built but not published.
         let dead_set: HashSet<u64> = dead.iter().copied().collect();
         let mut live: HashMap<u64, Arc<DocumentRecord>> = old
             .live
@@ -660,22 +676,144 @@ impl Writer<'_> {
             &index.options.vectors,
         );
         let searcher = index.bm25.reload()?;
-        index
-            .current
-            .store(Arc::new(Generation::new(next, searcher, live, segments)));
-        // Old bodies are unreachable from the new generation, but a reader may still be on the
-        // old one: retire them and delete them once it is released.
+        Ok(Staged::Prepared(Prepared {
+            index,
+            _guard: self._guard,
+            old,
+            next: Some(Arc::new(Generation::new(next, searcher, live, segments))),
+            changes,
+            dead,
+            staged_ids,
+            upserts: self.upserts.len(),
+            deletes: self.deletes.len(),
+        }))
+    }
+}
+
+/// What [`Writer::prepare`] produced.
+pub enum Staged<'a> {
+    /// Nothing was staged; the current generation number.
+    Nothing(u64),
+    Prepared(Prepared<'a>),
+}
+
+/// A written but unpublished generation. It holds the index's writer lock until it is
+/// published or discarded; dropping it discards it.
+pub struct Prepared<'a> {
+    index: &'a Index,
+    _guard: MutexGuard<'a, ()>,
+    /// The generation serving while this one is prepared.
+    old: Arc<Generation>,
+    /// `None` once published or discarded.
+    next: Option<Arc<Generation>>,
+    changes: Vec<DocChange>,
+    /// Chunk bodies the new generation no longer references.
+    dead: Vec<u64>,
+    /// Chunk bodies written for the new generation.
+    staged_ids: Vec<u64>,
+    upserts: usize,
+    deletes: usize,
+}
+
+impl Prepared<'_> {
+    /// The number the generation gets when published.
+    pub fn generation(&self) -> u64 {
+        self.next.as_ref().map_or(self.old.number, |g| g.number)
+    }
+
+    /// Searches the prepared generation exactly as [`Index::search`] would once published.
+    pub fn search(&self, req: &SearchRequest) -> Result<Vec<Hit>> {
+        match &self.next {
+            Some(g) => self.index.search_in(g, req),
+            None => self.index.search_in(&self.old, req),
+        }
+    }
+
+    /// Publishes the generation: moves the store's commit point, then swaps it in.
+    pub fn publish(mut self) -> Result<u64> {
+        let index = self.index;
+        let Some(next) = self.next.take() else {
+            return Ok(self.old.number);
+        };
+        // 3. The store's commit point.
+        if let Err(e) = index.store.commit(&self.changes, next.number) {
+            // The store's transaction did not happen: put BM25 back so it matches the
+            // serving generation again.
+            self.next = Some(next);
+            self.rollback();
+            return Err(e);
+        }
+        // A marker behind the store is harmless (see `check_committed_marker`).
+        if let Err(e) = write_committed_marker(&index.dir, next.number) {
+            tracing::warn!(error = %e, "could not update the committed-generation marker");
+        }
+        // 4. Publish.
+        let number = next.number;
+        index.current.store(next);
+        // 5.-6. Persist graphs; retire bodies the old generation may still be reading.
         index.persist_graphs(&index.current.load());
-        let retired_gen = Arc::downgrade(&old);
+        let retired_gen = Arc::downgrade(&self.old);
+        let old = std::mem::replace(&mut self.old, index.current.load_full());
         drop(old);
-        index.retire(retired_gen, dead)?;
+        index.retire(retired_gen, std::mem::take(&mut self.dead))?;
         tracing::debug!(
-            generation = next,
-            upserts = self.upserts.len(),
-            deletes = self.deletes.len(),
+            generation = number,
+            upserts = self.upserts,
+            deletes = self.deletes,
             "committed"
         );
-        Ok(next)
+        Ok(number)
+    }
+
+    /// Drops the generation: the serving one stays, BM25 gets back the documents the staged
+    /// changes replaced or removed, and the staged chunk bodies are deleted. Should this fail
+    /// half-way, hits stay correct (every retriever's hits are limited to the serving
+    /// generation's live chunks) and the next open rebuilds BM25 from the store.
+    pub fn discard(mut self) -> Result<()> {
+        self.rollback_inner()
+    }
+
+    fn rollback(&mut self) {
+        if let Err(e) = self.rollback_inner() {
+            tracing::warn!(error = %e, "could not roll back a prepared generation; BM25 is rebuilt from the store at the next open");
+        }
+    }
+
+    fn rollback_inner(&mut self) -> Result<()> {
+        if self.next.take().is_none() {
+            return Ok(());
+        }
+        let index = self.index;
+        let mut bm25 = index.bm25.writer()?;
+        for change in &self.changes {
+            let doc_id = match change {
+                DocChange::Put(d) => &d.record.id,
+                DocChange::Remove(id) => id,
+            };
+            bm25.delete_doc(doc_id);
+            if let Some(prev) = index.store.doc(doc_id)? {
+                for id in &prev.chunk_ids {
+                    if let Some(chunk) = index.store.chunk(*id)? {
+                        bm25.add_chunk(*id, &prev.record, &chunk)?;
+                    }
+                }
+            }
+        }
+        bm25.commit(self.old.number)?;
+        index.store.remove_chunks(&self.staged_ids)?;
+        tracing::info!(
+            generation = self.old.number,
+            upserts = self.upserts,
+            deletes = self.deletes,
+            "discarded a prepared generation"
+        );
+        Ok(())
+    }
+}
+
+impl Drop for Prepared<'_> {
+    fn drop(&mut self) {
+        self.rollback();
     }
 }
 

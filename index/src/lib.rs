@@ -20,11 +20,11 @@ mod store;
 mod types;
 mod vectors;
 
-pub use backend::{IndexBackend, IndexWriter, validate_query, validate_upsert};
+pub use backend::{IndexBackend, IndexWriter, PreparedGeneration, validate_query, validate_upsert};
 pub use bm25::{body_text, html_escape};
 pub use error::IndexError;
 pub use fusion::{Fusion, fuse, single};
-pub use index::{Index, IndexOptions, IndexStats, Writer};
+pub use index::{Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest, TimeRange, chunk_id_string,
