@@ -21,7 +21,9 @@ use chrono::Utc;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use cairn_index::{ChunkInput, ChunkRecord, DocumentRecord, IndexBackend, IndexWriter};
+use cairn_index::{
+    ChunkInput, ChunkRecord, DocumentRecord, IndexBackend, IndexWriter, PreparedGeneration,
+};
 
 use crate::IngestError;
 use crate::chunking::Chunker;
@@ -124,6 +126,44 @@ pub struct Report {
     /// Where `seconds` went; zero in reports written before stages were measured.
     #[serde(default)]
     pub stages: StageTimes,
+    /// The quality gate's verdict on this run's changes, when a gate is configured and the
+    /// run changed something. When it did not pass, nothing of the run was switched in and
+    /// `state` is the one the run started from, so the next run retries the same changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
+}
+
+/// Decides whether a run's changes may be switched in: it scores the run's prepared
+/// generation (and usually the serving one, for comparison) before anyone can search it.
+pub trait Gate: Sync {
+    /// Judges the prepared generation. An error means the gate could not judge; the run's
+    /// changes are then not switched in (the gate fails closed).
+    fn judge(&self, prepared: &dyn PreparedGeneration) -> Result<GateReport, String>;
+}
+
+/// A gate's verdict, kept in the run's report.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateReport {
+    /// Whether the run's generation was switched in.
+    pub passed: bool,
+    /// Which score dropped and by how much, or that every score held.
+    pub reason: String,
+    /// Questions scored.
+    pub questions: usize,
+    /// The largest drop of any score the gate accepts.
+    pub max_drop: f64,
+    /// The generation serving when the run started, and the one the run prepared.
+    pub serving_generation: u64,
+    pub candidate_generation: u64,
+    /// Each score on the serving and on the prepared generation, by name (`"ndcg@10"`, ...).
+    pub scores: BTreeMap<String, GateScore>,
+}
+
+/// One score before and after.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct GateScore {
+    pub serving: f64,
+    pub candidate: f64,
 }
 
 /// Live progress for progress bars and job status.
@@ -177,6 +217,8 @@ struct Run<'a> {
     writer: Option<Box<dyn IndexWriter + 'a>>,
     fatal: Option<IngestError>,
     clock: Stopwatches,
+    /// With a gate, the whole run is staged in one writer and judged before it is published.
+    gate: Option<&'a dyn Gate>,
 }
 
 impl<'a> Run<'a> {
@@ -244,7 +286,7 @@ impl<'a> Run<'a> {
             }
             Item::Failed { error, .. } => self.line(doc_id, Outcome::Failed { error }),
         }
-        if self.uncommitted >= self.options.commit_every {
+        if self.gate.is_none() && self.uncommitted >= self.options.commit_every {
             self.commit()?;
         }
         Ok(())
@@ -360,6 +402,45 @@ impl<'a> Run<'a> {
         self.uncommitted = 0;
         Ok(())
     }
+
+    /// Commits what is left; with a gate, prepares the run's generation, lets the gate judge
+    /// it, and publishes or discards it.
+    fn finish(&mut self) -> Result<Option<GateReport>, IngestError> {
+        let Some(gate) = self.gate else {
+            self.commit()?;
+            return Ok(None);
+        };
+        self.flush_batch()?;
+        let Some(writer) = self.writer.take() else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let Some(prepared) = writer.prepare()? else {
+            return Ok(None);
+        };
+        let verdict = gate.judge(prepared.as_ref());
+        let report = match verdict {
+            Ok(report) => report,
+            Err(error) => GateReport {
+                passed: false,
+                reason: format!("the quality gate could not score the new generation: {error}"),
+                questions: 0,
+                max_drop: 0.0,
+                serving_generation: self.index.generation()?,
+                candidate_generation: prepared.generation(),
+                scores: BTreeMap::new(),
+            },
+        };
+        if report.passed {
+            prepared.publish()?;
+        } else {
+            tracing::warn!(source = %self.source, reason = %report.reason, "quality gate: the new generation is not switched in");
+            prepared.discard()?;
+        }
+        self.clock.indexing += started.elapsed();
+        self.uncommitted = 0;
+        Ok(Some(report))
+    }
 }
 
 /// How a caller watches and stops a run.
@@ -368,6 +449,9 @@ pub struct Control<'a> {
     pub progress: &'a (dyn Fn(&Progress) + Sync),
     /// Set to stop the run after the current document (committed work is kept).
     pub cancel: &'a AtomicBool,
+    /// Judges the run's changes before they are switched in (see [`Gate`]). With a gate the
+    /// run commits once, at its end, and its changes are held in memory until then.
+    pub gate: Option<&'a dyn Gate>,
 }
 
 /// Runs one source into the index and returns its report.
@@ -380,7 +464,11 @@ pub fn run(
     options: &PipelineOptions,
     control: Control<'_>,
 ) -> Result<Report, IngestError> {
-    let Control { progress, cancel } = control;
+    let Control {
+        progress,
+        cancel,
+        gate,
+    } = control;
     let started = Instant::now();
     let started_at = Utc::now().to_rfc3339();
     let source = connector.name().to_string();
@@ -400,6 +488,7 @@ pub fn run(
         writer: None,
         fatal: None,
         clock: Stopwatches::default(),
+        gate,
     };
     let listing = Instant::now();
     run.state.total = connector.count_hint(state, options.full);
@@ -450,7 +539,8 @@ pub fn run(
         }
     }
     run.clock.indexing += reconciling.elapsed();
-    run.commit()?;
+    let gate_report = run.finish()?;
+    let rejected = gate_report.as_ref().is_some_and(|g| !g.passed);
     if let Some(cache) = &options.embedding_cache {
         let flushing = Instant::now();
         cache.flush();
@@ -458,16 +548,20 @@ pub fn run(
     }
 
     let now = Utc::now().to_rfc3339();
-    let new_state = SyncState {
-        watermark: summary
-            .watermark
-            .clone()
-            .or_else(|| state.watermark.clone()),
-        last_reconciled: if summary.complete {
-            Some(now.clone())
-        } else {
-            state.last_reconciled.clone()
-        },
+    let new_state = if rejected {
+        state.clone()
+    } else {
+        SyncState {
+            watermark: summary
+                .watermark
+                .clone()
+                .or_else(|| state.watermark.clone()),
+            last_reconciled: if summary.complete {
+                Some(now.clone())
+            } else {
+                state.last_reconciled.clone()
+            },
+        }
     };
     Ok(Report {
         source,
@@ -484,5 +578,6 @@ pub fn run(
             embedding: run.clock.embedding.as_secs_f64(),
             indexing: run.clock.indexing.as_secs_f64(),
         },
+        gate: gate_report,
     })
 }

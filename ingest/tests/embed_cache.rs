@@ -118,6 +118,7 @@ impl Setup {
             Control {
                 progress: &|_| {},
                 cancel: &AtomicBool::new(false),
+                gate: None,
             },
         )
         .expect("run");

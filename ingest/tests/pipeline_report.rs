@@ -89,6 +89,7 @@ fn run_slow(index: &Index, source: &mut SlowSource) -> (Report, Vec<Progress>) {
         Control {
             progress: &|p| seen.lock().expect("lock").push(p.clone()),
             cancel: &AtomicBool::new(false),
+            gate: None,
         },
     )
     .expect("run");
