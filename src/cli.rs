@@ -275,7 +275,10 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let reports = ingest_with_progress(&engine, source.as_deref(), full, cli.quiet)?;
             print_reports(&reports);
             let failed: usize = reports.iter().map(|r| r.counts.failed).sum();
-            Ok(if failed > 0 {
+            let refused = reports
+                .iter()
+                .any(|r| r.gate.as_ref().is_some_and(|g| !g.passed));
+            Ok(if failed > 0 || refused {
                 std::process::ExitCode::from(1)
             } else {
                 std::process::ExitCode::SUCCESS
@@ -743,6 +746,10 @@ fn print_reports(reports: &[Report]) {
                 _ => String::new(),
             };
             println!("  {:<9} {} {}", line.outcome.label(), line.doc_id, detail);
+        }
+        if let Some(g) = &r.gate {
+            let verdict = if g.passed { "passed" } else { "REFUSED" };
+            println!("  quality gate {verdict}: {}", g.reason);
         }
     }
 }

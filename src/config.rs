@@ -54,6 +54,7 @@ pub struct RawConfig {
     pub auth: RawAuth,
     pub cache: RawCache,
     pub traces: RawTraces,
+    pub quality_gate: RawQualityGate,
     pub sources: Vec<RawSource>,
 }
 
@@ -86,7 +87,30 @@ impl Default for RawConfig {
             auth: RawAuth::default(),
             cache: RawCache::default(),
             traces: RawTraces::default(),
+            quality_gate: RawQualityGate::default(),
             sources: Vec::new(),
+        }
+    }
+}
+
+/// `[quality_gate]`: golden questions scored on every reindex before its generation is
+/// switched in (see `crate::gate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawQualityGate {
+    /// Golden questions, JSON lines in the `cairn eval answers` format; those with `sources`
+    /// are scored. Unset: no gate.
+    pub file: Option<PathBuf>,
+    /// The largest drop of any score (nDCG@10, Recall@10, Recall@100, MRR@10, over documents)
+    /// a reindex may cause and still be switched in.
+    pub max_drop: f64,
+}
+
+impl Default for RawQualityGate {
+    fn default() -> Self {
+        RawQualityGate {
+            file: None,
+            max_drop: 0.02,
         }
     }
 }
@@ -409,6 +433,7 @@ pub struct Config {
     pub auth: RawAuth,
     pub cache: RawCache,
     pub traces: RawTraces,
+    pub quality_gate: RawQualityGate,
     pub sources: Vec<RawSource>,
 }
 
@@ -652,6 +677,22 @@ fn validate(
             })
         }
     };
+    let mut quality_gate = raw.quality_gate;
+    if !(0.0..=1.0).contains(&quality_gate.max_drop) {
+        return Err(key_err(
+            "quality_gate.max_drop",
+            "must be between 0 and 1 (a drop of a score that itself lies in 0..1)".into(),
+        ));
+    }
+    if quality_gate.file.is_some() && postgres.is_some() {
+        return Err(key_err(
+            "quality_gate.file",
+            "the quality gate needs the embedded index backend (PostgreSQL cannot hold a \
+             generation back to score it yet); remove the key or set [index] backend = \"embedded\""
+                .into(),
+        ));
+    }
+    quality_gate.file = quality_gate.file.map(|f| resolve(base, &f));
     let mut providers = BTreeMap::new();
     for (name, p) in &raw.providers {
         let api_key = match &p.api_key {
@@ -830,6 +871,7 @@ fn validate(
         auth: raw.auth,
         cache: raw.cache,
         traces,
+        quality_gate,
         sources,
     })
 }

@@ -19,13 +19,14 @@ use cairn_ingest::connectors::files::{FilesConnector, FilesOptions};
 use cairn_ingest::connectors::kb_api::KbApiConnector;
 use cairn_ingest::embed_cache::EmbeddingCache;
 use cairn_ingest::extract::PdfOptions;
-use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
+use cairn_ingest::pipeline::{self, Gate, PipelineOptions, Progress, Report};
 use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::cache::AnswerCache;
 use crate::config::{Config, RawSource};
 use crate::embedder::Feedback;
+use crate::gate::{EngineGate, GoldenSet};
 use crate::prompt::Prompt;
 use crate::providers::Router;
 use crate::trace::Traces;
@@ -48,6 +49,8 @@ pub struct Engine {
     /// Query embeddings run here, not on the global pool that ingest embedding saturates.
     query_pool: rayon::ThreadPool,
     ingest_lock: Mutex<()>,
+    /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
+    pub golden: Option<GoldenSet>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -189,6 +192,13 @@ impl Engine {
             .thread_name(|i| format!("cairn-query-{i}"))
             .build()
             .context("starting the query-embedding threads")?;
+        let golden = match &config.quality_gate.file {
+            Some(file) => Some(
+                GoldenSet::load(file, config.quality_gate.max_drop)
+                    .with_context(|| format!("config {}: [quality_gate] file", config.origin))?,
+            ),
+            None => None,
+        };
         Ok(Engine {
             config,
             index,
@@ -203,6 +213,7 @@ impl Engine {
             embed_cache,
             query_pool,
             ingest_lock: Mutex::new(()),
+            golden,
         })
     }
 
@@ -297,6 +308,10 @@ impl Engine {
         {
             anyhow::bail!("no source named `{n}` in {}", self.config.origin);
         }
+        let gate = self.golden.as_ref().map(|golden| EngineGate {
+            engine: self,
+            golden,
+        });
         let mut reports = Vec::new();
         for source in sources {
             let name = source.name().to_string();
@@ -335,6 +350,7 @@ impl Engine {
                 pipeline::Control {
                     progress: &|p| progress(&name, p),
                     cancel,
+                    gate: gate.as_ref().map(|g| g as &dyn Gate),
                 },
             )
             .with_context(|| format!("ingesting source `{name}`"))?;

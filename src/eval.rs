@@ -306,6 +306,7 @@ pub fn ingest_corpus(
         pipeline::Control {
             progress,
             cancel: &AtomicBool::new(false),
+            gate: None,
         },
     )
 }

@@ -243,8 +243,22 @@ impl Jobs {
                             c.chunks += r.counts.chunks;
                         }
                         j.counts = c;
+                        // A run whose generation the quality gate refused changed nothing:
+                        // the job failed, and says why.
+                        let refused: Vec<String> = reports
+                            .iter()
+                            .filter_map(|r| {
+                                let g = r.gate.as_ref().filter(|g| !g.passed)?;
+                                Some(format!("source `{}`: {}", r.source, g.reason))
+                            })
+                            .collect();
                         j.reports = reports;
-                        j.state = JobState::Succeeded;
+                        if refused.is_empty() {
+                            j.state = JobState::Succeeded;
+                        } else {
+                            j.state = JobState::Failed;
+                            j.error = Some(format!("quality gate: {}", refused.join("; ")));
+                        }
                     }
                     Err(e) => {
                         j.state = JobState::Failed;

@@ -13,6 +13,7 @@ pub mod context;
 pub mod embedder;
 pub mod engine;
 pub mod eval;
+pub mod gate;
 pub mod jobs;
 pub mod loadgen;
 pub mod metrics;

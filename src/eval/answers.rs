@@ -3,8 +3,9 @@
 //!
 //! The file is JSON lines, one question each:
 //! `{"id": "q1", "question": "...", "answers": ["gold text", ...], "sources": ["doc id", ...],
-//! "unanswerable": false}` — every field but `question` is optional. `sources` entries match a
-//! document's id (`source:external id`) or its external id.
+//! "unanswerable": false, "groups": ["hr"]}` — every field but `question` is optional. `sources`
+//! entries match a document's id (`source:external id`) or its external id; `groups` are the
+//! access groups the question is asked with. The reindex quality gate reads the same format.
 //!
 //! Reported: citation validity (every shown marker resolves to a passage the model was given and
 //! its quoted sentence occurs in that chunk), citation precision and recall against the expected
@@ -23,6 +24,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::answer::{AnswerEvent, AskRequest, Citation, answer};
+use cairn_index::Filter;
+
 use crate::engine::Engine;
 
 /// One question of a QA file.
@@ -38,6 +41,9 @@ pub struct QaItem {
     pub sources: Vec<String>,
     #[serde(default)]
     pub unanswerable: bool,
+    /// Access groups the question is asked with (none: only documents without groups).
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// Reads a QA file; a bad line is an error naming the line.
@@ -51,7 +57,7 @@ pub fn read_qa(path: &Path) -> anyhow::Result<Vec<QaItem>> {
         }
         let mut item: QaItem = serde_json::from_str(&line).with_context(|| {
             format!(
-                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?}}",
+                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?}}",
                 path.display(),
                 i + 1
             )
@@ -137,7 +143,10 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
     let (tx, mut rx) = mpsc::channel(64);
     let req = AskRequest {
         question: item.question.clone(),
-        filter: Default::default(),
+        filter: Filter {
+            caller_groups: item.groups.clone(),
+            ..Filter::default()
+        },
         top_k: engine.config.retrieval.top_k,
         conversation: Vec::new(),
         budget_key: None,

@@ -3,6 +3,7 @@
 mod browser;
 mod cli;
 mod e2e;
+mod gate;
 mod gateway;
 mod hostile;
 mod llama;
