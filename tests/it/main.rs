@@ -2,10 +2,13 @@
 
 mod browser;
 mod cli;
+mod crash;
 mod e2e;
+mod faults;
 mod gateway;
 mod hostile;
 mod llama;
+mod load;
 mod otlp;
 mod replicas;
 mod server;
