@@ -193,7 +193,36 @@ pub enum BenchCommand {
         /// Requests per level (at least 4 per client).
         #[arg(long, default_value_t = 200)]
         requests: usize,
+        /// Run each level for this many seconds (clients loop over the queries) instead of a
+        /// request count.
+        #[arg(long)]
+        duration: Option<u64>,
+        /// Routes to drive (repeatable): `search`, `ask`.
+        #[arg(long = "route", value_parser = ["search", "ask"], default_values_t = ["search".to_string(), "ask".to_string()])]
+        routes: Vec<String>,
         /// One JSON object per level, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hold many streaming /ask requests open at once against a slow fake provider: completion,
+    /// time to first token, memory, open file descriptors and tokio tasks before and after.
+    #[command(
+        after_help = "Uses the configured index (an empty one ingests the configured sources first); the answer route is pointed at a fake OpenAI-compatible provider started in-process.\nExits with status 1 when a stream did not complete or descriptors or tasks leaked.\nExample:\n  cairn --data-dir /var/tmp/streams bench streams --streams 1000 --tokens 20 --gap-ms 50"
+    )]
+    Streams {
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+        /// Text deltas the fake provider sends per answer.
+        #[arg(long, default_value_t = 20)]
+        tokens: usize,
+        /// Milliseconds between two deltas.
+        #[arg(long, default_value_t = 50)]
+        gap_ms: u64,
+        /// The question every stream asks (the index must hold something relevant to it).
+        #[arg(long, default_value = "How long do refunds take?")]
+        question: String,
+        /// Print one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -258,6 +287,32 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         ),
     };
+    if let Command::Bench(BenchCommand::Streams {
+        streams,
+        tokens,
+        gap_ms,
+        question,
+        json,
+    }) = &cli.command
+    {
+        let options = crate::loadgen::streams::StreamsOptions {
+            streams: *streams,
+            tokens: *tokens,
+            gap: Duration::from_millis(*gap_ms),
+            question: question.clone(),
+        };
+        let report = crate::loadgen::streams::run(config, &open, &options)?;
+        if *json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            crate::loadgen::streams::print(&report);
+        }
+        return Ok(if report.problems.is_empty() {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::from(1)
+        });
+    }
     let engine = Arc::new(Engine::open_with(config, &open)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -312,7 +367,9 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Ask { question, json } => runtime.block_on(ask(engine, question, json)),
-        Command::HashKey { .. } | Command::Models(_) => Ok(std::process::ExitCode::SUCCESS),
+        Command::HashKey { .. }
+        | Command::Models(_)
+        | Command::Bench(BenchCommand::Streams { .. }) => Ok(std::process::ExitCode::SUCCESS),
         Command::Eval(EvalCommand::Answers { qa, json }) => {
             let items = crate::eval::answers::read_qa(&qa)?;
             let report = runtime.block_on(crate::eval::answers::answers(engine.clone(), &items))?;
@@ -329,6 +386,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             dataset,
             clients,
             requests,
+            duration,
+            routes,
             json,
         }) => {
             anyhow::ensure!(
@@ -352,6 +411,8 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 queries: crate::loadgen::read_queries(&dataset.join("queries.jsonl"))?,
                 clients,
                 requests,
+                duration: duration.map(Duration::from_secs),
+                routes,
             };
             let levels = runtime.block_on(crate::loadgen::run(engine.clone(), &options))?;
             engine.traces.flush_export();
@@ -361,6 +422,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             } else {
                 crate::loadgen::print(&levels);
+            }
+            let errors: usize = levels.iter().map(|l| l.errors).sum();
+            if errors > 0 {
+                eprintln!("error: {errors} requests failed");
+                return Ok(std::process::ExitCode::from(1));
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -582,9 +648,12 @@ async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let grace = Duration::from_secs(engine.config.server.shutdown_grace_secs);
     crate::metrics::handle();
     let app = router(AppState::new(engine.clone())?);
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind"))?
+    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
+        anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind")
+    })?;
+    // The bound address, not the configured one: with port 0 the system picks the port.
+    let bind = listener.local_addr()?;
+    let listener = listener
         // Streamed tokens are small writes: without TCP_NODELAY, Nagle's algorithm holds each
         // one back until the previous one is acknowledged.
         .tap_io(|tcp| {

@@ -261,6 +261,9 @@ impl Jobs {
                         }
                     }
                     Err(e) => {
+                        // An operator must act (disk full, index unwritable): say so in the log
+                        // as well as in the job.
+                        tracing::error!(job = %j.id, error = %format!("{e:#}"), "reindex job failed");
                         j.state = JobState::Failed;
                         j.error = Some(format!("{e:#}"));
                     }

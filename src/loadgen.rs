@@ -9,6 +9,10 @@
 //! server itself: `took_ms` of each /search response, and the request trace of each /ask (found
 //! by the trace id of its `done` event): embedding, retrieval (embedding included), rerank and
 //! time to first token. Percentiles are nearest-rank over the level's successful requests.
+//! With `--duration`, each level runs for that long instead (sustained load), clients taking
+//! queries round-robin. [`streams`] holds `cairn bench streams` (many long-lived /ask streams).
+
+pub mod streams;
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -53,6 +57,17 @@ pub struct LoadOptions {
     pub clients: Vec<usize>,
     /// Requests per level: at least this many, and at least 4 per client.
     pub requests: usize,
+    /// When set, each level runs this long instead of for `requests` requests.
+    pub duration: Option<Duration>,
+    /// The routes to drive, of `search` and `ask`, in that order.
+    pub routes: Vec<String>,
+}
+
+/// When a level stops: after a number of requests, or at a deadline.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    Requests(usize),
+    Deadline(Instant),
 }
 
 /// Reads the query texts of a BEIR `queries.jsonl`.
@@ -163,7 +178,7 @@ async fn run_level(
     base: &str,
     route: &'static str,
     clients: usize,
-    requests: usize,
+    until: Until,
     queries: &Arc<Vec<String>>,
     offset: usize,
 ) -> Level {
@@ -187,8 +202,10 @@ async fn run_level(
             let mut out = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= requests {
-                    break;
+                match until {
+                    Until::Requests(n) if i >= n => break,
+                    Until::Deadline(d) if Instant::now() >= d => break,
+                    _ => {}
                 }
                 let q = &queries[(offset + i) % queries.len()];
                 out.push(match route {
@@ -199,7 +216,7 @@ async fn run_level(
             out
         }));
     }
-    let mut samples = Vec::with_capacity(requests);
+    let mut samples = Vec::new();
     for t in tasks {
         samples.extend(t.await.unwrap_or_default());
     }
@@ -250,6 +267,21 @@ async fn run_level(
     level
 }
 
+/// Serves `app` on `127.0.0.1:0` with `TCP_NODELAY`; returns the address and the server task.
+pub(crate) async fn serve_loopback(
+    app: axum::Router,
+) -> anyhow::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, server))
+}
+
 /// Serves `engine` on loopback and measures every (route, concurrency) level.
 pub async fn run(engine: Arc<Engine>, options: &LoadOptions) -> anyhow::Result<Vec<Level>> {
     if engine.config.cache.enabled {
@@ -257,22 +289,24 @@ pub async fn run(engine: Arc<Engine>, options: &LoadOptions) -> anyhow::Result<V
             "note: the answer cache is on; repeated questions are served from it (set CAIRN__CACHE__ENABLED=false to measure the pipeline)"
         );
     }
-    let app = router(AppState::new(engine.clone())?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (addr, server) = serve_loopback(router(AppState::new(engine.clone())?)).await?;
     let base = format!("http://{addr}");
     let queries = Arc::new(options.queries.clone());
     let mut levels = Vec::new();
     let mut offset = 0;
     for route in ["search", "ask"] {
+        if !options.routes.iter().any(|r| r == route) {
+            continue;
+        }
         for &c in &options.clients {
             let requests = options.requests.max(4 * c);
-            levels.push(run_level(&engine, &base, route, c, requests, &queries, offset).await);
-            offset += requests;
+            let until = match options.duration {
+                Some(d) => Until::Deadline(Instant::now() + d),
+                None => Until::Requests(requests),
+            };
+            let level = run_level(&engine, &base, route, c, until, &queries, offset).await;
+            offset += level.requests;
+            levels.push(level);
         }
     }
     server.abort();

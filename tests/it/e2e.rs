@@ -363,6 +363,27 @@ async fn ask_context_drops_mirrored_pages_and_completes_cut_sentences() {
     assert!(trace.context_neighbours >= 1, "{trace:?}");
 }
 
+/// `bench serve --duration 1 --route search`: one level per client count, /search only, run
+/// until the deadline (however many requests that took), without errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_generator_runs_for_a_duration_on_the_chosen_route() {
+    let app = TestApp::new();
+    let options = cairn::loadgen::LoadOptions {
+        queries: vec!["How long do refunds take?".into()],
+        clients: vec![2],
+        requests: 1,
+        duration: Some(std::time::Duration::from_secs(1)),
+        routes: vec!["search".into()],
+    };
+    let levels = cairn::loadgen::run(app.engine.clone(), &options)
+        .await
+        .expect("load run");
+    assert_eq!(levels.len(), 1);
+    assert_eq!((levels[0].route, levels[0].clients), ("search", 2));
+    assert!(levels[0].requests >= 1, "{:?}", levels[0]);
+    assert_eq!(levels[0].errors, 0, "{:?}", levels[0]);
+}
+
 /// `cairn bench serve`'s load generator completes every request of every level over loopback
 /// and finds each /ask's trace (its server-side stages) by the trace id of the `done` event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,6 +396,8 @@ async fn load_generator_runs_every_level_and_reads_server_traces() {
         ],
         clients: vec![1, 3],
         requests: 6,
+        duration: None,
+        routes: vec!["search".into(), "ask".into()],
     };
     let levels = cairn::loadgen::run(app.engine.clone(), &options)
         .await

@@ -2,11 +2,14 @@
 
 mod browser;
 mod cli;
+mod crash;
 mod e2e;
+mod faults;
 mod gate;
 mod gateway;
 mod hostile;
 mod llama;
+mod load;
 mod otlp;
 mod replicas;
 mod server;
