@@ -7,6 +7,7 @@ mod gateway;
 mod hostile;
 mod llama;
 mod otlp;
+mod privacy;
 mod replicas;
 mod server;
 mod support;
