@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use cairn_index::{Filter, Hit};
 
+use crate::audit::AuditEvent;
 use crate::context::{self, ContextOptions, Passage};
 use crate::engine::{Engine, HitView};
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
-    ChatEvent, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
+    ChatEvent, ChatRequest, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
 };
 use crate::trace::{RetrievedChunk, Trace};
 
@@ -330,6 +331,43 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
         .increment(info.cost_usd());
 }
 
+/// What an answer request hands the gateway, for the audit log.
+struct SentPrompt<'a> {
+    route: &'a str,
+    chat: &'a ChatRequest,
+    chunk_ids: Vec<String>,
+    masked: BTreeMap<String, usize>,
+}
+
+/// Records in the audit log which provider received the prompt (`served`, and the `attempts`
+/// that were called and failed): ids and the prompt's hash, its text only if configured.
+fn audit_sent(
+    engine: &Engine,
+    trace: &Trace,
+    sent: SentPrompt<'_>,
+    served: Option<&TargetInfo>,
+    attempts: &[Attempt],
+) {
+    let text = crate::audit::prompt_text(sent.chat);
+    engine.audit.record_or_warn(&AuditEvent::ProviderRequest {
+        trace_id: trace.id.clone(),
+        caller: trace.caller.clone(),
+        route: sent.route.to_string(),
+        provider: served.map(|i| i.provider_name.clone()),
+        model: served.map(|i| i.model.clone()),
+        tried: attempts
+            .iter()
+            .filter(|a| a.error.is_some())
+            .map(|a| a.provider.clone())
+            .collect(),
+        chunk_ids: sent.chunk_ids,
+        prompt_sha256: crate::audit::sha256_hex(&text),
+        prompt_chars: text.chars().count(),
+        masked: sent.masked,
+        prompt: engine.audit.records_text().then_some(text),
+    });
+}
+
 /// Ends an answer the gateway gave no stream for, with the error's stable code.
 async fn refused(
     engine: &Engine,
@@ -495,18 +533,38 @@ async fn run(
         return cached.outcome;
     }
 
+    // Data minimisation (`[privacy]`): the model sees placeholders for personal data in the
+    // question, the conversation and the passages — every provider of the route alike, as
+    // which one serves is only known after the call. Its answer is mapped back with this
+    // request's own values, which the caller could see: they came from its question or its
+    // access-filtered retrieval. Citations quote the unmasked chunks (`context`).
+    let mut masking = engine.config.privacy.start();
     let passages: Vec<ContextPassage> = context
         .iter()
         .enumerate()
         .map(|(i, p)| ContextPassage {
             n: i + 1,
-            title: p.document.title.clone(),
-            text: p.text.clone(),
+            title: masking.mask(&p.document.title),
+            text: masking.mask(&p.text),
         })
         .collect();
-    let chat = engine
-        .prompt
-        .render(&req.question, &passages, &req.conversation);
+    let question = masking.mask_caller(&req.question);
+    let conversation: Vec<Message> = req
+        .conversation
+        .iter()
+        .map(|m| Message {
+            role: m.role,
+            content: masking.mask_caller(&m.content),
+        })
+        .collect();
+    let chat = engine.prompt.render(&question, &passages, &conversation);
+    let mut unmasker = masking.unmasker();
+    let sent = SentPrompt {
+        route,
+        chat: &chat,
+        chunk_ids: versions.iter().map(|(id, _)| id.clone()).collect(),
+        masked: masking.counts().clone(),
+    };
 
     let mut filter = CitationFilter::new(1..=passages.len());
     let mut answer_text = String::new();
@@ -518,14 +576,22 @@ async fn run(
     let opened = tokio::select! {
         r = engine.router.stream_for_key(route, &chat, cancel.clone(), req.budget_key.as_deref()) => r,
         _ = out.tx.closed() => {
+            // The prompt may have reached a provider before the client left.
+            audit_sent(engine, trace, sent, None, &[]);
             out.gone = true;
             return "client_disconnected";
         }
     };
     let (mut stream, info) = match opened {
         Ok(opened) => opened,
-        Err(e) => return refused(engine, e, trace, out).await,
+        Err(e) => {
+            if let GatewayError::AllFailed { attempts, .. } = &e {
+                audit_sent(engine, trace, sent, None, attempts);
+            }
+            return refused(engine, e, trace, out).await;
+        }
     };
+    audit_sent(engine, trace, sent, Some(&info), &info.attempts);
     record_attempts(&info.attempts, trace);
     trace.provider = Some(info.provider_name.clone());
     trace.model = Some(info.model.clone());
@@ -545,7 +611,7 @@ async fn run(
                 if trace.timings.first_token_ms.is_none() {
                     trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
                 }
-                let shown = filter.push(&d);
+                let shown = filter.push(&unmasker.push(&d));
                 if !shown.is_empty() {
                     answer_text.push_str(&shown);
                     if !out.send(AnswerEvent::Token(shown)).await {
@@ -585,7 +651,8 @@ async fn run(
         }
         return outcome;
     }
-    let tail = filter.finish();
+    let mut tail = filter.push(&unmasker.finish());
+    tail.push_str(&filter.finish());
     if !tail.is_empty() {
         answer_text.push_str(&tail);
         if !out.send(AnswerEvent::Token(tail)).await {
@@ -646,17 +713,21 @@ async fn run(
     trace.dropped_citations = filter.dropped;
     trace.answer = Some(answer_text.clone());
     metrics::counter!(crate::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
-    engine.cache.put(
-        &req.question,
-        question_vec,
-        &cache_key,
-        crate::cache::Cached {
-            answer: answer_text,
-            citations,
-            usage: usage_view.clone(),
-            outcome,
-        },
-    );
+    // An answer carrying a value that only this caller's question held (their e-mail
+    // address, say) is not cached: a semantic hit would show it to another caller.
+    if !unmasker.used_caller_value() {
+        engine.cache.put(
+            &req.question,
+            question_vec,
+            &cache_key,
+            crate::cache::Cached {
+                answer: answer_text,
+                citations,
+                usage: usage_view.clone(),
+                outcome,
+            },
+        );
+    }
     let _ = out.send(AnswerEvent::Usage(usage_view)).await;
     let _ = out
         .send(AnswerEvent::Done {

@@ -16,8 +16,10 @@ use serde::{Deserialize, Serialize};
 use cairn_index::{Fusion, VectorOptions};
 use cairn_ingest::ChunkerOptions;
 
+use crate::audit::RawAudit;
 use crate::auth::RawAuth;
 use crate::cache::RawCache;
+use crate::privacy::{Masker, RawPrivacy};
 use crate::trace::RawTraces;
 
 pub use crate::providers::config::{BudgetConfig, ProviderConfig, ProviderKind, RawProvider};
@@ -55,6 +57,10 @@ pub struct RawConfig {
     pub cache: RawCache,
     pub traces: RawTraces,
     pub quality_gate: RawQualityGate,
+    /// Masking of personal data before any provider sees it.
+    pub privacy: RawPrivacy,
+    /// The append-only audit log of admin actions and provider requests.
+    pub audit: RawAudit,
     pub sources: Vec<RawSource>,
 }
 
@@ -88,6 +94,8 @@ impl Default for RawConfig {
             cache: RawCache::default(),
             traces: RawTraces::default(),
             quality_gate: RawQualityGate::default(),
+            privacy: RawPrivacy::default(),
+            audit: RawAudit::default(),
             sources: Vec::new(),
         }
     }
@@ -434,6 +442,10 @@ pub struct Config {
     pub cache: RawCache,
     pub traces: RawTraces,
     pub quality_gate: RawQualityGate,
+    /// The compiled `[privacy]` rules.
+    pub privacy: Masker,
+    /// `[audit]` with `path` resolved (empty: `<data_dir>/audit.jsonl`).
+    pub audit: RawAudit,
     pub sources: Vec<RawSource>,
 }
 
@@ -819,6 +831,11 @@ fn validate(
     }
     let mut traces = raw.traces;
     crate::otlp::validate(&mut traces.otlp, origin, env)?;
+    let privacy = Masker::from_config(&raw.privacy, origin)?;
+    let mut audit = raw.audit;
+    if !audit.path.as_os_str().is_empty() {
+        audit.path = resolve(base, &audit.path);
+    }
     let mut answer = raw.answer;
     answer.prompt = resolve(base, &answer.prompt);
     if !matches!(
@@ -872,6 +889,8 @@ fn validate(
         cache: raw.cache,
         traces,
         quality_gate,
+        privacy,
+        audit,
         sources,
     })
 }

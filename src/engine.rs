@@ -23,6 +23,7 @@ use cairn_ingest::pipeline::{self, Gate, PipelineOptions, Progress, Report};
 use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
+use crate::audit::AuditLog;
 use crate::cache::AnswerCache;
 use crate::config::{Config, RawSource};
 use crate::embedder::Feedback;
@@ -45,6 +46,8 @@ pub struct Engine {
     pub prompt: Prompt,
     pub cache: AnswerCache,
     pub traces: Traces,
+    /// `[audit]`: admin actions and what was sent to which provider.
+    pub audit: AuditLog,
     embed_cache: Arc<EmbeddingCache>,
     /// Query embeddings run here, not on the global pool that ingest embedding saturates.
     query_pool: rayon::ThreadPool,
@@ -178,11 +181,13 @@ impl Engine {
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
-        let reranker = crate::rerank::build(&config.rerank, &router)
+        let reranker = crate::rerank::build(&config.rerank, &router, &config.privacy)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
         let traces = Traces::open(&config.data_dir, config.traces.clone(), &config.providers)?;
+        let audit = AuditLog::open(&config.audit, &config.data_dir)
+            .with_context(|| format!("config {}: [audit]", config.origin))?;
         let embed_cache = Arc::new(
             EmbeddingCache::open(&config.data_dir.join("embed-cache"))
                 .context("opening the embedding cache")?,
@@ -210,6 +215,7 @@ impl Engine {
             prompt,
             cache,
             traces,
+            audit,
             embed_cache,
             query_pool,
             ingest_lock: Mutex::new(()),

@@ -4,6 +4,7 @@
 //! pipeline, and the HTTP server. Indexing lives in `cairn-index`, ingestion in `cairn-ingest`.
 
 pub mod answer;
+pub mod audit;
 pub mod auth;
 pub mod bench;
 pub mod cache;
@@ -19,6 +20,7 @@ pub mod loadgen;
 pub mod metrics;
 pub mod openai_compat;
 pub mod otlp;
+pub mod privacy;
 pub mod progress;
 pub mod prompt;
 pub mod providers;

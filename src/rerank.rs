@@ -16,6 +16,7 @@ use cairn_index::Hit;
 use cairn_ingest::IngestError;
 use cairn_ingest::rerank::{CrossEncoderReranker, LexicalReranker, NoopReranker, Reranker};
 
+use crate::privacy::Masker;
 use crate::providers::{RerankRequest, Router};
 
 /// `[rerank]`: which reranker orders the candidates before the prompt.
@@ -50,6 +51,9 @@ impl Default for RawRerank {
 pub struct ProviderReranker {
     router: Router,
     route: String,
+    /// `[privacy]`: the query and passages are masked before they leave (scores need no
+    /// mapping back).
+    privacy: Masker,
 }
 
 impl Reranker for ProviderReranker {
@@ -58,9 +62,10 @@ impl Reranker for ProviderReranker {
     }
 
     fn rerank(&self, query: &str, passages: &[&str]) -> Result<Vec<f32>, IngestError> {
+        let mut masking = self.privacy.start();
         let req = RerankRequest {
-            query: query.to_string(),
-            documents: passages.iter().map(|p| p.to_string()).collect(),
+            query: masking.mask(query),
+            documents: passages.iter().map(|p| masking.mask(p)).collect(),
             top_n: None,
         };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| IngestError::Embed {
@@ -88,7 +93,11 @@ impl Reranker for ProviderReranker {
 }
 
 /// Builds the configured reranker.
-pub fn build(cfg: &RawRerank, router: &Router) -> anyhow::Result<Arc<dyn Reranker>> {
+pub fn build(
+    cfg: &RawRerank,
+    router: &Router,
+    privacy: &Masker,
+) -> anyhow::Result<Arc<dyn Reranker>> {
     Ok(match cfg.kind.as_str() {
         "none" => Arc::new(NoopReranker),
         "lexical" => Arc::new(LexicalReranker),
@@ -109,6 +118,7 @@ pub fn build(cfg: &RawRerank, router: &Router) -> anyhow::Result<Arc<dyn Reranke
             Arc::new(ProviderReranker {
                 router: router.clone(),
                 route: cfg.route.clone(),
+                privacy: privacy.clone(),
             })
         }
         other => anyhow::bail!(

@@ -23,6 +23,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use cairn_index::{Filter, SearchMode, TimeRange};
 
 use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer_on};
+use crate::audit::AuditEvent;
 use crate::auth::{Auth, AuthError, Caller, Scope};
 use crate::engine::{Engine, HitView};
 use crate::jobs::{Jobs, StartError};
@@ -241,6 +242,11 @@ async fn admin_reindex(
             StartError::Busy(id) => ApiError::JobRunning(id),
         })?;
     tracing::info!(audit = "reindex", caller = %caller.name, job = %job.id, source = ?body.source, full = body.full, "admin action");
+    s.engine.audit.record_or_warn(&AuditEvent::Admin {
+        action: "reindex".into(),
+        caller: caller.name.clone(),
+        detail: serde_json::json!({ "job": job.id, "source": body.source, "full": body.full }),
+    });
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 

@@ -202,7 +202,20 @@ pub trait SseDecoder: Send + 'static {
 /// Drives an SSE response through a decoder. Malformed data yields one error and ends the
 /// stream; a body that ends before the vendor's end marker yields `Unavailable`.
 pub fn sse_stream<D: SseDecoder>(name: String, resp: reqwest::Response, decoder: D) -> ChatStream {
-    let events = Box::pin(resp.bytes_stream().eventsource());
+    sse_events(name, resp.bytes_stream(), decoder)
+}
+
+/// As [`sse_stream`] over any stream of body pieces (split anywhere, even inside a UTF-8
+/// character): the pure core of the provider stream mapping, bytes → internal events. The
+/// fuzz target `sse` drives it with arbitrary bytes and splits.
+pub fn sse_events<D, S, B, E>(name: String, body: S, decoder: D) -> ChatStream
+where
+    D: SseDecoder,
+    S: futures::Stream<Item = Result<B, E>> + Send + 'static,
+    B: AsRef<[u8]> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let events = Box::pin(body.eventsource());
     let state = (events, decoder, std::collections::VecDeque::new(), false);
     let s = futures::stream::unfold(state, move |(mut events, mut dec, mut queue, mut ended)| {
         let name = name.clone();

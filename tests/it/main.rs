@@ -11,6 +11,7 @@ mod hostile;
 mod llama;
 mod load;
 mod otlp;
+mod privacy;
 mod replicas;
 mod server;
 mod support;

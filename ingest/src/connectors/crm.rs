@@ -540,7 +540,21 @@ impl Connector for CrmConnector {
         }
         let bytes = std::fs::read(path)
             .map_err(|e| self.err(format!("cannot read {}: {e}", path.display())))?;
-        let decoded = decode_bytes(&bytes);
+        self.list_bytes(&bytes, emit)
+    }
+}
+
+impl CrmConnector {
+    /// Lists the records of an export given as bytes (the file's content): everything
+    /// [`Connector::list`] does after reading the file — decoding, parsing, normalising,
+    /// deduplicating. Never panics on any input (the fuzz target `crm` drives it).
+    pub fn list_bytes(
+        &self,
+        bytes: &[u8],
+        emit: &mut dyn FnMut(Item) -> bool,
+    ) -> Result<SyncSummary, IngestError> {
+        let path = &self.options.path;
+        let decoded = decode_bytes(bytes);
         if let Some(note) = &decoded.encoding_note {
             tracing::warn!(
                 source = %self.name,
