@@ -673,10 +673,11 @@ fn validate(
                 env,
                 "export it with the server's connection URL, or set [index] backend = \"embedded\"",
             )?;
-            if p.pool_size == 0 {
+            // A running admin job holds two (its claim and its source's); writes need a third.
+            if p.pool_size < 3 {
                 return Err(key_err(
                     "index.postgres.pool_size",
-                    "must be at least 1".into(),
+                    "must be at least 3 (a running job holds two connections)".into(),
                 ));
             }
             Some(cairn_pg::PgOptions {

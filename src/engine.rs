@@ -223,6 +223,16 @@ impl Engine {
         })
     }
 
+    /// The PostgreSQL backend when configured: replicas share jobs and source state through it.
+    pub fn postgres(&self) -> Option<&Arc<cairn_pg::PgIndex>> {
+        self.pg.as_ref()
+    }
+
+    /// Chunk vectors by content hash, shared by every ingest of this data directory.
+    pub fn embedding_cache(&self) -> Arc<EmbeddingCache> {
+        self.embed_cache.clone()
+    }
+
     fn state_dir(&self) -> PathBuf {
         self.config.data_dir.join("state")
     }

@@ -1,6 +1,7 @@
 //! `cairn eval retrieval`: retrieval quality on any dataset in the BEIR layout
 //! (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`). The corpus is ingested with the
-//! configured embedder and chunker into a throw-away index (cached under the data directory,
+//! configured embedder and chunker into a throw-away index of the configured backend (cached
+//! under the data directory, or in a schema of its own with `[index] backend = "postgres"`,
 //! keyed by the corpus file and the embedder), every judged query is run, chunk hits are folded
 //! into documents (best rank wins), and nDCG@10, Recall@10/100 and MRR@10 are reported per mode
 //! with latency (`hybrid+rerank` applies the configured `[rerank]` reranker). Metric functions are pure and tested against hand-computed cases.
@@ -16,7 +17,7 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use cairn_index::{Filter, Index, SearchMode, SearchRequest};
+use cairn_index::{Filter, Index, IndexBackend, SearchMode, SearchRequest};
 use cairn_ingest::pipeline::{self, PipelineOptions, Progress, Report};
 use cairn_ingest::{Body, Connector, IngestError, Item, SourceDocument, SyncState, SyncSummary};
 
@@ -320,7 +321,8 @@ pub struct EvalOptions {
     pub limit: usize,
 }
 
-fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
+/// The evaluation index's cache key: the corpus file (path, size, time), embedder and chunking.
+fn cache_key(engine: &Engine, corpus: &Path) -> anyhow::Result<String> {
     let meta =
         std::fs::metadata(corpus).with_context(|| format!("reading {}", corpus.display()))?;
     let mut h = Sha256::new();
@@ -329,11 +331,7 @@ fn cache_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
     h.update(format!("{:?}", meta.modified().ok()).as_bytes());
     h.update(engine.embedder.info().to_string().as_bytes());
     h.update(serde_json::to_vec(&engine.config.chunking)?);
-    Ok(engine
-        .config
-        .data_dir
-        .join("eval")
-        .join(&hex::encode(h.finalize())[..16]))
+    Ok(hex::encode(h.finalize())[..16].to_string())
 }
 
 /// A judged query of a BEIR dataset.
@@ -346,29 +344,62 @@ pub(crate) struct JudgedQuery {
 /// candidates per retriever.
 pub(crate) fn open_dataset_index(engine: &Engine, dataset: &Path) -> anyhow::Result<Index> {
     let corpus = dataset.join("corpus.jsonl");
-    let dir = cache_dir(engine, &corpus)?;
+    let dir = engine
+        .config
+        .data_dir
+        .join("eval")
+        .join(cache_key(engine, &corpus)?);
     let mut index_options = index_options(&engine.config, engine.embedder.info());
     index_options.candidates = index_options.candidates.max(100);
     let index = Index::open(&dir, index_options)
         .with_context(|| format!("opening eval index {}", dir.display()))?;
-    if index.stats().documents == 0 {
-        eprintln!(
-            "building the evaluation index in {} (cached for later runs)",
-            dir.display()
-        );
-        let report = ingest_corpus(
-            engine,
-            &corpus,
-            &index,
-            &PipelineOptions::default(),
-            &|_| {},
-        )?;
-        eprintln!(
-            "indexed {} documents ({} chunks) in {:.1} s",
-            report.counts.indexed, report.counts.chunks, report.seconds
-        );
-    }
+    fill_dataset_index(engine, &corpus, &index, &dir.display().to_string())?;
     Ok(index)
+}
+
+/// [`open_dataset_index`] in the configured backend: with PostgreSQL, the evaluation index is
+/// the schema `<schema>_eval_<key>` next to the main one, cached the same way.
+pub(crate) fn open_dataset_backend(
+    engine: &Engine,
+    dataset: &Path,
+) -> anyhow::Result<Arc<dyn IndexBackend>> {
+    let Some(pg) = &engine.config.postgres else {
+        return Ok(Arc::new(open_dataset_index(engine, dataset)?));
+    };
+    let corpus = dataset.join("corpus.jsonl");
+    let mut pg = pg.clone();
+    pg.schema = format!("{}_eval_{}", pg.schema, cache_key(engine, &corpus)?);
+    let mut index_options = index_options(&engine.config, engine.embedder.info());
+    index_options.candidates = index_options.candidates.max(100);
+    let index = cairn_pg::PgIndex::open(&pg, &index_options)
+        .with_context(|| format!("opening the PostgreSQL eval index (schema `{}`)", pg.schema))?;
+    fill_dataset_index(engine, &corpus, &index, &format!("schema `{}`", pg.schema))?;
+    Ok(Arc::new(index))
+}
+
+/// Ingests the corpus into an empty evaluation index (`place` names it in messages). Chunk
+/// vectors come from the engine's embedding cache when an earlier build embedded them, so a
+/// second backend (or a rebuilt cache) costs index writes, not embedding.
+fn fill_dataset_index(
+    engine: &Engine,
+    corpus: &Path,
+    index: &dyn IndexBackend,
+    place: &str,
+) -> anyhow::Result<()> {
+    if index.stats()?.documents > 0 {
+        return Ok(());
+    }
+    eprintln!("building the evaluation index in {place} (cached for later runs)");
+    let options = PipelineOptions {
+        embedding_cache: Some(engine.embedding_cache()),
+        ..PipelineOptions::default()
+    };
+    let report = ingest_corpus(engine, corpus, index, &options, &|_| {})?;
+    eprintln!(
+        "indexed {} documents ({} chunks) in {:.1} s",
+        report.counts.indexed, report.counts.chunks, report.seconds
+    );
+    Ok(())
 }
 
 /// The split's judgements and its judged queries sorted by id (the first `limit`, 0 = all).
@@ -417,9 +448,8 @@ pub(crate) fn distinct_documents<'a>(doc_ids: impl Iterator<Item = &'a str>) -> 
 
 /// Builds (or reuses) the dataset's index and evaluates every mode.
 pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<ModeResult>> {
-    let index = open_dataset_index(engine, &options.dataset)?;
+    let index = open_dataset_backend(engine, &options.dataset)?;
     let (qrels, queries) = judged_queries(&options.dataset, &options.split, options.limit)?;
-    let index = Arc::new(index);
     let mut results = Vec::new();
     for mode in &options.modes {
         let mut per_query = Vec::with_capacity(queries.len());

@@ -1,11 +1,19 @@
 //! Reindex jobs: started by `POST /admin/reindex`, run in the background one at a time,
-//! survive client disconnects, and persist their state as JSON files so a restart reports a job
-//! that was running as `interrupted` (it can simply be started again: ingest is incremental).
+//! survive client disconnects. Where they live is a [`JobStore`]:
+//! - embedded index: JSON files in the data directory, run by this process; a restart reports
+//!   a job that was running as `interrupted`;
+//! - PostgreSQL backend: rows shared by every replica (`cairn_pg`'s jobs table). Any replica
+//!   queues a job, each replica's worker thread claims queued jobs (exactly one wins), every
+//!   replica reads the same list, and a job whose replica died is marked `interrupted` by the
+//!   next replica that looks.
+//!
+//! An interrupted job can simply be started again: ingest is incremental, so rerunning resumes.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak, mpsc};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -13,6 +21,10 @@ use serde::{Deserialize, Serialize};
 use cairn_ingest::pipeline::{Counts, Report};
 
 use crate::engine::Engine;
+
+/// How often an idle replica looks for queued jobs and for jobs whose replica died
+/// (PostgreSQL store); a job queued through this replica wakes it at once.
+const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -22,6 +34,19 @@ pub enum JobState {
     Succeeded,
     Failed,
     Interrupted,
+}
+
+impl JobState {
+    /// The state as the API and the jobs table spell it.
+    fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Interrupted => "interrupted",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -49,6 +74,9 @@ pub struct Job {
     /// Each source's report (failed and skipped documents with reasons).
     pub reports: Vec<Report>,
     pub error: Option<String>,
+    /// With the PostgreSQL backend, the replica that claimed the job (`host:pid:random`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
 }
 
 /// Why a job could not be started.
@@ -57,11 +85,78 @@ pub enum StartError {
     UnknownSource(String),
     /// Another job is running; its id.
     Busy(String),
+    /// The job store could not be written (PostgreSQL unreachable); the reason.
+    Store(String),
+}
+
+/// Where jobs live.
+enum JobStore {
+    /// JSON files under `<data_dir>/state/jobs`, with every job also in memory.
+    Files {
+        dir: PathBuf,
+        jobs: Mutex<BTreeMap<String, Job>>,
+    },
+    /// Rows in PostgreSQL shared by every replica; `replica` names this process.
+    Postgres {
+        pg: Arc<cairn_pg::PgIndex>,
+        replica: String,
+    },
 }
 
 pub struct Jobs {
-    dir: PathBuf,
-    jobs: Mutex<BTreeMap<String, Job>>,
+    store: JobStore,
+    /// Wakes this replica's worker (PostgreSQL store) when a job was queued through it.
+    wake: Mutex<Option<mpsc::Sender<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn interrupted_reason(shared: bool) -> String {
+    if shared {
+        "the cairn replica running this job stopped; start it again to resume (unchanged documents are skipped)".into()
+    } else {
+        "cairn stopped while this job ran; start it again to resume (unchanged documents are skipped)".into()
+    }
+}
+
+/// This process's name in the jobs table: `host:pid:random` (the random part tells apart
+/// two processes that got the same pid, e.g. in containers).
+fn replica_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &random[..8])
+}
+
+/// Applies `f` to a job's stored JSON (unchanged, logged, when it cannot be read).
+fn patch_json(value: serde_json::Value, f: impl FnOnce(&mut Job)) -> serde_json::Value {
+    match serde_json::from_value::<Job>(value.clone()) {
+        Ok(mut job) => {
+            f(&mut job);
+            serde_json::to_value(&job).unwrap_or(value)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "a stored job cannot be read by this cairn; left as it is");
+            value
+        }
+    }
+}
+
+fn jobs_from_json(values: Vec<serde_json::Value>) -> Vec<Job> {
+    values
+        .into_iter()
+        .filter_map(|v| match serde_json::from_value(v) {
+            Ok(job) => Some(job),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring a stored job this cairn cannot read");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Jobs {
@@ -84,25 +179,53 @@ impl Jobs {
             };
             if matches!(job.state, JobState::Queued | JobState::Running) {
                 job.state = JobState::Interrupted;
-                job.error = Some("cairn stopped while this job ran; start it again to resume (unchanged documents are skipped)".into());
+                job.error = Some(interrupted_reason(false));
                 job.finished_at = Some(Utc::now().to_rfc3339());
             }
             jobs.insert(job.id.clone(), job);
         }
         let this = Arc::new(Jobs {
-            dir,
-            jobs: Mutex::new(jobs),
+            store: JobStore::Files {
+                dir,
+                jobs: Mutex::new(jobs),
+            },
+            wake: Mutex::new(None),
         });
-        let snapshot: Vec<Job> = this.list(usize::MAX);
-        for job in &snapshot {
+        for job in &this.list(usize::MAX)? {
             this.persist(job);
         }
         Ok(this)
     }
 
+    /// The engine's job store: shared through PostgreSQL with that backend (and then a worker
+    /// thread that claims and runs queued jobs, stopping when the returned value is dropped),
+    /// otherwise files in the data directory.
+    pub fn open_for(engine: &Arc<Engine>) -> anyhow::Result<Arc<Jobs>> {
+        let Some(pg) = engine.postgres() else {
+            return Jobs::open(&engine.config.data_dir);
+        };
+        let (tx, rx) = mpsc::channel();
+        let this = Arc::new(Jobs {
+            store: JobStore::Postgres {
+                pg: pg.clone(),
+                replica: replica_id(),
+            },
+            wake: Mutex::new(Some(tx)),
+        });
+        let (jobs, engine) = (Arc::downgrade(&this), Arc::downgrade(engine));
+        std::thread::Builder::new()
+            .name("cairn-jobs".into())
+            .spawn(move || worker(&jobs, &engine, &rx))?;
+        Ok(this)
+    }
+
+    /// Writes a job's file (files store).
     fn persist(&self, job: &Job) {
-        let tmp = self.dir.join(format!(".{}.tmp", job.id));
-        let dst = self.dir.join(format!("{}.json", job.id));
+        let JobStore::Files { dir, .. } = &self.store else {
+            return;
+        };
+        let tmp = dir.join(format!(".{}.tmp", job.id));
+        let dst = dir.join(format!("{}.json", job.id));
         let res = serde_json::to_vec_pretty(job)
             .map_err(std::io::Error::other)
             .and_then(|b| std::fs::write(&tmp, b))
@@ -112,46 +235,43 @@ impl Jobs {
         }
     }
 
-    fn update(&self, id: &str, f: impl FnOnce(&mut Job)) {
-        let snapshot = {
-            let mut jobs = match self.jobs.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let Some(job) = jobs.get_mut(id) else { return };
-            f(job);
-            job.clone()
-        };
-        self.persist(&snapshot);
-    }
-
-    pub fn get(&self, id: &str) -> Option<Job> {
-        let jobs = match self.jobs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        jobs.get(id).cloned()
+    pub fn get(&self, id: &str) -> anyhow::Result<Option<Job>> {
+        match &self.store {
+            JobStore::Files { jobs, .. } => Ok(lock(jobs).get(id).cloned()),
+            JobStore::Postgres { pg, .. } => {
+                Ok(jobs_from_json(pg.job(id)?.into_iter().collect()).pop())
+            }
+        }
     }
 
     /// The most recent jobs first.
-    pub fn list(&self, limit: usize) -> Vec<Job> {
-        let jobs = match self.jobs.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let mut v: Vec<Job> = jobs.values().cloned().collect();
-        v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        v.truncate(limit);
-        v
+    pub fn list(&self, limit: usize) -> anyhow::Result<Vec<Job>> {
+        match &self.store {
+            JobStore::Files { jobs, .. } => {
+                let mut v: Vec<Job> = lock(jobs).values().cloned().collect();
+                v.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+                v.truncate(limit);
+                Ok(v)
+            }
+            JobStore::Postgres { pg, .. } => Ok(jobs_from_json(pg.jobs(limit)?)),
+        }
     }
 
-    pub fn running(&self) -> Option<Job> {
-        self.list(usize::MAX)
-            .into_iter()
-            .find(|j| matches!(j.state, JobState::Queued | JobState::Running))
+    /// The queued or running job, if any.
+    pub fn running(&self) -> anyhow::Result<Option<Job>> {
+        match &self.store {
+            JobStore::Files { .. } => Ok(self
+                .list(usize::MAX)?
+                .into_iter()
+                .find(|j| matches!(j.state, JobState::Queued | JobState::Running))),
+            JobStore::Postgres { pg, .. } => {
+                Ok(jobs_from_json(pg.active_job()?.into_iter().collect()).pop())
+            }
+        }
     }
 
-    /// Starts a job in the background and returns it (state `queued`).
+    /// Queues a job and returns it (state `queued`): this process runs it in the background
+    /// (files store), or the first replica to claim it does (PostgreSQL store). Blocking.
     pub fn start(
         self: &Arc<Self>,
         engine: Arc<Engine>,
@@ -163,113 +283,230 @@ impl Jobs {
         {
             return Err(StartError::UnknownSource(name.clone()));
         }
-        let job = {
-            let mut jobs = match self.jobs.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            if let Some(busy) = jobs
-                .values()
-                .find(|j| matches!(j.state, JobState::Queued | JobState::Running))
-            {
-                return Err(StartError::Busy(busy.id.clone()));
-            }
-            let job = Job {
-                id: uuid::Uuid::new_v4().to_string(),
-                source,
-                full,
-                state: JobState::Queued,
-                created_at: Utc::now().to_rfc3339(),
-                started_at: None,
-                finished_at: None,
-                progress: JobProgress::default(),
-                counts: Counts::default(),
-                reports: Vec::new(),
-                error: None,
-            };
-            jobs.insert(job.id.clone(), job.clone());
-            job
+        let job = Job {
+            id: uuid::Uuid::new_v4().to_string(),
+            source,
+            full,
+            state: JobState::Queued,
+            created_at: Utc::now().to_rfc3339(),
+            started_at: None,
+            finished_at: None,
+            progress: JobProgress::default(),
+            counts: Counts::default(),
+            reports: Vec::new(),
+            error: None,
+            replica: None,
         };
-        self.persist(&job);
-        let this = self.clone();
-        let id = job.id.clone();
-        let src = job.source.clone();
-        tokio::task::spawn_blocking(move || {
-            this.update(&id, |j| {
-                j.state = JobState::Running;
-                j.started_at = Some(Utc::now().to_rfc3339());
-            });
-            let cancel = AtomicBool::new(false);
-            let last_persist = Mutex::new(std::time::Instant::now());
-            let result = engine.ingest(
-                src.as_deref(),
-                full,
-                &|name, p| {
-                    let progress = JobProgress {
-                        source: Some(name.to_string()),
-                        listed: p.listed,
-                        processed: p.processed,
-                        chunks: p.chunks,
-                    };
-                    // In memory on every document; on disk at most every second.
-                    let persist = match last_persist.lock() {
-                        Ok(mut t) if t.elapsed().as_secs() >= 1 => {
-                            *t = std::time::Instant::now();
-                            true
-                        }
-                        _ => false,
-                    };
-                    if persist {
-                        this.update(&id, |j| j.progress = progress);
-                    } else if let Ok(mut jobs) = this.jobs.lock()
-                        && let Some(j) = jobs.get_mut(&id)
+        match &self.store {
+            JobStore::Files { jobs, .. } => {
+                {
+                    let mut jobs = lock(jobs);
+                    if let Some(busy) = jobs
+                        .values()
+                        .find(|j| matches!(j.state, JobState::Queued | JobState::Running))
                     {
-                        j.progress = progress;
+                        return Err(StartError::Busy(busy.id.clone()));
                     }
-                },
-                &cancel,
-            );
-            this.update(&id, |j| {
-                j.finished_at = Some(Utc::now().to_rfc3339());
-                match result {
-                    Ok(reports) => {
-                        let mut c = Counts::default();
-                        for r in &reports {
-                            c.indexed += r.counts.indexed;
-                            c.unchanged += r.counts.unchanged;
-                            c.skipped += r.counts.skipped;
-                            c.failed += r.counts.failed;
-                            c.deleted += r.counts.deleted;
-                            c.chunks += r.counts.chunks;
-                        }
-                        j.counts = c;
-                        // A run whose generation the quality gate refused changed nothing:
-                        // the job failed, and says why.
-                        let refused: Vec<String> = reports
-                            .iter()
-                            .filter_map(|r| {
-                                let g = r.gate.as_ref().filter(|g| !g.passed)?;
-                                Some(format!("source `{}`: {}", r.source, g.reason))
-                            })
-                            .collect();
-                        j.reports = reports;
-                        if refused.is_empty() {
-                            j.state = JobState::Succeeded;
-                        } else {
-                            j.state = JobState::Failed;
-                            j.error = Some(format!("quality gate: {}", refused.join("; ")));
-                        }
-                    }
-                    Err(e) => {
-                        // An operator must act (disk full, index unwritable): say so in the log
-                        // as well as in the job.
-                        tracing::error!(job = %j.id, error = %format!("{e:#}"), "reindex job failed");
-                        j.state = JobState::Failed;
-                        j.error = Some(format!("{e:#}"));
-                    }
+                    jobs.insert(job.id.clone(), job.clone());
                 }
-            });
-        });
+                self.persist(&job);
+                let this = self.clone();
+                let mut running = job.clone();
+                tokio::task::spawn_blocking(move || {
+                    running.state = JobState::Running;
+                    running.started_at = Some(Utc::now().to_rfc3339());
+                    this.put(&running, true);
+                    let cancel = AtomicBool::new(false);
+                    let save = |j: &Job, durable: bool| this.put(j, durable);
+                    let finished = run(&engine, running, &save, &cancel);
+                    this.put(&finished, true);
+                });
+            }
+            JobStore::Postgres { pg, .. } => {
+                let value =
+                    serde_json::to_value(&job).map_err(|e| StartError::Store(e.to_string()))?;
+                match pg.insert_job(&job.id, job.source.as_deref(), &value) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(busy)) => return Err(StartError::Busy(busy)),
+                    Err(e) => return Err(StartError::Store(e.to_string())),
+                }
+                if let Some(wake) = lock(&self.wake).as_ref() {
+                    let _ = wake.send(());
+                }
+            }
+        }
         Ok(job)
     }
+
+    /// Records a job's state in memory and, when `durable`, in its file (files store).
+    fn put(&self, job: &Job, durable: bool) {
+        if let JobStore::Files { jobs, .. } = &self.store {
+            lock(jobs).insert(job.id.clone(), job.clone());
+            if durable {
+                self.persist(job);
+            }
+        }
+    }
+
+    /// One look at the shared jobs (PostgreSQL store): marks jobs whose replica died
+    /// interrupted, then claims and runs a queued job, if any.
+    fn tick(&self, engine: &Engine) {
+        let JobStore::Postgres { pg, replica } = &self.store else {
+            return;
+        };
+        let finished_at = Utc::now().to_rfc3339();
+        match pg.interrupt_orphaned_jobs(|v| {
+            patch_json(v, |j| {
+                j.state = JobState::Interrupted;
+                j.error = Some(interrupted_reason(true));
+                j.finished_at = Some(finished_at.clone());
+            })
+        }) {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(job = %id, "a job's replica stopped while it ran; marked interrupted");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check for interrupted jobs"),
+        }
+        let claimed = pg.claim_job(replica, |v| {
+            patch_json(v, |j| {
+                j.state = JobState::Running;
+                j.started_at = Some(Utc::now().to_rfc3339());
+                j.replica = Some(replica.clone());
+            })
+        });
+        let (claim, value) = match claimed {
+            Ok(Some(claimed)) => claimed,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a queued job");
+                return;
+            }
+        };
+        let Some(job) = jobs_from_json(vec![value.clone()]).pop() else {
+            // Written by another cairn version: not run here, and not left claimed forever.
+            let _ = claim.update(JobState::Failed.as_str(), &value);
+            return;
+        };
+        tracing::info!(job = %job.id, source = ?job.source, "running a queued job");
+        let write = |j: &Job| -> bool {
+            let value = match serde_json::to_value(j) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(job = %j.id, error = %e, "cannot encode a job");
+                    return true;
+                }
+            };
+            match claim.update(j.state.as_str(), &value) {
+                Ok(owned) => owned,
+                Err(e) => {
+                    tracing::warn!(job = %j.id, error = %e, "cannot record a job's progress");
+                    true
+                }
+            }
+        };
+        let cancel = AtomicBool::new(false);
+        let save = |j: &Job, durable: bool| {
+            if durable && !cancel.load(Ordering::Relaxed) && !write(j) {
+                tracing::warn!(job = %j.id, "another replica marked this job interrupted; stopping it");
+                cancel.store(true, Ordering::Relaxed);
+            }
+        };
+        let finished = run(engine, job, &save, &cancel);
+        if !cancel.load(Ordering::Relaxed) {
+            write(&finished);
+        }
+    }
+}
+
+/// A replica's job worker (PostgreSQL store): looks every [`POLL`] or when woken; stops when
+/// the jobs or the engine are gone.
+fn worker(jobs: &Weak<Jobs>, engine: &Weak<Engine>, wake: &mpsc::Receiver<()>) {
+    loop {
+        if let Err(mpsc::RecvTimeoutError::Disconnected) = wake.recv_timeout(POLL) {
+            return;
+        }
+        let (Some(jobs), Some(engine)) = (jobs.upgrade(), engine.upgrade()) else {
+            return;
+        };
+        jobs.tick(&engine);
+    }
+}
+
+/// Runs a job that is `running` to its end (or until `cancel` is set) and returns it
+/// finished. `save` receives each progress change; `durable` marks those worth writing
+/// through (at most one a second).
+fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &AtomicBool) -> Job {
+    let (source, full) = (job.source.clone(), job.full);
+    let current = Mutex::new(job);
+    let last_persist = Mutex::new(Instant::now());
+    let result = engine.ingest(
+        source.as_deref(),
+        full,
+        &|name, p| {
+            let progress = JobProgress {
+                source: Some(name.to_string()),
+                listed: p.listed,
+                processed: p.processed,
+                chunks: p.chunks,
+            };
+            // In memory on every document; written through at most every second.
+            let durable = {
+                let mut t = lock(&last_persist);
+                let due = t.elapsed().as_secs() >= 1;
+                if due {
+                    *t = Instant::now();
+                }
+                due
+            };
+            let mut j = lock(&current);
+            j.progress = progress;
+            save(&*j, durable);
+        },
+        cancel,
+    );
+    let mut j = match current.into_inner() {
+        Ok(j) => j,
+        Err(p) => p.into_inner(),
+    };
+    j.finished_at = Some(Utc::now().to_rfc3339());
+    match result {
+        Ok(reports) => {
+            let mut c = Counts::default();
+            for r in &reports {
+                c.indexed += r.counts.indexed;
+                c.unchanged += r.counts.unchanged;
+                c.skipped += r.counts.skipped;
+                c.failed += r.counts.failed;
+                c.deleted += r.counts.deleted;
+                c.chunks += r.counts.chunks;
+            }
+            j.counts = c;
+            // A run whose generation the quality gate refused changed nothing: the job
+            // failed, and says why.
+            let refused: Vec<String> = reports
+                .iter()
+                .filter_map(|r| {
+                    let g = r.gate.as_ref().filter(|g| !g.passed)?;
+                    Some(format!("source `{}`: {}", r.source, g.reason))
+                })
+                .collect();
+            j.reports = reports;
+            if refused.is_empty() {
+                j.state = JobState::Succeeded;
+            } else {
+                j.state = JobState::Failed;
+                j.error = Some(format!("quality gate: {}", refused.join("; ")));
+            }
+        }
+        Err(e) => {
+            // An operator must act (disk full, index unwritable): say so in the log as well
+            // as in the job.
+            tracing::error!(job = %j.id, error = %format!("{e:#}"), "reindex job failed");
+            j.state = JobState::Failed;
+            j.error = Some(format!("{e:#}"));
+        }
+    }
+    j
 }

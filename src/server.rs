@@ -132,7 +132,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> anyhow::Result<Arc<AppState>> {
         let auth = Auth::new(&engine.config.auth);
-        let jobs = Jobs::open(&engine.config.data_dir)?;
+        let jobs = Jobs::open_for(&engine)?;
         Ok(Arc::new(AppState { engine, auth, jobs }))
     }
 
@@ -208,11 +208,13 @@ async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
         metrics::gauge!(crate::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
         metrics::gauge!(crate::metrics::INDEX_GENERATION).set(stats.generation as f64);
     }
-    metrics::gauge!(crate::metrics::JOBS_RUNNING).set(if s.jobs.running().is_some() {
-        1.0
-    } else {
-        0.0
-    });
+    let jobs = s.jobs.clone();
+    match tokio::task::spawn_blocking(move || jobs.running()).await {
+        Ok(Ok(running)) => metrics::gauge!(crate::metrics::JOBS_RUNNING)
+            .set(if running.is_some() { 1.0 } else { 0.0 }),
+        Ok(Err(e)) => tracing::warn!(error = %e, "job state unavailable"),
+        Err(_) => {}
+    }
     let body = crate::metrics::handle()
         .map(|h| h.render())
         .unwrap_or_default();
@@ -234,12 +236,17 @@ async fn admin_reindex(
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Admin)?;
     let body = body?.map(|Json(b)| b).unwrap_or_default();
-    let job = s
-        .jobs
-        .start(s.engine.clone(), body.source.clone(), body.full)
+    let (jobs, engine, source) = (s.jobs.clone(), s.engine.clone(), body.source.clone());
+    let job = tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full))
+        .await
+        .map_err(|_| ApiError::Internal)?
         .map_err(|e| match e {
             StartError::UnknownSource(n) => ApiError::UnknownSource(n),
             StartError::Busy(id) => ApiError::JobRunning(id),
+            StartError::Store(reason) => {
+                tracing::error!(error = %reason, "cannot queue a reindex job");
+                ApiError::Internal
+            }
         })?;
     tracing::info!(audit = "reindex", caller = %caller.name, job = %job.id, source = ?body.source, full = body.full, "admin action");
     s.engine.audit.record_or_warn(&AuditEvent::Admin {
@@ -263,7 +270,10 @@ async fn admin_jobs(
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    Ok(Json(json!({"jobs": s.jobs.list(p.limit.unwrap_or(50))})).into_response())
+    let jobs = s.jobs.clone();
+    let list =
+        job_store(tokio::task::spawn_blocking(move || jobs.list(p.limit.unwrap_or(50))).await)?;
+    Ok(Json(json!({"jobs": list})).into_response())
 }
 
 async fn admin_job(
@@ -273,11 +283,25 @@ async fn admin_job(
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
     let axum::extract::Path(id) = id.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let job = s
-        .jobs
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let jobs = s.jobs.clone();
+    let found = {
+        let id = id.clone();
+        job_store(tokio::task::spawn_blocking(move || jobs.get(&id)).await)?
+    };
+    let job = found.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     Ok(Json(job).into_response())
+}
+
+/// A job-store read run on a blocking thread; a failure is logged and answered as internal.
+fn job_store<T>(result: Result<anyhow::Result<T>, tokio::task::JoinError>) -> Result<T, ApiError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the jobs");
+            Err(ApiError::Internal)
+        }
+        Err(_) => Err(ApiError::Internal),
+    }
 }
 
 async fn admin_sources(

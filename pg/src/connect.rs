@@ -178,6 +178,35 @@ pub fn get(pool: &Pool) -> Result<Conn, IndexError> {
     })
 }
 
+/// Takes the session-level advisory lock named `key` when it is free (`Ok(false)` when another
+/// session holds it); `context` says what for, in errors. Held until unlocked or the session
+/// ends, so it outlives any transaction it is taken in.
+pub fn try_advisory_lock(
+    client: &mut impl postgres::GenericClient,
+    key: &str,
+    context: &str,
+) -> Result<bool, IndexError> {
+    Ok(client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+            &[&key],
+        )
+        .map_err(|e| pg_error(context, &e))?
+        .get(0))
+}
+
+/// Releases an advisory lock taken by [`try_advisory_lock`]; a failure is only logged (the
+/// lock ends with the session anyway).
+pub fn advisory_unlock(client: &mut impl postgres::GenericClient, key: &str) {
+    let unlocked = client.query_one(
+        "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+        &[&key],
+    );
+    if let Err(e) = unlocked {
+        tracing::warn!(lock = key, error = %describe(&e), "could not release an advisory lock");
+    }
+}
+
 /// Checks that a schema name is a plain identifier (letters, digits, underscore; not starting
 /// with a digit), so it can be spliced into DDL safely.
 pub fn check_schema_name(name: &str) -> Result<(), IndexError> {

@@ -6,18 +6,21 @@
 //! both retrievers; fusion happens in cairn with [`cairn_index::fuse`], so hits carry the same
 //! score breakdown as the embedded index. [`PgIndex`] implements
 //! [`cairn_index::IndexBackend`]. Also here: the pool, the versioned schema migrations, error
-//! wording, and what replicas share besides the index (source state, source claims).
+//! wording, and what replicas share besides the index (source state, source claims, admin
+//! jobs).
 //!
 //! The API is synchronous, like the index API and the ingest pipeline: async callers run it on
 //! blocking threads, as they do the embedded index.
 
 mod connect;
 mod index;
+mod jobs;
 mod migrate;
 mod shared;
 
 pub use connect::{PgOptions, redact_url};
 pub use index::PgIndex;
+pub use jobs::JobClaim;
 pub use migrate::SCHEMA_VERSION;
 pub use shared::SourceClaim;
 

@@ -8,7 +8,7 @@ use crate::PgOptions;
 use crate::connect::{backend_error, describe, pg_error, quote_ident, redact_url};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `version`'s SQL. Names are unqualified: the migration runs with the schema first
 /// on the search path. `{dim}`, `{m}` and `{ef}` are the embedder dimension and HNSW settings.
@@ -66,6 +66,24 @@ fn migration(version: i32) -> Option<&'static str> {
                  report jsonb,
                  updated_at timestamptz NOT NULL DEFAULT now()
              );",
+        ),
+        // Admin reindex jobs shared by replicas. `job` is the job as the admin API shows it
+        // (progress, counts, per-source reports), stored whole so fields pass through; the
+        // columns are what claiming and listing query. At most one job is queued or running.
+        3 => Some(
+            "CREATE TABLE jobs (
+                 id text PRIMARY KEY,
+                 source text,
+                 state text NOT NULL,
+                 owner text,
+                 heartbeat timestamptz,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 updated_at timestamptz NOT NULL DEFAULT now(),
+                 job jsonb NOT NULL
+             );
+             CREATE INDEX jobs_created ON jobs (created_at DESC);
+             CREATE UNIQUE INDEX jobs_one_active ON jobs ((true))
+                 WHERE state IN ('queued', 'running');",
         ),
         _ => None,
     }

@@ -18,13 +18,7 @@ pub struct SourceClaim {
 
 impl Drop for SourceClaim {
     fn drop(&mut self) {
-        let unlocked = self.conn.query_one(
-            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-            &[&self.key],
-        );
-        if let Err(e) = unlocked {
-            tracing::warn!(error = %connect::describe(&e), "could not release a source claim");
-        }
+        connect::advisory_unlock(&mut *self.conn, &self.key);
     }
 }
 
@@ -33,13 +27,7 @@ impl PgIndex {
     pub fn claim_source(&self, source: &str) -> Result<Option<SourceClaim>> {
         let mut conn = connect::get(self.pool())?;
         let key = format!("cairn-source:{}:{source}", self.schema());
-        let got: bool = conn
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                &[&key],
-            )
-            .map_err(|e| pg_error("claiming a source", &e))?
-            .get(0);
+        let got = connect::try_advisory_lock(&mut *conn, &key, "claiming a source")?;
         Ok(got.then_some(SourceClaim { conn, key }))
     }
 

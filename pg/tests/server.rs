@@ -1,6 +1,6 @@
 //! What is specific to a server-backed index: clear errors when the server is unreachable or
 //! lacks pgvector, the embedder manifest, versioned migrations under concurrent start-up, and
-//! several replicas sharing one index.
+//! several replicas sharing one index, source claims and admin jobs.
 
 mod common;
 
@@ -201,10 +201,15 @@ fn a_dead_replica_releases_its_claim() {
         std::mem::forget(claim);
         drop(a);
     }
-    // The leaked connection is still open in this process (forgotten, not closed), so end its
-    // session the way a dead replica's ends: from the server side (waiting until it is gone).
-    let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    let key = format!("cairn-source:{}:docs", schema.name);
+    end_session_holding(&url, &format!("cairn-source:{}:docs", schema.name));
+    assert!(b.claim_source("docs").expect("claim").is_some());
+}
+
+/// A leaked connection is still open in this process (forgotten, not closed), so end the
+/// session holding advisory lock `key` the way a dead replica's ends: from the server side
+/// (waiting until it is gone).
+fn end_session_holding(url: &str, key: &str) {
+    let mut admin = postgres::Client::connect(url, postgres::NoTls).expect("connect");
     let ended: Vec<bool> = admin
         .query(
             "WITH k AS (SELECT hashtextextended($1, 0) AS k)
@@ -219,5 +224,124 @@ fn a_dead_replica_releases_its_claim() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(ended, [true]);
-    assert!(b.claim_source("docs").expect("claim").is_some());
+}
+
+fn job_json(id: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "state": "queued"})
+}
+
+fn set_state(state: &'static str) -> impl Fn(serde_json::Value) -> serde_json::Value {
+    move |mut v| {
+        v["state"] = state.into();
+        v
+    }
+}
+
+#[test]
+fn one_job_at_a_time_is_claimed_by_one_replica_and_shown_by_all() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let a = open(&schema.options());
+    let b = open(&schema.options());
+    assert_eq!(
+        a.insert_job("j1", Some("docs"), &job_json("j1"))
+            .expect("insert"),
+        Ok(())
+    );
+    // A second job is refused while one is queued, naming the active one.
+    assert_eq!(
+        b.insert_job("j2", None, &job_json("j2")).expect("insert"),
+        Err("j1".to_string())
+    );
+    assert_eq!(b.jobs(10).expect("list"), [job_json("j1")]);
+
+    // A queued row another transaction holds is skipped, not waited for.
+    let mut other = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let mut tx = other.transaction().expect("tx");
+    tx.query(
+        &format!("SELECT id FROM {}.jobs FOR UPDATE", schema.name),
+        &[],
+    )
+    .expect("lock row");
+    assert!(
+        b.claim_job("b", set_state("running"))
+            .expect("claim")
+            .is_none()
+    );
+    tx.rollback().expect("rollback");
+
+    let (claim, running) = a
+        .claim_job("a", set_state("running"))
+        .expect("claim")
+        .expect("queued job");
+    assert_eq!((claim.id(), &running["state"]), ("j1", &"running".into()));
+    assert!(
+        b.claim_job("b", set_state("running"))
+            .expect("claim")
+            .is_none()
+    );
+    assert_eq!(b.job("j1").expect("get"), Some(running.clone()));
+    assert_eq!(b.active_job().expect("active"), Some(running));
+    // Its owner is alive: nothing to interrupt.
+    assert!(
+        b.interrupt_orphaned_jobs(set_state("interrupted"))
+            .expect("check")
+            .is_empty()
+    );
+
+    let done = serde_json::json!({"id": "j1", "state": "succeeded"});
+    assert!(claim.update("succeeded", &done).expect("update"));
+    drop(claim);
+    assert!(
+        b.interrupt_orphaned_jobs(set_state("interrupted"))
+            .expect("check")
+            .is_empty()
+    );
+    assert_eq!(b.job("j1").expect("get"), Some(done));
+    assert_eq!(b.active_job().expect("active"), None);
+    assert_eq!(
+        b.insert_job("j2", None, &job_json("j2")).expect("insert"),
+        Ok(())
+    );
+    assert_eq!(a.jobs(1).expect("list")[0]["id"], "j2");
+}
+
+#[test]
+fn a_job_whose_replica_died_is_interrupted_by_another() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let b = open(&schema.options());
+    {
+        let a = open(&schema.options());
+        a.insert_job("j1", None, &job_json("j1"))
+            .expect("insert")
+            .expect("free");
+        let (claim, _) = a
+            .claim_job("a", set_state("running"))
+            .expect("claim")
+            .expect("queued job");
+        assert!(claim.update("running", &job_json("j1")).expect("update"));
+        // A crash: the claim's connection is never given back, never unlocked.
+        std::mem::forget(claim);
+    }
+    end_session_holding(&url, &format!("cairn-job:{}:j1", schema.name));
+    assert_eq!(
+        b.interrupt_orphaned_jobs(set_state("interrupted"))
+            .expect("check"),
+        ["j1"]
+    );
+    assert_eq!(
+        b.job("j1").expect("get").expect("job")["state"],
+        "interrupted"
+    );
+    // Done once: a second look finds nothing, and a new job may be queued.
+    assert!(
+        b.interrupt_orphaned_jobs(set_state("interrupted"))
+            .expect("check")
+            .is_empty()
+    );
+    assert_eq!(
+        b.insert_job("j2", None, &job_json("j2")).expect("insert"),
+        Ok(())
+    );
 }

@@ -201,11 +201,7 @@ async fn an_answer_is_exported_as_a_span_tree_without_its_text() {
 async fn an_unreachable_collector_does_not_fail_the_answer_and_is_counted() {
     cairn::metrics::handle();
     // A port nothing listens on: bind one, then free it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::support::free_port();
     let app = TestApp::with_config(&format!(
         "[traces.otlp]\nendpoint = \"http://127.0.0.1:{port}\"\ntimeout_ms = 1000\n"
     ));
@@ -242,11 +238,7 @@ async fn an_unreachable_collector_does_not_fail_the_answer_and_is_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_of_serve_flushes_queued_spans() {
     let (endpoint, mut rx) = collector().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::support::free_port();
     let dir = tempfile::tempdir().expect("tempdir");
     let config = crate::support::write_config(
         dir.path(),

@@ -176,7 +176,7 @@ async fn interrupted_job_is_reported_after_restart() {
     )
     .expect("write");
     let jobs = cairn::jobs::Jobs::open(dir.path()).expect("open");
-    let j = jobs.get("j1").expect("job");
+    let j = jobs.get("j1").expect("read").expect("job");
     assert_eq!(j.state, cairn::jobs::JobState::Interrupted);
     assert!(j.error.expect("reason").contains("start it again"));
 }

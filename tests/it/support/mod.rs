@@ -28,6 +28,15 @@ pub struct TestApp {
     pub state: Arc<AppState>,
 }
 
+/// A loopback port that was free a moment ago, for a child process to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let corpus = repo().join("samples/corpus");
     let prompt = repo().join("prompts/answer.v1.toml");
