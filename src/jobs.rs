@@ -462,7 +462,7 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
             };
             let mut j = lock(&current);
             j.progress = progress;
-            save(&*j, durable);
+            save(&j, durable);
         },
         cancel,
     );
