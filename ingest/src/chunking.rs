@@ -7,7 +7,7 @@ use std::sync::Arc;
 use text_splitter::{ChunkConfig, ChunkSizer, MarkdownSplitter, TextSplitter};
 
 use crate::embed::Embedder;
-use crate::source::Body;
+use crate::source::{Body, PAGE_SEPARATOR};
 
 /// Chunk sizes in embedder tokens.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -91,13 +91,20 @@ impl Chunker {
             Body::Markdown(_) => heading_positions(&text),
             _ => Vec::new(),
         };
+        // Char offsets of the separators `full_text` put between pages (counted from the
+        // pages' lengths: a form feed inside a page's own text is not a page break).
         let page_breaks: Vec<usize> = match body {
-            Body::Pages(_) => text
-                .chars()
-                .enumerate()
-                .filter(|(_, c)| *c == '\u{c}')
-                .map(|(i, _)| i)
-                .collect(),
+            Body::Pages(pages) => {
+                let separator = PAGE_SEPARATOR.chars().count();
+                let mut at = 0usize;
+                let mut breaks = Vec::with_capacity(pages.len());
+                for page in pages.iter().take(pages.len().saturating_sub(1)) {
+                    at += page.chars().count();
+                    breaks.push(at);
+                    at += separator;
+                }
+                breaks
+            }
             _ => Vec::new(),
         };
         let mut out: Vec<Chunk> = Vec::with_capacity(raw.len());
@@ -236,5 +243,30 @@ mod tests {
         let chunks = chunker(6).chunk(&body);
         assert_eq!(chunks.first().and_then(|c| c.page), Some(1));
         assert_eq!(chunks.last().and_then(|c| c.page), Some(2));
+    }
+
+    /// Found by the `chunker` fuzz target: a form feed inside a page's own text was counted as
+    /// a page break, so a one-page PDF reported page 2.
+    #[test]
+    fn a_form_feed_inside_a_page_is_not_a_page_break() {
+        let one = Body::Pages(vec![
+            "first part of the only page\u{c} second part after a form feed".into(),
+        ]);
+        let chunks = chunker(6).chunk(&one);
+        assert!(chunks.len() > 1, "{chunks:?}");
+        assert!(chunks.iter().all(|c| c.page == Some(1)), "{chunks:?}");
+
+        let two = Body::Pages(vec![
+            "page one holds\u{c}\u{c} two form feeds of its own".into(),
+            "page two text is here and it goes on for a good many more words than the first"
+                .into(),
+        ]);
+        let chunks = chunker(6).chunk(&two);
+        assert_eq!(chunks.first().and_then(|c| c.page), Some(1));
+        assert_eq!(chunks.last().and_then(|c| c.page), Some(2), "{chunks:?}");
+        assert!(
+            chunks.iter().all(|c| matches!(c.page, Some(1 | 2))),
+            "{chunks:?}"
+        );
     }
 }

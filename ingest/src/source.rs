@@ -15,13 +15,18 @@ pub enum Body {
     Pages(Vec<String>),
 }
 
+/// What [`Body::full_text`] puts between pages: a form feed and a blank line. Page text may
+/// hold form feeds of its own, so page numbers come from the pages' lengths, not from this.
+pub const PAGE_SEPARATOR: &str = "\u{c}\n\n";
+
 impl Body {
     /// The whole text as the chunker sees it; pages are joined by a form feed and a blank
     /// line, so the splitter treats a page break as a paragraph break.
+    /// The text as one string; pages are joined with [`PAGE_SEPARATOR`].
     pub fn full_text(&self) -> String {
         match self {
             Body::Markdown(s) | Body::Text(s) => s.clone(),
-            Body::Pages(p) => p.join("\u{c}\n\n"),
+            Body::Pages(p) => p.join(PAGE_SEPARATOR),
         }
     }
 
