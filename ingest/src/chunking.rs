@@ -258,8 +258,7 @@ mod tests {
 
         let two = Body::Pages(vec![
             "page one holds\u{c}\u{c} two form feeds of its own".into(),
-            "page two text is here and it goes on for a good many more words than the first"
-                .into(),
+            "page two text is here and it goes on for a good many more words than the first".into(),
         ]);
         let chunks = chunker(6).chunk(&two);
         assert_eq!(chunks.first().and_then(|c| c.page), Some(1));
