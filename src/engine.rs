@@ -309,10 +309,12 @@ impl Engine {
         progress: &(dyn Fn(&str, &Progress) + Sync),
         cancel: &AtomicBool,
     ) -> anyhow::Result<Vec<Report>> {
+        // The lock only serialises runs and guards no data, so a run that panicked (and
+        // poisoned it) must not stop every later one.
         let _guard = self
             .ingest_lock
             .lock()
-            .map_err(|_| anyhow::anyhow!("a previous ingest panicked"))?;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let sources: Vec<&RawSource> = self
             .config
             .sources

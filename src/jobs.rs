@@ -434,6 +434,22 @@ fn worker(jobs: &Weak<Jobs>, engine: &Weak<Engine>, wake: &mpsc::Receiver<()>) {
     }
 }
 
+/// Runs `f`, turning a panic into an error, so a bug in one run ends its job as `failed`
+/// (with the reason) instead of leaving it `running` and refusing every later job.
+fn without_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let what = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        Err(anyhow::anyhow!(
+            "the run stopped on an internal error ({what}); this is a bug in cairn, please \
+             report it; committed work is kept and the job can be started again"
+        ))
+    })
+}
+
 /// Runs a job that is `running` to its end (or until `cancel` is set) and returns it
 /// finished. `save` receives each progress change; `durable` marks those worth writing
 /// through (at most one a second).
@@ -441,31 +457,33 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
     let (source, full) = (job.source.clone(), job.full);
     let current = Mutex::new(job);
     let last_persist = Mutex::new(Instant::now());
-    let result = engine.ingest(
-        source.as_deref(),
-        full,
-        &|name, p| {
-            let progress = JobProgress {
-                source: Some(name.to_string()),
-                listed: p.listed,
-                processed: p.processed,
-                chunks: p.chunks,
-            };
-            // In memory on every document; written through at most every second.
-            let durable = {
-                let mut t = lock(&last_persist);
-                let due = t.elapsed().as_secs() >= 1;
-                if due {
-                    *t = Instant::now();
-                }
-                due
-            };
-            let mut j = lock(&current);
-            j.progress = progress;
-            save(&j, durable);
-        },
-        cancel,
-    );
+    let result = without_panics(|| {
+        engine.ingest(
+            source.as_deref(),
+            full,
+            &|name, p| {
+                let progress = JobProgress {
+                    source: Some(name.to_string()),
+                    listed: p.listed,
+                    processed: p.processed,
+                    chunks: p.chunks,
+                };
+                // In memory on every document; written through at most every second.
+                let durable = {
+                    let mut t = lock(&last_persist);
+                    let due = t.elapsed().as_secs() >= 1;
+                    if due {
+                        *t = Instant::now();
+                    }
+                    due
+                };
+                let mut j = lock(&current);
+                j.progress = progress;
+                save(&j, durable);
+            },
+            cancel,
+        )
+    });
     let mut j = match current.into_inner() {
         Ok(j) => j,
         Err(p) => p.into_inner(),
@@ -509,4 +527,22 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
         }
     }
     j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_run_becomes_an_error_that_says_what_happened() {
+        let err = without_panics::<()>(|| panic!("index on fire")).expect_err("an error");
+        let text = format!("{err:#}");
+        assert!(text.contains("index on fire"), "{text}");
+        assert!(text.contains("can be started again"), "{text}");
+        let owned = without_panics::<()>(|| panic!("{} documents", 3)).expect_err("an error");
+        assert!(format!("{owned:#}").contains("3 documents"));
+        assert_eq!(without_panics(|| Ok(7)).expect("no panic"), 7);
+        let plain = without_panics::<()>(|| Err(anyhow::anyhow!("disk full"))).expect_err("err");
+        assert_eq!(format!("{plain:#}"), "disk full");
+    }
 }
