@@ -46,32 +46,11 @@ fn echoing_model(body: &Value) -> Reply {
 
 fn billing_app(fake: &Fake, extra: &str) -> TestApp {
     TestApp::with_setup(|dir| {
-        let wiki = dir.join("wiki");
-        std::fs::create_dir_all(&wiki).expect("mkdir");
-        std::fs::write(
-            wiki.join("billing.md"),
-            format!(
-                "# Billing disputes\n\nBilling disputes are handled by email at {EMAIL} or by phone at {PHONE}. \
-                 The test card {CARD} is always declined.\n"
-            ),
-        )
-        .expect("write");
-        format!(
-            r#"
-[providers.remote]
-kind = "openai_compatible"
-base_url = "{}/v1"
-max_retries = 0
-[routes]
-answer = ["remote:smollm2"]
-[[sources]]
-name = "wiki"
-kind = "files"
-path = {wiki:?}
-{extra}
-"#,
-            fake.base
-        )
+        let page = format!(
+            "# Billing disputes\n\nBilling disputes are handled by email at {EMAIL} or by phone at {PHONE}. \
+             The test card {CARD} is always declined.\n"
+        );
+        support::wiki_with_remote_model(dir, &fake.base, ("billing.md", &page), extra)
     })
 }
 

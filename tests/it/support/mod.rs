@@ -101,6 +101,29 @@ impl TestApp {
     }
 }
 
+/// Writes one page into `<dir>/wiki` and returns config text for a `wiki` files source
+/// answered by an OpenAI-compatible model at `base` (no retries), plus `extra`.
+pub fn wiki_with_remote_model(dir: &Path, base: &str, page: (&str, &str), extra: &str) -> String {
+    let wiki = dir.join("wiki");
+    std::fs::create_dir_all(&wiki).expect("mkdir");
+    std::fs::write(wiki.join(page.0), page.1).expect("write");
+    format!(
+        r#"
+[providers.remote]
+kind = "openai_compatible"
+base_url = "{base}/v1"
+max_retries = 0
+[routes]
+answer = ["remote:smollm2"]
+[[sources]]
+name = "wiki"
+kind = "files"
+path = {wiki:?}
+{extra}
+"#
+    )
+}
+
 pub const ADMIN: &str = "admin-key-123";
 pub const BOT: &str = "bot-key-456";
 pub const HR: &str = "hr-key-789";
