@@ -25,6 +25,7 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Serialize;
 
+use super::{percentile, sorted};
 use crate::config::Config;
 use crate::engine::{Engine, OpenOptions};
 use crate::providers::config::{ProviderConfig, ProviderKind};
@@ -72,14 +73,8 @@ pub struct StreamsReport {
 /// `VmRSS` and `VmHWM` of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let field = |name| crate::bench::status_kib(&status, name).unwrap_or(0);
+    (field("VmRSS"), field("VmHWM"))
 }
 
 fn open_fds() -> usize {
@@ -212,15 +207,6 @@ async fn one_stream(
     None
 }
 
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 /// Opens the engine with the answer route on a fake slow provider, ingests the configured
 /// sources when the index is empty, and runs the streams.
 pub fn run(
@@ -330,6 +316,8 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
     server.abort();
 
     let ok: Vec<(f64, f64)> = done.iter().flatten().copied().collect();
+    let ttft = sorted(ok.iter().map(|x| x.0).collect());
+    let total = sorted(ok.iter().map(|x| x.1).collect());
     let mut report = StreamsReport {
         streams: o.streams,
         tokens_per_stream: o.tokens,
@@ -337,10 +325,10 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
         completed: ok.len(),
         failed: o.streams - ok.len(),
         wall_s,
-        ttft_p50_ms: percentile(ok.iter().map(|x| x.0).collect(), 0.5),
-        ttft_p99_ms: percentile(ok.iter().map(|x| x.0).collect(), 0.99),
-        total_p50_ms: percentile(ok.iter().map(|x| x.1).collect(), 0.5),
-        total_p99_ms: percentile(ok.iter().map(|x| x.1).collect(), 0.99),
+        ttft_p50_ms: percentile(&ttft, 0.5),
+        ttft_p99_ms: percentile(&ttft, 0.99),
+        total_p50_ms: percentile(&total, 0.5),
+        total_p99_ms: percentile(&total, 0.99),
         rss_before_kib: rss_before,
         rss_peak_kib: peak_rss.load(Ordering::Relaxed).max(rss_after),
         rss_after_kib: rss_after,
