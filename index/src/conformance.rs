@@ -619,6 +619,37 @@ pub fn score_breakdown_has_the_same_shape(open: &Opener) {
     assert!(snippet.contains("<mark>aardvark</mark>"), "{snippet}");
 }
 
+/// Word ranking weighs a word by its rarity across the index (BM25's inverse document
+/// frequency): a chunk matching the rare query word once outranks one that repeats a word
+/// every chunk has, and the repeated word still counts (term frequency) among chunks that
+/// share it. A cover-density ranking without corpus statistics fails the first half.
+pub fn word_ranking_weighs_rare_words_above_common_ones(open: &Opener) {
+    let index = open();
+    put(
+        &*index,
+        &[
+            DocSpec::new("wiki:r1", "quarterly report report report for the board", 0),
+            DocSpec::new("wiki:r2", "monthly report for the team", 1),
+            DocSpec::new("wiki:r3", "yearly report on hiring", 2),
+            DocSpec::new("wiki:r4", "weekly report on incidents", 3),
+            DocSpec::new("wiki:r5", "travel report from the offsite", 4),
+            DocSpec::new("wiki:z", "zebra crossing near the office", 5),
+        ],
+    );
+    let req = request("report zebra", None, SearchMode::Bm25, Filter::default());
+    let ids = doc_ids(&*index, &req);
+    assert_eq!(ids.len(), 6, "every chunk matches one query word: {ids:?}");
+    assert_eq!(ids[0], "wiki:z", "the rare word ranks first: {ids:?}");
+    assert_eq!(ids[1], "wiki:r1", "three matches beat one: {ids:?}");
+    // Removing the only chunk with the rare word changes nothing else.
+    let mut w = index.writer().expect("writer");
+    w.delete("wiki:z");
+    w.commit().expect("commit");
+    let ids = doc_ids(&*index, &req);
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids[0], "wiki:r1", "{ids:?}");
+}
+
 /// Reads the ingest pipeline relies on: hashes, ids by source, ordered chunks, counts and
 /// the generation sequence across a reopen.
 pub fn document_reads_and_generations(open: &Opener) {
@@ -676,6 +707,7 @@ macro_rules! conformance_tests {
             group_change_on_replace_takes_effect,
             invalid_input_is_a_typed_error_and_stages_nothing,
             score_breakdown_has_the_same_shape,
+            word_ranking_weighs_rare_words_above_common_ones,
             document_reads_and_generations
         );
     };

@@ -6,10 +6,14 @@
 //! that locks the manifest row (so commits from many replicas serialise) and bumps the
 //! generation; chunk ids come from an identity column and are never reused.
 //!
-//! Word ranking is PostgreSQL's `ts_rank_cd` (cover density, normalised by log document
-//! length) over an OR of the query's English-stemmed lexemes: it needs no corpus statistics
-//! that every commit would have to maintain, at the cost of BM25's inverse document frequency
-//! (rare query words do not outweigh common ones).
+//! Word ranking is BM25 (k1 = 1.2, b = 0.75, tantivy's defaults and formula) computed in SQL
+//! over PostgreSQL's English-stemmed lexemes: a `terms` table holds one posting per (lexeme,
+//! chunk) with its term frequency, chunks carry their length, and the manifest carries the
+//! corpus size and total length, recomputed by every commit under the manifest lock. Document
+//! frequencies are counted from the postings of the query's lexemes at search time, in the
+//! search's snapshot, so they never drift from the rows. `ts_rank_cd`, PostgreSQL's built-in
+//! ranking, was measured 0.18 nDCG@10 below BM25 on SciFact: it has no inverse document
+//! frequency, so a repeated common word outweighs a rare one.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -25,6 +29,13 @@ use postgres::types::ToSql;
 use crate::connect::{self, Pool, check_schema_name, pg_error};
 use crate::migrate;
 use crate::{BACKEND, PgOptions};
+
+/// BM25's term-frequency saturation and length normalisation (tantivy's defaults).
+const BM25_K1: f64 = 1.2;
+const BM25_B: f64 = 0.75;
+
+/// A commit writing at least this many chunks refreshes the planner's statistics.
+const ANALYZE_AFTER_CHUNKS: usize = 1000;
 
 /// Marks around matched words in `ts_headline` output, replaced by `<mark>` after escaping.
 const MARK_START: char = '\u{1}';
@@ -164,11 +175,27 @@ impl IndexBackend for PgIndex {
         if want_bm25 {
             let text = sql.param(req.text.clone());
             parts.push(format!(
-                "(SELECT 0 AS side, c.id, ts_rank_cd(c.tsv, q.q, 1)::real AS score
-                  FROM chunks c, (SELECT {tsq} AS q) q
-                  WHERE c.tsv @@ q.q AND {filter}
-                  ORDER BY score DESC, c.id LIMIT {limit})",
-                tsq = tsquery_sql(&text)
+                // Postings of the query's distinct lexemes through the primary key (an
+                // array, so the planner uses the index whatever its row estimates), each
+                // lexeme's document frequency counted over its own postings.
+                "(WITH p AS (SELECT t.chunk_id, t.tf,
+                                    count(*) OVER (PARTITION BY t.lexeme)::float8 AS df
+                             FROM terms t
+                             WHERE t.lexeme = ANY(ARRAY(SELECT DISTINCT x FROM unnest(
+                                 tsvector_to_array(to_tsvector('english', {text}::text))) x))),
+                       st AS (SELECT greatest(chunk_count, 1)::float8 AS n,
+                                     greatest(total_length, 1)::float8
+                                       / greatest(chunk_count, 1) AS avgdl
+                              FROM manifest)
+                  SELECT 0 AS side, c.id,
+                         sum(ln(1 + (st.n - p.df + 0.5) / (p.df + 0.5))
+                             * p.tf * ({BM25_K1} + 1)
+                             / (p.tf + {BM25_K1} * (1 - {BM25_B}
+                                                    + {BM25_B} * c.length / st.avgdl)))::real
+                           AS score
+                  FROM p JOIN chunks c ON c.id = p.chunk_id, st
+                  WHERE {filter}
+                  GROUP BY c.id ORDER BY score DESC, c.id LIMIT {limit})"
             ));
         }
         if let Some(v) = query_vector {
@@ -185,6 +212,10 @@ impl IndexBackend for PgIndex {
             .isolation_level(postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
             .start()
+            .map_err(|e| pg_error("starting a search", &e))?;
+        // JIT compilation costs tens of milliseconds and triggers on cost estimates, which
+        // run high right after a bulk load; a search never runs long enough to repay it.
+        tx.batch_execute("SET LOCAL jit = off")
             .map_err(|e| pg_error("starting a search", &e))?;
         let mut bm25: Vec<(u64, f32)> = Vec::new();
         let mut vector: Vec<(u64, f32)> = Vec::new();
@@ -316,7 +347,8 @@ impl IndexBackend for PgIndex {
                 "SELECT (SELECT generation FROM manifest),
                         (SELECT count(*) FROM documents),
                         (SELECT count(*) FROM chunks),
-                        pg_total_relation_size('documents') + pg_total_relation_size('chunks')",
+                        pg_total_relation_size('documents') + pg_total_relation_size('chunks')
+                            + pg_total_relation_size('terms')",
                 &[],
             )
             .map_err(|e| pg_error("reading index statistics", &e))?;
@@ -461,11 +493,20 @@ impl IndexWriter for PgWriter<'_> {
             .map_err(|e| pg_error("preparing the chunk delete", &e))?;
         let put_chunk = tx
             .prepare(
-                "INSERT INTO chunks (doc_id, ordinal, text, heading_path, page, char_start,
-                                     char_end, source, metadata, access_groups, updated_at, tsv,
-                                     embedding)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11,
-                         to_tsvector('english', $12::text), $13)",
+                "WITH v AS (SELECT to_tsvector('english', $12::text) AS tsv),
+                      c AS (INSERT INTO chunks (doc_id, ordinal, text, heading_path, page,
+                                                char_start, char_end, source, metadata,
+                                                access_groups, updated_at, tsv, length,
+                                                embedding)
+                            SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, v.tsv,
+                                   (SELECT coalesce(sum(coalesce(array_length(u.positions, 1),
+                                                                 1)), 0)
+                                    FROM unnest(v.tsv) u),
+                                   $13
+                            FROM v RETURNING id, tsv)
+                 INSERT INTO terms (lexeme, chunk_id, tf)
+                 SELECT u.lexeme, c.id, coalesce(array_length(u.positions, 1), 1)
+                 FROM c, unnest(c.tsv) u",
             )
             .map_err(|e| pg_error("preparing the chunk insert", &e))?;
         for (doc, chunks) in &self.upserts {
@@ -514,12 +555,24 @@ impl IndexWriter for PgWriter<'_> {
         }
         let next: i64 = tx
             .query_one(
-                "UPDATE manifest SET generation = generation + 1 RETURNING generation",
+                "UPDATE manifest SET generation = generation + 1,
+                     chunk_count = (SELECT count(*) FROM chunks),
+                     total_length = (SELECT coalesce(sum(length), 0) FROM chunks)
+                 RETURNING generation",
                 &[],
             )
             .map_err(|e| pg_error("advancing the generation", &e))?
             .get(0);
         tx.commit().map_err(|e| pg_error("committing", &e))?;
+        let written: usize = self.upserts.iter().map(|(_, chunks)| chunks.len()).sum();
+        if written >= ANALYZE_AFTER_CHUNKS {
+            // Fresh planner statistics, so the next searches are not planned for the tables
+            // as they were before this load. The commit stands whether or not this works.
+            if let Err(e) = conn.batch_execute("ANALYZE chunks, terms") {
+                tracing::warn!(error = %pg_error("analysing after a large commit", &e),
+                    "planner statistics not refreshed");
+            }
+        }
         tracing::debug!(
             generation = next,
             upserts = self.upserts.len(),

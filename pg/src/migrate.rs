@@ -8,7 +8,7 @@ use crate::PgOptions;
 use crate::connect::{backend_error, describe, pg_error, quote_ident, redact_url};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Migration `version`'s SQL. Names are unqualified: the migration runs with the schema first
 /// on the search path. `{dim}`, `{m}` and `{ef}` are the embedder dimension and HNSW settings.
@@ -84,6 +84,31 @@ fn migration(version: i32) -> Option<&'static str> {
              CREATE INDEX jobs_created ON jobs (created_at DESC);
              CREATE UNIQUE INDEX jobs_one_active ON jobs ((true))
                  WHERE state IN ('queued', 'running');",
+        ),
+        // BM25 word ranking (replacing `ts_rank_cd`, which has no inverse document frequency):
+        // one posting per (lexeme, chunk) with its term frequency, each chunk's length in
+        // lexeme occurrences, and the corpus size and total length in the manifest, which
+        // every commit recomputes under its manifest lock. Existing chunks are backfilled
+        // from their `tsv`; the GIN index served only the old ranking.
+        4 => Some(
+            "ALTER TABLE chunks ADD COLUMN length integer NOT NULL DEFAULT 0;
+             UPDATE chunks SET length = (SELECT coalesce(sum(coalesce(
+                 array_length(u.positions, 1), 1)), 0) FROM unnest(tsv) u);
+             CREATE TABLE terms (
+                 lexeme text NOT NULL,
+                 chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+                 tf integer NOT NULL,
+                 PRIMARY KEY (lexeme, chunk_id)
+             );
+             INSERT INTO terms (lexeme, chunk_id, tf)
+                 SELECT u.lexeme, c.id, coalesce(array_length(u.positions, 1), 1)
+                 FROM chunks c, unnest(c.tsv) u;
+             CREATE INDEX terms_chunk ON terms (chunk_id);
+             DROP INDEX chunks_tsv;
+             ALTER TABLE manifest ADD COLUMN chunk_count bigint NOT NULL DEFAULT 0,
+                                  ADD COLUMN total_length bigint NOT NULL DEFAULT 0;
+             UPDATE manifest SET chunk_count = (SELECT count(*) FROM chunks),
+                                 total_length = (SELECT coalesce(sum(length), 0) FROM chunks);",
         ),
         _ => None,
     }

@@ -137,6 +137,55 @@ fn replicas_starting_together_apply_each_migration_once() {
     assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
 }
 
+/// An index written before BM25 (schema version 3: no postings, no chunk lengths, a GIN
+/// index for `ts_rank_cd`) is upgraded in place at start-up: migration 4 backfills postings,
+/// lengths and corpus statistics from the stored `tsvector`s, so word ranking weighs rare
+/// words at once, without a reindex.
+#[test]
+fn a_version_3_index_is_backfilled_for_bm25_on_open() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let docs = [
+        DocSpec::new("wiki:r1", "report report report for the board", 0),
+        DocSpec::new("wiki:r2", "monthly report for the team", 1),
+        DocSpec::new("wiki:r3", "yearly report on hiring", 2),
+        DocSpec::new("wiki:z", "zebra crossing near the office", 3),
+    ];
+    put(&open(&schema.options()), &docs);
+    // Put the schema back the way version 3 left it.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    c.batch_execute(&format!(
+        "SET search_path TO {s};
+         DROP TABLE terms;
+         ALTER TABLE chunks DROP COLUMN length;
+         ALTER TABLE manifest DROP COLUMN chunk_count, DROP COLUMN total_length;
+         CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
+         DELETE FROM schema_version WHERE version = 4;",
+        s = schema.name
+    ))
+    .expect("downgrade to version 3");
+    let index = open(&schema.options());
+    let req = request("report zebra", None, SearchMode::Bm25, Filter::default());
+    let ids = doc_ids(&index, &req);
+    assert_eq!(ids.first().map(String::as_str), Some("wiki:z"), "{ids:?}");
+    assert_eq!(ids.len(), 4, "{ids:?}");
+    let row = c
+        .query_one(
+            &format!(
+                "SELECT chunk_count, total_length, (SELECT count(*) FROM {s}.terms),
+                        (SELECT max(version) FROM {s}.schema_version)
+                 FROM {s}.manifest",
+                s = schema.name
+            ),
+            &[],
+        )
+        .expect("statistics");
+    assert_eq!(row.get::<_, i64>(0), 4);
+    assert!(row.get::<_, i64>(1) >= 12, "lengths were backfilled");
+    assert!(row.get::<_, i64>(2) >= 12, "postings were backfilled");
+    assert_eq!(row.get::<_, i32>(3), SCHEMA_VERSION);
+}
+
 #[test]
 fn replicas_share_one_index_and_one_generation_sequence() {
     let Some(url) = pg_url() else { return };
