@@ -9,7 +9,10 @@
 //! (passages per row, default 48), `CAIRN_BENCH_QUERIES` (default 200).
 
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use cairn::query_embed::QueryEmbedder;
 
 use cairn_ingest::Embedder;
 use cairn_ingest::embed::MiniLmEmbedder;
@@ -251,5 +254,78 @@ fn main() -> ExitCode {
         rss_loaded / 1024,
         rss_kib("VmHWM:").unwrap_or(0) / 1024
     );
+    concurrent_queries(Arc::new(e), &queries(nq));
     ExitCode::SUCCESS
+}
+
+/// Clients asking at once.
+const CLIENTS: usize = 16;
+
+/// `qs` asked by [`CLIENTS`] threads at once, each embedding through `embed`; returns
+/// (queries/s, p50, p99 per question).
+fn asked_together(
+    qs: &[String],
+    embed: &(dyn Fn(&str) -> Vec<f32> + Sync),
+) -> (f64, Duration, Duration) {
+    let start = Instant::now();
+    let mut times: Vec<Duration> = std::thread::scope(|s| {
+        let handles: Vec<_> = qs
+            .chunks(qs.len().div_ceil(CLIENTS))
+            .map(|mine| {
+                s.spawn(move || {
+                    mine.iter()
+                        .map(|q| {
+                            let t = Instant::now();
+                            let v = embed(q);
+                            assert_eq!(v.len(), 384);
+                            t.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("client"))
+            .collect()
+    });
+    let rate = qs.len() as f64 / start.elapsed().as_secs_f64();
+    times.sort();
+    let at = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    (rate, at(0.50), at(0.99))
+}
+
+/// The server's query path under concurrent questions: one call per question on a two-thread
+/// pool (the path before batching) against `QueryEmbedder` (questions waiting together share a
+/// call), alternated twice in this run.
+fn concurrent_queries(e: Arc<MiniLmEmbedder>, qs: &[String]) {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("pool");
+    let per_call = |q: &str| pool.install(|| e.embed_query(q)).expect("embed");
+    let batcher = QueryEmbedder::start(e.clone(), 2).expect("query embedder");
+    let batched = |q: &str| batcher.embed(q).expect("embed");
+    println!(
+        "\n{} short queries asked by {CLIENTS} clients at once:\n",
+        qs.len()
+    );
+    println!("| path | round | queries/s | p50 ms | p99 ms |");
+    println!("|---|---:|---:|---:|---:|");
+    for round in 1..=2 {
+        for (name, f) in [
+            (
+                "one call per question",
+                &per_call as &(dyn Fn(&str) -> Vec<f32> + Sync),
+            ),
+            ("batched (QueryEmbedder)", &batched),
+        ] {
+            let (rate, p50, p99) = asked_together(qs, f);
+            println!(
+                "| {name} | {round} | {rate:.1} | {:.1} | {:.1} |",
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3
+            );
+        }
+    }
 }

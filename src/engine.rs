@@ -30,6 +30,7 @@ use crate::embedder::Feedback;
 use crate::gate::{EngineGate, GoldenSet};
 use crate::prompt::Prompt;
 use crate::providers::Router;
+use crate::query_embed::QueryEmbedder;
 use crate::trace::Traces;
 
 pub struct Engine {
@@ -49,8 +50,9 @@ pub struct Engine {
     /// `[audit]`: admin actions and what was sent to which provider.
     pub audit: AuditLog,
     embed_cache: Arc<EmbeddingCache>,
-    /// Query embeddings run here, not on the global pool that ingest embedding saturates.
-    query_pool: rayon::ThreadPool,
+    /// Query embeddings run here (own threads, concurrent questions batched), not on the
+    /// global pool that ingest embedding saturates.
+    queries: QueryEmbedder,
     ingest_lock: Mutex<()>,
     /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
     pub golden: Option<GoldenSet>,
@@ -192,10 +194,7 @@ impl Engine {
             EmbeddingCache::open(&config.data_dir.join("embed-cache"))
                 .context("opening the embedding cache")?,
         );
-        let query_pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .thread_name(|i| format!("cairn-query-{i}"))
-            .build()
+        let queries = QueryEmbedder::start(embedder.clone(), 2)
             .context("starting the query-embedding threads")?;
         let golden = match &config.quality_gate.file {
             Some(file) => Some(
@@ -217,7 +216,7 @@ impl Engine {
             traces,
             audit,
             embed_cache,
-            query_pool,
+            queries,
             ingest_lock: Mutex::new(()),
             golden,
         })
@@ -403,12 +402,10 @@ impl Engine {
         self.search_with_vector(text, vector, k, filter, mode)
     }
 
-    /// Embeds a question on the query pool (its own threads), so searches stay fast while a
-    /// reindex keeps the global pool busy. Blocking.
+    /// Embeds a question on the query threads, so searches stay fast while a reindex keeps
+    /// the global pool busy; questions waiting together share one batch. Blocking.
     pub fn embed_query(&self, text: &str) -> anyhow::Result<Vec<f32>> {
-        Ok(self
-            .query_pool
-            .install(|| self.embedder.embed_query(text))?)
+        Ok(self.queries.embed(text)?)
     }
 
     /// A document's chunks in order, for completing a passage — empty when the document is gone

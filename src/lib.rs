@@ -24,6 +24,7 @@ pub mod privacy;
 pub mod progress;
 pub mod prompt;
 pub mod providers;
+pub mod query_embed;
 pub mod rerank;
 pub mod server;
 pub mod trace;

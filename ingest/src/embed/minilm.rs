@@ -207,6 +207,11 @@ impl Embedder for MiniLmEmbedder {
         Ok(out)
     }
 
+    /// Queries take no prefix in this model, so a batch of them is a batch of passages.
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, IngestError> {
+        self.embed_passages(texts)
+    }
+
     fn count_tokens(&self, text: &str) -> usize {
         // Word-pieces without the special tokens; no offsets are tracked (encode_fast).
         self.tokenizer

@@ -26,6 +26,12 @@ pub trait Embedder: Send + Sync {
             message: "no vector returned".into(),
         })
     }
+    /// Embeds several queries at once, in order (the server batches questions that arrive
+    /// together). The default embeds each with [`Embedder::embed_query`]; models whose queries
+    /// are embedded like passages override it with one batched call.
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, crate::IngestError> {
+        texts.iter().map(|t| self.embed_query(t)).collect()
+    }
     /// Tokens of `text` in this model's tokenizer (chunk sizing).
     fn count_tokens(&self, text: &str) -> usize;
 }
