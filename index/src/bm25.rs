@@ -105,10 +105,7 @@ pub fn body_text(doc: &DocumentRecord, chunk: &ChunkRecord) -> String {
 /// commit can reuse one of their names — a segment's `<id>.<opstamp>.del` — and fail with
 /// `FileAlreadyExists`. Runs at open, when no other writer can exist.
 fn remove_unfinished_commit_files(index: &TantivyIndex, path: &Path) -> Result<()> {
-    let tv = |source| IndexError::Bm25 {
-        path: path.to_path_buf(),
-        source,
-    };
+    let tv = |source| IndexError::bm25(path, source);
     let writer: IndexWriter = index.writer_with_num_threads(1, WRITER_HEAP).map_err(tv)?;
     let removed = writer.garbage_collect_files().wait().map_err(tv)?;
     if !removed.deleted_files.is_empty() {
@@ -122,10 +119,7 @@ fn remove_unfinished_commit_files(index: &TantivyIndex, path: &Path) -> Result<(
 
 impl Bm25 {
     pub fn open(path: &Path) -> Result<Bm25> {
-        let tv = |source| IndexError::Bm25 {
-            path: path.to_path_buf(),
-            source,
-        };
+        let tv = |source| IndexError::bm25(path, source);
         std::fs::create_dir_all(path).map_err(|source| IndexError::Io {
             path: path.to_path_buf(),
             source,
@@ -166,10 +160,7 @@ impl Bm25 {
     }
 
     fn tv(&self, source: tantivy::TantivyError) -> IndexError {
-        IndexError::Bm25 {
-            path: self.path.clone(),
-            source,
-        }
+        IndexError::bm25(&self.path, source)
     }
 
     /// The generation recorded by the last tantivy commit (0 when none).
@@ -395,10 +386,7 @@ pub struct Bm25Writer {
 
 impl Bm25Writer {
     fn tv(&self, source: tantivy::TantivyError) -> IndexError {
-        IndexError::Bm25 {
-            path: self.path.clone(),
-            source,
-        }
+        IndexError::bm25(&self.path, source)
     }
 
     pub fn delete_doc(&mut self, doc_id: &str) {
@@ -436,21 +424,12 @@ impl Bm25Writer {
 
     /// Commits with the generation number as payload.
     pub fn commit(mut self, generation: u64) -> Result<()> {
-        let mut prepared = self.writer.prepare_commit().map_err(|e| IndexError::Bm25 {
-            path: self.path.clone(),
-            source: e,
-        })?;
+        let path = self.path.clone();
+        let tv = |e| IndexError::bm25(&path, e);
+        let mut prepared = self.writer.prepare_commit().map_err(tv)?;
         prepared.set_payload(&generation.to_string());
-        prepared.commit().map_err(|e| IndexError::Bm25 {
-            path: self.path.clone(),
-            source: e,
-        })?;
-        self.writer
-            .wait_merging_threads()
-            .map_err(|e| IndexError::Bm25 {
-                path: self.path.clone(),
-                source: e,
-            })?;
+        prepared.commit().map_err(tv)?;
+        self.writer.wait_merging_threads().map_err(tv)?;
         Ok(())
     }
 }

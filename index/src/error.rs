@@ -1,6 +1,6 @@
 //! The index's error type: every failure a caller can act on, with the file or value involved.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Errors raised by the index. Messages say what happened, where, and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +36,14 @@ pub enum IndexError {
         #[source]
         source: sled::Error,
     },
-    #[error("full-text index error in {path}: {source}")]
+    /// `hint` is empty, or says the file system is nearly full (tantivy reports a write that
+    /// failed for lack of space as a killed writer thread, without the `ENOSPC`).
+    #[error("full-text index error in {path}: {source}{hint}")]
     Bm25 {
         path: PathBuf,
         #[source]
         source: tantivy::TantivyError,
+        hint: String,
     },
     /// A failure of a server-backed index (connection, query, schema); the message names the
     /// server object and says what to do.
@@ -55,4 +58,29 @@ pub enum IndexError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Below this much free space on the file system holding the BM25 files, a BM25 error says
+/// the disk is probably full: tantivy needs room for a whole new segment before it commits.
+const LOW_SPACE_BYTES: u64 = 64 << 20;
+
+impl IndexError {
+    /// A BM25 (tantivy) error at `path`, with a hint when the file system holding it is
+    /// nearly full, the usual cause of a writer thread that died mid-commit.
+    pub fn bm25(path: &Path, source: tantivy::TantivyError) -> IndexError {
+        let hint = match fs4::available_space(path) {
+            Ok(free) if free < LOW_SPACE_BYTES => format!(
+                " (only {} KiB free on the file system holding {}: the disk is probably \
+                 full; free space, then rerun the ingest)",
+                free >> 10,
+                path.display()
+            ),
+            _ => String::new(),
+        };
+        IndexError::Bm25 {
+            path: path.to_path_buf(),
+            source,
+            hint,
+        }
+    }
 }
