@@ -146,13 +146,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn concurrent_questions_share_a_call_and_each_gets_its_own_vector() {
+    fn started() -> (Arc<Recording>, QueryEmbedder) {
         let inner = Arc::new(Recording {
             calls: Mutex::new(Vec::new()),
             gate: Mutex::new(()),
         });
         let q = QueryEmbedder::start(inner.clone(), 1).expect("start");
+        (inner, q)
+    }
+
+    #[test]
+    fn concurrent_questions_share_a_call_and_each_gets_its_own_vector() {
+        let (inner, q) = started();
         // Hold the model so the questions queue up behind the first.
         let held = inner.gate.lock().expect("gate");
         std::thread::scope(|s| {
@@ -176,11 +181,7 @@ mod tests {
 
     #[test]
     fn a_bad_question_fails_alone() {
-        let inner = Arc::new(Recording {
-            calls: Mutex::new(Vec::new()),
-            gate: Mutex::new(()),
-        });
-        let q = QueryEmbedder::start(inner.clone(), 1).expect("start");
+        let (inner, q) = started();
         let held = inner.gate.lock().expect("gate");
         std::thread::scope(|s| {
             let good = s.spawn(|| q.embed("good"));
