@@ -399,11 +399,17 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     "the index is empty: ingesting {}",
                     dataset.join("corpus.jsonl").display()
                 );
+                // With the data directory's embedding cache, like `eval retrieval`, so a
+                // corpus embedded once is not embedded again.
+                let options = cairn_ingest::pipeline::PipelineOptions {
+                    embedding_cache: Some(engine.embedding_cache()),
+                    ..Default::default()
+                };
                 crate::eval::ingest_corpus(
                     &engine,
                     &dataset.join("corpus.jsonl"),
                     engine.index.as_ref(),
-                    &cairn_ingest::pipeline::PipelineOptions::default(),
+                    &options,
                     &|_| {},
                 )?;
             }

@@ -34,8 +34,9 @@ use crate::{BACKEND, PgOptions};
 const BM25_K1: f64 = 1.2;
 const BM25_B: f64 = 0.75;
 
-/// A commit writing at least this many chunks refreshes the planner's statistics.
-const ANALYZE_AFTER_CHUNKS: usize = 1000;
+/// A commit writing at least this many chunks vacuums and analyses the chunk and posting
+/// tables (planner statistics, visibility map for index-only scans).
+const VACUUM_AFTER_CHUNKS: usize = 1000;
 
 /// Marks around matched words in `ts_headline` output, replaced by `<mark>` after escaping.
 const MARK_START: char = '\u{1}';
@@ -565,12 +566,19 @@ impl IndexWriter for PgWriter<'_> {
             .get(0);
         tx.commit().map_err(|e| pg_error("committing", &e))?;
         let written: usize = self.upserts.iter().map(|(_, chunks)| chunks.len()).sum();
-        if written >= ANALYZE_AFTER_CHUNKS {
+        if written >= VACUUM_AFTER_CHUNKS {
             // Fresh planner statistics, so the next searches are not planned for the tables
-            // as they were before this load. The commit stands whether or not this works.
-            if let Err(e) = conn.batch_execute("ANALYZE chunks, terms") {
-                tracing::warn!(error = %pg_error("analysing after a large commit", &e),
-                    "planner statistics not refreshed");
+            // as they were before this load, and a fresh visibility map, so the word side's
+            // index-only scans need not visit the rows. The commit stands whether or not
+            // this works; autovacuum would get there later.
+            let started = std::time::Instant::now();
+            match conn.batch_execute("VACUUM (ANALYZE) terms, chunks") {
+                Ok(()) => tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "vacuumed after a large commit"
+                ),
+                Err(e) => tracing::warn!(error = %pg_error("vacuuming after a large commit", &e),
+                    "planner statistics not refreshed"),
             }
         }
         tracing::debug!(

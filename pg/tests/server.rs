@@ -186,6 +186,34 @@ fn a_version_3_index_is_backfilled_for_bm25_on_open() {
     assert_eq!(row.get::<_, i32>(3), SCHEMA_VERSION);
 }
 
+/// A commit of 1,000 chunks or more vacuums and analyses the chunk and posting tables, so
+/// the word side's index-only scans and the planner see the new rows at once.
+#[test]
+fn a_large_commit_vacuums_the_word_tables() {
+    let Some(url) = pg_url() else { return };
+    let schema = Schema::fresh(&url);
+    let index = open(&schema.options());
+    let texts: Vec<String> = (0..1000).map(|i| format!("bulk document {i}")).collect();
+    let ids: Vec<String> = (0..1000).map(|i| format!("wiki:bulk{i}")).collect();
+    let specs: Vec<DocSpec<'_>> = ids
+        .iter()
+        .zip(&texts)
+        .map(|(id, text)| DocSpec::new(id, text, 0))
+        .collect();
+    put(&index, &specs);
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+    let vacuumed: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_user_tables
+             WHERE schemaname = $1 AND relname IN ('terms', 'chunks')
+               AND last_vacuum IS NOT NULL AND last_analyze IS NOT NULL",
+            &[&schema.name],
+        )
+        .expect("statistics")
+        .get(0);
+    assert_eq!(vacuumed, 2);
+}
+
 #[test]
 fn replicas_share_one_index_and_one_generation_sequence() {
     let Some(url) = pg_url() else { return };
