@@ -5,9 +5,9 @@
 //! waiting (up to [`MAX_BATCH`]) and embeds them in one call on its own two-thread pool, so the
 //! global pool that ingest embedding saturates never delays a search. A lone question is
 //! embedded at once, as before; under concurrent load the model runs one forward pass over many
-//! short sequences instead of many passes over one each, which uses the cores better (measured
-//! in `benches/embed.rs`). A batch that fails is retried question by question, so one bad
-//! question cannot fail the others.
+//! short sequences instead of many passes over one each (`benches/embed.rs` measured 6–22 %
+//! more questions per second with 16 clients; BENCHMARKS.md). A batch that fails is retried
+//! question by question, so one bad question cannot fail the others.
 
 use std::sync::Arc;
 use std::sync::mpsc;
