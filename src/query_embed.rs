@@ -117,6 +117,8 @@ mod tests {
     struct Recording {
         calls: Mutex<Vec<usize>>,
         gate: Mutex<()>,
+        /// Calls that have started (before waiting for the gate).
+        entered: std::sync::atomic::AtomicUsize,
     }
 
     impl Embedder for Recording {
@@ -128,6 +130,8 @@ mod tests {
             }
         }
         fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, IngestError> {
+            self.entered
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _held = self.gate.lock().expect("gate");
             self.calls.lock().expect("calls").push(texts.len());
             if texts.iter().any(|t| t.contains("bad")) {
@@ -150,6 +154,7 @@ mod tests {
         let inner = Arc::new(Recording {
             calls: Mutex::new(Vec::new()),
             gate: Mutex::new(()),
+            entered: std::sync::atomic::AtomicUsize::new(0),
         });
         let q = QueryEmbedder::start(inner.clone(), 1).expect("start");
         (inner, q)
@@ -160,13 +165,26 @@ mod tests {
         let (inner, q) = started();
         // Hold the model so the questions queue up behind the first.
         let held = inner.gate.lock().expect("gate");
+        let asking = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             let handles: Vec<_> = (1..=9)
                 .map(|n| {
-                    let q = &q;
-                    s.spawn(move || q.embed(&"x".repeat(n)))
+                    let (q, asking) = (&q, &asking);
+                    s.spawn(move || {
+                        asking.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        q.embed(&"x".repeat(n))
+                    })
                 })
                 .collect();
+            // Wait until the coordinator is blocked in its first call and every client is
+            // asking, then give the last sends a moment to reach the queue.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while (inner.entered.load(std::sync::atomic::Ordering::SeqCst) == 0
+                || asking.load(std::sync::atomic::Ordering::SeqCst) < 9)
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
             drop(held);
             for (n, h) in (1..=9).zip(handles) {

@@ -201,16 +201,24 @@ fn a_large_commit_vacuums_the_word_tables() {
         .map(|(id, text)| DocSpec::new(id, text, 0))
         .collect();
     put(&index, &specs);
-    let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
-    let vacuumed: i64 = c
-        .query_one(
-            "SELECT count(*) FROM pg_stat_user_tables
-             WHERE schemaname = $1 AND relname IN ('terms', 'chunks')
-               AND last_vacuum IS NOT NULL AND last_analyze IS NOT NULL",
-            &[&schema.name],
-        )
-        .expect("statistics")
-        .get(0);
+    // Statistics may reach the cumulative views a moment after the commit returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let vacuumed = loop {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname IN ('terms', 'chunks')
+                   AND last_vacuum IS NOT NULL AND last_analyze IS NOT NULL",
+                &[&schema.name],
+            )
+            .expect("statistics")
+            .get(0);
+        if n == 2 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(vacuumed, 2);
 }
 
