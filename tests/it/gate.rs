@@ -4,15 +4,10 @@
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
-
-use axum::http::StatusCode;
-use serde_json::Value;
-use tower::ServiceExt;
 
 use cairn_index::{Filter, SearchMode};
 
-use crate::support::{ADMIN, TestApp, body_json, get, post_json, with_key};
+use crate::support::{ADMIN, TestApp, reindex_and_wait};
 
 const OTTERS: &str = "# Sea otters\n\nSea otters hold hands while they sleep so that the current \
     does not carry them apart. A group of resting otters is called a raft.";
@@ -152,29 +147,7 @@ fn a_reindex_that_loses_golden_answers_is_not_switched_in() {
 async fn a_refused_reindex_job_fails_and_says_why() {
     let app = gated_app();
     write_kb(app.dir.path(), UNRELATED);
-    let res = app
-        .router()
-        .oneshot(with_key(
-            post_json("/admin/reindex", r#"{"source":"kb"}"#),
-            ADMIN,
-        ))
-        .await
-        .expect("response");
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let id = body_json(res).await["id"].as_str().expect("id").to_string();
-    let mut job = Value::Null;
-    for _ in 0..600 {
-        let res = app
-            .router()
-            .oneshot(with_key(get(&format!("/admin/jobs/{id}")), ADMIN))
-            .await
-            .expect("response");
-        job = body_json(res).await;
-        if job["state"] == "succeeded" || job["state"] == "failed" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let job = reindex_and_wait(&app, r#"{"source":"kb"}"#).await;
     assert_eq!(job["state"], "failed", "{job}");
     let error = job["error"].as_str().expect("error");
     assert!(

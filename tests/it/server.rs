@@ -1,14 +1,12 @@
 //! The query server's operational contract: keys, scopes, access groups, rate limits, admin
 //! jobs, traces, metrics, the answer cache and the OpenAI-compatible endpoint.
 
-use std::time::Duration;
-
 use axum::http::StatusCode;
 use serde_json::Value;
 use tower::ServiceExt;
 
 use crate::support::{
-    self, ADMIN, BOT, HR, TestApp, body_json, get, keyed_app, post_json, with_key,
+    self, ADMIN, BOT, HR, TestApp, body_json, get, keyed_app, post_json, reindex_and_wait, with_key,
 };
 
 async fn status_code(
@@ -118,25 +116,7 @@ async fn rate_limit_answers_429_with_retry_after() {
 #[tokio::test]
 async fn reindex_job_runs_in_background_and_reports() {
     let app = keyed_app();
-    let (s, job) = status_code(
-        &app,
-        with_key(
-            post_json("/admin/reindex", r#"{"source":"samples","full":true}"#),
-            ADMIN,
-        ),
-    )
-    .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{job}");
-    let id = job["id"].as_str().expect("id").to_string();
-    let mut last = Value::Null;
-    for _ in 0..200 {
-        let (_, j) = status_code(&app, with_key(get(&format!("/admin/jobs/{id}")), ADMIN)).await;
-        if j["state"] == "succeeded" || j["state"] == "failed" {
-            last = j;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = reindex_and_wait(&app, r#"{"source":"samples","full":true}"#).await;
     assert_eq!(last["state"], "succeeded", "{last}");
     assert_eq!(last["counts"]["indexed"], 6, "{last}");
     assert_eq!(last["reports"][0]["source"], "samples");

@@ -232,6 +232,34 @@ pub async fn metrics_text(app: &TestApp) -> String {
     String::from_utf8(bytes.to_vec()).expect("utf8")
 }
 
+/// Queues an admin reindex with `body` (as `ADMIN`), checks it was accepted, and polls
+/// `/admin/jobs/{id}` until the job succeeded or failed (at most 30 s); returns the last job
+/// seen.
+pub async fn reindex_and_wait(app: &TestApp, body: &str) -> Value {
+    use tower::ServiceExt;
+    let res = app
+        .router()
+        .oneshot(with_key(post_json("/admin/reindex", body), ADMIN))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), axum::http::StatusCode::ACCEPTED);
+    let id = body_json(res).await["id"].as_str().expect("id").to_string();
+    let mut job = Value::Null;
+    for _ in 0..600 {
+        let res = app
+            .router()
+            .oneshot(with_key(get(&format!("/admin/jobs/{id}")), ADMIN))
+            .await
+            .expect("response");
+        job = body_json(res).await;
+        if job["state"] == "succeeded" || job["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    job
+}
+
 pub async fn body_json(resp: axum::response::Response) -> Value {
     let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
