@@ -348,6 +348,10 @@ fn audit_sent(
     served: Option<&TargetInfo>,
     attempts: &[Attempt],
 ) {
+    // Assembling and hashing the prompt is per request: skip it when nothing is recorded.
+    if !engine.audit.enabled() {
+        return;
+    }
     let text = crate::audit::prompt_text(sent.chat);
     engine.audit.record_or_warn(&AuditEvent::ProviderRequest {
         trace_id: trace.id.clone(),

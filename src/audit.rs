@@ -183,6 +183,11 @@ impl AuditLog {
         &self.path
     }
 
+    /// Whether records are written at all (`[audit] enabled`).
+    pub fn enabled(&self) -> bool {
+        self.file.is_some()
+    }
+
     /// Whether prompt text goes into the log.
     pub fn records_text(&self) -> bool {
         self.record_text

@@ -80,12 +80,8 @@ impl GoldenSet {
         if let Some(v) = cached.as_ref() {
             return Ok(v.clone());
         }
-        let v = Arc::new(
-            self.items
-                .iter()
-                .map(|g| engine.embed_query(&g.question))
-                .collect::<anyhow::Result<Vec<_>>>()?,
-        );
+        let questions: Vec<&str> = self.items.iter().map(|g| g.question.as_str()).collect();
+        let v = Arc::new(engine.embedder.embed_queries(&questions)?);
         *cached = Some(v.clone());
         Ok(v)
     }
