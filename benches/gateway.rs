@@ -158,7 +158,12 @@ fn bench(c: &mut Criterion) {
     group.sample_size(10);
     group.warm_up_time(Duration::from_secs(1));
     group.measurement_time(Duration::from_secs(3));
-    for (label, frames) in [("burst", burst), ("paced", paced)] {
+    let paced_note = format!("{} ms between tokens", GAP.as_millis());
+    // (name, what it sends, frames, whether criterion also times it)
+    for (label, note, frames, timed) in [
+        ("burst", "every event at once", burst, true),
+        ("paced", paced_note.as_str(), paced, false),
+    ] {
         let fake = server_rt.block_on(Fake::start(vec![Reply::sse(frames)]));
         let r = router(&fake);
         let client = reqwest::Client::new();
@@ -170,14 +175,7 @@ fn bench(c: &mut Criterion) {
                 (0..n).map(|_| direct(&client, &url)),
             ))
         };
-        println!(
-            "== upstream: {label} ({})",
-            if label == "burst" {
-                "every event at once".to_string()
-            } else {
-                format!("{} ms between tokens", GAP.as_millis())
-            }
-        );
+        println!("== upstream: {label} ({note})");
         for &(n, rounds) in &[(1usize, 400usize), (64, 40), (512, 6)] {
             // Warm both connection pools to this concurrency before measuring.
             layer_batch(n);
@@ -197,7 +195,7 @@ fn bench(c: &mut Criterion) {
                 }
             }
             report(n, &mut layer, &mut raw);
-            if label == "burst" {
+            if timed {
                 group.throughput(Throughput::Elements(n as u64));
                 group.bench_function(format!("layer_batch_{n}"), |b| b.iter(|| layer_batch(n)));
                 group.bench_function(format!("direct_batch_{n}"), |b| b.iter(|| direct_batch(n)));
