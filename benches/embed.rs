@@ -12,7 +12,7 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cairn::query_embed::QueryEmbedder;
+use cairn::retrieval::query_embed::QueryEmbedder;
 
 use cairn_ingest::Embedder;
 use cairn_ingest::embed::MiniLmEmbedder;

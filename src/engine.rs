@@ -23,15 +23,15 @@ use cairn_ingest::pipeline::{self, Gate, PipelineOptions, Progress, Report};
 use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
-use crate::audit::AuditLog;
-use crate::cache::AnswerCache;
+use crate::answer::cache::AnswerCache;
+use crate::answer::prompt::Prompt;
 use crate::config::{Config, RawSource};
 use crate::embedder::Feedback;
-use crate::gate::{EngineGate, GoldenSet};
-use crate::prompt::Prompt;
+use crate::observe::audit::AuditLog;
+use crate::observe::trace::Traces;
+use crate::ops::gate::{EngineGate, GoldenSet};
 use crate::providers::Router;
-use crate::query_embed::QueryEmbedder;
-use crate::trace::Traces;
+use crate::retrieval::query_embed::QueryEmbedder;
 
 pub struct Engine {
     pub config: Config,
@@ -183,7 +183,7 @@ impl Engine {
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
-        let reranker = crate::rerank::build(&config.rerank, &router, &config.privacy)
+        let reranker = crate::retrieval::rerank::build(&config.rerank, &router, &config.privacy)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
         let cache = AnswerCache::new(config.cache.clone());
@@ -437,7 +437,7 @@ impl Engine {
         let wide = k.max(self.config.rerank.candidates);
         let hits = self.search_with_vector(text, Some(vector), wide, filter, SearchMode::Hybrid)?;
         let started = std::time::Instant::now();
-        let hits = crate::rerank::apply(self.reranker.as_ref(), text, hits, k)
+        let hits = crate::retrieval::rerank::apply(self.reranker.as_ref(), text, hits, k)
             .with_context(|| format!("reranking with {}", self.reranker.name()))?;
         Ok((hits, started.elapsed().as_secs_f64() * 1000.0))
     }

@@ -80,7 +80,7 @@ async fn page_works_in_chromium() {
 
     let app = TestApp::with_config(&format!(
         "[[auth.keys]]\nname = \"page-admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\n",
-        cairn::auth::hash_key(ADMIN_KEY)
+        cairn::http::auth::hash_key(ADMIN_KEY)
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -211,7 +211,7 @@ kind = "files"
 path = {bulk:?}
 include = ["**/*.md"]
 "#,
-            cairn::auth::hash_key(ADMIN),
+            cairn::http::auth::hash_key(ADMIN),
         ),
     )
 }

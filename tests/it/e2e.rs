@@ -368,14 +368,14 @@ async fn ask_context_drops_mirrored_pages_and_completes_cut_sentences() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_runs_for_a_duration_on_the_chosen_route() {
     let app = TestApp::new();
-    let options = cairn::loadgen::LoadOptions {
+    let options = cairn::bench::loadgen::LoadOptions {
         queries: vec!["How long do refunds take?".into()],
         clients: vec![2],
         requests: 1,
         duration: Some(std::time::Duration::from_secs(1)),
         routes: vec!["search".into()],
     };
-    let levels = cairn::loadgen::run(app.engine.clone(), &options)
+    let levels = cairn::bench::loadgen::run(app.engine.clone(), &options)
         .await
         .expect("load run");
     assert_eq!(levels.len(), 1);
@@ -389,7 +389,7 @@ async fn load_generator_runs_for_a_duration_on_the_chosen_route() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_generator_runs_every_level_and_reads_server_traces() {
     let app = TestApp::new();
-    let options = cairn::loadgen::LoadOptions {
+    let options = cairn::bench::loadgen::LoadOptions {
         queries: vec![
             "How long do refunds take?".into(),
             "Is shipping free?".into(),
@@ -399,7 +399,7 @@ async fn load_generator_runs_every_level_and_reads_server_traces() {
         duration: None,
         routes: vec!["search".into(), "ask".into()],
     };
-    let levels = cairn::loadgen::run(app.engine.clone(), &options)
+    let levels = cairn::bench::loadgen::run(app.engine.clone(), &options)
         .await
         .expect("load run");
     let shape: Vec<(&str, usize, usize)> = levels

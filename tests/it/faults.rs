@@ -181,7 +181,7 @@ async fn ask(client: &reqwest::Client, base: &str, question: &str) -> Seen {
 /// Upstream calls a trace records for the remote provider: its failed tries (breaker skips are
 /// not calls) plus the call that served, if the remote served (a stream cut after output also
 /// records its in-stream error, which is that same call).
-fn remote_calls(t: &cairn::trace::Trace) -> usize {
+fn remote_calls(t: &cairn::observe::trace::Trace) -> usize {
     let errors = t
         .provider_errors
         .iter()

@@ -43,7 +43,7 @@ fn gated_app() -> TestApp {
         .expect("write golden");
         format!(
             "[quality_gate]\nfile = {golden:?}\nmax_drop = 0.05\n[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\n[[sources]]\nname = \"kb\"\nkind = \"files\"\npath = {:?}\n",
-            cairn::auth::hash_key(ADMIN),
+            cairn::http::auth::hash_key(ADMIN),
             dir.join("kb"),
         )
     })

@@ -46,8 +46,8 @@ scopes = ["ask"]
 {extra}
 "#,
         fake.base,
-        cairn::auth::hash_key(BOT),
-        cairn::auth::hash_key(HR),
+        cairn::http::auth::hash_key(BOT),
+        cairn::http::auth::hash_key(HR),
     ))
 }
 

@@ -199,7 +199,7 @@ async fn an_answer_is_exported_as_a_span_tree_without_its_text() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_collector_does_not_fail_the_answer_and_is_counted() {
-    cairn::metrics::handle();
+    cairn::observe::metrics::handle();
     // A port nothing listens on: bind one, then free it.
     let port = crate::support::free_port();
     let app = TestApp::with_config(&format!(

@@ -68,7 +68,7 @@ async fn ask(app: &TestApp, question: &str) -> Value {
 }
 
 fn audit_lines(app: &TestApp) -> Vec<Value> {
-    cairn::audit::read(app.engine.audit.path()).expect("audit log")
+    cairn::observe::audit::read(app.engine.audit.path()).expect("audit log")
 }
 
 const QUESTION: &str = "Who handles billing disputes? Reply to jane.roe@customer.example";
@@ -136,7 +136,10 @@ async fn the_provider_never_sees_personal_data_and_the_caller_gets_it_back() {
         messages[0]["content"].as_str().expect("system"),
         messages[1]["content"].as_str().expect("user"),
     );
-    assert_eq!(rec["prompt_sha256"], cairn::audit::sha256_hex(&received));
+    assert_eq!(
+        rec["prompt_sha256"],
+        cairn::observe::audit::sha256_hex(&received)
+    );
     let log = std::fs::read_to_string(app.engine.audit.path()).expect("log");
     for secret in [EMAIL, PHONE, CARD, ASKER] {
         assert!(!log.contains(secret), "{secret} in the audit log");
@@ -186,7 +189,10 @@ record_text = true
         .find(|l| l["event"] == "provider_request")
         .expect("record");
     let prompt = rec["prompt"].as_str().expect("prompt text recorded");
-    assert_eq!(rec["prompt_sha256"], cairn::audit::sha256_hex(prompt));
+    assert_eq!(
+        rec["prompt_sha256"],
+        cairn::observe::audit::sha256_hex(prompt)
+    );
     assert!(
         prompt.contains("[ticket-1]") && !prompt.contains(EMAIL),
         "{prompt}"

@@ -352,7 +352,7 @@ async fn two_serve_processes_share_jobs_and_survive_a_killed_replica() {
          [[sources]]\nname = \"kb\"\nkind = \"kb_api\"\nurl = \"http://{kb_addr}/articles\"\n\
          timeout_secs = 600\n",
         schema = schema.name,
-        hash = cairn::auth::hash_key(support::ADMIN),
+        hash = cairn::http::auth::hash_key(support::ADMIN),
     );
     // `cairn serve` ingests every source before serving when the index is empty; a seeded
     // index makes the replicas start at once and leaves the ingest to the admin jobs.

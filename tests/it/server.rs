@@ -155,9 +155,9 @@ async fn interrupted_job_is_reported_after_restart() {
         r#"{"id":"j1","source":null,"full":false,"state":"running","created_at":"2026-01-01T00:00:00Z","started_at":null,"finished_at":null,"progress":{"source":null,"listed":3,"processed":2,"chunks":4},"counts":{"indexed":0,"unchanged":0,"skipped":0,"failed":0,"deleted":0,"chunks":0},"reports":[],"error":null}"#,
     )
     .expect("write");
-    let jobs = cairn::jobs::Jobs::open(dir.path()).expect("open");
+    let jobs = cairn::ops::jobs::Jobs::open(dir.path()).expect("open");
     let j = jobs.get("j1").expect("read").expect("job");
-    assert_eq!(j.state, cairn::jobs::JobState::Interrupted);
+    assert_eq!(j.state, cairn::ops::jobs::JobState::Interrupted);
     assert!(j.error.expect("reason").contains("start it again"));
 }
 
@@ -184,7 +184,7 @@ async fn traces_metrics_and_cache() {
     assert!(!t["retrieved"].as_array().expect("retrieved").is_empty());
     assert_eq!(traces["traces"][1]["outcome"], "answered");
 
-    cairn::metrics::handle();
+    cairn::observe::metrics::handle();
     let _ = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
     let text = support::metrics_text(&app).await;
     assert!(text.contains("cairn_requests_total"), "{text}");

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use cairn::config::{Config, Overrides};
 use cairn::engine::Engine;
-use cairn::server::{AppState, router};
+use cairn::http::{AppState, router};
 use cairn_ingest::pipeline::Report;
 
 pub fn repo() -> PathBuf {
@@ -166,9 +166,9 @@ kind = "files"
 path = {:?}
 access_groups = ["hr"]
 "#,
-            cairn::auth::hash_key(ADMIN),
-            cairn::auth::hash_key(BOT),
-            cairn::auth::hash_key(HR),
+            cairn::http::auth::hash_key(ADMIN),
+            cairn::http::auth::hash_key(BOT),
+            cairn::http::auth::hash_key(HR),
             secret
         )
     })

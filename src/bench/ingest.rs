@@ -17,9 +17,9 @@ use cairn_index::Index;
 use cairn_ingest::embed_cache::EmbeddingCache;
 use cairn_ingest::pipeline::{PipelineOptions, Report, StageTimes};
 
+use crate::cli::progress::IngestBars;
 use crate::engine::{Engine, index_options};
 use crate::eval::ingest_corpus;
-use crate::progress::IngestBars;
 
 /// Percent of a run's wall time per stage; `other` is what no stage accounts for.
 #[derive(Debug, Clone, Serialize)]

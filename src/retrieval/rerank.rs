@@ -16,7 +16,7 @@ use cairn_index::Hit;
 use cairn_ingest::IngestError;
 use cairn_ingest::rerank::{CrossEncoderReranker, LexicalReranker, NoopReranker, Reranker};
 
-use crate::privacy::Masker;
+use crate::answer::privacy::Masker;
 use crate::providers::{RerankRequest, Router};
 
 /// `[rerank]`: which reranker orders the candidates before the prompt.

@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::{AnswerEvent, answer_on};
-use crate::auth::Scope;
+use crate::http::auth::Scope;
+use crate::http::{ApiError, AppState, AskBody, AskResponse, Turn, validate_ask};
 use crate::providers::Role;
-use crate::server::{ApiError, AppState, AskBody, AskResponse, Turn, validate_ask};
 
 #[derive(Debug, Deserialize)]
 pub struct ChatMessage {

@@ -25,11 +25,11 @@ use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use serde::Serialize;
 
-use super::{percentile, sorted};
+use super::loadgen::{percentile, serve_loopback, sorted};
 use crate::config::Config;
 use crate::engine::{Engine, OpenOptions};
+use crate::http::{AppState, router};
 use crate::providers::config::{ProviderConfig, ProviderKind};
-use crate::server::{AppState, router};
 
 /// Options of `cairn bench streams`.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub struct StreamsReport {
 /// `VmRSS` and `VmHWM` of this process, in KiB.
 fn memory_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name| crate::bench::status_kib(&status, name).unwrap_or(0);
+    let field = |name| crate::bench::ingest::status_kib(&status, name).unwrap_or(0);
     (field("VmRSS"), field("VmHWM"))
 }
 
@@ -140,7 +140,7 @@ async fn start_fake(
             .body(slow_body(tokens, gap))
             .unwrap_or_else(|_| Response::new(Body::empty()))
     });
-    let (addr, task) = super::serve_loopback(app).await?;
+    let (addr, task) = serve_loopback(app).await?;
     Ok((format!("http://{addr}/v1"), task))
 }
 
@@ -161,9 +161,12 @@ fn configure(config: &mut Config, base: &str, streams: usize) {
     if !config
         .auth
         .anonymous_scopes
-        .contains(&crate::auth::Scope::Ask)
+        .contains(&crate::http::auth::Scope::Ask)
     {
-        config.auth.anonymous_scopes.push(crate::auth::Scope::Ask);
+        config
+            .auth
+            .anonymous_scopes
+            .push(crate::http::auth::Scope::Ask);
     }
     config.traces.keep = config.traces.keep.max(streams);
 }
@@ -245,7 +248,7 @@ pub fn run(
 }
 
 async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<StreamsReport> {
-    let (addr, server) = super::serve_loopback(router(AppState::new(engine)?)).await?;
+    let (addr, server) = serve_loopback(router(AppState::new(engine)?)).await?;
     let url = format!("http://{addr}/ask");
     let expected: String = (0..o.tokens).map(|i| format!("word{i} ")).collect();
 

@@ -28,7 +28,7 @@ use opentelemetry_sdk::trace::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigError, ProviderConfig, ProviderKind, resolve_secret};
-use crate::trace::Trace;
+use crate::observe::trace::Trace;
 
 /// Where the OTLP signal path goes under the configured base URL.
 const TRACES_PATH: &str = "/v1/traces";
@@ -253,7 +253,7 @@ impl<E: SpanExporter> SpanExporter for CountingExporter<E> {
         let spans = batch.len();
         let result = self.inner.export(batch).await;
         if let Err(e) = &result {
-            metrics::counter!(crate::metrics::OTLP_EXPORT_FAILURES).increment(1);
+            metrics::counter!(crate::observe::metrics::OTLP_EXPORT_FAILURES).increment(1);
             let now = Instant::now();
             let mut warned = match self.warned.lock() {
                 Ok(g) => g,
@@ -535,7 +535,7 @@ fn spans(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::{RetrievedChunk, Timings};
+    use crate::observe::trace::{RetrievedChunk, Timings};
 
     fn sample() -> Trace {
         Trace {

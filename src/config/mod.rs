@@ -16,11 +16,11 @@ use serde::{Deserialize, Serialize};
 use cairn_index::{Fusion, VectorOptions};
 use cairn_ingest::ChunkerOptions;
 
-use crate::audit::RawAudit;
-use crate::auth::RawAuth;
-use crate::cache::RawCache;
-use crate::privacy::{Masker, RawPrivacy};
-use crate::trace::RawTraces;
+use crate::answer::cache::RawCache;
+use crate::answer::privacy::{Masker, RawPrivacy};
+use crate::http::auth::RawAuth;
+use crate::observe::audit::RawAudit;
+use crate::observe::trace::RawTraces;
 
 pub use crate::providers::config::{BudgetConfig, ProviderConfig, ProviderKind, RawProvider};
 
@@ -44,7 +44,7 @@ pub struct RawConfig {
     pub data_dir: PathBuf,
     pub server: RawServer,
     pub embedder: RawEmbedder,
-    pub rerank: crate::rerank::RawRerank,
+    pub rerank: crate::retrieval::rerank::RawRerank,
     pub chunking: ChunkerOptions,
     pub index: RawIndex,
     pub retrieval: RawRetrieval,
@@ -82,7 +82,7 @@ impl Default for RawConfig {
             data_dir: PathBuf::from("data"),
             server: RawServer::default(),
             embedder: RawEmbedder::default(),
-            rerank: crate::rerank::RawRerank::default(),
+            rerank: crate::retrieval::rerank::RawRerank::default(),
             chunking: ChunkerOptions::default(),
             index: RawIndex::default(),
             retrieval: RawRetrieval::default(),
@@ -102,7 +102,7 @@ impl Default for RawConfig {
 }
 
 /// `[quality_gate]`: golden questions scored on every reindex before its generation is
-/// switched in (see `crate::gate`).
+/// switched in (see `crate::ops::gate`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawQualityGate {
@@ -427,7 +427,7 @@ pub struct Config {
     pub bind: SocketAddr,
     pub server: RawServer,
     pub embedder: RawEmbedder,
-    pub rerank: crate::rerank::RawRerank,
+    pub rerank: crate::retrieval::rerank::RawRerank,
     pub chunking: ChunkerOptions,
     pub index: RawIndex,
     /// The PostgreSQL connection settings with the URL resolved, when `backend = "postgres"`.
@@ -565,7 +565,7 @@ fn resolve_reference(
 /// `[budget]` caps must be usable: a token cap below what an answer asks for would refuse every
 /// question, and a spend cap must be a non-negative number of dollars.
 fn check_budget(b: &BudgetConfig) -> Result<(), (&'static str, String)> {
-    let answer_tokens = crate::prompt::ANSWER_MAX_TOKENS;
+    let answer_tokens = crate::answer::prompt::ANSWER_MAX_TOKENS;
     if let Some(cap) = b.max_tokens_per_request
         && cap < answer_tokens
     {
@@ -805,7 +805,7 @@ fn validate(
     }
     let mut key_names = std::collections::HashSet::new();
     for (i, k) in raw.auth.keys.iter().enumerate() {
-        if crate::auth::parse_hash(&k.hash).is_none() {
+        if crate::http::auth::parse_hash(&k.hash).is_none() {
             return Err(key_err(
                 &format!("auth.keys[{i}].hash"),
                 "must be \"sha256:<64 hex digits>\"; `cairn hash-key` prints it for a key".into(),
@@ -831,7 +831,7 @@ fn validate(
         ));
     }
     let mut traces = raw.traces;
-    crate::otlp::validate(&mut traces.otlp, origin, env)?;
+    crate::observe::otlp::validate(&mut traces.otlp, origin, env)?;
     let privacy = Masker::from_config(&raw.privacy, origin)?;
     let mut audit = raw.audit;
     if !audit.path.as_os_str().is_empty() {

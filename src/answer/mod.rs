@@ -7,7 +7,13 @@
 //! Must not: call a provider directly (every model call goes through the gateway), or show a
 //! client an `[n]` that was not given to the model.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+pub mod cache;
+pub mod citations;
+pub mod context;
+pub mod privacy;
+pub mod prompt;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,15 +24,16 @@ use tokio_util::sync::CancellationToken;
 
 use cairn_index::{Filter, Hit};
 
-use crate::audit::AuditEvent;
-use crate::context::{self, ContextOptions, Passage};
+use crate::answer::citations::{CitationFilter, best_quote};
+use crate::answer::context::{ContextOptions, Passage};
 use crate::engine::{Engine, HitView};
+use crate::observe::audit::AuditEvent;
+use crate::observe::trace::{RetrievedChunk, Trace};
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
     ChatEvent, ChatRequest, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
 };
-use crate::trace::{RetrievedChunk, Trace};
 
 /// One verified citation.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -81,92 +88,6 @@ pub struct AskRequest {
     /// Whose daily spend cap (`[budget] daily_usd_per_key`) the model call counts against;
     /// `None` counts against the global cap only.
     pub budget_key: Option<String>,
-}
-
-/// Keeps `[n]` markers whose `n` was given to the model and drops the rest, across deltas:
-/// a trailing `[12` is held back until the next delta decides it.
-#[derive(Debug, Default)]
-pub struct CitationFilter {
-    allowed: BTreeSet<usize>,
-    held: String,
-    pub used: Vec<usize>,
-    pub dropped: usize,
-}
-
-impl CitationFilter {
-    pub fn new(allowed: impl IntoIterator<Item = usize>) -> CitationFilter {
-        CitationFilter {
-            allowed: allowed.into_iter().collect(),
-            ..Default::default()
-        }
-    }
-
-    /// Feeds a delta; returns the text that can be shown now.
-    pub fn push(&mut self, delta: &str) -> String {
-        self.held.push_str(delta);
-        let text = std::mem::take(&mut self.held);
-        let mut out = String::with_capacity(text.len());
-        let mut rest = text.as_str();
-        while let Some(open) = rest.find('[') {
-            out.push_str(&rest[..open]);
-            let tail = &rest[open + 1..];
-            let digits: usize = tail.chars().take_while(|c| c.is_ascii_digit()).count();
-            let after = &tail[digits..];
-            if after.is_empty() && digits <= 4 {
-                // Undecided: hold the marker (and the space before it, dropped with it if the
-                // marker turns out unknown) until more text arrives.
-                let kept = out.trim_end_matches(' ').len();
-                self.held = format!("{}{}", &out[kept..], &rest[open..]);
-                out.truncate(kept);
-                return out;
-            }
-            if digits > 0 && after.starts_with(']') {
-                let n: usize = tail[..digits].parse().unwrap_or(0);
-                if self.allowed.contains(&n) {
-                    out.push_str(&rest[open..open + 2 + digits]);
-                    if !self.used.contains(&n) {
-                        self.used.push(n);
-                    }
-                } else {
-                    self.dropped += 1;
-                    // Drop the marker and the space before it.
-                    if out.ends_with(' ') {
-                        out.pop();
-                    }
-                }
-                rest = &after[1..];
-            } else {
-                out.push('[');
-                rest = tail;
-            }
-        }
-        out.push_str(rest);
-        out
-    }
-
-    /// Flushes held text at the end of the stream.
-    pub fn finish(&mut self) -> String {
-        std::mem::take(&mut self.held)
-    }
-}
-
-fn words(s: &str) -> HashSet<String> {
-    crate::providers::extractive::terms(s).into_iter().collect()
-}
-
-/// The sentence of `chunk` sharing most words with the answer sentences citing `[n]`.
-fn best_quote(answer: &str, n: usize, chunk_text: &str) -> String {
-    let marker = format!("[{n}]");
-    let citing: String = crate::providers::extractive::sentences(answer)
-        .into_iter()
-        .filter(|s| s.contains(&marker))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let target = words(&citing);
-    crate::providers::extractive::sentences(chunk_text)
-        .into_iter()
-        .max_by_key(|s| words(s).intersection(&target).count())
-        .unwrap_or_default()
 }
 
 /// Whether a hit is relevant enough to ground an answer.
@@ -264,9 +185,9 @@ pub async fn answer_on(
         (false, o) => o.to_string(),
     };
     trace.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
-    crate::metrics::request("ask", &trace.outcome, started.elapsed().as_secs_f64());
+    crate::observe::metrics::request("ask", &trace.outcome, started.elapsed().as_secs_f64());
     if let Some(t) = trace.timings.first_token_ms {
-        metrics::histogram!(crate::metrics::FIRST_TOKEN_SECONDS).record(t / 1000.0);
+        metrics::histogram!(crate::observe::metrics::FIRST_TOKEN_SECONDS).record(t / 1000.0);
     }
     tracing::info!(
         trace_id = %trace.id,
@@ -307,7 +228,7 @@ fn record_attempts(attempts: &[Attempt], trace: &mut Trace) {
     for a in attempts {
         match &a.error {
             Some(e) => {
-                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => a.provider.clone())
+                metrics::counter!(crate::observe::metrics::PROVIDER_ERRORS, "provider" => a.provider.clone())
                     .increment(1);
                 trace.provider_errors.push(format!("{}: {e}", a.provider));
             }
@@ -324,10 +245,12 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
     trace.input_tokens = usage.input_tokens;
     trace.output_tokens = usage.output_tokens;
     trace.cost_usd = info.cost_usd();
-    metrics::counter!(crate::metrics::TOKENS, "kind" => "input").increment(usage.input_tokens);
-    metrics::counter!(crate::metrics::TOKENS, "kind" => "output").increment(usage.output_tokens);
+    metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "input")
+        .increment(usage.input_tokens);
+    metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "output")
+        .increment(usage.output_tokens);
     // Dollars are fractional, so the running total is a gauge only ever increased.
-    metrics::gauge!(crate::metrics::COST, "provider" => info.provider_name.clone())
+    metrics::gauge!(crate::observe::metrics::COST, "provider" => info.provider_name.clone())
         .increment(info.cost_usd());
 }
 
@@ -352,7 +275,7 @@ fn audit_sent(
     if !engine.audit.enabled() {
         return;
     }
-    let text = crate::audit::prompt_text(sent.chat);
+    let text = crate::observe::audit::prompt_text(sent.chat);
     engine.audit.record_or_warn(&AuditEvent::ProviderRequest {
         trace_id: trace.id.clone(),
         caller: trace.caller.clone(),
@@ -365,7 +288,7 @@ fn audit_sent(
             .map(|a| a.provider.clone())
             .collect(),
         chunk_ids: sent.chunk_ids,
-        prompt_sha256: crate::audit::sha256_hex(&text),
+        prompt_sha256: crate::observe::audit::sha256_hex(&text),
         prompt_chars: text.chars().count(),
         masked: sent.masked,
         prompt: engine.audit.records_text().then_some(text),
@@ -477,7 +400,7 @@ async fn run(
 
     if context.is_empty() {
         // Nothing clears the relevance gate: say so without calling a model.
-        metrics::counter!(crate::metrics::NO_ANSWER).increment(1);
+        metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
         let text = engine.config.answer.no_answer_text.clone();
         trace.answer = Some(text.clone());
         let _ = out.send(AnswerEvent::Token(text)).await;
@@ -507,9 +430,10 @@ async fn run(
                 .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
         })
         .collect();
-    let cache_key = crate::cache::context_key(&versions, &first_model, &engine.prompt.version);
+    let cache_key =
+        crate::answer::cache::context_key(&versions, &first_model, &engine.prompt.version);
     if let Some((cached, kind)) = engine.cache.get(&req.question, &question_vec, &cache_key) {
-        metrics::counter!(crate::metrics::CACHE_HITS, "kind" => kind.label()).increment(1);
+        metrics::counter!(crate::observe::metrics::CACHE_HITS, "kind" => kind.label()).increment(1);
         trace.cache_hit = Some(kind.label().to_string());
         trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
         trace.answer = Some(cached.answer.clone());
@@ -630,7 +554,7 @@ async fn run(
             Err(e) => {
                 // Output had started, so the gateway did not fall back: the answer is cut off.
                 tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
-                metrics::counter!(crate::metrics::PROVIDER_ERRORS, "provider" => info.provider_name.clone()).increment(1);
+                metrics::counter!(crate::observe::metrics::PROVIDER_ERRORS, "provider" => info.provider_name.clone()).increment(1);
                 trace
                     .provider_errors
                     .push(format!("{}: {e}", info.provider_name));
@@ -664,7 +588,7 @@ async fn run(
         }
     }
     let outcome = if answer_text.trim().is_empty() {
-        metrics::counter!(crate::metrics::NO_ANSWER).increment(1);
+        metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
         answer_text = engine.config.answer.no_answer_text.clone();
         if !out.send(AnswerEvent::Token(answer_text.clone())).await {
             return "client_disconnected";
@@ -716,7 +640,7 @@ async fn run(
     };
     trace.dropped_citations = filter.dropped;
     trace.answer = Some(answer_text.clone());
-    metrics::counter!(crate::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
+    metrics::counter!(crate::observe::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
     // An answer carrying a value that only this caller's question held (their e-mail
     // address, say) is not cached: a semantic hit would show it to another caller.
     if !unmasker.used_caller_value() {
@@ -724,7 +648,7 @@ async fn run(
             &req.question,
             question_vec,
             &cache_key,
-            crate::cache::Cached {
+            crate::answer::cache::Cached {
                 answer: answer_text,
                 citations,
                 usage: usage_view.clone(),
@@ -741,49 +665,4 @@ async fn run(
         })
         .await;
     outcome
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keeps_known_markers_drops_unknown_across_deltas() {
-        let mut f = CitationFilter::new([1, 2]);
-        let mut out = String::new();
-        for d in [
-            "Refunds take five days [",
-            "1]. Shipping is free [",
-            "7] always [2",
-            "].",
-        ] {
-            out.push_str(&f.push(d));
-        }
-        out.push_str(&f.finish());
-        assert_eq!(
-            out,
-            "Refunds take five days [1]. Shipping is free always [2]."
-        );
-        assert_eq!(f.used, vec![1, 2]);
-        assert_eq!(f.dropped, 1);
-    }
-
-    #[test]
-    fn brackets_that_are_not_markers_pass_through() {
-        let mut f = CitationFilter::new([1]);
-        let mut out = f.push("an array [a, b] and [");
-        out.push_str(&f.push("x]"));
-        out.push_str(&f.finish());
-        assert_eq!(out, "an array [a, b] and [x]");
-    }
-
-    #[test]
-    fn quote_is_the_supporting_sentence() {
-        let q = best_quote(
-            "Refunds take five business days [1].",
-            1,
-            "We ship daily. Refunds take five business days after receipt. Call us anytime.",
-        );
-        assert_eq!(q, "Refunds take five business days after receipt.");
-    }
 }

@@ -10,9 +10,7 @@
 //! by the trace id of its `done` event): embedding, retrieval (embedding included), rerank and
 //! time to first token. Percentiles are nearest-rank over the level's successful requests.
 //! With `--duration`, each level runs for that long instead (sustained load), clients taking
-//! queries round-robin. [`streams`] holds `cairn bench streams` (many long-lived /ask streams).
-
-pub mod streams;
+//! queries round-robin. [`super::streams`] holds `cairn bench streams` (many long-lived /ask streams).
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -27,7 +25,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::server::{AppState, router};
+use crate::http::{AppState, router};
 
 /// What one (route, concurrency) level measured. Times in milliseconds.
 #[derive(Debug, Clone, Serialize)]
@@ -91,7 +89,7 @@ pub fn read_queries(path: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -99,7 +97,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank - 1]
 }
 
-fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+pub(super) fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
 }
@@ -245,18 +243,19 @@ async fn run_level(
     } else {
         let total = sorted(ok.iter().map(|s| s.total_ms).collect());
         level.client_total_p50_ms = Some(percentile(&total, 0.5));
-        let traces: HashMap<String, crate::trace::Trace> = engine
+        let traces: HashMap<String, crate::observe::trace::Trace> = engine
             .traces
             .recent(usize::MAX)
             .into_iter()
             .map(|t| (t.id.clone(), t))
             .collect();
-        let mine: Vec<&crate::trace::Trace> = ok
+        let mine: Vec<&crate::observe::trace::Trace> = ok
             .iter()
             .filter_map(|s| s.trace_id.as_ref().and_then(|id| traces.get(id)))
             .collect();
-        let stage =
-            |f: &dyn Fn(&crate::trace::Trace) -> f64| sorted(mine.iter().map(|t| f(t)).collect());
+        let stage = |f: &dyn Fn(&crate::observe::trace::Trace) -> f64| {
+            sorted(mine.iter().map(|t| f(t)).collect())
+        };
         let ttft = stage(&|t| t.timings.first_token_ms.unwrap_or(f64::NAN));
         level.server_p50_ms = percentile(&ttft, 0.5);
         level.server_p99_ms = percentile(&ttft, 0.99);

@@ -2,7 +2,7 @@
 //! prompt version, cache hit, outcome), kept in memory with bounded retention and appended to
 //! `state/traces.jsonl` (compacted to the retention at start). Question and answer text are
 //! recorded only when `[traces] record_text = true`. With `[traces.otlp] endpoint` set, each
-//! pushed trace is also handed to [`crate::otlp`] for export.
+//! pushed trace is also handed to [`crate::observe::otlp`] for export.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ProviderConfig;
-use crate::otlp::{OtlpExport, RawOtlp};
+use crate::observe::otlp::{OtlpExport, RawOtlp};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

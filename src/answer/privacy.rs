@@ -423,8 +423,9 @@ mod tests {
         let default = RawPrivacy::default();
         assert_eq!(documented.mask, default.mask);
         assert!(documented.custom.is_empty());
-        let audit: crate::audit::RawAudit = table["audit"].clone().try_into().expect("[audit]");
-        assert_eq!(audit, crate::audit::RawAudit::default());
+        let audit: crate::observe::audit::RawAudit =
+            table["audit"].clone().try_into().expect("[audit]");
+        assert_eq!(audit, crate::observe::audit::RawAudit::default());
     }
 
     #[test]

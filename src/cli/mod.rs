@@ -1,6 +1,8 @@
 //! The command line: `cairn serve | ingest | search | ask | eval | models | hash-key`, with
 //! progress bars and tables.
 
+pub mod progress;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +19,7 @@ use crate::answer::{AnswerEvent, AskRequest, answer};
 use crate::config::{Config, Overrides};
 use crate::embedder::Feedback;
 use crate::engine::{Engine, HitView, OpenOptions};
-use crate::server::{AppState, AskResponse, SearchResponse, router};
+use crate::http::{AppState, AskResponse, SearchResponse, router};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -257,7 +259,7 @@ pub fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if let Command::HashKey { key } = &cli.command {
-        println!("{}", crate::auth::hash_key(key));
+        println!("{}", crate::http::auth::hash_key(key));
         return Ok(std::process::ExitCode::SUCCESS);
     }
     let is_default = cli.config.as_os_str() == "config.toml";
@@ -295,17 +297,17 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         json,
     }) = &cli.command
     {
-        let options = crate::loadgen::streams::StreamsOptions {
+        let options = crate::bench::streams::StreamsOptions {
             streams: *streams,
             tokens: *tokens,
             gap: Duration::from_millis(*gap_ms),
             question: question.clone(),
         };
-        let report = crate::loadgen::streams::run(config, &open, &options)?;
+        let report = crate::bench::streams::run(config, &open, &options)?;
         if *json {
             println!("{}", serde_json::to_string(&report)?);
         } else {
-            crate::loadgen::streams::print(&report);
+            crate::bench::streams::print(&report);
         }
         return Ok(if report.problems.is_empty() {
             std::process::ExitCode::SUCCESS
@@ -413,21 +415,21 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     &|_| {},
                 )?;
             }
-            let options = crate::loadgen::LoadOptions {
-                queries: crate::loadgen::read_queries(&dataset.join("queries.jsonl"))?,
+            let options = crate::bench::loadgen::LoadOptions {
+                queries: crate::bench::loadgen::read_queries(&dataset.join("queries.jsonl"))?,
                 clients,
                 requests,
                 duration: duration.map(Duration::from_secs),
                 routes,
             };
-            let levels = runtime.block_on(crate::loadgen::run(engine.clone(), &options))?;
+            let levels = runtime.block_on(crate::bench::loadgen::run(engine.clone(), &options))?;
             engine.traces.flush_export();
             if json {
                 for l in &levels {
                     println!("{}", serde_json::to_string(l)?);
                 }
             } else {
-                crate::loadgen::print(&levels);
+                crate::bench::loadgen::print(&levels);
             }
             let errors: usize = levels.iter().map(|l| l.errors).sum();
             if errors > 0 {
@@ -437,11 +439,11 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Ingest { dataset, json }) => {
-            let figures = crate::bench::ingest(&engine, &dataset, cli.quiet || json)?;
+            let figures = crate::bench::ingest::ingest(&engine, &dataset, cli.quiet || json)?;
             if json {
                 println!("{}", serde_json::to_string(&figures)?);
             } else {
-                crate::bench::print(&figures);
+                crate::bench::ingest::print(&figures);
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
@@ -652,7 +654,7 @@ fn strip_marks(s: &str) -> String {
 async fn serve(engine: Arc<Engine>) -> anyhow::Result<()> {
     let bind = engine.config.bind;
     let grace = Duration::from_secs(engine.config.server.shutdown_grace_secs);
-    crate::metrics::handle();
+    crate::observe::metrics::handle();
     let app = router(AppState::new(engine.clone())?);
     let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| {
         anyhow::anyhow!("cannot listen on {bind}: {e}; set [server] bind or --bind")
@@ -774,7 +776,7 @@ fn ingest_with_progress(
     full: bool,
     quiet: bool,
 ) -> anyhow::Result<Vec<Report>> {
-    let bars = crate::progress::IngestBars::new(quiet);
+    let bars = crate::cli::progress::IngestBars::new(quiet);
     let cancel = AtomicBool::new(false);
     let reports = engine.ingest(source, full, &|name, p| bars.update(name, p), &cancel);
     bars.finish();

@@ -471,7 +471,7 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
             if *mode == EvalMode::HybridRerank {
                 let n = engine.config.rerank.candidates.min(hits.len());
                 let rest = hits.split_off(n);
-                hits = crate::rerank::apply(engine.reranker.as_ref(), &q.text, hits, n)?;
+                hits = crate::retrieval::rerank::apply(engine.reranker.as_ref(), &q.text, hits, n)?;
                 hits.extend(rest);
             }
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);

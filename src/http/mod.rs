@@ -1,6 +1,9 @@
 //! The HTTP server: routes, request validation, SSE framing, and the one error shape
 //! `{"error": {"code", "message"}}` with an exhaustive status mapping.
 
+pub mod auth;
+pub mod openai_compat;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,10 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use cairn_index::{Filter, SearchMode, TimeRange};
 
 use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer_on};
-use crate::audit::AuditEvent;
-use crate::auth::{Auth, AuthError, Caller, Scope};
 use crate::engine::{Engine, HitView};
-use crate::jobs::{Jobs, StartError};
+use crate::http::auth::{Auth, AuthError, Caller, Scope};
+use crate::observe::audit::AuditEvent;
+use crate::ops::jobs::{Jobs, StartError};
 use crate::providers::cost::Exhausted;
 use crate::providers::{Message, Role};
 
@@ -164,7 +167,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/ask", post(ask))
         .route(
             "/v1/chat/completions",
-            post(crate::openai_compat::chat_completions),
+            post(crate::http::openai_compat::chat_completions),
         )
         .route("/metrics", get(metrics_text))
         .route("/admin/reindex", post(admin_reindex))
@@ -204,18 +207,18 @@ async fn index_stats(engine: &Arc<Engine>) -> Option<cairn_index::IndexStats> {
 
 async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
     if let Some(stats) = index_stats(&s.engine).await {
-        metrics::gauge!(crate::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
-        metrics::gauge!(crate::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
-        metrics::gauge!(crate::metrics::INDEX_GENERATION).set(stats.generation as f64);
+        metrics::gauge!(crate::observe::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
+        metrics::gauge!(crate::observe::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
+        metrics::gauge!(crate::observe::metrics::INDEX_GENERATION).set(stats.generation as f64);
     }
     let jobs = s.jobs.clone();
     match tokio::task::spawn_blocking(move || jobs.running()).await {
-        Ok(Ok(running)) => metrics::gauge!(crate::metrics::JOBS_RUNNING)
+        Ok(Ok(running)) => metrics::gauge!(crate::observe::metrics::JOBS_RUNNING)
             .set(if running.is_some() { 1.0 } else { 0.0 }),
         Ok(Err(e)) => tracing::warn!(error = %e, "job state unavailable"),
         Err(_) => {}
     }
-    let body = crate::metrics::handle()
+    let body = crate::observe::metrics::handle()
         .map(|h| h.render())
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -438,7 +441,7 @@ async fn search(
                 ApiError::Internal
             })
         });
-    crate::metrics::request(
+    crate::observe::metrics::request(
         "search",
         if result.is_ok() { "ok" } else { "error" },
         started.elapsed().as_secs_f64(),
@@ -570,7 +573,10 @@ pub fn validate_ask(
     engine
         .router
         .budget
-        .check(Some(crate::prompt::ANSWER_MAX_TOKENS), Some(&budget_key))
+        .check(
+            Some(crate::answer::prompt::ANSWER_MAX_TOKENS),
+            Some(&budget_key),
+        )
         .map_err(ApiError::BudgetExhausted)?;
     let conversation = body
         .conversation

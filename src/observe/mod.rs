@@ -1,0 +1,10 @@
+//! What an operator sees of a running cairn: request traces and their OTLP export, Prometheus
+//! metrics, and the audit log.
+//!
+//! Must not: delay or fail a request (exports are queued, metrics are counters), or record
+//! question and answer text unless configured.
+
+pub mod audit;
+pub mod metrics;
+pub mod otlp;
+pub mod trace;
