@@ -25,7 +25,8 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::engine::Engine;
-use crate::http::{AppState, router};
+use crate::http::router;
+use crate::http::state::AppState;
 
 /// What one (route, concurrency) level measured. Times in milliseconds.
 #[derive(Debug, Clone, Serialize)]

@@ -28,7 +28,8 @@ use serde::Serialize;
 use super::loadgen::{percentile, serve_loopback, sorted};
 use crate::config::Config;
 use crate::engine::{Engine, OpenOptions};
-use crate::http::{AppState, router};
+use crate::http::router;
+use crate::http::state::AppState;
 use crate::providers::config::{ProviderConfig, ProviderKind};
 
 /// Options of `cairn bench streams`.

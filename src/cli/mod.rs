@@ -19,7 +19,10 @@ use crate::answer::{AnswerEvent, AskRequest, answer};
 use crate::config::{Config, Overrides};
 use crate::embedder::Feedback;
 use crate::engine::{Engine, HitView, OpenOptions};
-use crate::http::{AppState, AskResponse, SearchResponse, router};
+use crate::http::ask::AskResponse;
+use crate::http::router;
+use crate::http::search::SearchResponse;
+use crate::http::state::AppState;
 
 #[derive(Debug, Parser)]
 #[command(

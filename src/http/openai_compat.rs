@@ -19,8 +19,10 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::{AnswerEvent, answer_on};
+use crate::http::ask::{AskBody, AskResponse, Turn, validate_ask};
 use crate::http::auth::Scope;
-use crate::http::{ApiError, AppState, AskBody, AskResponse, Turn, validate_ask};
+use crate::http::error::ApiError;
+use crate::http::state::AppState;
 use crate::providers::Role;
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use cairn::config::{Config, Overrides};
 use cairn::engine::Engine;
-use cairn::http::{AppState, router};
+use cairn::http::router;
+use cairn::http::state::AppState;
 use cairn_ingest::pipeline::Report;
 
 pub fn repo() -> PathBuf {

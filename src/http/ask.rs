@@ -1,0 +1,230 @@
+//! `POST /ask`: the answer pipeline as server-sent events (or one JSON body with
+//! `stream: false`), and the request checks `/v1/chat/completions` shares.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use cairn_index::{Filter, TimeRange};
+
+use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer_on};
+use crate::engine::{Engine, HitView};
+use crate::http::auth::{Caller, Scope};
+use crate::http::error::ApiError;
+use crate::http::search::check_sources;
+use crate::http::state::AppState;
+use crate::providers::{Message, Role};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskFilters {
+    #[serde(default)]
+    pub source: Vec<String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    pub updated_after: Option<DateTime<Utc>>,
+    pub updated_before: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    pub role: Role,
+    pub content: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AskBody {
+    pub question: String,
+    pub filters: Option<AskFilters>,
+    pub top_k: Option<usize>,
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub conversation: Vec<Turn>,
+}
+
+/// The non-streaming `/ask` response.
+#[derive(Debug, Serialize, Default)]
+pub struct AskResponse {
+    pub answer: String,
+    pub citations: Vec<Citation>,
+    pub retrieval: Vec<HitView>,
+    pub usage: Option<UsageView>,
+    pub trace_id: Option<String>,
+    pub outcome: Option<String>,
+    pub error: Option<serde_json::Value>,
+}
+
+impl AskResponse {
+    pub fn apply(&mut self, ev: AnswerEvent) {
+        match ev {
+            AnswerEvent::Retrieval(h) => self.retrieval = h,
+            AnswerEvent::Token(t) => self.answer.push_str(&t),
+            AnswerEvent::Citation(c) => self.citations.push(c),
+            AnswerEvent::Usage(u) => self.usage = Some(u),
+            AnswerEvent::Done {
+                trace_id, outcome, ..
+            } => {
+                self.trace_id = Some(trace_id);
+                self.outcome = Some(outcome.to_string());
+            }
+            AnswerEvent::Error { code, message } => {
+                self.error = Some(json!({"code": code, "message": message}));
+            }
+        }
+    }
+}
+
+/// Validates an `/ask` body for `caller`, refuses it when the caller's `[budget]` allowance is
+/// spent, and builds the pipeline request.
+pub fn validate_ask(
+    engine: &Engine,
+    body: AskBody,
+    caller: &Caller,
+) -> Result<(AskRequest, bool), ApiError> {
+    let question = body.question.trim().to_string();
+    if question.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "`question` must not be empty".into(),
+        ));
+    }
+    let limit = engine.config.server.max_question_chars;
+    let chars = question.chars().count();
+    if chars > limit {
+        return Err(ApiError::QuestionTooLong { chars, limit });
+    }
+    if question
+        .chars()
+        .any(|c| c.is_control() && !c.is_whitespace())
+    {
+        return Err(ApiError::InvalidRequest(
+            "`question` contains control characters".into(),
+        ));
+    }
+    let top_k = body.top_k.unwrap_or(engine.config.retrieval.top_k);
+    if top_k == 0 || top_k > 50 {
+        return Err(ApiError::InvalidRequest(
+            "`top_k` must be between 1 and 50".into(),
+        ));
+    }
+    let mut filter = Filter {
+        caller_groups: caller.groups.clone(),
+        ..Filter::default()
+    };
+    if let Some(f) = body.filters {
+        check_sources(engine, &f.source)?;
+        filter.sources = f.source;
+        filter.metadata = f.metadata;
+        if f.updated_after.is_some() || f.updated_before.is_some() {
+            filter.updated = Some(TimeRange {
+                from: f.updated_after,
+                to: f.updated_before,
+            });
+        }
+    }
+    // Keys are charged by name; anonymous callers share one bucket (a name no key can have,
+    // because key buckets are prefixed).
+    let budget_key = if caller.anonymous {
+        "anonymous".to_string()
+    } else {
+        format!("key:{}", caller.name)
+    };
+    // Refuse before retrieval so the status says it; a cap reached while this answer is
+    // being prepared still ends it with an in-stream `budget_exhausted` error.
+    engine
+        .router
+        .budget
+        .check(
+            Some(crate::answer::prompt::ANSWER_MAX_TOKENS),
+            Some(&budget_key),
+        )
+        .map_err(ApiError::BudgetExhausted)?;
+    let conversation = body
+        .conversation
+        .into_iter()
+        .map(|t| Message {
+            role: t.role,
+            content: t.content,
+        })
+        .collect();
+    Ok((
+        AskRequest {
+            question,
+            filter,
+            top_k,
+            conversation,
+            budget_key: Some(budget_key),
+        },
+        body.stream.unwrap_or(true),
+    ))
+}
+
+fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
+    let (name, data) = match ev {
+        AnswerEvent::Retrieval(h) => ("retrieval", json!({"hits": h})),
+        AnswerEvent::Token(t) => ("token", json!({"text": t})),
+        AnswerEvent::Citation(c) => ("citation", json!(c)),
+        AnswerEvent::Usage(u) => ("usage", json!(u)),
+        AnswerEvent::Done {
+            trace_id,
+            outcome,
+            dropped_citations,
+        } => (
+            "done",
+            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations}),
+        ),
+        AnswerEvent::Error { code, message } => {
+            ("error", json!({"code": code, "message": message}))
+        }
+    };
+    Event::default()
+        .id(id.to_string())
+        .event(name)
+        .data(data.to_string())
+}
+
+pub(super) async fn ask(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<AskBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let caller = s.authorize_scope(&headers, Scope::Ask)?;
+    let Json(body) = body?;
+    let (req, stream) = validate_ask(&s.engine, body, &caller)?;
+    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
+    let engine = s.engine.clone();
+    tokio::spawn(answer_on(engine, req, caller.name, Some("/ask"), tx));
+    if stream {
+        let events = ReceiverStream::new(rx)
+            .enumerate()
+            .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
+        let keep_alive = KeepAlive::new()
+            .interval(Duration::from_secs(
+                s.engine.config.server.keep_alive_secs.max(1),
+            ))
+            .text("keep-alive");
+        Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+    } else {
+        let mut resp = AskResponse::default();
+        let mut rx = rx;
+        while let Some(ev) = rx.recv().await {
+            resp.apply(ev);
+        }
+        Ok(Json(resp).into_response())
+    }
+}
