@@ -10,6 +10,7 @@
 pub mod cache;
 pub mod citations;
 pub mod context;
+pub mod events;
 pub mod privacy;
 pub mod prompt;
 
@@ -18,15 +19,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use cairn_index::{Filter, Hit};
+use cairn_index::Hit;
 
 use crate::answer::citations::{CitationFilter, best_quote};
 use crate::answer::context::{ContextOptions, Passage};
-use crate::engine::{Engine, HitView};
+use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
 use crate::observe::trace::{RetrievedChunk, Trace};
 use crate::providers::cost::Exhausted;
@@ -34,61 +35,7 @@ use crate::providers::gateway::Attempt;
 use crate::providers::{
     ChatEvent, ChatRequest, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
 };
-
-/// One verified citation.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Citation {
-    pub n: usize,
-    pub doc_id: String,
-    pub chunk_id: String,
-    pub title: String,
-    pub url: Option<String>,
-    pub page: Option<u32>,
-    pub char_start: usize,
-    pub char_end: usize,
-    /// The sentence of the chunk that best supports the answer text citing it.
-    pub quote: String,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct UsageView {
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cost_usd: f64,
-    pub model: String,
-    pub provider: String,
-    pub cache_hit: bool,
-}
-
-/// Typed events of an answer, in order: retrieval, token*, citation*, usage, done — or error.
-#[derive(Debug, Clone)]
-pub enum AnswerEvent {
-    Retrieval(Vec<HitView>),
-    Token(String),
-    Citation(Citation),
-    Usage(UsageView),
-    Done {
-        trace_id: String,
-        outcome: &'static str,
-        dropped_citations: usize,
-    },
-    Error {
-        code: &'static str,
-        message: String,
-    },
-}
-
-/// A question with its options.
-#[derive(Debug, Clone)]
-pub struct AskRequest {
-    pub question: String,
-    pub filter: Filter,
-    pub top_k: usize,
-    pub conversation: Vec<Message>,
-    /// Whose daily spend cap (`[budget] daily_usd_per_key`) the model call counts against;
-    /// `None` counts against the global cap only.
-    pub budget_key: Option<String>,
-}
+use crate::retrieval::HitView;
 
 /// Whether a hit is relevant enough to ground an answer.
 fn relevant(hit: &Hit, min_similarity: f32) -> bool {

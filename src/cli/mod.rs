@@ -15,14 +15,16 @@ use tokio::sync::mpsc;
 use cairn_index::{Filter, SearchMode};
 use cairn_ingest::pipeline::Report;
 
-use crate::answer::{AnswerEvent, AskRequest, answer};
+use crate::answer::answer;
+use crate::answer::events::{AnswerEvent, AskRequest};
 use crate::config::{Config, Overrides};
 use crate::embedder::Feedback;
-use crate::engine::{Engine, HitView, OpenOptions};
+use crate::engine::{Engine, OpenOptions};
 use crate::http::ask::AskResponse;
 use crate::http::router;
 use crate::http::search::SearchResponse;
 use crate::http::state::AppState;
+use crate::retrieval::HitView;
 
 #[derive(Debug, Parser)]
 #[command(

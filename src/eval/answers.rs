@@ -23,7 +23,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::answer::{AnswerEvent, AskRequest, Citation, answer};
+use crate::answer::answer;
+use crate::answer::events::{AnswerEvent, AskRequest, Citation};
 use cairn_index::Filter;
 
 use crate::engine::Engine;

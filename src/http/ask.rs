@@ -21,13 +21,15 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use cairn_index::{Filter, TimeRange};
 
-use crate::answer::{AnswerEvent, AskRequest, Citation, UsageView, answer_on};
-use crate::engine::{Engine, HitView};
+use crate::answer::answer_on;
+use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
 use crate::http::search::check_sources;
 use crate::http::state::AppState;
 use crate::providers::{Message, Role};
+use crate::retrieval::HitView;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

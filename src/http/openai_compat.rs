@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::answer::{AnswerEvent, answer_on};
+use crate::answer::answer_on;
+use crate::answer::events::AnswerEvent;
 use crate::http::ask::{AskBody, AskResponse, Turn, validate_ask};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;

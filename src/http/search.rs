@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 
 use cairn_index::{Filter, SearchMode};
 
-use crate::engine::{Engine, HitView};
+use crate::engine::Engine;
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
+use crate::retrieval::HitView;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,7 +10,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
 
-use cairn::answer::{AnswerEvent, AskRequest, answer};
+use cairn::answer::answer;
+use cairn::answer::events::{AnswerEvent, AskRequest};
 
 use crate::support::{self, TestApp, body_json, post_json, with_key};
 use crate::vendors::{Fake, Frame, Reply, Vendor};

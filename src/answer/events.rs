@@ -1,0 +1,66 @@
+//! The answer pipeline's vocabulary, shared by the pipeline, its cache and every surface that
+//! shows an answer: the request ([`AskRequest`]) and the typed events it produces.
+//!
+//! Must not: depend on the engine or the pipeline (the cache below them stores these types).
+
+use serde::Serialize;
+
+use cairn_index::Filter;
+
+use crate::providers::Message;
+use crate::retrieval::HitView;
+
+/// One verified citation.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Citation {
+    pub n: usize,
+    pub doc_id: String,
+    pub chunk_id: String,
+    pub title: String,
+    pub url: Option<String>,
+    pub page: Option<u32>,
+    pub char_start: usize,
+    pub char_end: usize,
+    /// The sentence of the chunk that best supports the answer text citing it.
+    pub quote: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UsageView {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub model: String,
+    pub provider: String,
+    pub cache_hit: bool,
+}
+
+/// Typed events of an answer, in order: retrieval, token*, citation*, usage, done — or error.
+#[derive(Debug, Clone)]
+pub enum AnswerEvent {
+    Retrieval(Vec<HitView>),
+    Token(String),
+    Citation(Citation),
+    Usage(UsageView),
+    Done {
+        trace_id: String,
+        outcome: &'static str,
+        dropped_citations: usize,
+    },
+    Error {
+        code: &'static str,
+        message: String,
+    },
+}
+
+/// A question with its options.
+#[derive(Debug, Clone)]
+pub struct AskRequest {
+    pub question: String,
+    pub filter: Filter,
+    pub top_k: usize,
+    pub conversation: Vec<Message>,
+    /// Whose daily spend cap (`[budget] daily_usd_per_key`) the model call counts against;
+    /// `None` counts against the global cap only.
+    pub budget_key: Option<String>,
+}
