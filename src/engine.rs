@@ -28,7 +28,7 @@ use crate::answer::prompt::Prompt;
 use crate::config::{Config, RawSource};
 use crate::embedder::Feedback;
 use crate::observe::audit::AuditLog;
-use crate::observe::trace::Traces;
+use crate::observe::traces::Traces;
 use crate::ops::gate::{EngineGate, GoldenSet};
 use crate::providers::Router;
 use crate::retrieval::query_embed::QueryEmbedder;

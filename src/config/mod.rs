@@ -20,7 +20,7 @@ use crate::answer::cache::RawCache;
 use crate::answer::privacy::{Masker, RawPrivacy};
 use crate::http::auth::RawAuth;
 use crate::observe::audit::RawAudit;
-use crate::observe::trace::RawTraces;
+use crate::observe::traces::RawTraces;
 
 pub use crate::providers::config::{BudgetConfig, ProviderConfig, ProviderKind, RawProvider};
 

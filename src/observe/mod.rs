@@ -8,3 +8,4 @@ pub mod audit;
 pub mod metrics;
 pub mod otlp;
 pub mod trace;
+pub mod traces;
