@@ -29,7 +29,7 @@ use crate::config::{Config, RawSource};
 use crate::embedder::Feedback;
 use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;
-use crate::ops::gate::{EngineGate, GoldenSet};
+use crate::ops::gate::{GoldenSet, QualityGate};
 use crate::providers::Router;
 use crate::retrieval::query_embed::QueryEmbedder;
 
@@ -291,8 +291,9 @@ impl Engine {
         {
             anyhow::bail!("no source named `{n}` in {}", self.config.origin);
         }
-        let gate = self.golden.as_ref().map(|golden| EngineGate {
-            engine: self,
+        let gate = self.golden.as_ref().map(|golden| QualityGate {
+            index: self.index.as_ref(),
+            embedder: self.embedder.as_ref(),
             golden,
         });
         let mut reports = Vec::new();

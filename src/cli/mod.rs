@@ -378,7 +378,7 @@ fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         | Command::Models(_)
         | Command::Bench(BenchCommand::Streams { .. }) => Ok(std::process::ExitCode::SUCCESS),
         Command::Eval(EvalCommand::Answers { qa, json }) => {
-            let items = crate::eval::answers::read_qa(&qa)?;
+            let items = crate::eval::qa::read_qa(&qa)?;
             let report = runtime.block_on(crate::eval::answers::answers(engine.clone(), &items))?;
             // Every answer left a trace: send queued spans before the process exits.
             engine.traces.flush_export();

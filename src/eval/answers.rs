@@ -14,13 +14,11 @@
 //! With the offline provider every figure is reproducible.
 
 use std::collections::HashSet;
-use std::io::BufRead;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::answer::answer;
@@ -28,49 +26,7 @@ use crate::answer::events::{AnswerEvent, AskRequest, Citation};
 use cairn_index::Filter;
 
 use crate::engine::Engine;
-
-/// One question of a QA file.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QaItem {
-    #[serde(default)]
-    pub id: String,
-    pub question: String,
-    #[serde(default)]
-    pub answers: Vec<String>,
-    #[serde(default)]
-    pub sources: Vec<String>,
-    #[serde(default)]
-    pub unanswerable: bool,
-    /// Access groups the question is asked with (none: only documents without groups).
-    #[serde(default)]
-    pub groups: Vec<String>,
-}
-
-/// Reads a QA file; a bad line is an error naming the line.
-pub fn read_qa(path: &Path) -> anyhow::Result<Vec<QaItem>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut items = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let mut item: QaItem = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?}}",
-                path.display(),
-                i + 1
-            )
-        })?;
-        if item.id.is_empty() {
-            item.id = format!("line-{}", i + 1);
-        }
-        items.push(item);
-    }
-    anyhow::ensure!(!items.is_empty(), "{} holds no questions", path.display());
-    Ok(items)
-}
+use crate::eval::qa::QaItem;
 
 /// What one question produced.
 #[derive(Debug, Clone, Default, Serialize)]

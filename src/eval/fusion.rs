@@ -14,8 +14,9 @@ use serde::Serialize;
 
 use cairn_index::{Filter, Fusion, Hit, SearchMode, SearchRequest, fuse};
 
-use super::{Metrics, Qrels, distinct_documents, judged_queries, open_dataset_index};
+use super::{judged_queries, open_dataset_index};
 use crate::engine::Engine;
+use crate::eval::metrics::{Metrics, Qrels, distinct_documents};
 
 /// What `cairn eval fusion` evaluates.
 pub struct FusionOptions {

@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use cairn_index::{Filter, Hit, PreparedGeneration, SearchMode, SearchRequest};
+use cairn_index::{Filter, Hit, IndexBackend, PreparedGeneration, SearchMode, SearchRequest};
+use cairn_ingest::Embedder;
 use cairn_ingest::pipeline::{Gate, GateReport, GateScore};
 
-use crate::engine::Engine;
-use crate::eval::answers::read_qa;
-use crate::eval::{Metrics, distinct_documents};
+use crate::eval::metrics::{Metrics, distinct_documents};
+use crate::eval::qa::read_qa;
 
 /// Hits scored per question: enough for Recall@100 over documents in most corpora.
 const DEPTH: usize = 100;
@@ -72,7 +72,7 @@ impl GoldenSet {
         self.items.is_empty()
     }
 
-    fn vectors(&self, engine: &Engine) -> anyhow::Result<Arc<Vec<Vec<f32>>>> {
+    fn vectors(&self, embedder: &dyn Embedder) -> anyhow::Result<Arc<Vec<Vec<f32>>>> {
         let mut cached = match self.vectors.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -81,28 +81,31 @@ impl GoldenSet {
             return Ok(v.clone());
         }
         let questions: Vec<&str> = self.items.iter().map(|g| g.question.as_str()).collect();
-        let v = Arc::new(engine.embedder.embed_queries(&questions)?);
+        let v = Arc::new(embedder.embed_queries(&questions)?);
         *cached = Some(v.clone());
         Ok(v)
     }
 }
 
-/// The gate of one engine's ingest runs.
-pub struct EngineGate<'a> {
-    pub engine: &'a Engine,
+/// The gate of an ingest run: the golden questions, scored with the serving index and the
+/// embedder the run's generation was built with. It takes these parts, not the engine, so the
+/// engine can hold it.
+pub struct QualityGate<'a> {
+    pub index: &'a dyn IndexBackend,
+    pub embedder: &'a dyn Embedder,
     pub golden: &'a GoldenSet,
 }
 
-impl Gate for EngineGate<'_> {
+impl Gate for QualityGate<'_> {
     fn judge(&self, prepared: &dyn PreparedGeneration) -> Result<GateReport, String> {
         self.score(prepared).map_err(|e| format!("{e:#}"))
     }
 }
 
-impl EngineGate<'_> {
+impl QualityGate<'_> {
     fn score(&self, prepared: &dyn PreparedGeneration) -> anyhow::Result<GateReport> {
-        let vectors = self.golden.vectors(self.engine)?;
-        let serving_generation = self.engine.index.generation()?;
+        let vectors = self.golden.vectors(self.embedder)?;
+        let serving_generation = self.index.generation()?;
         let mut serving = Vec::with_capacity(vectors.len());
         let mut candidate = Vec::with_capacity(vectors.len());
         for (g, v) in self.golden.items.iter().zip(vectors.iter()) {
@@ -118,10 +121,7 @@ impl EngineGate<'_> {
                 snippets: false,
             };
             let ranked = |hits: Vec<Hit>| ranked_documents(&hits, &g.expected);
-            serving.push(Metrics::of(
-                &ranked(self.engine.index.search(&req)?),
-                &g.expected,
-            ));
+            serving.push(Metrics::of(&ranked(self.index.search(&req)?), &g.expected));
             candidate.push(Metrics::of(&ranked(prepared.search(&req)?), &g.expected));
         }
         Ok(verdict(
