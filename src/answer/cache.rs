@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::answer::events::{Citation, UsageView};
+use crate::config::section::{Check, ConfigError};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,6 +35,18 @@ impl Default for RawCache {
             ttl_secs: 3600,
             semantic_min_cosine: 0.95,
         }
+    }
+}
+
+impl RawCache {
+    pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
+        if self.capacity == 0 {
+            return Err(cx.key_err(
+                "cache.capacity",
+                "must be at least 1 (set enabled = false to turn the cache off)",
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ pub mod context;
 pub mod events;
 pub mod privacy;
 pub mod prompt;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::section::ConfigError;
 
 /// The built-in kinds, in the order their matches win over overlapping later ones.
 const BUILT_IN: [&str; 3] = ["card", "email", "phone"];

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::section::{Check, ConfigError};
+
 /// What a caller may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +40,34 @@ impl Default for RawAuth {
             anonymous_rate_per_minute: 600,
             keys: Vec::new(),
         }
+    }
+}
+
+impl RawAuth {
+    /// Every key has a well-formed hash, a unique name and at least one scope.
+    pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
+        let mut key_names = std::collections::HashSet::new();
+        for (i, k) in self.keys.iter().enumerate() {
+            if parse_hash(&k.hash).is_none() {
+                return Err(cx.key_err(
+                    &format!("auth.keys[{i}].hash"),
+                    "must be \"sha256:<64 hex digits>\"; `cairn hash-key` prints it for a key",
+                ));
+            }
+            if !key_names.insert(k.name.clone()) {
+                return Err(cx.key_err(
+                    &format!("auth.keys[{i}].name"),
+                    format!("`{}` is used twice", k.name),
+                ));
+            }
+            if k.scopes.is_empty() {
+                return Err(cx.key_err(
+                    &format!("auth.keys[{i}].scopes"),
+                    "needs at least one of ask, search, admin",
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod error;
 pub mod openai_compat;
 pub mod search;
+pub mod settings;
 pub mod state;
 
 use std::sync::Arc;

@@ -16,6 +16,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::section::Check;
 use crate::providers::{ChatRequest, Role};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +43,16 @@ impl Default for RawAudit {
             keep: 5,
             record_text: false,
         }
+    }
+}
+
+impl RawAudit {
+    /// Resolves `path` (empty stays empty: `<data_dir>/audit.jsonl`).
+    pub fn validate(mut self, cx: &Check) -> RawAudit {
+        if !self.path.as_os_str().is_empty() {
+            self.path = cx.path(&self.path);
+        }
+        self
     }
 }
 

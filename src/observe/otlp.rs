@@ -27,8 +27,9 @@ use opentelemetry_sdk::trace::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigError, ProviderConfig, ProviderKind, resolve_secret};
+use crate::config::section::{ConfigError, resolve_secret};
 use crate::observe::trace::Trace;
+use crate::providers::config::{ProviderConfig, ProviderKind};
 
 /// Where the OTLP signal path goes under the configured base URL.
 const TRACES_PATH: &str = "/v1/traces";

@@ -11,9 +11,10 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ProviderConfig;
+use crate::config::section::{Check, ConfigError};
 use crate::observe::otlp::{OtlpExport, RawOtlp};
 use crate::observe::trace::Trace;
+use crate::providers::config::ProviderConfig;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -33,6 +34,14 @@ impl Default for RawTraces {
             record_text: false,
             otlp: RawOtlp::default(),
         }
+    }
+}
+
+impl RawTraces {
+    /// Checks `[traces.otlp]` and resolves its `env:` header values.
+    pub fn validate(mut self, cx: &Check) -> Result<RawTraces, ConfigError> {
+        crate::observe::otlp::validate(&mut self.otlp, cx.origin, &cx.env)?;
+        Ok(self)
     }
 }
 

@@ -8,15 +8,61 @@
 //! the index, not the model, and no model call keeps the gate cheap and reproducible.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cairn_index::{Filter, Hit, IndexBackend, PreparedGeneration, SearchMode, SearchRequest};
 use cairn_ingest::Embedder;
 use cairn_ingest::pipeline::{Gate, GateReport, GateScore};
+use serde::{Deserialize, Serialize};
 
+use crate::config::section::{Check, ConfigError};
 use crate::eval::metrics::{Metrics, distinct_documents};
 use crate::eval::qa::read_qa;
+
+/// `[quality_gate]`: golden questions scored on every reindex before its generation is
+/// switched in (see `crate::ops::gate`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawQualityGate {
+    /// Golden questions, JSON lines in the `cairn eval answers` format; those with `sources`
+    /// are scored. Unset: no gate.
+    pub file: Option<PathBuf>,
+    /// The largest drop of any score (nDCG@10, Recall@10, Recall@100, MRR@10, over documents)
+    /// a reindex may cause and still be switched in.
+    pub max_drop: f64,
+}
+
+impl Default for RawQualityGate {
+    fn default() -> Self {
+        RawQualityGate {
+            file: None,
+            max_drop: 0.02,
+        }
+    }
+}
+
+impl RawQualityGate {
+    /// Checks `max_drop` and resolves the file; the gate needs the embedded backend
+    /// (`postgres` says whether PostgreSQL was chosen).
+    pub fn validate(mut self, cx: &Check, postgres: bool) -> Result<RawQualityGate, ConfigError> {
+        if !(0.0..=1.0).contains(&self.max_drop) {
+            return Err(cx.key_err(
+                "quality_gate.max_drop",
+                "must be between 0 and 1 (a drop of a score that itself lies in 0..1)",
+            ));
+        }
+        if self.file.is_some() && postgres {
+            return Err(cx.key_err(
+                "quality_gate.file",
+                "the quality gate needs the embedded index backend (PostgreSQL cannot hold a \
+                 generation back to score it yet); remove the key or set [index] backend = \"embedded\"",
+            ));
+        }
+        self.file = self.file.map(|f| cx.path(&f));
+        Ok(self)
+    }
+}
 
 /// Hits scored per question: enough for Recall@100 over documents in most corpora.
 const DEPTH: usize = 100;

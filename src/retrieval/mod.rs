@@ -7,9 +7,11 @@
 pub mod query_embed;
 pub mod rerank;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use cairn_index::Hit;
+
+use crate::config::section::{Check, ConfigError};
 
 /// A search hit as the API and CLI show it.
 #[derive(Debug, Clone, Serialize)]
@@ -42,5 +44,49 @@ impl HitView {
             updated_at: h.document.updated_at.map(|t| t.to_rfc3339()),
             breakdown: h.breakdown.clone(),
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawRetrieval {
+    /// Chunks given to the model.
+    pub top_k: usize,
+    /// A hit counts as relevant when it matched words (BM25) or its cosine similarity is at
+    /// least this; with no relevant hit, /ask answers "I don't know" without calling a model.
+    pub min_similarity: f32,
+    /// Upper bound on context words sent to the model.
+    pub max_context_words: usize,
+    /// Jaccard similarity of word 3-shingles at or above which a hit repeats an already chosen
+    /// one and is left out of the context (1 = only hits whose words repeat exactly).
+    pub near_duplicate: f32,
+    /// Complete a chunk cut mid-sentence with its neighbour of the same section.
+    pub neighbours: bool,
+}
+
+impl Default for RawRetrieval {
+    fn default() -> Self {
+        RawRetrieval {
+            top_k: 5,
+            min_similarity: 0.5,
+            max_context_words: 1500,
+            near_duplicate: 0.8,
+            neighbours: true,
+        }
+    }
+}
+
+impl RawRetrieval {
+    pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
+        if self.top_k == 0 || self.top_k > 50 {
+            return Err(cx.key_err("retrieval.top_k", "must be between 1 and 50"));
+        }
+        if !(self.near_duplicate > 0.0 && self.near_duplicate <= 1.0) {
+            return Err(cx.key_err(
+                "retrieval.near_duplicate",
+                "must be above 0 and at most 1 (1 = leave out only hits whose words repeat exactly)",
+            ));
+        }
+        Ok(())
     }
 }

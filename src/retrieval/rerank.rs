@@ -17,6 +17,7 @@ use cairn_ingest::IngestError;
 use cairn_ingest::rerank::{CrossEncoderReranker, LexicalReranker, NoopReranker, Reranker};
 
 use crate::answer::privacy::Masker;
+use crate::config::section::{Check, ConfigError};
 use crate::providers::{RerankRequest, Router};
 
 /// `[rerank]`: which reranker orders the candidates before the prompt.
@@ -43,6 +44,35 @@ impl Default for RawRerank {
             route: "rerank".into(),
             candidates: 20,
         }
+    }
+}
+
+impl RawRerank {
+    /// Checks the kind and candidate count and resolves the cross-encoder's folder.
+    pub fn validate(mut self, cx: &Check) -> Result<RawRerank, ConfigError> {
+        if !matches!(
+            self.kind.as_str(),
+            "none" | "lexical" | "cross_encoder" | "provider"
+        ) {
+            return Err(cx.key_err(
+                "rerank.kind",
+                format!(
+                    "unknown reranker `{}`; use none, lexical, cross_encoder or provider",
+                    self.kind
+                ),
+            ));
+        }
+        if self.kind == "cross_encoder" && self.model_dir.is_none() {
+            return Err(cx.key_err(
+                "rerank.model_dir",
+                "kind = \"cross_encoder\" needs a folder with config.json, model.safetensors and tokenizer.json",
+            ));
+        }
+        if self.candidates == 0 || self.candidates > 200 {
+            return Err(cx.key_err("rerank.candidates", "must be between 1 and 200"));
+        }
+        self.model_dir = self.model_dir.map(|d| cx.path(&d));
+        Ok(self)
     }
 }
 

@@ -1,0 +1,49 @@
+//! `[server]`: where the server listens and the limits every request meets.
+//!
+//! Must not: import the composed `Config` or the handlers (the config loader imports this).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::section::{Check, ConfigError};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawServer {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub max_question_chars: usize,
+    pub request_timeout_secs: u64,
+    pub keep_alive_secs: u64,
+    /// On SIGTERM/Ctrl-C, in-flight streams get this long to finish.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            bind: "127.0.0.1:7700".into(),
+            max_body_bytes: 64 * 1024,
+            max_question_chars: 2000,
+            request_timeout_secs: 60,
+            keep_alive_secs: 15,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl RawServer {
+    /// The listen address; a value that is not a socket address stops startup.
+    pub fn validate(&self, cx: &Check) -> Result<SocketAddr, ConfigError> {
+        self.bind.parse().map_err(|e| {
+            cx.key_err(
+                "server.bind",
+                format!(
+                    "`{}` is not a socket address like 127.0.0.1:7700 ({e})",
+                    self.bind
+                ),
+            )
+        })
+    }
+}
