@@ -25,16 +25,19 @@ use tokio_util::sync::CancellationToken;
 
 use cairn_index::Hit;
 
+use crate::answer::cache::{Cached, HitKind};
 use crate::answer::citations::{CitationFilter, best_quote};
-use crate::answer::context::{ContextOptions, Passage};
+use crate::answer::context::{ContextOptions, Passage, SelectionStats};
 use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
 use crate::observe::trace::{RetrievedChunk, Trace};
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
-    ChatEvent, ChatRequest, ContextPassage, FinishReason, GatewayError, Message, TargetInfo,
+    ChatEvent, ChatRequest, ChatStream, ContextPassage, FinishReason, GatewayError, Message,
+    TargetInfo,
 };
 use crate::retrieval::HitView;
 
@@ -274,6 +277,8 @@ async fn refused(
     code
 }
 
+/// The pipeline as its stages; returns the outcome recorded in the trace. Authorisation and
+/// request checks happened before (`http::ask::validate_ask`, or the CLI's own request).
 async fn run(
     engine: &Arc<Engine>,
     req: &AskRequest,
@@ -281,35 +286,92 @@ async fn run(
     out: &mut Out,
     started: Instant,
 ) -> &'static str {
-    // Retrieval (CPU-bound: embedding + index) off the async threads.
+    let retrieved = match retrieve(engine, req, trace, out, started).await {
+        Ok(r) => r,
+        Err(outcome) => return outcome,
+    };
+    if !announce_hits(&retrieved, trace, out).await {
+        return "client_disconnected";
+    }
+    if retrieved.context.is_empty() {
+        return no_answer(engine, trace, out).await;
+    }
+    let key = CacheKey::of(engine, &retrieved.context);
+    if let Some((cached, kind)) = engine
+        .cache
+        .get(&req.question, &retrieved.question_vec, &key.key)
+    {
+        return replay_cached(cached, kind, trace, out, started).await;
+    }
+    let prompt = mask_and_render(engine, req, &retrieved.context);
+    // Dropping the guard (any return below) cancels an upstream call still running.
+    let cancel = CancellationToken::new();
+    let _cancel_on_exit = cancel.clone().drop_guard();
+    let (stream, info) = match open_stream(engine, req, &prompt, &key, cancel, trace, out).await {
+        Ok(opened) => opened,
+        Err(outcome) => return outcome,
+    };
+    let generated = match generate(engine, stream, info, prompt, trace, out, started).await {
+        Ok(g) => g,
+        Err(outcome) => return outcome,
+    };
+    finish(engine, req, &retrieved, &key, generated, trace, out).await
+}
+
+/// What retrieval produced for one question.
+struct Retrieved {
+    hits: Vec<Hit>,
+    /// The relevant hits as numbered passages (`[n]` is the position + 1).
+    context: Vec<Passage>,
+    selection: SelectionStats,
+    question_vec: Vec<f32>,
+}
+
+/// Stage: embed the question, retrieve (and rerank), and select the context — CPU-bound
+/// (embedding, index, neighbour lookups in the store), so on a blocking thread. Failures are
+/// told to the client; the error is the outcome.
+async fn retrieve(
+    engine: &Arc<Engine>,
+    req: &AskRequest,
+    trace: &mut Trace,
+    out: &mut Out,
+    started: Instant,
+) -> Result<Retrieved, &'static str> {
     let eng = engine.clone();
     let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
-    // Context: relevant hits as passages (near-duplicates out, cut chunks completed by their
-    // neighbours), within the word budget. Chosen in the same blocking task, since neighbour
-    // lookups read the store.
-    let min_sim = engine.config.retrieval.min_similarity;
+    let retrieval = &engine.config.retrieval;
+    let min_sim = retrieval.min_similarity;
     let options = ContextOptions {
-        max_words: engine.config.retrieval.max_context_words,
-        near_duplicate: engine.config.retrieval.near_duplicate,
-        neighbours: engine.config.retrieval.neighbours,
+        max_words: retrieval.max_context_words,
+        near_duplicate: retrieval.near_duplicate,
+        neighbours: retrieval.neighbours,
     };
-    let retrieved = tokio::task::spawn_blocking(move || {
+    let done = tokio::task::spawn_blocking(move || {
         let embed_started = Instant::now();
-        let vector = eng.embed_query(&question)?;
+        let question_vec = eng.embed_query(&question)?;
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
-        let (hits, rerank_ms) = eng.retrieve(&question, vector.clone(), k, filter)?;
+        let (hits, rerank_ms) = eng.retrieve(&question, question_vec.clone(), k, filter)?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Context: relevant hits as passages (near-duplicates out, cut chunks completed by
+        // their neighbours), within the word budget.
         let candidates: Vec<&Hit> = hits.iter().filter(|h| relevant(h, min_sim)).collect();
-        let selected = context::select(&candidates, &options, &mut |doc| eng.neighbour_chunks(doc));
-        Ok::<_, anyhow::Error>((hits, selected, vector, [embed_ms, rerank_ms, retrieve_ms]))
+        let (context, selection) =
+            context::select(&candidates, &options, &mut |doc| eng.neighbour_chunks(doc));
+        let retrieved = Retrieved {
+            hits,
+            context,
+            selection,
+            question_vec,
+        };
+        Ok::<_, anyhow::Error>((retrieved, [embed_ms, rerank_ms, retrieve_ms]))
     })
     .await;
-    let (hits, (context, selection), question_vec) = match retrieved {
-        Ok(Ok((hits, selected, vector, [embed_ms, rerank_ms, retrieve_ms]))) => {
+    match done {
+        Ok(Ok((retrieved, [embed_ms, rerank_ms, retrieve_ms]))) => {
             trace.timings.embed_ms = embed_ms;
             trace.timings.rerank_ms = rerank_ms;
             trace.timings.retrieve_ms = retrieve_ms;
-            (hits, selected, vector)
+            Ok(retrieved)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "retrieval failed");
@@ -320,100 +382,134 @@ async fn run(
                         .into(),
             })
             .await;
-            return "retrieval_failed";
+            Err("retrieval_failed")
         }
         Err(e) => {
             tracing::error!(error = %e, "retrieval task panicked");
-            return out.internal_error().await;
+            Err(out.internal_error().await)
         }
-    };
-    trace.retrieved = hits
+    }
+}
+
+/// Records the hits and the context selection in the trace and sends the hits; false when
+/// the client is gone.
+async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) -> bool {
+    trace.retrieved = retrieved
+        .hits
         .iter()
         .map(|h| RetrievedChunk {
             chunk_id: h.chunk_id.clone(),
             score: h.score,
         })
         .collect();
-    if !out
-        .send(AnswerEvent::Retrieval(
-            hits.iter().map(HitView::from_hit).collect(),
-        ))
-        .await
-    {
+    let hits = retrieved.hits.iter().map(HitView::from_hit).collect();
+    if !out.send(AnswerEvent::Retrieval(hits)).await {
+        return false;
+    }
+    trace.context_near_duplicates = retrieved.selection.near_duplicates;
+    trace.context_neighbours = retrieved.selection.neighbours_added;
+    true
+}
+
+/// Stage: nothing cleared the relevance gate — say so without calling a model.
+async fn no_answer(engine: &Engine, trace: &mut Trace, out: &mut Out) -> &'static str {
+    metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
+    let text = engine.config.answer.no_answer_text.clone();
+    trace.answer = Some(text.clone());
+    let _ = out.send(AnswerEvent::Token(text)).await;
+    let _ = out.send(AnswerEvent::Usage(no_usage())).await;
+    let _ = out
+        .send(AnswerEvent::Done {
+            trace_id: trace.id.clone(),
+            outcome: "no_answer",
+            dropped_citations: 0,
+        })
+        .await;
+    "no_answer"
+}
+
+/// The answer cache's key for a context: its chunks with their documents' content hashes,
+/// the route's first model and the prompt version.
+struct CacheKey {
+    /// (chunk id, content hash) of every chunk given to the model, in prompt order.
+    versions: Vec<(String, String)>,
+    key: String,
+}
+
+impl CacheKey {
+    fn of(engine: &Engine, context: &[Passage]) -> CacheKey {
+        let first_model = engine
+            .router
+            .targets(&engine.config.answer.route)
+            .first()
+            .map(|t| t.model.clone())
+            .unwrap_or_default();
+        let versions: Vec<(String, String)> = context
+            .iter()
+            .flat_map(|p| {
+                p.chunks
+                    .iter()
+                    .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
+            })
+            .collect();
+        let key =
+            crate::answer::cache::context_key(&versions, &first_model, &engine.prompt.version);
+        CacheKey { versions, key }
+    }
+}
+
+/// Stage: a cache hit — the stored answer and citations, at no cost.
+async fn replay_cached(
+    cached: Cached,
+    kind: HitKind,
+    trace: &mut Trace,
+    out: &mut Out,
+    started: Instant,
+) -> &'static str {
+    metrics::counter!(crate::observe::metrics::CACHE_HITS, "kind" => kind.label()).increment(1);
+    trace.cache_hit = Some(kind.label().to_string());
+    trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    trace.answer = Some(cached.answer.clone());
+    trace.model = Some(cached.usage.model.clone());
+    trace.provider = Some(cached.usage.provider.clone());
+    if !out.send(AnswerEvent::Token(cached.answer.clone())).await {
         return "client_disconnected";
     }
-
-    trace.context_near_duplicates = selection.near_duplicates;
-    trace.context_neighbours = selection.neighbours_added;
-
-    if context.is_empty() {
-        // Nothing clears the relevance gate: say so without calling a model.
-        metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
-        let text = engine.config.answer.no_answer_text.clone();
-        trace.answer = Some(text.clone());
-        let _ = out.send(AnswerEvent::Token(text)).await;
-        let _ = out.send(AnswerEvent::Usage(no_usage())).await;
-        let _ = out
-            .send(AnswerEvent::Done {
-                trace_id: trace.id.clone(),
-                outcome: "no_answer",
-                dropped_citations: 0,
-            })
-            .await;
-        return "no_answer";
-    }
-
-    let route = &engine.config.answer.route;
-    let first_model = engine
-        .router
-        .targets(route)
-        .first()
-        .map(|t| t.model.clone())
-        .unwrap_or_default();
-    let versions: Vec<(String, String)> = context
-        .iter()
-        .flat_map(|p| {
-            p.chunks
-                .iter()
-                .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
-        })
-        .collect();
-    let cache_key =
-        crate::answer::cache::context_key(&versions, &first_model, &engine.prompt.version);
-    if let Some((cached, kind)) = engine.cache.get(&req.question, &question_vec, &cache_key) {
-        metrics::counter!(crate::observe::metrics::CACHE_HITS, "kind" => kind.label()).increment(1);
-        trace.cache_hit = Some(kind.label().to_string());
-        trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        trace.answer = Some(cached.answer.clone());
-        trace.model = Some(cached.usage.model.clone());
-        trace.provider = Some(cached.usage.provider.clone());
-        if !out.send(AnswerEvent::Token(cached.answer.clone())).await {
+    for c in cached.citations {
+        if !out.send(AnswerEvent::Citation(c)).await {
             return "client_disconnected";
         }
-        for c in cached.citations {
-            if !out.send(AnswerEvent::Citation(c)).await {
-                return "client_disconnected";
-            }
-        }
-        let mut usage = cached.usage;
-        usage.cache_hit = true;
-        usage.cost_usd = 0.0;
-        let _ = out.send(AnswerEvent::Usage(usage)).await;
-        let _ = out
-            .send(AnswerEvent::Done {
-                trace_id: trace.id.clone(),
-                outcome: cached.outcome,
-                dropped_citations: 0,
-            })
-            .await;
-        return cached.outcome;
     }
+    let mut usage = cached.usage;
+    usage.cache_hit = true;
+    usage.cost_usd = 0.0;
+    let _ = out.send(AnswerEvent::Usage(usage)).await;
+    let _ = out
+        .send(AnswerEvent::Done {
+            trace_id: trace.id.clone(),
+            outcome: cached.outcome,
+            dropped_citations: 0,
+        })
+        .await;
+    cached.outcome
+}
 
-    // Data minimisation (`[privacy]`): the model sees placeholders for personal data in the
-    // question, the conversation and the passages — every provider of the route alike, as
-    // which one serves is only known after the call. Its answer is mapped back with this
-    // request's own values, which the caller could see: they came from its question or its
-    // access-filtered retrieval. Citations quote the unmasked chunks (`context`).
+/// The prompt as the model sees it, with what maps its answer back.
+struct MaskedPrompt {
+    chat: ChatRequest,
+    /// Restores this request's own values in the answer.
+    unmasker: Unmasker,
+    /// Values masked, by kind (for the audit log).
+    masked: BTreeMap<String, usize>,
+    passages: usize,
+}
+
+/// Stage: mask and render. Data minimisation (`[privacy]`): the model sees placeholders for
+/// personal data in the question, the conversation and the passages — every provider of the
+/// route alike, as which one serves is only known after the call. Its answer is mapped back
+/// with this request's own values, which the caller could see: they came from its question or
+/// its access-filtered retrieval. Citations quote the unmasked chunks (`context`).
+fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> MaskedPrompt {
     let mut masking = engine.config.privacy.start();
     let passages: Vec<ContextPassage> = context
         .iter()
@@ -433,88 +529,116 @@ async fn run(
             content: masking.mask_caller(&m.content),
         })
         .collect();
-    let chat = engine.prompt.render(&question, &passages, &conversation);
-    let mut unmasker = masking.unmasker();
+    MaskedPrompt {
+        chat: engine.prompt.render(&question, &passages, &conversation),
+        unmasker: masking.unmasker(),
+        masked: masking.counts().clone(),
+        passages: passages.len(),
+    }
+}
+
+/// Stage: hand the prompt to the gateway, which retries, times out, breaks circuits, limits
+/// concurrency, checks the budget and falls back across the route — only until the first
+/// token, which it holds back until it hands the stream over. A client that leaves meanwhile
+/// cancels the upstream call. Every prompt handed over is audited.
+async fn open_stream(
+    engine: &Engine,
+    req: &AskRequest,
+    prompt: &MaskedPrompt,
+    key: &CacheKey,
+    cancel: CancellationToken,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> Result<(ChatStream, TargetInfo), &'static str> {
+    let route = &engine.config.answer.route;
     let sent = SentPrompt {
         route,
-        chat: &chat,
-        chunk_ids: versions.iter().map(|(id, _)| id.clone()).collect(),
-        masked: masking.counts().clone(),
+        chat: &prompt.chat,
+        chunk_ids: key.versions.iter().map(|(id, _)| id.clone()).collect(),
+        masked: prompt.masked.clone(),
     };
-
-    let mut filter = CitationFilter::new(1..=passages.len());
-    let mut answer_text = String::new();
-    // The gateway retries, times out, breaks circuits, limits concurrency, checks the budget
-    // and falls back across the route — only until the first token, which it holds back until
-    // it hands the stream over. A client that leaves meanwhile cancels the upstream call.
-    let cancel = CancellationToken::new();
-    let _cancel_on_exit = cancel.clone().drop_guard();
+    let budget_key = req.budget_key.as_deref();
     let opened = tokio::select! {
-        r = engine.router.stream_for_key(route, &chat, cancel.clone(), req.budget_key.as_deref()) => r,
+        r = engine.router.stream_for_key(route, &prompt.chat, cancel, budget_key) => r,
         _ = out.tx.closed() => {
             // The prompt may have reached a provider before the client left.
             audit_sent(engine, trace, sent, None, &[]);
             out.gone = true;
-            return "client_disconnected";
+            return Err("client_disconnected");
         }
     };
-    let (mut stream, info) = match opened {
-        Ok(opened) => opened,
+    match opened {
+        Ok((stream, info)) => {
+            audit_sent(engine, trace, sent, Some(&info), &info.attempts);
+            record_attempts(&info.attempts, trace);
+            trace.provider = Some(info.provider_name.clone());
+            trace.model = Some(info.model.clone());
+            Ok((stream, info))
+        }
         Err(e) => {
             if let GatewayError::AllFailed { attempts, .. } = &e {
                 audit_sent(engine, trace, sent, None, attempts);
             }
-            return refused(engine, e, trace, out).await;
+            Err(refused(engine, e, trace, out).await)
         }
+    }
+}
+
+/// The answer as the client sees it: the model's deltas through the unmasker (this request's
+/// own values back in place of placeholders) and the citation filter.
+struct Shown {
+    text: String,
+    /// The `[n]` markers shown (`used`) and dropped.
+    filter: CitationFilter,
+    unmasker: Unmasker,
+}
+
+impl Shown {
+    /// Feeds a delta; returns the text that can be shown now.
+    fn push(&mut self, delta: &str) -> String {
+        let shown = self.filter.push(&self.unmasker.push(delta));
+        self.text.push_str(&shown);
+        shown
+    }
+
+    /// Flushes what the unmasker and the filter held back at the end of the stream.
+    fn finish(&mut self) -> String {
+        let mut tail = self.filter.push(&self.unmasker.finish());
+        tail.push_str(&self.filter.finish());
+        self.text.push_str(&tail);
+        tail
+    }
+}
+
+/// What the model said, as shown to the client, and the call that said it.
+struct Generated {
+    shown: Shown,
+    info: TargetInfo,
+    outcome: &'static str,
+}
+
+/// Stage: generate — stream the model's deltas through the unmasker and the citation filter
+/// to the client, then meter the call. An empty answer becomes the no-answer text.
+async fn generate(
+    engine: &Engine,
+    mut stream: ChatStream,
+    info: TargetInfo,
+    prompt: MaskedPrompt,
+    trace: &mut Trace,
+    out: &mut Out,
+    started: Instant,
+) -> Result<Generated, &'static str> {
+    let mut shown = Shown {
+        text: String::new(),
+        filter: CitationFilter::new(1..=prompt.passages),
+        unmasker: prompt.unmasker,
     };
-    audit_sent(engine, trace, sent, Some(&info), &info.attempts);
-    record_attempts(&info.attempts, trace);
-    trace.provider = Some(info.provider_name.clone());
-    trace.model = Some(info.model.clone());
-    let streamed: Result<(), &'static str> = loop {
-        let next = tokio::select! {
-            ev = stream.next() => Some(ev),
-            _ = out.tx.closed() => None,
-        };
-        let Some(ev) = next else {
-            // Client gone: dropping the stream below closes the upstream request.
-            out.gone = true;
-            break Err("client_disconnected");
-        };
-        let Some(ev) = ev else { break Ok(()) };
-        match ev {
-            Ok(ChatEvent::TextDelta(d)) => {
-                if trace.timings.first_token_ms.is_none() {
-                    trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-                }
-                let shown = filter.push(&unmasker.push(&d));
-                if !shown.is_empty() {
-                    answer_text.push_str(&shown);
-                    if !out.send(AnswerEvent::Token(shown)).await {
-                        break Err("client_disconnected");
-                    }
-                }
-            }
-            // Usage is metered by the gateway (`info`); the answer prompt offers no tools.
-            Ok(ChatEvent::Usage(_) | ChatEvent::ToolCallDelta { .. }) => {}
-            Ok(ChatEvent::Finish(FinishReason::Error)) => break Ok(()),
-            Ok(ChatEvent::Finish(_)) => {}
-            Err(e) => {
-                // Output had started, so the gateway did not fall back: the answer is cut off.
-                tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
-                metrics::counter!(crate::observe::metrics::PROVIDER_ERRORS, "provider" => info.provider_name.clone()).increment(1);
-                trace
-                    .provider_errors
-                    .push(format!("{}: {e}", info.provider_name));
-                break Err("provider_stream_failed");
-            }
-        }
-    };
+    let streamed = relay(&mut stream, &info, &mut shown, trace, out, started).await;
     // Ending the call charges its cost to the budget and frees its concurrency permit.
     drop(stream);
     record_usage(&info, trace);
     if let Err(outcome) = streamed {
-        trace.answer = Some(answer_text);
+        trace.answer = Some(shown.text);
         if outcome == "provider_stream_failed" {
             let _ = out
                 .send(AnswerEvent::Error {
@@ -525,58 +649,95 @@ async fn run(
                 })
                 .await;
         }
-        return outcome;
+        return Err(outcome);
     }
-    let mut tail = filter.push(&unmasker.finish());
-    tail.push_str(&filter.finish());
-    if !tail.is_empty() {
-        answer_text.push_str(&tail);
-        if !out.send(AnswerEvent::Token(tail)).await {
-            return "client_disconnected";
-        }
+    let tail = shown.finish();
+    if !tail.is_empty() && !out.send(AnswerEvent::Token(tail)).await {
+        return Err("client_disconnected");
     }
-    let outcome = if answer_text.trim().is_empty() {
+    let outcome = if shown.text.trim().is_empty() {
         metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
-        answer_text = engine.config.answer.no_answer_text.clone();
-        if !out.send(AnswerEvent::Token(answer_text.clone())).await {
-            return "client_disconnected";
+        shown.text = engine.config.answer.no_answer_text.clone();
+        if !out.send(AnswerEvent::Token(shown.text.clone())).await {
+            return Err("client_disconnected");
         }
         "no_answer"
     } else {
         "answered"
     };
-    let by_n: BTreeMap<usize, &Passage> = context
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (i + 1, p))
-        .collect();
-    let mut citations = Vec::new();
-    for n in &filter.used {
-        let Some(p) = by_n.get(n) else { continue };
-        // A citation names one chunk: the one holding the quoted sentence.
-        let quote = best_quote(&answer_text, *n, &p.text);
-        let chunk = context::chunk_for_quote(p, &quote);
-        let quote = if chunk.text.contains(quote.trim()) {
-            quote
-        } else {
-            best_quote(&answer_text, *n, &chunk.text)
+    Ok(Generated {
+        shown,
+        info,
+        outcome,
+    })
+}
+
+/// Relays the provider's stream to the client until it ends, the client leaves or the
+/// provider fails.
+async fn relay(
+    stream: &mut ChatStream,
+    info: &TargetInfo,
+    shown: &mut Shown,
+    trace: &mut Trace,
+    out: &mut Out,
+    started: Instant,
+) -> Result<(), &'static str> {
+    loop {
+        let next = tokio::select! {
+            ev = stream.next() => Some(ev),
+            _ = out.tx.closed() => None,
         };
-        let c = Citation {
-            n: *n,
-            doc_id: p.document.id.clone(),
-            chunk_id: chunk.chunk_id(),
-            title: p.document.title.clone(),
-            url: p.document.url.clone(),
-            page: chunk.page,
-            char_start: chunk.char_start,
-            char_end: chunk.char_end,
-            quote,
+        let Some(ev) = next else {
+            // Client gone: dropping the stream closes the upstream request.
+            out.gone = true;
+            return Err("client_disconnected");
         };
-        citations.push(c.clone());
-        if !out.send(AnswerEvent::Citation(c)).await {
-            return "client_disconnected";
+        let Some(ev) = ev else { return Ok(()) };
+        match ev {
+            Ok(ChatEvent::TextDelta(d)) => {
+                if trace.timings.first_token_ms.is_none() {
+                    trace.timings.first_token_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                let delta = shown.push(&d);
+                if !delta.is_empty() && !out.send(AnswerEvent::Token(delta)).await {
+                    return Err("client_disconnected");
+                }
+            }
+            // Usage is metered by the gateway (`info`); the answer prompt offers no tools.
+            Ok(ChatEvent::Usage(_) | ChatEvent::ToolCallDelta { .. }) => {}
+            Ok(ChatEvent::Finish(FinishReason::Error)) => return Ok(()),
+            Ok(ChatEvent::Finish(_)) => {}
+            Err(e) => {
+                // Output had started, so the gateway did not fall back: the answer is cut off.
+                tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
+                metrics::counter!(crate::observe::metrics::PROVIDER_ERRORS, "provider" => info.provider_name.clone()).increment(1);
+                trace
+                    .provider_errors
+                    .push(format!("{}: {e}", info.provider_name));
+                return Err("provider_stream_failed");
+            }
         }
     }
+}
+
+/// Stage: finish — the citations, usage and done events, the trace's answer, and the cache.
+async fn finish(
+    engine: &Engine,
+    req: &AskRequest,
+    retrieved: &Retrieved,
+    key: &CacheKey,
+    generated: Generated,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
+    let Generated {
+        shown,
+        info,
+        outcome,
+    } = generated;
+    let Some(citations) = send_citations(&retrieved.context, &shown, out).await else {
+        return "client_disconnected";
+    };
     let usage = info.usage();
     let usage_view = UsageView {
         input_tokens: usage.input_tokens,
@@ -586,18 +747,19 @@ async fn run(
         provider: info.provider_name.clone(),
         cache_hit: false,
     };
-    trace.dropped_citations = filter.dropped;
-    trace.answer = Some(answer_text.clone());
-    metrics::counter!(crate::observe::metrics::DROPPED_CITATIONS).increment(filter.dropped as u64);
+    let dropped = shown.filter.dropped;
+    trace.dropped_citations = dropped;
+    trace.answer = Some(shown.text.clone());
+    metrics::counter!(crate::observe::metrics::DROPPED_CITATIONS).increment(dropped as u64);
     // An answer carrying a value that only this caller's question held (their e-mail
     // address, say) is not cached: a semantic hit would show it to another caller.
-    if !unmasker.used_caller_value() {
+    if !shown.unmasker.used_caller_value() {
         engine.cache.put(
             &req.question,
-            question_vec,
-            &cache_key,
-            crate::answer::cache::Cached {
-                answer: answer_text,
+            retrieved.question_vec.clone(),
+            &key.key,
+            Cached {
+                answer: shown.text,
                 citations,
                 usage: usage_view.clone(),
                 outcome,
@@ -609,8 +771,54 @@ async fn run(
         .send(AnswerEvent::Done {
             trace_id: trace.id.clone(),
             outcome,
-            dropped_citations: filter.dropped,
+            dropped_citations: dropped,
         })
         .await;
     outcome
+}
+
+/// Builds and sends a citation for every marker shown, naming the chunk that holds the quoted
+/// sentence; `None` when the client left.
+async fn send_citations(
+    context: &[Passage],
+    shown: &Shown,
+    out: &mut Out,
+) -> Option<Vec<Citation>> {
+    let by_n: BTreeMap<usize, &Passage> = context
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i + 1, p))
+        .collect();
+    let mut citations = Vec::new();
+    for n in &shown.filter.used {
+        let Some(p) = by_n.get(n) else { continue };
+        let c = citation(*n, p, &shown.text);
+        citations.push(c.clone());
+        if !out.send(AnswerEvent::Citation(c)).await {
+            return None;
+        }
+    }
+    Some(citations)
+}
+
+/// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence.
+fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
+    let quote = best_quote(answer, n, &p.text);
+    let chunk = context::chunk_for_quote(p, &quote);
+    let quote = if chunk.text.contains(quote.trim()) {
+        quote
+    } else {
+        best_quote(answer, n, &chunk.text)
+    };
+    Citation {
+        n,
+        doc_id: p.document.id.clone(),
+        chunk_id: chunk.chunk_id(),
+        title: p.document.title.clone(),
+        url: p.document.url.clone(),
+        page: chunk.page,
+        char_start: chunk.char_start,
+        char_end: chunk.char_end,
+        quote,
+    }
 }
