@@ -1,0 +1,266 @@
+//! `cairn eval retrieval | fusion | answers`: quality reports over a dataset or a question file.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use crate::engine::Engine;
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// nDCG@10, Recall@10/100, MRR@10 and latency per retrieval mode.
+    #[command(
+        after_help = "Example:\n  cairn eval retrieval --dataset ../data/scifact --split train --json"
+    )]
+    Retrieval {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// bm25, dense, hybrid, hybrid+rerank, or all (repeatable).
+        #[arg(long, default_value = "all")]
+        mode: Vec<String>,
+        /// Evaluate only the first N judged queries (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// One JSON object per mode, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sweeps fusion settings (RRF k and weights, convex alpha) over stored retriever lists,
+    /// with a two-fold check that the best setting holds on queries it was not chosen on.
+    #[command(
+        after_help = "Example:\n  cairn eval fusion --dataset ../data/scifact --split train --json"
+    )]
+    Fusion {
+        /// Folder with corpus.jsonl, queries.jsonl and qrels/<split>.tsv.
+        #[arg(long)]
+        dataset: PathBuf,
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Evaluate only the first N judged queries (0 = all).
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// The whole report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Citation validity, precision/recall, "I don't know" rate, gold-answer rate, cost and latency.
+    #[command(after_help = "Example:\n  cairn eval answers --qa samples/qa.jsonl --json")]
+    Answers {
+        /// JSON lines: {"question", "answers"?, "sources"?, "unanswerable"?}.
+        #[arg(long)]
+        qa: PathBuf,
+        /// Print the report (with every question's outcome) as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs one `cairn eval` command.
+pub(super) fn run(
+    engine: &Arc<Engine>,
+    runtime: &tokio::runtime::Runtime,
+    cmd: EvalCommand,
+) -> anyhow::Result<ExitCode> {
+    match cmd {
+        EvalCommand::Retrieval {
+            dataset,
+            split,
+            mode,
+            limit,
+            json,
+        } => retrieval(engine, dataset, split, &mode, limit, json),
+        EvalCommand::Fusion {
+            dataset,
+            split,
+            limit,
+            json,
+        } => fusion(engine, dataset, split, limit, json),
+        EvalCommand::Answers { qa, json } => answers(engine, runtime, &qa, json),
+    }
+}
+
+fn answers(
+    engine: &Arc<Engine>,
+    runtime: &tokio::runtime::Runtime,
+    qa: &Path,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let items = crate::eval::qa::read_qa(qa)?;
+    let report = runtime.block_on(crate::eval::answers::answers(engine.clone(), &items))?;
+    // Every answer left a trace: send queued spans before the process exits.
+    engine.traces.flush_export();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_answer_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fusion(
+    engine: &Engine,
+    dataset: PathBuf,
+    split: String,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = crate::eval::fusion::sweep(
+        engine,
+        &crate::eval::fusion::FusionOptions {
+            dataset,
+            split,
+            limit,
+        },
+    )?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_fusion_report(&report);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--mode` values, each expanded (`all`) and kept once, in order.
+fn parse_modes(mode: &[String]) -> anyhow::Result<Vec<crate::eval::EvalMode>> {
+    let mut modes = Vec::new();
+    for m in mode {
+        let parsed = crate::eval::EvalMode::parse(m).ok_or_else(|| {
+            anyhow::anyhow!("unknown --mode `{m}`; use bm25, dense, hybrid, hybrid+rerank or all")
+        })?;
+        for p in parsed {
+            if !modes.contains(&p) {
+                modes.push(p);
+            }
+        }
+    }
+    Ok(modes)
+}
+
+fn retrieval(
+    engine: &Engine,
+    dataset: PathBuf,
+    split: String,
+    mode: &[String],
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let modes = parse_modes(mode)?;
+    let results = crate::eval::retrieval(
+        engine,
+        &crate::eval::EvalOptions {
+            dataset,
+            split,
+            modes,
+            limit,
+        },
+    )?;
+    if json {
+        for r in &results {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    } else {
+        println!(
+            "{:<14} {:>8} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
+            "mode", "queries", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "p50 ms", "p99 ms"
+        );
+        for r in &results {
+            println!(
+                "{:<14} {:>8} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.2} {:>9.2}",
+                r.mode,
+                r.queries,
+                r.metrics.ndcg_10,
+                r.metrics.recall_10,
+                r.metrics.recall_100,
+                r.metrics.mrr_10,
+                r.latency_p50_ms,
+                r.latency_p99_ms
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_fusion_report(r: &crate::eval::fusion::FusionReport) {
+    let mut rows: Vec<_> = r.results.iter().collect();
+    rows.sort_by(|a, b| b.metrics.ndcg_10.total_cmp(&a.metrics.ndcg_10));
+    println!(
+        "{:<34} {:>8} {:>10} {:>11} {:>8} {:>9} {:>9}",
+        "setting", "nDCG@10", "Recall@10", "Recall@100", "MRR@10", "even", "odd"
+    );
+    for x in rows {
+        let mark = if x.setting == r.default_setting {
+            " (default)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<34} {:>8.4} {:>10.4} {:>11.4} {:>8.4} {:>9.4} {:>9.4}{mark}",
+            x.setting,
+            x.metrics.ndcg_10,
+            x.metrics.recall_10,
+            x.metrics.recall_100,
+            x.metrics.mrr_10,
+            x.ndcg_10_folds[0],
+            x.ndcg_10_folds[1]
+        );
+    }
+    for h in &r.cross_validation {
+        println!(
+            "best on the {} queries: {} -> {:.4} nDCG@10 on the others (default there: {:.4})",
+            if h.chosen_on_fold == 0 { "even" } else { "odd" },
+            h.setting,
+            h.held_out_ndcg_10,
+            h.default_ndcg_10
+        );
+    }
+}
+
+fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+    println!("questions                     {}", r.questions);
+    println!("citation validity             {}", pct(r.citation_validity));
+    println!(
+        "citation precision            {}",
+        pct(r.citation_precision)
+    );
+    println!("citation recall               {}", pct(r.citation_recall));
+    println!(
+        "I don't know (unanswerable)   {}",
+        pct(r.idk_rate_unanswerable)
+    );
+    println!(
+        "I don't know (answerable)     {}",
+        pct(r.idk_rate_answerable)
+    );
+    println!(
+        "answer contains gold          {}",
+        pct(r.answer_contains_gold)
+    );
+    println!(
+        "cost per answer               {:.6} USD",
+        r.cost_usd_per_answer
+    );
+    println!(
+        "latency p50 / p99             {:.1} / {:.1} ms",
+        r.latency_p50_ms, r.latency_p99_ms
+    );
+    for item in &r.items {
+        let flag = match (item.said_idk, item.contains_gold) {
+            (true, _) => "idk",
+            (false, Some(true)) => "gold",
+            (false, Some(false)) => "miss",
+            (false, None) => "-",
+        };
+        println!(
+            "  {:<20} {:<5} {}",
+            item.id,
+            flag,
+            item.cited_docs.join(", ")
+        );
+    }
+}
