@@ -336,49 +336,85 @@ fn spans(
     record_text: bool,
     mut new_span_id: impl FnMut() -> SpanId,
 ) -> Vec<SpanData> {
-    let trace_id = uuid::Uuid::parse_str(&trace.id)
-        .map(|u| TraceId::from_bytes(u.into_bytes()))
-        .unwrap_or_else(|_| TraceId::from_bytes(uuid::Uuid::new_v4().into_bytes()));
-    let start: SystemTime = chrono::DateTime::parse_from_rfc3339(&trace.at)
-        .map(SystemTime::from)
-        .unwrap_or_else(|_| SystemTime::now() - ms(trace.timings.total_ms));
-    let at = |offset_ms: f64| start + ms(offset_ms);
-    let scope = InstrumentationScope::builder("cairn")
-        .with_version(env!("CARGO_PKG_VERSION"))
-        .build();
-    let t = &trace.timings;
+    let tree = SpanTree::of(trace);
+    let gen_ai = gen_ai_attributes(trace, kinds);
     let root_id = new_span_id();
-    let span = |name: Cow<'static, str>,
-                id: SpanId,
-                parent: SpanId,
-                kind: SpanKind,
-                (from, to): (f64, f64),
-                attributes: Vec<KeyValue>| SpanData {
-        span_context: SpanContext::new(
-            trace_id,
-            id,
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        ),
-        parent_span_id: parent,
-        parent_span_is_remote: false,
-        span_kind: kind,
-        name,
-        start_time: at(from),
-        end_time: at(to),
-        attributes,
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: Status::Unset,
-        instrumentation_scope: scope.clone(),
-    };
+    let mut out = vec![root_span(&tree, trace, root_id, record_text, &gen_ai)];
+    retrieval_spans(&tree, trace, root_id, &mut new_span_id, &mut out);
+    if let Some(call) = model_call_span(&tree, trace, root_id, &mut new_span_id, gen_ai) {
+        out.push(call);
+    }
+    out
+}
 
-    let provider = trace.provider.as_deref().map(|p| gen_ai_provider(p, kinds));
+/// What every span of one trace shares: its trace id, its start and the scope.
+struct SpanTree {
+    trace_id: TraceId,
+    start: SystemTime,
+    scope: InstrumentationScope,
+}
+
+impl SpanTree {
+    fn of(trace: &Trace) -> SpanTree {
+        let trace_id = uuid::Uuid::parse_str(&trace.id)
+            .map(|u| TraceId::from_bytes(u.into_bytes()))
+            .unwrap_or_else(|_| TraceId::from_bytes(uuid::Uuid::new_v4().into_bytes()));
+        let start: SystemTime = chrono::DateTime::parse_from_rfc3339(&trace.at)
+            .map(SystemTime::from)
+            .unwrap_or_else(|_| SystemTime::now() - ms(trace.timings.total_ms));
+        let scope = InstrumentationScope::builder("cairn")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
+        SpanTree {
+            trace_id,
+            start,
+            scope,
+        }
+    }
+
+    /// The time `offset_ms` after the trace's start.
+    fn at(&self, offset_ms: f64) -> SystemTime {
+        self.start + ms(offset_ms)
+    }
+
+    /// A span from `from` to `to` (ms after the start) under `parent`.
+    fn span(
+        &self,
+        name: Cow<'static, str>,
+        (id, parent): (SpanId, SpanId),
+        kind: SpanKind,
+        (from, to): (f64, f64),
+        attributes: Vec<KeyValue>,
+    ) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                self.trace_id,
+                id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: parent,
+            parent_span_is_remote: false,
+            span_kind: kind,
+            name,
+            start_time: self.at(from),
+            end_time: self.at(to),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: Status::Unset,
+            instrumentation_scope: self.scope.clone(),
+        }
+    }
+}
+
+/// The GenAI semantic-convention attributes of the model call (also set on the root).
+fn gen_ai_attributes(trace: &Trace, kinds: &BTreeMap<String, ProviderKind>) -> Vec<KeyValue> {
     let mut gen_ai = Vec::new();
-    if let Some(p) = &provider {
-        gen_ai.push(KeyValue::new("gen_ai.provider.name", p.clone()));
+    if let Some(p) = trace.provider.as_deref().map(|p| gen_ai_provider(p, kinds)) {
+        gen_ai.push(KeyValue::new("gen_ai.provider.name", p));
     }
     if let Some(m) = &trace.model {
         gen_ai.push(KeyValue::new("gen_ai.request.model", m.clone()));
@@ -391,7 +427,11 @@ fn spans(
         "gen_ai.usage.output_tokens",
         trace.output_tokens as i64,
     ));
+    gen_ai
+}
 
+/// The request's own attributes: cairn's trace fields, text only with `record_text`.
+fn request_attributes(trace: &Trace, record_text: bool) -> Vec<KeyValue> {
     let mut attrs = vec![
         KeyValue::new("cairn.trace_id", trace.id.clone()),
         KeyValue::new("cairn.outcome", trace.outcome.clone()),
@@ -429,7 +469,7 @@ fn spans(
             strings(trace.provider_errors.iter().cloned()),
         ));
     }
-    if let Some(ttft) = t.first_token_ms {
+    if let Some(ttft) = trace.timings.first_token_ms {
         attrs.push(KeyValue::new("cairn.time_to_first_token_ms", ttft));
     }
     if record_text {
@@ -440,6 +480,20 @@ fn spans(
             attrs.push(KeyValue::new("cairn.answer", a.clone()));
         }
     }
+    attrs
+}
+
+/// The root span: the HTTP request (`POST /ask`) or, from the CLI, `cairn.answer`; an error
+/// status for failed outcomes and a `first_token` event.
+fn root_span(
+    tree: &SpanTree,
+    trace: &Trace,
+    root_id: SpanId,
+    record_text: bool,
+    gen_ai: &[KeyValue],
+) -> SpanData {
+    let t = &trace.timings;
+    let mut attrs = request_attributes(trace, record_text);
     attrs.extend(gen_ai.iter().cloned());
     let (name, kind) = match &trace.http_route {
         Some(route) => {
@@ -452,10 +506,9 @@ fn spans(
     if is_error(&trace.outcome) {
         attrs.push(KeyValue::new("error.type", trace.outcome.clone()));
     }
-    let mut root = span(
+    let mut root = tree.span(
         name,
-        root_id,
-        SpanId::INVALID,
+        (root_id, SpanId::INVALID),
         kind,
         (0.0, t.total_ms),
         attrs,
@@ -466,71 +519,87 @@ fn spans(
     if let Some(ttft) = t.first_token_ms {
         root.events
             .events
-            .push(Event::new("first_token", at(ttft), Vec::new(), 0));
+            .push(Event::new("first_token", tree.at(ttft), Vec::new(), 0));
     }
-    let mut out = vec![root];
+    root
+}
 
-    if t.retrieve_ms > 0.0 {
-        let retrieve_id = new_span_id();
-        out.push(span(
-            Cow::Borrowed("retrieve"),
-            retrieve_id,
-            root_id,
-            SpanKind::Internal,
-            (0.0, t.retrieve_ms),
-            vec![KeyValue::new(
-                "cairn.retrieved.count",
-                trace.retrieved.len() as i64,
-            )],
-        ));
-        // Embedding opens retrieval and reranking closes it.
-        let stages = [
-            ("embed", 0.0, t.embed_ms),
-            ("rerank", t.retrieve_ms - t.rerank_ms, t.rerank_ms),
-        ];
-        for (name, from, took) in stages {
-            if took > 0.0 {
-                out.push(span(
-                    Cow::Borrowed(name),
-                    new_span_id(),
-                    retrieve_id,
-                    SpanKind::Internal,
-                    (from.max(0.0), from.max(0.0) + took),
-                    Vec::new(),
-                ));
-            }
+/// `retrieve` under the root, with `embed` opening it and `rerank` closing it (each only when
+/// it took time).
+fn retrieval_spans(
+    tree: &SpanTree,
+    trace: &Trace,
+    root_id: SpanId,
+    new_span_id: &mut impl FnMut() -> SpanId,
+    out: &mut Vec<SpanData>,
+) {
+    let t = &trace.timings;
+    if t.retrieve_ms <= 0.0 {
+        return;
+    }
+    let retrieve_id = new_span_id();
+    out.push(tree.span(
+        Cow::Borrowed("retrieve"),
+        (retrieve_id, root_id),
+        SpanKind::Internal,
+        (0.0, t.retrieve_ms),
+        vec![KeyValue::new(
+            "cairn.retrieved.count",
+            trace.retrieved.len() as i64,
+        )],
+    ));
+    // Embedding opens retrieval and reranking closes it.
+    let stages = [
+        ("embed", 0.0, t.embed_ms),
+        ("rerank", t.retrieve_ms - t.rerank_ms, t.rerank_ms),
+    ];
+    for (name, from, took) in stages {
+        if took > 0.0 {
+            out.push(tree.span(
+                Cow::Borrowed(name),
+                (new_span_id(), retrieve_id),
+                SpanKind::Internal,
+                (from.max(0.0), from.max(0.0) + took),
+                Vec::new(),
+            ));
         }
     }
+}
 
-    if trace.cache_hit.is_none()
-        && let Some(model) = &trace.model
-    {
-        let mut attrs = vec![KeyValue::new("gen_ai.operation.name", "chat")];
-        attrs.extend(gen_ai);
-        if let Some(ttft) = t.first_token_ms {
-            attrs.push(KeyValue::new("cairn.time_to_first_token_ms", ttft));
-        }
-        // The convention's span name is "{operation} {model}".
-        let name = match model.as_str() {
-            "" => Cow::Borrowed("chat"),
-            m => Cow::Owned(format!("chat {m}")),
-        };
-        let mut call = span(
-            name,
-            new_span_id(),
-            root_id,
-            SpanKind::Client,
-            (t.retrieve_ms, t.total_ms),
-            attrs,
-        );
-        if let Some(ttft) = t.first_token_ms {
-            call.events
-                .events
-                .push(Event::new("first_token", at(ttft), Vec::new(), 0));
-        }
-        out.push(call);
+/// The model call (`chat <model>`, a client span) when a provider answered — none on a cache
+/// hit or when no model was called.
+fn model_call_span(
+    tree: &SpanTree,
+    trace: &Trace,
+    root_id: SpanId,
+    new_span_id: &mut impl FnMut() -> SpanId,
+    gen_ai: Vec<KeyValue>,
+) -> Option<SpanData> {
+    let t = &trace.timings;
+    let model = trace.model.as_ref().filter(|_| trace.cache_hit.is_none())?;
+    let mut attrs = vec![KeyValue::new("gen_ai.operation.name", "chat")];
+    attrs.extend(gen_ai);
+    if let Some(ttft) = t.first_token_ms {
+        attrs.push(KeyValue::new("cairn.time_to_first_token_ms", ttft));
     }
-    out
+    // The convention's span name is "{operation} {model}".
+    let name = match model.as_str() {
+        "" => Cow::Borrowed("chat"),
+        m => Cow::Owned(format!("chat {m}")),
+    };
+    let mut call = tree.span(
+        name,
+        (new_span_id(), root_id),
+        SpanKind::Client,
+        (t.retrieve_ms, t.total_ms),
+        attrs,
+    );
+    if let Some(ttft) = t.first_token_ms {
+        call.events
+            .events
+            .push(Event::new("first_token", tree.at(ttft), Vec::new(), 0));
+    }
+    Some(call)
 }
 
 #[cfg(test)]
