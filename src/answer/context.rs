@@ -127,9 +127,30 @@ pub fn select(
     neighbours_of: &mut dyn FnMut(&DocumentRecord) -> Vec<ChunkRecord>,
 ) -> (Vec<Passage>, SelectionStats) {
     let mut stats = SelectionStats::default();
-    let mut chosen: Vec<(HashSet<[String; 3]>, &Hit)> = Vec::new();
     let mut budget = options.max_words;
-    for h in hits {
+    let chosen = choose(hits, options, &mut budget, &mut stats);
+    let mut passages = group_by_document(&chosen);
+    if options.neighbours {
+        for p in &mut passages {
+            stats.neighbours_added += complete_with_neighbours(p, neighbours_of, &mut budget);
+        }
+        merge_adjacent(&mut passages);
+    }
+    for p in &mut passages {
+        p.text = join_chunks(&p.chunks);
+    }
+    (passages, stats)
+}
+
+/// The hits that fit the word budget, leaving out near-duplicates of a hit already chosen.
+fn choose<'h>(
+    hits: &[&'h Hit],
+    options: &ContextOptions,
+    budget: &mut usize,
+    stats: &mut SelectionStats,
+) -> Vec<&'h Hit> {
+    let mut chosen: Vec<(HashSet<[String; 3]>, &'h Hit)> = Vec::new();
+    for &h in hits {
         let sh = shingles(&h.chunk.text);
         if chosen
             .iter()
@@ -139,16 +160,20 @@ pub fn select(
             continue;
         }
         let n = h.chunk.text.split_whitespace().count();
-        if n > budget {
+        if n > *budget {
             continue;
         }
-        budget -= n;
+        *budget -= n;
         chosen.push((sh, h));
     }
+    chosen.into_iter().map(|(_, h)| h).collect()
+}
 
-    // Group the chosen chunks by document, remembering the first rank of each document.
+/// The chosen chunks as passages: a chunk joins a passage of its document it touches, else
+/// starts one (so passages keep the rank of their best chunk).
+fn group_by_document(chosen: &[&Hit]) -> Vec<Passage> {
     let mut passages: Vec<Passage> = Vec::new();
-    for (_, h) in &chosen {
+    for h in chosen {
         let chunk = h.chunk.clone();
         let adjacent = passages
             .iter_mut()
@@ -169,72 +194,79 @@ pub fn select(
             }),
         }
     }
+    passages
+}
 
-    if options.neighbours {
-        for p in &mut passages {
-            let first = &p.chunks[0];
-            let last = &p.chunks[p.chunks.len() - 1];
-            let want_prev = !starts_cleanly(&first.text) && first.ordinal > 0;
-            let want_next = !ends_cleanly(&last.text);
-            let (first_ordinal, last_ordinal) = (first.ordinal, last.ordinal);
-            if !want_prev && !want_next {
-                continue;
-            }
-            let all = neighbours_of(&p.document);
-            let section = p.chunks[0].heading_path.clone();
-            let mut add = |ordinal: u32, p: &mut Passage, budget: &mut usize| {
-                let Some(c) = all.iter().find(|c| c.ordinal == ordinal) else {
-                    return;
-                };
-                if c.heading_path != section || p.chunks.iter().any(|x| x.ordinal == ordinal) {
-                    return;
-                }
-                let n = c.text.split_whitespace().count();
-                if n > *budget {
-                    return;
-                }
-                *budget -= n;
-                p.chunks.push(c.clone());
-                p.chunks.sort_by_key(|c| c.ordinal);
-                stats.neighbours_added += 1;
-            };
-            if want_prev {
-                add(first_ordinal - 1, p, &mut budget);
-            }
-            if want_next {
-                add(last_ordinal + 1, p, &mut budget);
-            }
+/// Completes a passage cut mid-sentence with the chunk before and/or after it in the same
+/// section, within the word budget; returns how many chunks were added.
+fn complete_with_neighbours(
+    p: &mut Passage,
+    neighbours_of: &mut dyn FnMut(&DocumentRecord) -> Vec<ChunkRecord>,
+    budget: &mut usize,
+) -> usize {
+    let first = &p.chunks[0];
+    let last = &p.chunks[p.chunks.len() - 1];
+    let want_prev = !starts_cleanly(&first.text) && first.ordinal > 0;
+    let want_next = !ends_cleanly(&last.text);
+    let (first_ordinal, last_ordinal) = (first.ordinal, last.ordinal);
+    if !want_prev && !want_next {
+        return 0;
+    }
+    let all = neighbours_of(&p.document);
+    let section = p.chunks[0].heading_path.clone();
+    let mut added = 0;
+    let mut add = |ordinal: u32, p: &mut Passage, budget: &mut usize| {
+        let Some(c) = all.iter().find(|c| c.ordinal == ordinal) else {
+            return;
+        };
+        if c.heading_path != section || p.chunks.iter().any(|x| x.ordinal == ordinal) {
+            return;
         }
-        // Neighbours may have made two passages of one document adjacent: merge them.
-        let mut i = 0;
-        while i < passages.len() {
-            let j = (i + 1..passages.len()).find(|&j| {
-                passages[j].document.id == passages[i].document.id
-                    && passages[j]
-                        .chunks
-                        .iter()
-                        .any(|c| touches(&passages[i], c.ordinal))
-            });
-            match j {
-                Some(j) => {
-                    let other = passages.remove(j);
-                    let p = &mut passages[i];
-                    p.retrieved.extend(other.retrieved);
-                    for c in other.chunks {
-                        if !p.chunks.iter().any(|x| x.ordinal == c.ordinal) {
-                            p.chunks.push(c);
-                        }
+        let n = c.text.split_whitespace().count();
+        if n > *budget {
+            return;
+        }
+        *budget -= n;
+        p.chunks.push(c.clone());
+        p.chunks.sort_by_key(|c| c.ordinal);
+        added += 1;
+    };
+    if want_prev {
+        add(first_ordinal - 1, p, budget);
+    }
+    if want_next {
+        add(last_ordinal + 1, p, budget);
+    }
+    added
+}
+
+/// Neighbours may have made two passages of one document adjacent: merges them (the earlier
+/// one keeps its place).
+fn merge_adjacent(passages: &mut Vec<Passage>) {
+    let mut i = 0;
+    while i < passages.len() {
+        let j = (i + 1..passages.len()).find(|&j| {
+            passages[j].document.id == passages[i].document.id
+                && passages[j]
+                    .chunks
+                    .iter()
+                    .any(|c| touches(&passages[i], c.ordinal))
+        });
+        match j {
+            Some(j) => {
+                let other = passages.remove(j);
+                let p = &mut passages[i];
+                p.retrieved.extend(other.retrieved);
+                for c in other.chunks {
+                    if !p.chunks.iter().any(|x| x.ordinal == c.ordinal) {
+                        p.chunks.push(c);
                     }
-                    p.chunks.sort_by_key(|c| c.ordinal);
                 }
-                None => i += 1,
+                p.chunks.sort_by_key(|c| c.ordinal);
             }
+            None => i += 1,
         }
     }
-    for p in &mut passages {
-        p.text = join_chunks(&p.chunks);
-    }
-    (passages, stats)
 }
 
 /// The chunk of `p` a quote came from (the first containing it), else its best-ranked
