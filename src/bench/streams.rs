@@ -248,39 +248,98 @@ pub fn run(
     report
 }
 
+/// Serves on loopback, warms up, reads the baseline, runs the streams while sampling the
+/// peaks, waits for the server to settle, and reports.
 async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<StreamsReport> {
     let (addr, server) = serve_loopback(router(AppState::new(engine)?)).await?;
     let url = format!("http://{addr}/ask");
     let expected: String = (0..o.tokens).map(|i| format!("word{i} ")).collect();
+    warm_up(&url, &o.question, &expected).await?;
+    let before = Resources::now();
+    let peaks = Peaks::sample(&before);
+    let (done, wall_s) = run_streams(o, &url, &expected).await?;
+    peaks.stop();
+    settle(&before).await;
+    let after = Resources::now();
+    server.abort();
+    Ok(report(o, &done, wall_s, &before, &peaks, &after))
+}
 
-    // One warm-up stream (connection set-up, lazy statics), then the baseline.
+/// One warm-up stream (connection set-up, lazy statics) before the baseline is read.
+async fn warm_up(url: &str, question: &str, expected: &str) -> anyhow::Result<()> {
     let warm = reqwest::Client::new();
-    one_stream(&warm, &url, &o.question, &expected)
+    one_stream(&warm, url, question, expected)
         .await
         .ok_or_else(|| {
             anyhow::anyhow!(
-                "the warm-up stream did not complete: does the index answer {:?}?",
-                o.question
+                "the warm-up stream did not complete: does the index answer {question:?}?"
             )
         })?;
     drop(warm);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (rss_before, _) = memory_kib();
-    let fds_before = open_fds();
-    let tasks_before = live_tasks();
+    Ok(())
+}
 
-    let peak_rss = Arc::new(AtomicU64::new(rss_before));
-    let peak_fds = Arc::new(AtomicU64::new(fds_before as u64));
-    let sampler = {
-        let (peak_rss, peak_fds) = (peak_rss.clone(), peak_fds.clone());
-        tokio::spawn(async move {
-            loop {
-                peak_rss.fetch_max(memory_kib().0, Ordering::Relaxed);
-                peak_fds.fetch_max(open_fds() as u64, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+/// The process's resources at one moment.
+struct Resources {
+    rss_kib: u64,
+    hwm_kib: u64,
+    fds: usize,
+    tasks: usize,
+}
+
+impl Resources {
+    fn now() -> Resources {
+        let (rss_kib, hwm_kib) = memory_kib();
+        Resources {
+            rss_kib,
+            hwm_kib,
+            fds: open_fds(),
+            tasks: live_tasks(),
+        }
+    }
+}
+
+/// The highest memory and descriptor counts, sampled every 20 ms while the streams run.
+struct Peaks {
+    rss_kib: Arc<AtomicU64>,
+    fds: Arc<AtomicU64>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl Peaks {
+    fn sample(before: &Resources) -> Peaks {
+        let rss_kib = Arc::new(AtomicU64::new(before.rss_kib));
+        let fds = Arc::new(AtomicU64::new(before.fds as u64));
+        let sampler = {
+            let (peak_rss, peak_fds) = (rss_kib.clone(), fds.clone());
+            tokio::spawn(async move {
+                loop {
+                    peak_rss.fetch_max(memory_kib().0, Ordering::Relaxed);
+                    peak_fds.fetch_max(open_fds() as u64, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Peaks {
+            rss_kib,
+            fds,
+            sampler,
+        }
+    }
+
+    fn stop(&self) {
+        self.sampler.abort();
+    }
+}
+
+/// Runs every stream at once; each one's (time to first token, total) when it completed, and
+/// the wall time of the run.
+async fn run_streams(
+    o: &StreamsOptions,
+    url: &str,
+    expected: &str,
+) -> anyhow::Result<(Vec<Option<(f64, f64)>>, f64)> {
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(0)
@@ -291,9 +350,9 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
         .map(|_| {
             let (client, url, q, e) = (
                 client.clone(),
-                url.clone(),
+                url.to_string(),
                 o.question.clone(),
-                expected.clone(),
+                expected.to_string(),
             );
             tokio::spawn(async move { one_stream(&client, &url, &q, &e).await })
         })
@@ -302,23 +361,29 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
     for r in futures::future::join_all(runs).await {
         done.push(r.ok().flatten());
     }
-    let wall_s = started.elapsed().as_secs_f64();
-    drop(client);
-    sampler.abort();
+    Ok((done, started.elapsed().as_secs_f64()))
+}
 
-    // Connections close asynchronously: give the server up to 10 s to get back to where it
-    // started before reading the figures.
+/// Connections close asynchronously: gives the server up to 10 s to get back to where it
+/// started before the figures are read.
+async fn settle(before: &Resources) {
     let settle = Instant::now();
-    while (open_fds() > fds_before || live_tasks() > tasks_before)
+    while (open_fds() > before.fds || live_tasks() > before.tasks)
         && settle.elapsed() < Duration::from_secs(10)
     {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (rss_after, hwm) = memory_kib();
-    let fds_after = open_fds();
-    let tasks_after = live_tasks();
-    server.abort();
+}
 
+/// The figures, and the problems that fail the command.
+fn report(
+    o: &StreamsOptions,
+    done: &[Option<(f64, f64)>],
+    wall_s: f64,
+    before: &Resources,
+    peaks: &Peaks,
+    after: &Resources,
+) -> StreamsReport {
     let ok: Vec<(f64, f64)> = done.iter().flatten().copied().collect();
     let ttft = sorted(ok.iter().map(|x| x.0).collect());
     let total = sorted(ok.iter().map(|x| x.1).collect());
@@ -333,15 +398,15 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
         ttft_p99_ms: percentile(&ttft, 0.99),
         total_p50_ms: percentile(&total, 0.5),
         total_p99_ms: percentile(&total, 0.99),
-        rss_before_kib: rss_before,
-        rss_peak_kib: peak_rss.load(Ordering::Relaxed).max(rss_after),
-        rss_after_kib: rss_after,
-        hwm_kib: hwm,
-        fds_before,
-        fds_peak: peak_fds.load(Ordering::Relaxed) as usize,
-        fds_after,
-        tasks_before,
-        tasks_after,
+        rss_before_kib: before.rss_kib,
+        rss_peak_kib: peaks.rss_kib.load(Ordering::Relaxed).max(after.rss_kib),
+        rss_after_kib: after.rss_kib,
+        hwm_kib: after.hwm_kib,
+        fds_before: before.fds,
+        fds_peak: peaks.fds.load(Ordering::Relaxed) as usize,
+        fds_after: after.fds,
+        tasks_before: before.tasks,
+        tasks_after: after.tasks,
         problems: Vec::new(),
     };
     if report.failed > 0 {
@@ -350,17 +415,19 @@ async fn drive(engine: Arc<Engine>, o: &StreamsOptions) -> anyhow::Result<Stream
             report.failed, report.streams
         ));
     }
+    let (fds_before, fds_after) = (before.fds, after.fds);
     if fds_after > fds_before + TOLERANCE {
         report.problems.push(format!(
             "open file descriptors: {fds_before} before, {fds_after} after the run"
         ));
     }
+    let (tasks_before, tasks_after) = (before.tasks, after.tasks);
     if tasks_after > tasks_before + TOLERANCE {
         report.problems.push(format!(
             "live tokio tasks: {tasks_before} before, {tasks_after} after the run"
         ));
     }
-    Ok(report)
+    report
 }
 
 /// Prints the report as a short table.
