@@ -93,9 +93,11 @@ pub async fn chat_completions(
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
     let Json(req) = body?;
     let (ask, stream) = validate_ask(&s.engine, to_ask(&req)?, &caller)?;
-    let model = req.model.clone().unwrap_or_else(|| "cairn".into());
-    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
-    let created = chrono::Utc::now().timestamp();
+    let completion = Completion {
+        id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+        created: chrono::Utc::now().timestamp(),
+        model: req.model.clone().unwrap_or_else(|| "cairn".into()),
+    };
     let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
     tokio::spawn(answer_on(
         s.engine.clone(),
@@ -104,87 +106,122 @@ pub async fn chat_completions(
         Some("/v1/chat/completions"),
         tx,
     ));
-    if !stream {
-        let mut resp = AskResponse::default();
-        let mut rx = rx;
-        while let Some(ev) = rx.recv().await {
-            resp.apply(ev);
-        }
-        let usage = resp.usage.as_ref();
-        let (pt, ct) = usage.map_or((0, 0), |u| (u.input_tokens, u.output_tokens));
-        let content = match (&resp.error, resp.answer.is_empty()) {
-            (Some(e), true) => e["message"].as_str().unwrap_or_default().to_string(),
-            _ => resp.answer.clone(),
-        };
-        return Ok(Json(json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "finish_reason": if resp.error.is_some() { "error" } else { "stop" },
-            }],
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
-            "citations": resp.citations,
-            "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome, "error": resp.error},
-        }))
-        .into_response());
+    if stream {
+        Ok(streamed(completion, rx))
+    } else {
+        Ok(whole(completion, rx).await)
     }
-    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
+}
+
+/// What every chunk (or the one response) of a completion carries.
+struct Completion {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl Completion {
+    /// One `chat.completion.chunk` event with `delta`, an optional finish reason and an
+    /// optional extra top-level field.
+    fn chunk(&self, delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>) -> Event {
         let mut v = json!({
-            "id": id,
+            "id": self.id,
             "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
+            "created": self.created,
+            "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
         if let (Some((k, x)), Some(obj)) = (extra, v.as_object_mut()) {
             obj.insert(k.to_string(), x);
         }
         Event::default().data(v.to_string())
+    }
+}
+
+/// `stream: false`: the whole answer as one `chat.completion` object.
+async fn whole(c: Completion, mut rx: mpsc::Receiver<AnswerEvent>) -> Response {
+    let mut resp = AskResponse::default();
+    while let Some(ev) = rx.recv().await {
+        resp.apply(ev);
+    }
+    let usage = resp.usage.as_ref();
+    let (pt, ct) = usage.map_or((0, 0), |u| (u.input_tokens, u.output_tokens));
+    let content = match (&resp.error, resp.answer.is_empty()) {
+        (Some(e), true) => e["message"].as_str().unwrap_or_default().to_string(),
+        _ => resp.answer.clone(),
     };
+    Json(json!({
+        "id": c.id,
+        "object": "chat.completion",
+        "created": c.created,
+        "model": c.model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content},
+            "finish_reason": if resp.error.is_some() { "error" } else { "stop" },
+        }],
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
+        "citations": resp.citations,
+        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome, "error": resp.error},
+    }))
+    .into_response()
+}
+
+/// `stream: true`: server-sent `chat.completion.chunk` events, citations on the final one,
+/// then `[DONE]`.
+fn streamed(c: Completion, rx: mpsc::Receiver<AnswerEvent>) -> Response {
     let mut citations: Vec<Value> = Vec::new();
     let mut first = true;
     let events = ReceiverStream::new(rx).filter_map(move |ev| {
-        let out = match ev {
-            AnswerEvent::Token(t) => {
-                let delta = if first {
-                    json!({"role": "assistant", "content": t})
-                } else {
-                    json!({"content": t})
-                };
-                first = false;
-                vec![chunk(delta, None, None)]
-            }
-            AnswerEvent::Citation(c) => {
-                citations.push(json!(c));
-                vec![]
-            }
-            AnswerEvent::Error { code, message } => vec![
-                chunk(
-                    json!({"content": message}),
-                    Some("error"),
-                    Some(("error", json!({"code": code}))),
-                ),
-                Event::default().data("[DONE]"),
-            ],
-            AnswerEvent::Done { .. } => vec![
-                chunk(
-                    json!({}),
-                    Some("stop"),
-                    Some(("citations", Value::Array(std::mem::take(&mut citations)))),
-                ),
-                Event::default().data("[DONE]"),
-            ],
-            AnswerEvent::Retrieval(_) | AnswerEvent::Usage(_) => vec![],
-        };
+        let out = chunks_of(&c, ev, &mut first, &mut citations);
         futures::future::ready(if out.is_empty() { None } else { Some(out) })
     });
     let flat =
         events.flat_map(|v| futures::stream::iter(v.into_iter().map(Ok::<Event, Infallible>)));
-    Ok(Sse::new(flat)
+    Sse::new(flat)
         .keep_alive(KeepAlive::default())
-        .into_response())
+        .into_response()
+}
+
+/// The chunks one answer event becomes: a content delta per token (the first names the
+/// role), nothing for citations (collected for the final chunk), and a final chunk plus
+/// `[DONE]` at the end or on an error.
+fn chunks_of(
+    c: &Completion,
+    ev: AnswerEvent,
+    first: &mut bool,
+    citations: &mut Vec<Value>,
+) -> Vec<Event> {
+    match ev {
+        AnswerEvent::Token(t) => {
+            let delta = if *first {
+                json!({"role": "assistant", "content": t})
+            } else {
+                json!({"content": t})
+            };
+            *first = false;
+            vec![c.chunk(delta, None, None)]
+        }
+        AnswerEvent::Citation(x) => {
+            citations.push(json!(x));
+            vec![]
+        }
+        AnswerEvent::Error { code, message } => vec![
+            c.chunk(
+                json!({"content": message}),
+                Some("error"),
+                Some(("error", json!({"code": code}))),
+            ),
+            Event::default().data("[DONE]"),
+        ],
+        AnswerEvent::Done { .. } => vec![
+            c.chunk(
+                json!({}),
+                Some("stop"),
+                Some(("citations", Value::Array(std::mem::take(citations)))),
+            ),
+            Event::default().data("[DONE]"),
+        ],
+        AnswerEvent::Retrieval(_) | AnswerEvent::Usage(_) => vec![],
+    }
 }
