@@ -32,6 +32,7 @@ use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
 use crate::providers::Router;
+use crate::retrieval::Retriever;
 use crate::retrieval::query_embed::QueryEmbedder;
 
 pub struct Engine {
@@ -387,9 +388,17 @@ impl Engine {
         }
     }
 
-    /// Hits for an answer: the fused top `k`, or, with a reranker configured, the best `k` of
-    /// the fused top `[rerank] candidates` by the reranker's scores. Also returns the time
-    /// spent reranking in milliseconds. Blocking.
+    /// The retrieve-then-rerank step over this engine's index and reranker.
+    pub fn retriever(&self) -> Retriever<'_> {
+        Retriever {
+            index: self.index.as_ref(),
+            reranker: self.reranker.as_ref(),
+            rerank: &self.config.rerank,
+        }
+    }
+
+    /// [`Retriever::retrieve`] over this engine's index and reranker (hits for an answer and
+    /// the milliseconds spent reranking). Blocking.
     pub fn retrieve(
         &self,
         text: &str,
@@ -397,17 +406,7 @@ impl Engine {
         k: usize,
         filter: Filter,
     ) -> anyhow::Result<(Vec<Hit>, f64)> {
-        if self.config.rerank.kind == "none" {
-            let hits =
-                self.search_with_vector(text, Some(vector), k, filter, SearchMode::Hybrid)?;
-            return Ok((hits, 0.0));
-        }
-        let wide = k.max(self.config.rerank.candidates);
-        let hits = self.search_with_vector(text, Some(vector), wide, filter, SearchMode::Hybrid)?;
-        let started = std::time::Instant::now();
-        let hits = crate::retrieval::rerank::apply(self.reranker.as_ref(), text, hits, k)
-            .with_context(|| format!("reranking with {}", self.reranker.name()))?;
-        Ok((hits, started.elapsed().as_secs_f64() * 1000.0))
+        self.retriever().retrieve(text, vector, k, filter)
     }
 
     /// As [`Engine::search`] with the query already embedded.

@@ -350,7 +350,9 @@ async fn retrieve(
         let embed_started = Instant::now();
         let question_vec = eng.embed_query(&question)?;
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
-        let (hits, rerank_ms) = eng.retrieve(&question, question_vec.clone(), k, filter)?;
+        let (hits, rerank_ms) =
+            eng.retriever()
+                .retrieve(&question, question_vec.clone(), k, filter)?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Context: relevant hits as passages (near-duplicates out, cut chunks completed by
         // their neighbours), within the word budget.

@@ -7,11 +7,65 @@
 pub mod query_embed;
 pub mod rerank;
 
+use std::time::Instant;
+
+use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use cairn_index::Hit;
+use cairn_index::{Filter, Hit, IndexBackend, SearchMode, SearchRequest};
+use cairn_ingest::rerank::Reranker;
 
 use crate::config::section::{Check, ConfigError};
+use crate::retrieval::rerank::RawRerank;
+
+/// The retrieve-then-rerank step an answer starts with: hybrid search over the index, then
+/// the configured reranker over the widened candidate list.
+pub struct Retriever<'a> {
+    pub index: &'a dyn IndexBackend,
+    pub reranker: &'a dyn Reranker,
+    pub rerank: &'a RawRerank,
+}
+
+impl Retriever<'_> {
+    /// Hits for an answer: the fused top `k`, or, with a reranker configured, the best `k` of
+    /// the fused top `[rerank] candidates` by the reranker's scores. Also returns the time
+    /// spent reranking in milliseconds. Blocking.
+    pub fn retrieve(
+        &self,
+        text: &str,
+        vector: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> anyhow::Result<(Vec<Hit>, f64)> {
+        if self.rerank.kind == "none" {
+            return Ok((self.hybrid(text, vector, k, filter)?, 0.0));
+        }
+        let wide = k.max(self.rerank.candidates);
+        let hits = self.hybrid(text, vector, wide, filter)?;
+        let started = Instant::now();
+        let hits = rerank::apply(self.reranker, text, hits, k)
+            .with_context(|| format!("reranking with {}", self.reranker.name()))?;
+        Ok((hits, started.elapsed().as_secs_f64() * 1000.0))
+    }
+
+    /// Hybrid search with snippets.
+    fn hybrid(
+        &self,
+        text: &str,
+        vector: Vec<f32>,
+        k: usize,
+        filter: Filter,
+    ) -> anyhow::Result<Vec<Hit>> {
+        Ok(self.index.search(&SearchRequest {
+            text: text.to_string(),
+            vector: Some(vector),
+            k,
+            mode: SearchMode::Hybrid,
+            filter,
+            snippets: true,
+        })?)
+    }
+}
 
 /// A search hit as the API and CLI show it.
 #[derive(Debug, Clone, Serialize)]
