@@ -323,6 +323,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
 mod tests {
     use super::*;
     use crate::config::index::BackendKind;
+    use crate::observe::otlp::RawOtlp;
     use cairn_index::Fusion;
 
     fn load(toml: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -519,5 +520,19 @@ mod tests {
         )
         .expect_err("must fail");
         assert!(e.to_string().contains("glob"), "{e}");
+    }
+
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
+        let config = crate::config::Config::load_with_env(
+            &path,
+            true,
+            &crate::config::Overrides::default(),
+            |_| None,
+            false,
+        )
+        .expect("the root config.toml loads");
+        assert_eq!(config.traces.otlp, RawOtlp::default());
     }
 }

@@ -796,20 +796,6 @@ mod tests {
     }
 
     #[test]
-    fn the_documented_defaults_are_the_defaults() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
-        let config = crate::config::Config::load_with_env(
-            &path,
-            true,
-            &crate::config::Overrides::default(),
-            |_| None,
-            false,
-        )
-        .expect("the root config.toml loads");
-        assert_eq!(config.traces.otlp, RawOtlp::default());
-    }
-
-    #[test]
     fn endpoint_and_headers_are_validated_and_resolved() {
         let mut off = RawOtlp::default();
         assert_eq!(check(&mut off, &[]), Ok(()));
