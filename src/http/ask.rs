@@ -99,46 +99,14 @@ pub fn validate_ask(
     body: AskBody,
     caller: &Caller,
 ) -> Result<(AskRequest, bool), ApiError> {
-    let question = body.question.trim().to_string();
-    if question.is_empty() {
-        return Err(ApiError::InvalidRequest(
-            "`question` must not be empty".into(),
-        ));
-    }
-    let limit = engine.config.server.max_question_chars;
-    let chars = question.chars().count();
-    if chars > limit {
-        return Err(ApiError::QuestionTooLong { chars, limit });
-    }
-    if question
-        .chars()
-        .any(|c| c.is_control() && !c.is_whitespace())
-    {
-        return Err(ApiError::InvalidRequest(
-            "`question` contains control characters".into(),
-        ));
-    }
+    let question = checked_question(engine, &body.question)?;
     let top_k = body.top_k.unwrap_or(engine.config.retrieval.top_k);
     if top_k == 0 || top_k > 50 {
         return Err(ApiError::InvalidRequest(
             "`top_k` must be between 1 and 50".into(),
         ));
     }
-    let mut filter = Filter {
-        caller_groups: caller.groups.clone(),
-        ..Filter::default()
-    };
-    if let Some(f) = body.filters {
-        check_sources(engine, &f.source)?;
-        filter.sources = f.source;
-        filter.metadata = f.metadata;
-        if f.updated_after.is_some() || f.updated_before.is_some() {
-            filter.updated = Some(TimeRange {
-                from: f.updated_after,
-                to: f.updated_before,
-            });
-        }
-    }
+    let filter = caller_filter(engine, caller, body.filters)?;
     // Keys are charged by name; anonymous callers share one bucket (a name no key can have,
     // because key buckets are prefixed).
     let budget_key = if caller.anonymous {
@@ -174,6 +142,55 @@ pub fn validate_ask(
         },
         body.stream.unwrap_or(true),
     ))
+}
+
+/// The question, trimmed: not empty, within `[server] max_question_chars`, no control
+/// characters.
+fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
+    let question = question.trim().to_string();
+    if question.is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "`question` must not be empty".into(),
+        ));
+    }
+    let limit = engine.config.server.max_question_chars;
+    let chars = question.chars().count();
+    if chars > limit {
+        return Err(ApiError::QuestionTooLong { chars, limit });
+    }
+    if question
+        .chars()
+        .any(|c| c.is_control() && !c.is_whitespace())
+    {
+        return Err(ApiError::InvalidRequest(
+            "`question` contains control characters".into(),
+        ));
+    }
+    Ok(question)
+}
+
+/// The caller's access groups plus the body's filters (sources must exist).
+fn caller_filter(
+    engine: &Engine,
+    caller: &Caller,
+    filters: Option<AskFilters>,
+) -> Result<Filter, ApiError> {
+    let mut filter = Filter {
+        caller_groups: caller.groups.clone(),
+        ..Filter::default()
+    };
+    if let Some(f) = filters {
+        check_sources(engine, &f.source)?;
+        filter.sources = f.source;
+        filter.metadata = f.metadata;
+        if f.updated_after.is_some() || f.updated_before.is_some() {
+            filter.updated = Some(TimeRange {
+                from: f.updated_after,
+                to: f.updated_before,
+            });
+        }
+    }
+    Ok(filter)
 }
 
 fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
