@@ -21,9 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
-use crate::backend::validate_upsert;
 use crate::bm25::Bm25;
 use crate::fusion::{Fusion, fuse, single};
+use crate::input::validate_upsert;
 use crate::live::LiveSet;
 use crate::store::{DocChange, FORMAT_VERSION, Manifest, Store, StoredDoc};
 use crate::types::{

@@ -15,16 +15,18 @@ pub mod conformance;
 mod error;
 mod fusion;
 mod index;
+mod input;
 mod live;
 mod store;
 mod types;
 mod vectors;
 
-pub use backend::{IndexBackend, IndexWriter, PreparedGeneration, validate_query, validate_upsert};
+pub use backend::{IndexBackend, IndexWriter, PreparedGeneration};
 pub use bm25::{body_text, html_escape};
 pub use error::IndexError;
 pub use fusion::{Fusion, fuse, single};
 pub use index::{Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
+pub use input::{validate_query, validate_upsert};
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest, TimeRange, chunk_id_string,
