@@ -1,6 +1,6 @@
 //! cairn-index: the in-process hybrid index.
 //!
-//! Owns documents and chunks (sled), vectors (hnsw_rs plus an exact scan), words (tantivy BM25),
+//! Owns documents and chunks (redb), vectors (hnsw_rs plus an exact scan), words (tantivy BM25),
 //! filters, access control at search time, and score fusion. It is synchronous (rayon inside)
 //! and never performs network I/O: it must not depend on tokio, axum or reqwest.
 //!
@@ -18,6 +18,9 @@ mod index;
 mod input;
 mod live;
 mod store;
+#[cfg(feature = "sled-bench")]
+#[allow(dead_code)]
+mod store_sled;
 mod types;
 mod vectors;
 
@@ -25,13 +28,23 @@ pub use backend::{IndexBackend, IndexWriter, PreparedGeneration};
 pub use bm25::{body_text, html_escape};
 pub use error::IndexError;
 pub use fusion::{Fusion, fuse, single};
-pub use index::{Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
+pub use index::{Health, Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
 pub use input::{validate_query, validate_upsert};
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest, TimeRange, chunk_id_string,
 };
 pub use vectors::VectorOptions;
+
+/// The old (sled) and new (redb) document stores side by side, for the store benchmark only.
+#[cfg(feature = "sled-bench")]
+#[doc(hidden)]
+pub mod store_bench {
+    pub use crate::store::{CommitBatch, DocChange, StagedChunks, Store, StoredDoc};
+    pub use crate::store_sled::{
+        DocChange as SledDocChange, Store as SledStore, StoredDoc as SledStoredDoc,
+    };
+}
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, IndexError>;
