@@ -17,6 +17,7 @@ mod fusion;
 mod index;
 mod input;
 mod live;
+pub mod soak;
 mod store;
 #[cfg(feature = "sled-bench")]
 #[allow(dead_code)]
