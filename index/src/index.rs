@@ -1066,7 +1066,8 @@ fn load_generation(
     // Graphs first: the vectors they hold come from their dumps, so only live vectors no
     // graph covers are read from the store.
     let graphs_dir = dir.join("graphs");
-    let (mut segments, claimed) = load_graphs(&store.graph_segments()?, &graphs_dir, &live, options);
+    let (mut segments, claimed) =
+        load_graphs(&store.graph_segments()?, &graphs_dir, &live, options);
     let graphs_loaded = segments.len();
     let ids: Vec<u64> = live
         .keys()

@@ -158,7 +158,12 @@ impl Rng {
     }
 }
 
-fn document(id: u64, version: u64, options: &SoakOptions, rng: &mut Rng) -> (DocumentRecord, Vec<ChunkInput>) {
+fn document(
+    id: u64,
+    version: u64,
+    options: &SoakOptions,
+    rng: &mut Rng,
+) -> (DocumentRecord, Vec<ChunkInput>) {
     let doc_id = format!("soak:{id}");
     let record = DocumentRecord {
         id: doc_id.clone(),
@@ -203,7 +208,12 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// The first three fields of `/proc/loadavg` (Linux).
 pub fn load_average() -> Option<String> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
-    Some(text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 /// Bytes of every file under `dir`.

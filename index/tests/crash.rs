@@ -286,7 +286,10 @@ fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
         let index = Index::open(dir.path(), merge_options()).expect("reopen after SIGKILL");
         let g = index.generation();
         assert!(g >= 1);
-        assert!(g >= acked, "generation {acked} was acknowledged, reopened at {g}");
+        assert!(
+            g >= acked,
+            "generation {acked} was acknowledged, reopened at {g}"
+        );
         // Exactly the documents of rounds 1..=g, minus those each later round deleted.
         let expected = g as usize * PER_ROUND - (g as usize - 1) * DELETED_PER_ROUND;
         let stats = index.stats();
@@ -365,9 +368,9 @@ fn bulk_options() -> cairn_index::IndexOptions {
 
 /// A deterministic pseudo-random vector for `seed` (splitmix64), far from every other.
 fn bulk_vector(seed: &str) -> Vec<f32> {
-    let mut x = seed
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let mut x = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
     (0..BULK_DIM)
         .map(|_| {
             x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -380,7 +383,11 @@ fn bulk_vector(seed: &str) -> Vec<f32> {
 }
 
 /// Document `d` of round `r`, in its version `v` (the round that last wrote it).
-fn bulk_doc(r: u64, d: usize, v: u64) -> (cairn_index::DocumentRecord, Vec<cairn_index::ChunkInput>) {
+fn bulk_doc(
+    r: u64,
+    d: usize,
+    v: u64,
+) -> (cairn_index::DocumentRecord, Vec<cairn_index::ChunkInput>) {
     let id = format!("k{r}:{d}");
     let word = format!("uniq{r}x{d}v{v}");
     let text = format!("{word} bulkword round{r}");
@@ -449,7 +456,8 @@ fn crash_child_bulk_writer() {
                 n += 1;
                 let g = index.generation().max(1);
                 let r = 1 + (n * 7 + t) % g;
-                let mode = [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid][n as usize % 3];
+                let mode =
+                    [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid][n as usize % 3];
                 let req = request(
                     &format!("round{r} bulkword"),
                     Some(bulk_vector(&format!("query{n}"))),
@@ -490,20 +498,32 @@ fn check_bulk(index: &Index, g: u64, rng: &mut impl rand::Rng) {
         for (got, c) in vectors.iter().zip(&chunks) {
             let want = cairn_index::validate_query(&c.vector, BULK_DIM).expect("valid");
             let same = got.len() == want.len()
-                && got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                && got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "generation {g}: a vector of {} differs", doc.id);
         }
         assert_eq!(vectors.len(), 2, "generation {g}: vectors of {}", doc.id);
     }
     // Deleted and superseded versions are gone from the store.
     if g > 2 {
-        assert!(index.document(&format!("k{}:1", g - 2)).expect("read").is_none());
+        assert!(
+            index
+                .document(&format!("k{}:1", g - 2))
+                .expect("read")
+                .is_none()
+        );
     }
     // BM25 holds exactly the live chunks.
     let mut all = request("bulkword", None, SearchMode::Bm25, Filter::default());
     all.k = expected.len() * 2 + 10;
     let hits = index.search(&all).expect("search");
-    assert_eq!(hits.len(), expected.len() * 2, "generation {g}: BM25 chunk count");
+    assert_eq!(
+        hits.len(),
+        expected.len() * 2,
+        "generation {g}: BM25 chunk count"
+    );
     // Each document of the newest round and a sample of the rest: found by its unique word
     // through BM25, and by its vector through dense search.
     let mut sample: Vec<&(u64, usize, u64)> = expected.iter().filter(|e| e.0 == g).collect();
@@ -519,9 +539,17 @@ fn check_bulk(index: &Index, g: u64, rng: &mut impl rand::Rng) {
         let ids: std::collections::HashSet<String> =
             hits.iter().map(|h| h.document.id.clone()).collect();
         assert_eq!(ids.len(), 1, "generation {g}: BM25 `{word}` gave {ids:?}");
-        assert!(ids.contains(&doc.id), "generation {g}: BM25 `{word}` gave {ids:?}");
+        assert!(
+            ids.contains(&doc.id),
+            "generation {g}: BM25 `{word}` gave {ids:?}"
+        );
         for c in &chunks {
-            let mut req = request("", Some(c.vector.clone()), SearchMode::Dense, Filter::default());
+            let mut req = request(
+                "",
+                Some(c.vector.clone()),
+                SearchMode::Dense,
+                Filter::default(),
+            );
             req.k = 10;
             let hits = index.search(&req).expect("search");
             assert!(
@@ -571,7 +599,10 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_commit() {
              index reopened at {g} (CAIRN_CRASH_SEED={seed})"
         );
         // At most the commit in flight beyond the acknowledged one.
-        assert!(g <= acked + 1, "kill {kill}: reopened at {g}, acknowledged {acked}");
+        assert!(
+            g <= acked + 1,
+            "kill {kill}: reopened at {g}, acknowledged {acked}"
+        );
         check_bulk(&index, g, &mut rng);
         found.push((delay_ms, acked, g));
     }

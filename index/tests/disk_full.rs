@@ -120,7 +120,9 @@ fn disk_full_during_the_store_commit_recovers_without_a_restart() {
 
     // Space again: the same process commits.
     std::fs::remove_file(&filler).expect("remove filler");
-    let g = stage(&index, 20, 400).publish().expect("commit after freeing space");
+    let g = stage(&index, 20, 400)
+        .publish()
+        .expect("commit after freeing space");
     assert_eq!(g, 2);
     assert_eq!(hits(&index, "note300"), 1);
     assert_eq!(hits(&index, "note3"), 1);

@@ -13,8 +13,11 @@ use common::*;
 /// directory itself is what marks the old format), plus the derived folders beside it.
 fn sled_era_index(dir: &Path) {
     fs::create_dir_all(dir.join("store/blobs")).expect("mkdir");
-    fs::write(dir.join("store/conf"), b"segment_size: 524288\nuse_compression: false\n")
-        .expect("conf");
+    fs::write(
+        dir.join("store/conf"),
+        b"segment_size: 524288\nuse_compression: false\n",
+    )
+    .expect("conf");
     fs::write(dir.join("store/db"), vec![7u8; 4096]).expect("db");
     fs::write(dir.join("store/snap.0000000000001234"), vec![1u8; 64]).expect("snap");
     fs::create_dir_all(dir.join("bm25")).expect("mkdir");

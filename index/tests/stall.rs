@@ -96,7 +96,10 @@ fn a_write_queued_behind_a_slow_one_is_not_reported_as_stalled_while_it_progress
     let index = Index::open(dir.path(), o).expect("open");
     // A stall shorter than the limit is only slow.
     index.inject_write_stall(Duration::from_millis(300));
-    assert_eq!(upsert(&index, "wiki:a", "aardvark", 0).expect("slow commit"), 1);
+    assert_eq!(
+        upsert(&index, "wiki:a", "aardvark", 0).expect("slow commit"),
+        1
+    );
     assert_eq!(index.health(), Health::Healthy);
     assert_eq!(found(&index, "aardvark"), ["wiki:a"]);
 }

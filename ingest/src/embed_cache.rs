@@ -106,8 +106,12 @@ impl EmbeddingCache {
                 "replacing the embedding cache of an older cairn (sled) with an empty one; \
                  the next ingest re-embeds its chunks"
             );
-            remove_sled_files(dir)
-                .map_err(|e| fail(format!("cannot remove the old cache {}: {e}", dir.display())))?;
+            remove_sled_files(dir).map_err(|e| {
+                fail(format!(
+                    "cannot remove the old cache {}: {e}",
+                    dir.display()
+                ))
+            })?;
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
@@ -125,7 +129,10 @@ impl EmbeddingCache {
                 std::fs::remove_file(&path)
                     .map_err(|e| fail(format!("cannot remove {}: {e}", path.display())))?;
                 open_db(&path).map_err(|e| {
-                    fail(format!("cannot open embedding cache at {}: {e}", path.display()))
+                    fail(format!(
+                        "cannot open embedding cache at {}: {e}",
+                        path.display()
+                    ))
                 })?
             }
             Err(e) => {
@@ -142,7 +149,9 @@ impl EmbeddingCache {
     }
 
     fn db(&self) -> RwLockReadGuard<'_, Option<Database>> {
-        self.db.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// After an I/O error (a full disk) redb refuses every further access until the database
@@ -166,7 +175,10 @@ impl EmbeddingCache {
     }
 
     /// Runs `f` on the database; an error that needs a reopen (I/O) triggers one.
-    fn with_db<T>(&self, f: impl FnOnce(&Database) -> Result<T, redb::Error>) -> Result<T, redb::Error> {
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
         if self.db().is_none() {
             self.reopen();
         }

@@ -188,7 +188,9 @@ fn an_old_sled_cache_directory_is_replaced_by_an_empty_cache() {
             .is_file()
     );
     let e = HashEmbedder::new(8);
-    let (first, stats) = cache.embed_passages(&e, &["one", "two", "three"]).expect("embed");
+    let (first, stats) = cache
+        .embed_passages(&e, &["one", "two", "three"])
+        .expect("embed");
     assert_eq!(stats.embedded, 3);
     drop(cache);
     // The batch was written durably: a reopened cache serves it.
