@@ -154,6 +154,10 @@ impl Index {
     /// A damaged store is reported as [`IndexError::Corrupt`] naming the file; a damaged BM25
     /// index is derived data, so it is discarded and rebuilt from the store instead. Panics
     /// raised by the storage libraries on malformed files are turned into `Corrupt` as well.
+    /// A directory written in an older on-disk format (format 1, sled) is
+    /// [`IndexError::OldFormat`], unless [`IndexOptions::replace_old_format`] is set for a full
+    /// rebuild. Opening starts the store's writer thread and verifies the store file's page
+    /// checksums (one read of the file).
     pub fn open(dir: &Path, options: IndexOptions) -> Result<Index> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Index::open_inner(dir, options)

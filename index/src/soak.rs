@@ -197,6 +197,15 @@ fn document(
     (record, chunks)
 }
 
+/// One writer: upserts `docs` and commits them as a generation.
+fn commit(index: &Index, docs: Vec<(DocumentRecord, Vec<ChunkInput>)>) -> Result<u64> {
+    let mut w = index.writer();
+    for (doc, chunks) in docs {
+        w.upsert(doc, chunks)?;
+    }
+    w.commit()
+}
+
 /// Peak resident memory of this process, from `/proc/self/status` (Linux).
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -326,13 +335,7 @@ pub fn run(dir: &Path, options: &SoakOptions) -> Result<SoakReport> {
         }
         let n_chunks: u64 = docs.iter().map(|(_, c)| c.len() as u64).sum();
         let t = Instant::now();
-        let result = (|| -> Result<u64> {
-            let mut w = index.writer();
-            for (doc, doc_chunks) in docs {
-                w.upsert(doc, doc_chunks)?;
-            }
-            w.commit()
-        })();
+        let result = commit(&index, docs);
         match result {
             Ok(_) => {
                 commit_samples.push(t.elapsed());

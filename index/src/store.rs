@@ -307,7 +307,8 @@ impl WriteCtx<'_> {
             tracing::warn!(ms = nanos / 1_000_000, "test hook: stalling a store write");
             std::thread::sleep(Duration::from_nanos(nanos));
         }
-        txn.commit().map_err(|e| store_error(&self.shared.path, e))?;
+        txn.commit()
+            .map_err(|e| store_error(&self.shared.path, e))?;
         self.beat();
         Ok(())
     }
@@ -345,10 +346,10 @@ impl Store {
         // Every table exists from the first open on, so reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| store_error(path, e))?;
         {
-            txn.open_table(DOCS).map_err(se(&path))?;
-            txn.open_table(CHUNKS).map_err(se(&path))?;
-            txn.open_table(VECTORS).map_err(se(&path))?;
-            txn.open_table(META).map_err(se(&path))?;
+            txn.open_table(DOCS).map_err(se(path))?;
+            txn.open_table(CHUNKS).map_err(se(path))?;
+            txn.open_table(VECTORS).map_err(se(path))?;
+            txn.open_table(META).map_err(se(path))?;
         }
         txn.commit().map_err(|e| store_error(path, e))?;
         *write_lock(&shared.db) = Some(Arc::new(db));
@@ -427,8 +428,7 @@ impl Store {
                 Err(RecvTimeoutError::Disconnected) => {
                     return Err(IndexError::Store {
                         path: self.shared.path.clone(),
-                        source: format!("the store's writer thread died during {operation}")
-                            .into(),
+                        source: format!("the store's writer thread died during {operation}").into(),
                     });
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -513,7 +513,7 @@ impl Store {
         self.write(operation, move |ctx| {
             with_reopen(ctx, |ctx| {
                 let db = ctx.shared.db()?;
-                let txn = begin(&db, &path)?;
+                let txn = begin(&db, &path, Durability::Immediate)?;
                 {
                     let mut meta = txn.open_table(META).map_err(|e| store_error(&path, e))?;
                     meta.insert(key, bytes.as_slice())
@@ -679,21 +679,23 @@ impl Store {
         })
     }
 
-    /// Removes chunk bodies and vectors no document references any more.
+    /// Removes chunk bodies and vectors no document references any more. Not made durable on
+    /// its own (no fsync): a crash can only leave unreferenced bodies, which the next open
+    /// sweeps, and the next generation commit makes the removal durable anyway.
     pub fn remove_chunks(&self, ids: &[u64]) -> Result<()> {
         let path = self.shared.path.clone();
         let ids = ids.to_vec();
         self.write("remove retired chunks", move |ctx| {
             with_reopen(ctx, |ctx| {
                 let db = ctx.shared.db()?;
-                let txn = begin(&db, &path)?;
+                let txn = begin(&db, &path, Durability::None)?;
                 {
                     let mut chunks = txn.open_table(CHUNKS).map_err(se(&path))?;
                     let mut vectors = txn.open_table(VECTORS).map_err(se(&path))?;
                     for (i, id) in ids.iter().enumerate() {
                         chunks.remove(id).map_err(se(&path))?;
                         vectors.remove(id).map_err(se(&path))?;
-                        if i % 1024 == 0 {
+                        if i.is_multiple_of(1024) {
                             ctx.beat();
                         }
                     }
@@ -779,9 +781,11 @@ fn with_reopen<T>(ctx: &WriteCtx<'_>, f: impl FnOnce(&WriteCtx<'_>) -> Result<T>
     result
 }
 
-fn begin(db: &Database, path: &Path) -> Result<redb::WriteTransaction> {
+/// A write transaction, `Immediate` (durable when its commit returns: one fsync) unless
+/// `durability` says otherwise.
+fn begin(db: &Database, path: &Path, durability: Durability) -> Result<redb::WriteTransaction> {
     let mut txn = db.begin_write().map_err(|e| store_error(path, e))?;
-    txn.set_durability(Durability::Immediate)
+    txn.set_durability(durability)
         .map_err(|e| store_error(path, e))?;
     Ok(txn)
 }
@@ -820,10 +824,10 @@ fn commit_txn(
     batch: &CommitBatch,
 ) -> std::result::Result<(), CommitFailure> {
     let db = ctx.shared.db()?;
-    let txn = begin(&db, path)?;
+    let txn = begin(&db, path, Durability::Immediate)?;
     {
-        let mut meta = txn.open_table(META).map_err(se(&path))?;
-        let stored = match meta.get(GENERATION).map_err(se(&path))? {
+        let mut meta = txn.open_table(META).map_err(se(path))?;
+        let stored = match meta.get(GENERATION).map_err(se(path))? {
             None => 0,
             Some(b) => decode_u64(b.value()).ok_or_else(|| corrupt(path, "bad generation"))?,
         };
@@ -838,55 +842,55 @@ fn commit_txn(
                 .into(),
             }));
         }
-        let next_chunk = match meta.get(NEXT_CHUNK).map_err(se(&path))? {
+        let next_chunk = match meta.get(NEXT_CHUNK).map_err(se(path))? {
             None => 0,
             Some(b) => decode_u64(b.value()).ok_or_else(|| corrupt(path, "bad chunk counter"))?,
         };
         meta.insert(GENERATION, batch.generation.to_be_bytes().as_slice())
-            .map_err(se(&path))?;
+            .map_err(se(path))?;
         meta.insert(
             NEXT_CHUNK,
             next_chunk.max(batch.next_chunk_id).to_be_bytes().as_slice(),
         )
-        .map_err(se(&path))?;
+        .map_err(se(path))?;
         if let Some(m) = &batch.manifest {
             let bytes = serde_json::to_vec(m).map_err(|e| corrupt(path, e.to_string()))?;
-            meta.insert(MANIFEST, bytes.as_slice()).map_err(se(&path))?;
+            meta.insert(MANIFEST, bytes.as_slice()).map_err(se(path))?;
         }
     }
     {
         // Ascending keys: appends to the B-tree's right edge.
         let mut ids: Vec<&u64> = batch.staged.chunks.keys().collect();
         ids.sort_unstable();
-        let mut chunks = txn.open_table(CHUNKS).map_err(se(&path))?;
+        let mut chunks = txn.open_table(CHUNKS).map_err(se(path))?;
         for (i, id) in ids.into_iter().enumerate() {
             let body = serde_json::to_vec(&batch.staged.chunks[id])
                 .map_err(|e| corrupt(path, e.to_string()))?;
-            chunks.insert(id, body.as_slice()).map_err(se(&path))?;
-            if i % 256 == 0 {
+            chunks.insert(id, body.as_slice()).map_err(se(path))?;
+            if i.is_multiple_of(256) {
                 ctx.beat();
             }
         }
-        let mut vectors = txn.open_table(VECTORS).map_err(se(&path))?;
+        let mut vectors = txn.open_table(VECTORS).map_err(se(path))?;
         let mut bytes = Vec::new();
         for (i, (id, v)) in batch.staged.vectors.iter().enumerate() {
             bytes.clear();
             bytes.extend(v.iter().flat_map(|f| f.to_le_bytes()));
-            vectors.insert(id, bytes.as_slice()).map_err(se(&path))?;
-            if i % 256 == 0 {
+            vectors.insert(id, bytes.as_slice()).map_err(se(path))?;
+            if i.is_multiple_of(256) {
                 ctx.beat();
             }
         }
-        let mut docs = txn.open_table(DOCS).map_err(se(&path))?;
+        let mut docs = txn.open_table(DOCS).map_err(se(path))?;
         for change in batch.changes.iter() {
             match change {
                 DocChange::Put(d) => {
                     let body = serde_json::to_vec(d).map_err(|e| corrupt(path, e.to_string()))?;
                     docs.insert(d.record.id.as_str(), body.as_slice())
-                        .map_err(se(&path))?;
+                        .map_err(se(path))?;
                 }
                 DocChange::Remove(id) => {
-                    docs.remove(id.as_str()).map_err(se(&path))?;
+                    docs.remove(id.as_str()).map_err(se(path))?;
                 }
             }
         }

@@ -102,7 +102,7 @@ fn damaged_store_files_are_reported_as_corrupt() {
     let pristine = root.path().join("pristine");
     build(&pristine);
     // The store is one redb file.
-    let store_files = vec![pristine.join("store.redb")];
+    let store_files = [pristine.join("store.redb")];
     assert!(store_files[0].is_file());
     let mut outcomes = Vec::new();
     for (i, file) in store_files.iter().enumerate() {
