@@ -19,9 +19,6 @@ mod input;
 mod live;
 pub mod soak;
 mod store;
-#[cfg(feature = "sled-bench")]
-#[allow(dead_code)]
-mod store_sled;
 mod types;
 mod vectors;
 
@@ -36,16 +33,6 @@ pub use types::{
     SearchRequest, TimeRange, chunk_id_string,
 };
 pub use vectors::VectorOptions;
-
-/// The old (sled) and new (redb) document stores side by side, for the store benchmark only.
-#[cfg(feature = "sled-bench")]
-#[doc(hidden)]
-pub mod store_bench {
-    pub use crate::store::{CommitBatch, DocChange, StagedChunks, Store, StoredDoc};
-    pub use crate::store_sled::{
-        DocChange as SledDocChange, Store as SledStore, StoredDoc as SledStoredDoc,
-    };
-}
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, IndexError>;
