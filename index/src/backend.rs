@@ -6,7 +6,7 @@
 //! This module only declares behaviour; it performs no I/O itself and pulls no network or async
 //! dependency into this crate.
 
-use crate::index::{Index, IndexStats, Prepared, Staged, Writer};
+use crate::index::{Health, Index, IndexStats, Prepared, Staged, Writer};
 use crate::types::{ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Hit, SearchRequest};
 use crate::{IndexError, Result};
 
@@ -38,6 +38,12 @@ pub trait IndexBackend: Send + Sync {
     /// A writer that stages changes and publishes them atomically on commit. Backends allow
     /// one writer at a time; this may block until another writer is done.
     fn writer(&self) -> Result<Box<dyn IndexWriter + '_>>;
+    /// Whether writes are making progress (for a readiness probe): the embedded index reports
+    /// a store write stalled past `IndexOptions::stall`; backends without such a watchdog are
+    /// always healthy.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
 }
 
 /// Stages upserts and deletes; [`IndexWriter::commit`] publishes them as one new generation.
@@ -121,6 +127,10 @@ impl IndexBackend for Index {
 
     fn writer(&self) -> Result<Box<dyn IndexWriter + '_>> {
         Ok(Box::new(Index::writer(self)))
+    }
+
+    fn health(&self) -> Health {
+        Index::health(self)
     }
 }
 

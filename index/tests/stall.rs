@@ -103,3 +103,16 @@ fn a_write_queued_behind_a_slow_one_is_not_reported_as_stalled_while_it_progress
     assert_eq!(index.health(), Health::Healthy);
     assert_eq!(found(&index, "aardvark"), ["wiki:a"]);
 }
+
+#[test]
+fn health_is_reported_through_the_backend_trait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut o = options(4);
+    o.stall = Duration::from_millis(300);
+    let index = Index::open(dir.path(), o).expect("open");
+    let backend: &dyn cairn_index::IndexBackend = &index;
+    assert_eq!(backend.health(), Health::Healthy);
+    index.inject_write_stall(Duration::from_secs(2));
+    assert!(upsert(&index, "wiki:a", "aardvark", 0).is_err());
+    assert!(matches!(backend.health(), Health::Stalled { .. }));
+}
