@@ -10,10 +10,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// `cairn-index` is checked once its `backend` ↔ `index` pair is gone (the document store
-/// rewrite removes it); flip this to `true` when that work is merged.
-const CHECK_INDEX_CRATE: bool = false;
-
 #[test]
 fn root_crate_has_no_module_cycles() {
     assert_no_cycles("src");
@@ -31,10 +27,6 @@ fn pg_crate_has_no_module_cycles() {
 
 #[test]
 fn index_crate_has_no_module_cycles() {
-    if !CHECK_INDEX_CRATE {
-        eprintln!("SKIPPED: index/src is checked once CHECK_INDEX_CRATE is true");
-        return;
-    }
     assert_no_cycles("index/src");
 }
 

@@ -27,8 +27,8 @@ const DIM: usize = 384;
 const CLUSTERS: usize = 100;
 const BATCH: usize = 5_000;
 const QUERIES: usize = 200;
-/// Bumped when the index builds a different fixture from the same corpus.
-const FIXTURE_VERSION: u32 = 1;
+/// Bumped when the index builds a different fixture from the same corpus (2: the redb store).
+const FIXTURE_VERSION: u32 = 2;
 const SYLLABLES: [&str; 12] = [
     "ka", "lo", "mi", "ne", "ru", "ta", "so", "vi", "de", "po", "zu", "ga",
 ];

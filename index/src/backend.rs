@@ -1,13 +1,13 @@
 //! The index as an interface: what searches and the ingest pipeline need from any index
 //! backend, so the embedded [`Index`] (the default) and a server-backed one (the `cairn-pg`
-//! crate) are interchangeable. Also owns the input rules every backend applies the same way.
+//! crate) are interchangeable. The input rules every backend applies the same way live in the
+//! lower `input` module, so the embedded index can use them without importing this one.
 //!
 //! This module only declares behaviour; it performs no I/O itself and pulls no network or async
 //! dependency into this crate.
 
-use crate::index::{Index, IndexStats, Prepared, Staged, Writer};
+use crate::index::{Health, Index, IndexStats, Prepared, Staged, Writer};
 use crate::types::{ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Hit, SearchRequest};
-use crate::vectors::validate;
 use crate::{IndexError, Result};
 
 /// A searchable, writable index. Object safe: callers hold `Arc<dyn IndexBackend>`.
@@ -38,13 +38,19 @@ pub trait IndexBackend: Send + Sync {
     /// A writer that stages changes and publishes them atomically on commit. Backends allow
     /// one writer at a time; this may block until another writer is done.
     fn writer(&self) -> Result<Box<dyn IndexWriter + '_>>;
+    /// Whether writes are making progress (for a readiness probe): the embedded index reports
+    /// a store write stalled past `IndexOptions::stall`; backends without such a watchdog are
+    /// always healthy.
+    fn health(&self) -> Health {
+        Health::Healthy
+    }
 }
 
 /// Stages upserts and deletes; [`IndexWriter::commit`] publishes them as one new generation.
 /// Dropping a writer without committing discards them.
 pub trait IndexWriter {
     /// Stages a document and its chunks, replacing any previous version; rejects invalid input
-    /// (see [`validate_upsert`]) without staging anything.
+    /// (see [`crate::validate_upsert`]) without staging anything.
     fn upsert(&mut self, doc: DocumentRecord, chunks: Vec<ChunkInput>) -> Result<()>;
     /// Stages the removal of a document.
     fn delete(&mut self, doc_id: &str);
@@ -122,6 +128,10 @@ impl IndexBackend for Index {
     fn writer(&self) -> Result<Box<dyn IndexWriter + '_>> {
         Ok(Box::new(Index::writer(self)))
     }
+
+    fn health(&self) -> Health {
+        Index::health(self)
+    }
 }
 
 impl IndexWriter for Writer<'_> {
@@ -168,41 +178,4 @@ impl PreparedGeneration for Prepared<'_> {
     fn discard(self: Box<Self>) -> Result<()> {
         Prepared::discard(*self)
     }
-}
-
-/// Checks a document and its chunks the way every backend must before staging them: a
-/// non-empty id and source, chunks that belong to the document, non-empty text, and vectors of
-/// the embedder's dimension that are finite and non-zero. Returns the chunks with their
-/// vectors normalised to unit length (similarity is then a dot product).
-pub fn validate_upsert(
-    doc: &DocumentRecord,
-    chunks: Vec<ChunkInput>,
-    dimension: usize,
-) -> Result<Vec<(ChunkRecord, Vec<f32>)>> {
-    if doc.id.is_empty() || doc.source.is_empty() {
-        return Err(IndexError::InvalidDocument(
-            "a document needs a non-empty id and source".into(),
-        ));
-    }
-    let mut staged = Vec::with_capacity(chunks.len());
-    for c in chunks {
-        let name = c.chunk.chunk_id();
-        if c.chunk.doc_id != doc.id {
-            return Err(IndexError::InvalidDocument(format!(
-                "chunk {name} belongs to {} but was given with {}",
-                c.chunk.doc_id, doc.id
-            )));
-        }
-        if c.chunk.text.trim().is_empty() {
-            return Err(IndexError::EmptyText { chunk: name });
-        }
-        let v = validate(&name, &c.vector, dimension)?;
-        staged.push((c.chunk, v));
-    }
-    Ok(staged)
-}
-
-/// Checks a query vector (dimension, finite, non-zero) and normalises it to unit length.
-pub fn validate_query(vector: &[f32], dimension: usize) -> Result<Vec<f32>> {
-    validate("query", vector, dimension)
 }

@@ -30,11 +30,32 @@ pub enum IndexError {
     EmptyText { chunk: String },
     #[error("invalid document: {0}")]
     InvalidDocument(String),
+    /// The document store (redb) failed: permissions, a lock, a full disk (the message then
+    /// contains `No space left on device`).
     #[error("storage error in {path}: {source}")]
     Store {
         path: PathBuf,
         #[source]
-        source: sled::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A store write made no progress for the configured stall time (`IndexOptions::stall`).
+    /// The write may still finish later; [`crate::Index::health`] says when it has, and the
+    /// index reconciles itself with the store before the next commit.
+    #[error(
+        "the index store made no progress for {secs} s while trying to {operation}; the write was \
+         given up (it may still finish); check the disk holding the data directory"
+    )]
+    Stalled { operation: &'static str, secs: u64 },
+    /// The index directory was written by an older cairn whose on-disk format this one cannot
+    /// read (`found` says which), e.g. the sled store of format 1.
+    #[error(
+        "index at {path} uses an old on-disk format ({found}); this cairn reads format \
+         {expected}: `cairn ingest --full` rebuilds it from the sources"
+    )]
+    OldFormat {
+        path: PathBuf,
+        found: String,
+        expected: u32,
     },
     /// `hint` is empty, or says the file system is nearly full (tantivy reports a write that
     /// failed for lack of space as a killed writer thread, without the `ENOSPC`).
@@ -65,6 +86,24 @@ pub enum IndexError {
 const LOW_SPACE_BYTES: u64 = 64 << 20;
 
 impl IndexError {
+    /// A stable, machine-readable name for the error (for API responses and metrics).
+    pub fn code(&self) -> &'static str {
+        match self {
+            IndexError::EmbedderMismatch { .. } => "embedder_mismatch",
+            IndexError::Corrupt { .. } => "index_corrupt",
+            IndexError::WrongDimension { .. } => "wrong_dimension",
+            IndexError::InvalidVector { .. } => "invalid_vector",
+            IndexError::EmptyText { .. } => "empty_text",
+            IndexError::InvalidDocument(_) => "invalid_document",
+            IndexError::Store { .. } => "store_error",
+            IndexError::Stalled { .. } => "store_stalled",
+            IndexError::OldFormat { .. } => "index_old_format",
+            IndexError::Bm25 { .. } => "bm25_error",
+            IndexError::Backend { .. } => "backend_error",
+            IndexError::Io { .. } => "io_error",
+        }
+    }
+
     /// A BM25 (tantivy) error at `path`, with a hint when the file system holding it is
     /// nearly full, the usual cause of a writer thread that died mid-commit.
     pub fn bm25(path: &Path, source: tantivy::TantivyError) -> IndexError {

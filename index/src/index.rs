@@ -1,31 +1,42 @@
 //! The index: generations, the single writer, and hybrid search over the current generation.
 //!
 //! Commit protocol (the store is the source of truth; BM25 and vectors are derived):
-//! 1. new chunk bodies and vectors are written to the store under fresh ids (invisible);
+//! 1. new chunks get fresh ids (never reused) and are held in memory with their vectors, as the
+//!    prepared generation's overlay, which its searches read bodies from;
 //! 2. BM25 changes are committed with payload `generation + 1`;
-//! 3. the store commits document pointers and `generation + 1` in one transaction, then the
-//!    `committed-generation` marker file is updated (it detects a store that lost commits);
+//! 3. the store commits documents, chunk bodies, vectors, `generation + 1` and the chunk-id
+//!    counter in ONE write transaction (refused unless the store is still at `generation`),
+//!    then the `committed-generation` marker file is updated (it detects a store that lost
+//!    commits, e.g. a file restored from an older copy);
 //! 4. a new in-memory [`Generation`] is published with one atomic pointer swap;
 //! 5. graph segments not yet on disk are dumped and listed (with sha256s) in the store;
 //! 6. chunk bodies the commit replaced are deleted once no reader holds an older generation.
 //!
-//! A crash before 3 leaves the store at the old generation: on open, BM25 is rebuilt from the
-//! store when its payload disagrees, and unreferenced chunk bodies are swept. Persisted graphs
-//! are loaded at open when their checksums match and rebuilt from stored vectors otherwise;
-//! live vectors no persisted graph covers go into a fresh segment.
+//! A crash before 3 leaves the store at the old generation with nothing of the new one: on
+//! open, BM25 is rebuilt from the store when its payload disagrees. Persisted graphs are loaded
+//! at open when their checksums match and rebuilt from stored vectors otherwise; live vectors no
+//! persisted graph covers go into a fresh segment. A commit that fails or stalls marks the index
+//! for reconciliation: before the next commit it compares the store with the serving generation
+//! and, if a given-up commit landed after all, reloads the generation from the store.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 
-use crate::backend::validate_upsert;
 use crate::bm25::Bm25;
 use crate::fusion::{Fusion, fuse, single};
+use crate::input::validate_upsert;
 use crate::live::LiveSet;
-use crate::store::{DocChange, FORMAT_VERSION, Manifest, Store, StoredDoc};
+pub use crate::store::Health;
+use crate::store::{
+    CommitBatch, DocChange, FORMAT_VERSION, Manifest, SLED_STORE_DIR, STORE_FILE, StagedChunks,
+    Store, StoredDoc,
+};
 use crate::types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest,
@@ -43,10 +54,17 @@ pub struct IndexOptions {
     pub fusion: Fusion,
     /// Candidates taken from each retriever before fusion.
     pub candidates: usize,
-    /// Bytes of sled's page cache. Searches read only the bodies of the hits they return (the
-    /// documents and vectors live in memory), so a small cache costs little; sled's own
-    /// default (1 GiB) kept most of what opening read resident.
+    /// Bytes of the store's (redb's) page cache. Searches read only the bodies of the hits
+    /// they return (the documents and vectors live in memory), so a small cache costs little;
+    /// redb's own default (1 GiB) would keep most of what opening read resident.
     pub store_cache_bytes: u64,
+    /// How long a store write may go without progress before its caller gets
+    /// [`IndexError::Stalled`] and [`Index::health`] reports it (default 120 s).
+    pub stall: Duration,
+    /// For a full rebuild only: when the directory holds an index in an old on-disk format,
+    /// move it aside (see [`Index::set_aside_old_format`]) and start an empty index instead of
+    /// failing with [`IndexError::OldFormat`]. Default `false`.
+    pub replace_old_format: bool,
 }
 
 impl IndexOptions {
@@ -57,6 +75,8 @@ impl IndexOptions {
             fusion: Fusion::default(),
             candidates: 100,
             store_cache_bytes: 64 * 1024 * 1024,
+            stall: Duration::from_secs(120),
+            replace_old_format: false,
         }
     }
 }
@@ -82,6 +102,9 @@ struct Generation {
     /// Live chunks, where their vectors sit, and id lists for filters.
     live: LiveSet,
     segments: Vec<Arc<Segment>>,
+    /// Chunk bodies of a prepared generation, not in the store until it is published (then
+    /// cleared: the store has them).
+    overlay: ArcSwapOption<StagedChunks>,
 }
 
 impl Generation {
@@ -96,6 +119,7 @@ impl Generation {
             searcher,
             live: LiveSet::new(live, &segments),
             segments,
+            overlay: ArcSwapOption::empty(),
         }
     }
 }
@@ -114,6 +138,13 @@ pub struct Index {
     retired: Mutex<Vec<(Weak<Generation>, Vec<u64>)>>,
     /// Graph segments loaded from disk at open (rather than rebuilt).
     graphs_loaded: usize,
+    /// The next fresh chunk id (ids of discarded or failed generations are not reused either).
+    next_chunk: AtomicU64,
+    /// A commit failed or stalled: compare the store with the serving generation before the
+    /// next one.
+    needs_reconcile: AtomicBool,
+    /// The store has no manifest yet: the first commit writes it.
+    manifest_pending: AtomicBool,
 }
 
 impl Index {
@@ -123,6 +154,10 @@ impl Index {
     /// A damaged store is reported as [`IndexError::Corrupt`] naming the file; a damaged BM25
     /// index is derived data, so it is discarded and rebuilt from the store instead. Panics
     /// raised by the storage libraries on malformed files are turned into `Corrupt` as well.
+    /// A directory written in an older on-disk format (format 1, sled) is
+    /// [`IndexError::OldFormat`], unless [`IndexOptions::replace_old_format`] is set for a full
+    /// rebuild. Opening starts the store's writer thread and verifies the store file's page
+    /// checksums (one read of the file).
     pub fn open(dir: &Path, options: IndexOptions) -> Result<Index> {
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Index::open_inner(dir, options)
@@ -148,8 +183,41 @@ impl Index {
             path: dir.to_path_buf(),
             source,
         })?;
-        let store = Store::open(&dir.join("store"), options.store_cache_bytes)?;
-        match store.manifest()? {
+        if dir.join(SLED_STORE_DIR).is_dir() {
+            if !options.replace_old_format {
+                return Err(IndexError::OldFormat {
+                    path: dir.to_path_buf(),
+                    found: "format 1, a sled store".into(),
+                    expected: FORMAT_VERSION,
+                });
+            }
+            Index::set_aside_old_format(dir)?;
+            std::fs::create_dir_all(dir).map_err(|source| IndexError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let store_path = dir.join(STORE_FILE);
+        let store = Store::open(&store_path, options.store_cache_bytes, options.stall)?;
+        let manifest = store.manifest()?;
+        match &manifest {
+            Some(m) if m.format_version < FORMAT_VERSION => {
+                return Err(IndexError::OldFormat {
+                    path: dir.to_path_buf(),
+                    found: format!("format {}", m.format_version),
+                    expected: FORMAT_VERSION,
+                });
+            }
+            Some(m) if m.format_version > FORMAT_VERSION => {
+                return Err(IndexError::Corrupt {
+                    path: store_path,
+                    reason: format!(
+                        "on-disk format {} (written by a newer cairn) but this cairn reads \
+                         format {FORMAT_VERSION}",
+                        m.format_version
+                    ),
+                });
+            }
             Some(m) if m.embedder != options.embedder => {
                 return Err(IndexError::EmbedderMismatch {
                     path: dir.to_path_buf(),
@@ -157,20 +225,7 @@ impl Index {
                     expected: options.embedder.to_string(),
                 });
             }
-            Some(m) if m.format_version != FORMAT_VERSION => {
-                return Err(IndexError::Corrupt {
-                    path: dir.join("store"),
-                    reason: format!(
-                        "on-disk format {} but this cairn reads format {FORMAT_VERSION}",
-                        m.format_version
-                    ),
-                });
-            }
-            Some(_) => {}
-            None => store.set_manifest(&Manifest {
-                format_version: FORMAT_VERSION,
-                embedder: options.embedder.clone(),
-            })?,
+            _ => {}
         }
         check_committed_marker(dir, store.generation()?)?;
         let bm25_dir = dir.join("bm25");
@@ -190,94 +245,107 @@ impl Index {
             }
             Err(e) => return Err(e),
         };
-        let generation = store.generation()?;
-
-        // Load live documents and sweep chunk bodies left by an interrupted commit.
-        let mut live: HashMap<u64, Arc<DocumentRecord>> = HashMap::new();
-        let mut docs = Vec::new();
-        for doc in store.docs() {
-            let doc = doc?;
-            let rec = Arc::new(doc.record.clone());
-            for id in &doc.chunk_ids {
-                live.insert(*id, rec.clone());
-            }
-            docs.push(doc);
-        }
-        let orphans: Vec<u64> = store
-            .stored_chunk_ids()?
-            .into_iter()
-            .filter(|id| !live.contains_key(id))
-            .collect();
-        if !orphans.is_empty() {
-            tracing::info!(
-                count = orphans.len(),
-                "removing chunks of an interrupted commit"
-            );
-            store.remove_chunks(&orphans)?;
-        }
-
-        if bm25.committed_generation()? != generation {
-            tracing::warn!(
-                store_generation = generation,
-                bm25_generation = bm25.committed_generation()?,
-                "BM25 index disagrees with the store; rebuilding it from the store"
-            );
-            let mut w = bm25.writer()?;
-            w.delete_all()?;
-            for doc in &docs {
-                for id in &doc.chunk_ids {
-                    let chunk = store.chunk(*id)?.ok_or_else(|| IndexError::Corrupt {
-                        path: dir.join("store"),
-                        reason: format!("document {} points at missing chunk {id}", doc.record.id),
-                    })?;
-                    w.add_chunk(*id, &doc.record, &chunk)?;
-                }
-            }
-            w.commit(generation)?;
-        }
-
-        // Graphs first: the vectors they hold come from their dumps, so only live vectors no
-        // graph covers are read from the store.
-        let graphs_dir = dir.join("graphs");
-        let (mut segments, claimed) =
-            load_graphs(&store.graph_segments()?, &graphs_dir, &live, &options);
-        let graphs_loaded = segments.len();
-        let mut rest: Vec<(u64, Vec<f32>)> = Vec::new();
-        for id in live.keys().filter(|id| !claimed.contains(id)) {
-            let v = store.vector(*id)?.ok_or_else(|| IndexError::Corrupt {
-                path: dir.join("store"),
-                reason: format!("chunk {id} has no vector"),
-            })?;
-            if v.len() != options.embedder.dimension {
-                return Err(IndexError::Corrupt {
-                    path: dir.join("store"),
-                    reason: format!("chunk {id} has a {}-d vector", v.len()),
-                });
-            }
-            rest.push((*id, v));
-        }
-        rest.sort_by_key(|(id, _)| *id);
-        if !rest.is_empty() {
-            segments.push(Arc::new(Segment::build(
-                options.embedder.dimension,
-                rest,
-                &options.vectors,
-            )));
-        }
-        let searcher = bm25.reload()?;
-        let gen0 = Generation::new(generation, searcher, live, segments);
+        let loaded = load_generation(dir, &store, &bm25, &options, true)?;
         let index = Index {
             dir: dir.to_path_buf(),
             options,
             store,
             bm25,
-            current: ArcSwap::from_pointee(gen0),
+            current: ArcSwap::from_pointee(loaded.generation),
             writer_lock: Mutex::new(()),
             retired: Mutex::new(Vec::new()),
-            graphs_loaded,
+            graphs_loaded: loaded.graphs_loaded,
+            next_chunk: AtomicU64::new(loaded.next_chunk_id),
+            needs_reconcile: AtomicBool::new(false),
+            manifest_pending: AtomicBool::new(manifest.is_none()),
         };
         index.persist_graphs(&index.current.load());
         Ok(index)
+    }
+
+    /// For a full rebuild of an index in an old on-disk format: moves the whole directory `dir`
+    /// aside to `<dir>.old-format` (replacing an earlier one there, so at most one old copy is
+    /// kept for undoing by hand) and returns where it went; `Ok(None)` when `dir` holds no
+    /// old-format index. Never deletes the current format. Call it only while no process has
+    /// the index open; [`IndexOptions::replace_old_format`] makes [`Index::open`] do it.
+    pub fn set_aside_old_format(dir: &Path) -> Result<Option<PathBuf>> {
+        if !dir.join(SLED_STORE_DIR).is_dir() {
+            return Ok(None);
+        }
+        let mut name = dir.file_name().unwrap_or_default().to_os_string();
+        name.push(".old-format");
+        let aside = dir.with_file_name(name);
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IndexError::Io { path, source }
+        };
+        if aside.exists() {
+            std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        }
+        std::fs::rename(dir, &aside).map_err(io(dir))?;
+        tracing::warn!(
+            old = %aside.display(),
+            new = %dir.display(),
+            "the index was in an old on-disk format (sled); moved it aside to rebuild from the sources"
+        );
+        Ok(Some(aside))
+    }
+
+    /// Whether the index's writes are making progress: [`Health::Stalled`] while a store write
+    /// has gone without progress for [`IndexOptions::stall`] (a readiness probe should then
+    /// answer 503), healthy again once it ends.
+    pub fn health(&self) -> Health {
+        self.store.health()
+    }
+
+    /// Test hook: the next store write sleeps `d` just before it commits (where a hanging disk
+    /// would hold it), so stall handling can be tested end to end. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_write_stall(&self, d: Duration) {
+        self.store.inject_write_stall(d);
+    }
+
+    /// Before a commit, after one failed or stalled: when the store no longer matches the
+    /// serving generation (a given-up commit landed after all), reload the generation from the
+    /// store. Fails with `Stalled` while the given-up write is still running.
+    fn reconcile(&self) -> Result<()> {
+        if !self.needs_reconcile.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some((operation, idle)) = self.store.running() {
+            return Err(IndexError::Stalled {
+                operation,
+                secs: idle.as_secs(),
+            });
+        }
+        let stored = self.store.generation()?;
+        let old = self.current.load_full();
+        if stored != old.number || self.bm25.committed_generation()? != stored {
+            tracing::warn!(
+                serving = old.number,
+                store = stored,
+                "the store and the serving generation disagree after a failed commit; \
+                 reloading from the store"
+            );
+            let loaded = load_generation(&self.dir, &self.store, &self.bm25, &self.options, false)?;
+            self.next_chunk
+                .fetch_max(loaded.next_chunk_id, Ordering::AcqRel);
+            let fresh = Arc::new(loaded.generation);
+            // Bodies the old generation read and the store no longer references.
+            let gone: Vec<u64> = old
+                .live
+                .docs()
+                .map(|(id, _)| id)
+                .filter(|id| !fresh.live.contains(*id))
+                .collect();
+            self.current.store(fresh);
+            self.retire(Arc::downgrade(&old), gone)?;
+            if self.store.manifest()?.is_some() {
+                self.manifest_pending.store(false, Ordering::Release);
+            }
+        }
+        self.needs_reconcile.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// Graph segments loaded from disk by [`Index::open`] instead of being rebuilt.
@@ -356,8 +424,7 @@ impl Index {
     /// Ids of the indexed documents of `source`.
     pub fn document_ids(&self, source: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        for d in self.store.docs() {
-            let d = d?;
+        for d in self.store.docs()? {
             if d.record.source == source {
                 out.push(d.record.id);
             }
@@ -370,14 +437,32 @@ impl Index {
         let Some(doc) = self.store.doc(doc_id)? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::with_capacity(doc.chunk_ids.len());
-        for id in doc.chunk_ids {
-            if let Some(c) = self.store.chunk(id)? {
-                out.push(c);
-            }
-        }
+        let mut out: Vec<ChunkRecord> = self
+            .store
+            .chunks(&doc.chunk_ids)?
+            .into_iter()
+            .flatten()
+            .collect();
         out.sort_by_key(|c| c.ordinal);
         Ok(out)
+    }
+
+    /// The stored vectors of a document's chunks, in chunk order (for tests and verification
+    /// tools: searches use the in-memory copies).
+    #[doc(hidden)]
+    pub fn vectors_of(&self, doc_id: &str) -> Result<Vec<Vec<f32>>> {
+        let Some(doc) = self.store.doc(doc_id)? else {
+            return Ok(Vec::new());
+        };
+        let chunks = self.store.chunks(&doc.chunk_ids)?;
+        let vectors = self.store.vectors(&doc.chunk_ids)?;
+        let mut rows: Vec<(u32, Vec<f32>)> = chunks
+            .into_iter()
+            .zip(vectors)
+            .filter_map(|(c, v)| Some((c?.ordinal, v?)))
+            .collect();
+        rows.sort_by_key(|(ordinal, _)| *ordinal);
+        Ok(rows.into_iter().map(|(_, v)| v).collect())
     }
 
     pub fn stats(&self) -> IndexStats {
@@ -439,11 +524,13 @@ impl Index {
             SearchMode::Bm25 => single(&bm25_hits, true),
             SearchMode::Dense => single(&vec_hits, false),
         };
+        let fused: Vec<(u64, ScoreBreakdown)> = fused.into_iter().take(req.k).collect();
+        let bodies = self.bodies(g, &fused.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
         let mut hits = Vec::with_capacity(req.k);
-        for (id, breakdown) in fused.into_iter().take(req.k) {
+        for ((id, breakdown), body) in fused.into_iter().zip(bodies) {
             // Bodies of a generation are kept until its last reader releases it (see
             // `retire`), so a live id always has its body; skip defensively all the same.
-            let (Some(chunk), Some(live)) = (self.store.chunk(id)?, g.live.get(id)) else {
+            let (Some(chunk), Some(live)) = (body, g.live.get(id)) else {
                 tracing::warn!(chunk = id, "live chunk without a stored body");
                 continue;
             };
@@ -462,6 +549,28 @@ impl Index {
             });
         }
         Ok(hits)
+    }
+
+    /// Chunk bodies of `g` by id: a prepared generation's new ones from its overlay, the rest
+    /// from the store (one read transaction).
+    fn bodies(&self, g: &Generation, ids: &[u64]) -> Result<Vec<Option<ChunkRecord>>> {
+        let overlay = g.overlay.load_full();
+        let Some(overlay) = overlay.as_deref() else {
+            return self.store.chunks(ids);
+        };
+        let missing: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| !overlay.chunks.contains_key(id))
+            .collect();
+        let mut stored = self.store.chunks(&missing)?.into_iter();
+        Ok(ids
+            .iter()
+            .map(|id| match overlay.chunks.get(id) {
+                Some(c) => Some(c.clone()),
+                None => stored.next().flatten(),
+            })
+            .collect())
     }
 
     /// Dense top-`k` among the chunks `filter` allows. When the filter keeps fewer than
@@ -599,26 +708,36 @@ impl<'a> Writer<'a> {
         }
     }
 
-    /// Writes the staged changes and builds their generation without publishing it: searches
-    /// keep using the current generation, and a crash leaves the index as it was (the store's
-    /// commit point is not moved; BM25 is rebuilt from the store on open). The caller can
-    /// search the prepared generation, then [`Prepared::publish`] or [`Prepared::discard`] it.
+    /// Stages the changes and builds their generation without publishing it: BM25 holds them
+    /// (with the next generation's payload), the new chunk bodies and vectors are held in memory
+    /// with the generation, and searches keep using the current generation. Nothing reaches
+    /// the store until [`Prepared::publish`], so a crash leaves the index as it was (BM25 is
+    /// rebuilt from the store on open). The caller can search the prepared generation, then
+    /// [`Prepared::publish`] or [`Prepared::discard`] it.
     pub fn prepare(self) -> Result<Staged<'a>> {
         let index = self.index;
-        let old = index.current.load_full();
         if self.upserts.is_empty() && self.deletes.is_empty() {
-            return Ok(Staged::Nothing(old.number));
+            return Ok(Staged::Nothing(index.current.load().number));
         }
+        index.reconcile()?;
+        let old = index.current.load_full();
         let next = old.number + 1;
         let store = &index.store;
+        let upserts = self.upserts.len();
+        let deletes = self.deletes.len();
 
-        // 1. Chunk bodies and vectors under fresh ids.
+        // 1. Fresh ids for the new chunks, never reused (not even if this is discarded).
         let n_chunks: usize = self.upserts.iter().map(|(_, c)| c.len()).sum();
-        let mut next_id = store.reserve_chunk_ids(n_chunks as u64)?;
+        let mut next_id = index
+            .next_chunk
+            .fetch_add(n_chunks as u64, Ordering::AcqRel);
+        let next_chunk_id = next_id + n_chunks as u64;
         let mut changes = Vec::new();
-        let mut new_vectors = Vec::with_capacity(n_chunks);
+        let mut staged = StagedChunks {
+            chunks: HashMap::with_capacity(n_chunks),
+            vectors: Vec::with_capacity(n_chunks),
+        };
         let mut dead: Vec<u64> = Vec::new();
-        let mut staged_ids: Vec<u64> = Vec::with_capacity(n_chunks);
         let mut bm25 = index.bm25.writer()?;
         let mut new_live: Vec<(u64, Arc<DocumentRecord>)> = Vec::new();
         let mut removed_docs: HashSet<String> = HashSet::new();
@@ -630,28 +749,25 @@ impl<'a> Writer<'a> {
                 removed_docs.insert(doc_id.clone());
             }
         }
-        for (doc, chunks) in &self.upserts {
+        for (doc, chunks) in self.upserts {
             if let Some(prev) = store.doc(&doc.id)? {
                 dead.extend(prev.chunk_ids);
             }
             bm25.delete_doc(&doc.id);
             let rec = Arc::new(doc.clone());
             let mut ids = Vec::with_capacity(chunks.len());
-            let mut items = Vec::with_capacity(chunks.len());
             for (chunk, vector) in chunks {
                 let id = next_id;
                 next_id += 1;
                 ids.push(id);
-                items.push((id, chunk, vector.as_slice()));
-                bm25.add_chunk(id, doc, chunk)?;
-                new_vectors.push((id, vector.clone()));
+                bm25.add_chunk(id, &doc, &chunk)?;
+                staged.vectors.push((id, vector));
+                staged.chunks.insert(id, chunk);
                 new_live.push((id, rec.clone()));
             }
-            staged_ids.extend(&ids);
-            store.put_chunks(&items)?;
             removed_docs.insert(doc.id.clone());
             changes.push(DocChange::Put(Box::new(StoredDoc {
-                record: doc.clone(),
+                record: doc,
                 chunk_ids: ids,
             })));
         }
@@ -670,22 +786,26 @@ impl<'a> Writer<'a> {
         live.extend(new_live);
         let segments = plan_segments(
             &old.segments,
-            new_vectors,
+            staged.vectors.clone(),
             &live,
             index.options.embedder.dimension,
             &index.options.vectors,
         );
         let searcher = index.bm25.reload()?;
+        let staged = Arc::new(staged);
+        let generation = Generation::new(next, searcher, live, segments);
+        generation.overlay.store(Some(staged.clone()));
         Ok(Staged::Prepared(Prepared {
             index,
             _guard: self._guard,
             old,
-            next: Some(Arc::new(Generation::new(next, searcher, live, segments))),
-            changes,
+            next: Some(Arc::new(generation)),
+            changes: Arc::new(changes),
             dead,
-            staged_ids,
-            upserts: self.upserts.len(),
-            deletes: self.deletes.len(),
+            staged,
+            next_chunk_id,
+            upserts,
+            deletes,
         }))
     }
 }
@@ -697,8 +817,9 @@ pub enum Staged<'a> {
     Prepared(Prepared<'a>),
 }
 
-/// A written but unpublished generation. It holds the index's writer lock until it is
-/// published or discarded; dropping it discards it.
+/// A built but unpublished generation: searchable through [`Prepared::search`], not in the
+/// store. It holds the index's writer lock until it is published or discarded; dropping it
+/// discards it.
 pub struct Prepared<'a> {
     index: &'a Index,
     _guard: MutexGuard<'a, ()>,
@@ -706,11 +827,13 @@ pub struct Prepared<'a> {
     old: Arc<Generation>,
     /// `None` once published or discarded.
     next: Option<Arc<Generation>>,
-    changes: Vec<DocChange>,
+    changes: Arc<Vec<DocChange>>,
     /// Chunk bodies the new generation no longer references.
     dead: Vec<u64>,
-    /// Chunk bodies written for the new generation.
-    staged_ids: Vec<u64>,
+    /// Chunk bodies and vectors of the new generation, written by the publish.
+    staged: Arc<StagedChunks>,
+    /// The chunk-id counter to store with the commit.
+    next_chunk_id: u64,
     upserts: usize,
     deletes: usize,
 }
@@ -729,24 +852,42 @@ impl Prepared<'_> {
         }
     }
 
-    /// Publishes the generation: moves the store's commit point, then swaps it in.
+    /// Publishes the generation: commits it to the store in one transaction, then swaps it in.
     pub fn publish(mut self) -> Result<u64> {
         let index = self.index;
         let Some(next) = self.next.take() else {
             return Ok(self.old.number);
         };
-        // 3. The store's commit point.
-        if let Err(e) = index.store.commit(&self.changes, next.number) {
-            // The store's transaction did not happen: put BM25 back so it matches the
-            // serving generation again.
+        // 3. The store's commit point: everything of the generation in one transaction.
+        let manifest_pending = index.manifest_pending.load(Ordering::Acquire);
+        let batch = CommitBatch {
+            expected: self.old.number,
+            generation: next.number,
+            changes: self.changes.clone(),
+            staged: self.staged.clone(),
+            next_chunk_id: self.next_chunk_id,
+            manifest: manifest_pending.then(|| Manifest {
+                format_version: FORMAT_VERSION,
+                embedder: index.options.embedder.clone(),
+            }),
+        };
+        if let Err(e) = index.store.commit(batch) {
+            // Not committed (or, after a stall, not known yet): put BM25 back so it matches
+            // the serving generation again, and check the store before the next commit.
+            index.needs_reconcile.store(true, Ordering::Release);
             self.next = Some(next);
             self.rollback();
             return Err(e);
+        }
+        if manifest_pending {
+            index.manifest_pending.store(false, Ordering::Release);
         }
         // A marker behind the store is harmless (see `check_committed_marker`).
         if let Err(e) = write_committed_marker(&index.dir, next.number) {
             tracing::warn!(error = %e, "could not update the committed-generation marker");
         }
+        // The store has the bodies now.
+        next.overlay.store(None);
         // 4. Publish.
         let number = next.number;
         index.current.store(next);
@@ -766,9 +907,9 @@ impl Prepared<'_> {
     }
 
     /// Drops the generation: the serving one stays, BM25 gets back the documents the staged
-    /// changes replaced or removed, and the staged chunk bodies are deleted. Should this fail
-    /// half-way, hits stay correct (every retriever's hits are limited to the serving
-    /// generation's live chunks) and the next open rebuilds BM25 from the store.
+    /// changes replaced or removed, and the staged bodies are dropped (they never reached the
+    /// store). Should this fail half-way, hits stay correct (every retriever's hits are limited
+    /// to the serving generation's live chunks) and the next open rebuilds BM25 from the store.
     pub fn discard(mut self) -> Result<()> {
         self.rollback_inner()
     }
@@ -785,22 +926,19 @@ impl Prepared<'_> {
         }
         let index = self.index;
         let mut bm25 = index.bm25.writer()?;
-        for change in &self.changes {
-            let doc_id = match change {
-                DocChange::Put(d) => &d.record.id,
-                DocChange::Remove(id) => id,
-            };
+        for change in self.changes.iter() {
+            let doc_id = change.doc_id();
             bm25.delete_doc(doc_id);
             if let Some(prev) = index.store.doc(doc_id)? {
-                for id in &prev.chunk_ids {
-                    if let Some(chunk) = index.store.chunk(*id)? {
+                let bodies = index.store.chunks(&prev.chunk_ids)?;
+                for (id, chunk) in prev.chunk_ids.iter().zip(bodies) {
+                    if let Some(chunk) = chunk {
                         bm25.add_chunk(*id, &prev.record, &chunk)?;
                     }
                 }
             }
         }
         bm25.commit(self.old.number)?;
-        index.store.remove_chunks(&self.staged_ids)?;
         tracing::info!(
             generation = self.old.number,
             upserts = self.upserts,
@@ -817,9 +955,11 @@ impl Drop for Prepared<'_> {
     }
 }
 
-/// File recording the last committed generation outside the store. sled treats a damaged log
-/// tail like a torn write and silently opens an older state; comparing with this marker turns
-/// that silent loss of committed generations into a `Corrupt` error.
+/// File recording the last committed generation outside the store. redb falls back to the
+/// previous commit when the newest one's checksum fails (a torn write), and a store file
+/// restored from an older copy opens fine too; comparing with this marker turns such a silent
+/// loss of acknowledged generations into a `Corrupt` error. It costs one small write and fsync
+/// per commit.
 const COMMITTED_MARKER: &str = "committed-generation";
 
 fn write_committed_marker(dir: &Path, generation: u64) -> Result<()> {
@@ -855,6 +995,117 @@ fn check_committed_marker(dir: &Path, store_generation: u64) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What [`load_generation`] read from the store.
+struct Loaded {
+    generation: Generation,
+    graphs_loaded: usize,
+    next_chunk_id: u64,
+}
+
+/// Builds the committed generation from the store: live documents, BM25 (rebuilt from the
+/// store when its payload disagrees), vector segments (persisted graphs that pass their
+/// checksums, the rest from stored vectors). With `sweep` (at open, when no reader can hold an
+/// older generation) chunk bodies no document references are deleted.
+fn load_generation(
+    dir: &Path,
+    store: &Store,
+    bm25: &Bm25,
+    options: &IndexOptions,
+    sweep: bool,
+) -> Result<Loaded> {
+    let generation = store.generation()?;
+    let mut live: HashMap<u64, Arc<DocumentRecord>> = HashMap::new();
+    let docs = store.docs()?;
+    for doc in &docs {
+        let rec = Arc::new(doc.record.clone());
+        for id in &doc.chunk_ids {
+            live.insert(*id, rec.clone());
+        }
+    }
+    let mut next_chunk_id = store.next_chunk_id()?;
+    if let Some(max) = live.keys().max() {
+        next_chunk_id = next_chunk_id.max(max + 1);
+    }
+    if sweep {
+        let stored = store.stored_chunk_ids()?;
+        if let Some(max) = stored.iter().max() {
+            next_chunk_id = next_chunk_id.max(max + 1);
+        }
+        let orphans: Vec<u64> = stored
+            .into_iter()
+            .filter(|id| !live.contains_key(id))
+            .collect();
+        if !orphans.is_empty() {
+            tracing::info!(
+                count = orphans.len(),
+                "removing chunk bodies no document references"
+            );
+            store.remove_chunks(&orphans)?;
+        }
+    }
+
+    if bm25.committed_generation()? != generation {
+        tracing::warn!(
+            store_generation = generation,
+            bm25_generation = bm25.committed_generation()?,
+            "BM25 index disagrees with the store; rebuilding it from the store"
+        );
+        let mut w = bm25.writer()?;
+        w.delete_all()?;
+        for doc in &docs {
+            let bodies = store.chunks(&doc.chunk_ids)?;
+            for (id, chunk) in doc.chunk_ids.iter().zip(bodies) {
+                let chunk = chunk.ok_or_else(|| IndexError::Corrupt {
+                    path: store.path().to_path_buf(),
+                    reason: format!("document {} points at missing chunk {id}", doc.record.id),
+                })?;
+                w.add_chunk(*id, &doc.record, &chunk)?;
+            }
+        }
+        w.commit(generation)?;
+    }
+
+    // Graphs first: the vectors they hold come from their dumps, so only live vectors no
+    // graph covers are read from the store.
+    let graphs_dir = dir.join("graphs");
+    let (mut segments, claimed) =
+        load_graphs(&store.graph_segments()?, &graphs_dir, &live, options);
+    let graphs_loaded = segments.len();
+    let ids: Vec<u64> = live
+        .keys()
+        .filter(|id| !claimed.contains(id))
+        .copied()
+        .collect();
+    let mut rest: Vec<(u64, Vec<f32>)> = Vec::with_capacity(ids.len());
+    for (id, v) in ids.iter().zip(store.vectors(&ids)?) {
+        let v = v.ok_or_else(|| IndexError::Corrupt {
+            path: store.path().to_path_buf(),
+            reason: format!("chunk {id} has no vector"),
+        })?;
+        if v.len() != options.embedder.dimension {
+            return Err(IndexError::Corrupt {
+                path: store.path().to_path_buf(),
+                reason: format!("chunk {id} has a {}-d vector", v.len()),
+            });
+        }
+        rest.push((*id, v));
+    }
+    rest.sort_by_key(|(id, _)| *id);
+    if !rest.is_empty() {
+        segments.push(Arc::new(Segment::build(
+            options.embedder.dimension,
+            rest,
+            &options.vectors,
+        )));
+    }
+    let searcher = bm25.reload()?;
+    Ok(Loaded {
+        generation: Generation::new(generation, searcher, live, segments),
+        graphs_loaded,
+        next_chunk_id,
+    })
 }
 
 /// Loads every persisted graph that still covers a live chunk and passes its checksums;

@@ -1,6 +1,6 @@
 //! cairn-index: the in-process hybrid index.
 //!
-//! Owns documents and chunks (sled), vectors (hnsw_rs plus an exact scan), words (tantivy BM25),
+//! Owns documents and chunks (redb), vectors (hnsw_rs plus an exact scan), words (tantivy BM25),
 //! filters, access control at search time, and score fusion. It is synchronous (rayon inside)
 //! and never performs network I/O: it must not depend on tokio, axum or reqwest.
 //!
@@ -15,16 +15,19 @@ pub mod conformance;
 mod error;
 mod fusion;
 mod index;
+mod input;
 mod live;
+pub mod soak;
 mod store;
 mod types;
 mod vectors;
 
-pub use backend::{IndexBackend, IndexWriter, PreparedGeneration, validate_query, validate_upsert};
+pub use backend::{IndexBackend, IndexWriter, PreparedGeneration};
 pub use bm25::{body_text, html_escape};
 pub use error::IndexError;
 pub use fusion::{Fusion, fuse, single};
-pub use index::{Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
+pub use index::{Health, Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
+pub use input::{validate_query, validate_upsert};
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest, TimeRange, chunk_id_string,

@@ -1,6 +1,12 @@
-//! Crash safety: a child process (this test binary re-executed in "writer" mode) commits one
-//! generation and then keeps writing big ones; the parent SIGKILLs it at different moments and
-//! checks that the reopened index is exactly one committed generation, never a mix.
+//! Crash safety: a child process (this test binary re-executed to run one of its ignored
+//! `crash_child_*` tests) commits generations and records each one AFTER `commit()` returned;
+//! the parent SIGKILLs it at chosen or random moments and checks that the reopened index is
+//! exactly one committed generation, never a mix, and never older than the last one the child
+//! saw acknowledged (durability, not just atomicity).
+//!
+//! The child halves are `#[ignore]`d: run as ordinary tests they would test nothing, so they
+//! only run when a parent starts them with `--ignored --exact`, and fail if started by hand
+//! without the parent's directory variable.
 
 mod common;
 
@@ -13,7 +19,36 @@ use common::*;
 
 const CHILD_ENV: &str = "CAIRN_INDEX_CRASH_CHILD_DIR";
 const DOCS: usize = 300;
-const READY_FILE: &str = "child-committed";
+/// The last generation whose `commit()` returned in the child, replaced atomically.
+const ACK_FILE: &str = "child-acknowledged";
+
+/// Records `generation` as acknowledged: written to a temporary file and renamed over the ack
+/// file, so the parent never reads half of it. (A SIGKILL does not lose the page cache, so no
+/// fsync is needed for the parent to see it.)
+fn acknowledge(dir: &Path, generation: u64) {
+    let tmp = dir.join("ack.tmp");
+    std::fs::write(&tmp, generation.to_string()).expect("ack file");
+    std::fs::rename(&tmp, dir.join(ACK_FILE)).expect("ack file");
+}
+
+/// The last generation the child acknowledged (0 before the first).
+fn acknowledged(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join(ACK_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The directory a child half works in; only its parent test sets the variable.
+fn child_dir(var: &str) -> std::path::PathBuf {
+    match std::env::var(var) {
+        Ok(dir) => dir.into(),
+        Err(_) => panic!(
+            "this is the child half of a crash test: its parent runs it with {var} set \
+             (run the `sigkill_*` tests instead)"
+        ),
+    }
+}
 
 fn round_text(round: u64, d: usize) -> String {
     format!("round{round} document {d} shared words")
@@ -51,20 +86,18 @@ fn write_round(index: &Index, round: u64) -> u64 {
     w.commit().expect("commit")
 }
 
-/// Not a test on its own: the writer half of the crash test, active only when re-executed.
+/// The writer half of `sigkill_during_commit_keeps_the_last_committed_generation`.
 #[test]
+#[ignore = "child half of the crash test; run by the parent"]
 fn crash_child_writer() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let index = Index::open(Path::new(&dir), options(200)).expect("child open");
-    let mut round = index.generation() + 1;
-    assert_eq!(write_round(&index, round), round);
-    // A file rather than stdout: libtest may capture the child's printed output.
-    std::fs::write(Path::new(&dir).join(READY_FILE), round.to_string()).expect("ready file");
+    let dir = child_dir(CHILD_ENV);
+    let index = Index::open(&dir, options(200)).expect("child open");
+    let mut round = index.generation();
     loop {
         round += 1;
         assert_eq!(write_round(&index, round), round);
+        // A file rather than stdout: libtest may capture the child's printed output.
+        acknowledge(&dir, round);
     }
 }
 
@@ -78,7 +111,7 @@ fn kill_writer(
     delay_ms: u64,
 ) {
     let mut child = Command::new(exe)
-        .args(["--exact", name, "--test-threads=1"])
+        .args(["--exact", name, "--ignored", "--test-threads=1"])
         .env(env.0, env.1)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -102,9 +135,14 @@ fn kill_writer(
 }
 
 fn check_consistent(dir: &Path) -> u64 {
+    let acked = acknowledged(dir);
     let index = Index::open(dir, options(200)).expect("reopen after SIGKILL");
     let g = index.generation();
     assert!(g >= 1, "the first generation was committed before the kill");
+    assert!(
+        g >= acked,
+        "generation {acked} was acknowledged but the store reopened at {g}"
+    );
     let stats = index.stats();
     assert_eq!(stats.documents, DOCS + 1, "generation {g}");
     assert_eq!(stats.chunks, (DOCS + 1) * 3, "generation {g}");
@@ -166,14 +204,11 @@ fn check_consistent(dir: &Path) -> u64 {
 
 #[test]
 fn sigkill_during_commit_keeps_the_last_committed_generation() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
-    }
     let exe = std::env::current_exe().expect("test binary");
     let mut seen = Vec::new();
     for delay_ms in [0u64, 15, 60, 150, 400, 900] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ready = || dir.path().join(READY_FILE).exists();
+        let ready = || acknowledged(dir.path()) >= 1;
         kill_writer(
             &exe,
             "crash_child_writer",
@@ -218,40 +253,27 @@ fn merge_options() -> cairn_index::IndexOptions {
     o
 }
 
-/// Not a test on its own: the writer half of the merge crash test, active only when re-executed.
+/// The writer half of `sigkill_while_graph_segments_merge_keeps_the_last_committed_generation`.
 #[test]
+#[ignore = "child half of the crash test; run by the parent"]
 fn crash_child_merging_writer() {
-    let Ok(dir) = std::env::var(MERGE_CHILD_ENV) else {
-        return;
-    };
-    let dir = Path::new(&dir);
-    let index = Index::open(dir, merge_options()).expect("child open");
+    let dir = child_dir(MERGE_CHILD_ENV);
+    let index = Index::open(&dir, merge_options()).expect("child open");
     for round in 1.. {
         assert_eq!(write_merge_round(&index, round), round);
-        // The last committed round, replaced atomically so the parent never reads half of it.
-        let tmp = dir.join("progress.tmp");
-        std::fs::write(&tmp, round.to_string()).expect("progress file");
-        std::fs::rename(&tmp, dir.join(READY_FILE)).expect("progress file");
+        acknowledge(&dir, round);
     }
 }
 
 #[test]
 fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
-    if std::env::var(MERGE_CHILD_ENV).is_ok() {
-        return;
-    }
     let exe = std::env::current_exe().expect("test binary");
     let mut seen = Vec::new();
     // Killed once round `after` is committed, `delay_ms` into the next commit: round 4's commit
     // merges the first four graphs, round 8's the next four, round 16's the four merged ones.
     for (after, delay_ms) in [(1u64, 0u64), (3, 0), (3, 20), (7, 5), (15, 10), (15, 60)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let committed = || -> u64 {
-            std::fs::read_to_string(dir.path().join(READY_FILE))
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(0)
-        };
+        let committed = || acknowledged(dir.path());
         kill_writer(
             &exe,
             "crash_child_merging_writer",
@@ -260,9 +282,14 @@ fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
             delay_ms,
         );
 
+        let acked = committed();
         let index = Index::open(dir.path(), merge_options()).expect("reopen after SIGKILL");
         let g = index.generation();
         assert!(g >= 1);
+        assert!(
+            g >= acked,
+            "generation {acked} was acknowledged, reopened at {g}"
+        );
         // Exactly the documents of rounds 1..=g, minus those each later round deleted.
         let expected = g as usize * PER_ROUND - (g as usize - 1) * DELETED_PER_ROUND;
         let stats = index.stats();
@@ -319,4 +346,265 @@ fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
         seen.iter()
             .any(|(_, _, g, segments, _)| *segments < *g as usize)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random SIGKILLs during bulk commits, with readers searching in the child.
+
+const BULK_CHILD_ENV: &str = "CAIRN_INDEX_BULK_CHILD_DIR";
+const BULK_DOCS: usize = 24;
+const BULK_DIM: usize = 32;
+
+fn bulk_options() -> cairn_index::IndexOptions {
+    let mut o = cairn_index::IndexOptions::new(cairn_index::EmbedderInfo {
+        name: "crash-embedder".into(),
+        version: "1".into(),
+        dimension: BULK_DIM,
+    });
+    o.vectors.exact_below = 64;
+    o.vectors.merge_factor = 4;
+    o
+}
+
+/// A deterministic pseudo-random vector for `seed` (splitmix64), far from every other.
+fn bulk_vector(seed: &str) -> Vec<f32> {
+    let mut x = seed.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (0..BULK_DIM)
+        .map(|_| {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            ((z ^ (z >> 31)) as f64 / u64::MAX as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+/// Document `d` of round `r`, in its version `v` (the round that last wrote it).
+fn bulk_doc(
+    r: u64,
+    d: usize,
+    v: u64,
+) -> (cairn_index::DocumentRecord, Vec<cairn_index::ChunkInput>) {
+    let id = format!("k{r}:{d}");
+    let word = format!("uniq{r}x{d}v{v}");
+    let text = format!("{word} bulkword round{r}");
+    let version = v.to_string();
+    let spec = DocSpec {
+        metadata: &[("version", version.as_str())],
+        ..DocSpec::new(&id, &text, d)
+    };
+    let chunks = (0..2)
+        .map(|o| {
+            chunk(
+                &id,
+                o,
+                &format!("{text} part{o} {word}p{o}"),
+                bulk_vector(&format!("{id}/{o}/{v}")),
+            )
+        })
+        .collect();
+    (record(&spec), chunks)
+}
+
+/// Round `r` adds `k{r}:0..BULK_DOCS`, rewrites `k{r-1}:0` and deletes `k{r-2}:1`.
+fn write_bulk_round(index: &Index, r: u64) -> u64 {
+    let mut w = index.writer();
+    for d in 0..BULK_DOCS {
+        let (doc, chunks) = bulk_doc(r, d, r);
+        w.upsert(doc, chunks).expect("upsert");
+    }
+    if r > 1 {
+        let (doc, chunks) = bulk_doc(r - 1, 0, r);
+        w.upsert(doc, chunks).expect("upsert");
+    }
+    if r > 2 {
+        w.delete(&format!("k{}:1", r - 2));
+    }
+    w.commit().expect("commit")
+}
+
+/// The documents generation `g` holds: `(round, doc, version)`.
+fn bulk_expected(g: u64) -> Vec<(u64, usize, u64)> {
+    let mut out = Vec::new();
+    for r in 1..=g {
+        for d in 0..BULK_DOCS {
+            if d == 1 && r + 2 <= g {
+                continue;
+            }
+            let v = if d == 0 && r < g { r + 1 } else { r };
+            out.push((r, d, v));
+        }
+    }
+    out
+}
+
+/// The writer half of `sigkill_at_random_moments_never_loses_an_acknowledged_commit`: two
+/// reader threads search without pause while the main thread commits round after round.
+#[test]
+#[ignore = "child half of the crash test; run by the parent"]
+fn crash_child_bulk_writer() {
+    let dir = child_dir(BULK_CHILD_ENV);
+    let index = std::sync::Arc::new(Index::open(&dir, bulk_options()).expect("child open"));
+    for t in 0..2u64 {
+        let index = index.clone();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            loop {
+                n += 1;
+                let g = index.generation().max(1);
+                let r = 1 + (n * 7 + t) % g;
+                let mode =
+                    [SearchMode::Bm25, SearchMode::Dense, SearchMode::Hybrid][n as usize % 3];
+                let req = request(
+                    &format!("round{r} bulkword"),
+                    Some(bulk_vector(&format!("query{n}"))),
+                    mode,
+                    Filter::default(),
+                );
+                // A failing search panics this thread, which the parent sees as a dead child.
+                if let Err(e) = index.search(&req) {
+                    eprintln!("reader failed: {e}");
+                    std::process::exit(3);
+                }
+            }
+        });
+    }
+    let mut round = index.generation();
+    loop {
+        round += 1;
+        assert_eq!(write_bulk_round(&index, round), round);
+        acknowledge(&dir, round);
+    }
+}
+
+/// Everything generation `g` must hold, read back byte-identical from the store, and BM25 and
+/// vector search agreeing with it.
+fn check_bulk(index: &Index, g: u64, rng: &mut impl rand::Rng) {
+    let expected = bulk_expected(g);
+    let stats = index.stats();
+    assert_eq!(stats.documents, expected.len(), "generation {g}");
+    assert_eq!(stats.chunks, expected.len() * 2, "generation {g}");
+    for &(r, d, v) in &expected {
+        let (doc, chunks) = bulk_doc(r, d, v);
+        let stored = index.document(&doc.id).expect("read").expect("present");
+        assert_eq!(stored, doc, "generation {g}: record of {}", doc.id);
+        let stored_chunks = index.chunks_of(&doc.id).expect("chunks");
+        let want: Vec<_> = chunks.iter().map(|c| c.chunk.clone()).collect();
+        assert_eq!(stored_chunks, want, "generation {g}: chunks of {}", doc.id);
+        let vectors = index.vectors_of(&doc.id).expect("vectors");
+        for (got, c) in vectors.iter().zip(&chunks) {
+            let want = cairn_index::validate_query(&c.vector, BULK_DIM).expect("valid");
+            let same = got.len() == want.len()
+                && got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "generation {g}: a vector of {} differs", doc.id);
+        }
+        assert_eq!(vectors.len(), 2, "generation {g}: vectors of {}", doc.id);
+    }
+    // Deleted and superseded versions are gone from the store.
+    if g > 2 {
+        assert!(
+            index
+                .document(&format!("k{}:1", g - 2))
+                .expect("read")
+                .is_none()
+        );
+    }
+    // BM25 holds exactly the live chunks.
+    let mut all = request("bulkword", None, SearchMode::Bm25, Filter::default());
+    all.k = expected.len() * 2 + 10;
+    let hits = index.search(&all).expect("search");
+    assert_eq!(
+        hits.len(),
+        expected.len() * 2,
+        "generation {g}: BM25 chunk count"
+    );
+    // Each document of the newest round and a sample of the rest: found by its unique word
+    // through BM25, and by its vector through dense search.
+    let mut sample: Vec<&(u64, usize, u64)> = expected.iter().filter(|e| e.0 == g).collect();
+    for _ in 0..20 {
+        sample.push(&expected[rng.random_range(0..expected.len())]);
+    }
+    for &&(r, d, v) in &sample {
+        let (doc, chunks) = bulk_doc(r, d, v);
+        let word = format!("uniq{r}x{d}v{v}");
+        let hits = index
+            .search(&request(&word, None, SearchMode::Bm25, Filter::default()))
+            .expect("search");
+        let ids: std::collections::HashSet<String> =
+            hits.iter().map(|h| h.document.id.clone()).collect();
+        assert_eq!(ids.len(), 1, "generation {g}: BM25 `{word}` gave {ids:?}");
+        assert!(
+            ids.contains(&doc.id),
+            "generation {g}: BM25 `{word}` gave {ids:?}"
+        );
+        for c in &chunks {
+            let mut req = request(
+                "",
+                Some(c.vector.clone()),
+                SearchMode::Dense,
+                Filter::default(),
+            );
+            req.k = 10;
+            let hits = index.search(&req).expect("search");
+            assert!(
+                hits.iter().any(|h| h.chunk == c.chunk),
+                "generation {g}: {}#{} not found by its vector",
+                doc.id,
+                c.chunk.ordinal
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_an_acknowledged_commit() {
+    use rand::{Rng, SeedableRng};
+    let kills: usize = std::env::var("CAIRN_CRASH_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let seed: u64 = std::env::var("CAIRN_CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("{kills} kills, CAIRN_CRASH_SEED={seed}");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut found = Vec::new();
+    for kill in 0..kills {
+        let before = acknowledged(dir.path());
+        // Killed once at least one more commit was acknowledged, a random moment later: in the
+        // middle of a commit, between commits, during graph builds and merges.
+        let delay_ms = rng.random_range(0..250);
+        kill_writer(
+            &exe,
+            "crash_child_bulk_writer",
+            (BULK_CHILD_ENV, dir.path()),
+            || acknowledged(dir.path()) > before,
+            delay_ms,
+        );
+        let acked = acknowledged(dir.path());
+        let index = Index::open(dir.path(), bulk_options()).expect("reopen after SIGKILL");
+        let g = index.generation();
+        assert!(
+            g >= acked,
+            "kill {kill} (after {delay_ms} ms): generation {acked} was acknowledged, the \
+             index reopened at {g} (CAIRN_CRASH_SEED={seed})"
+        );
+        // At most the commit in flight beyond the acknowledged one.
+        assert!(
+            g <= acked + 1,
+            "kill {kill}: reopened at {g}, acknowledged {acked}"
+        );
+        check_bulk(&index, g, &mut rng);
+        found.push((delay_ms, acked, g));
+    }
+    eprintln!("(delay ms, acknowledged, reopened at): {found:?}");
 }

@@ -2,28 +2,41 @@
 //!
 //! Owns making a reindex cheap: when a document changes, or the index is rebuilt, only chunks
 //! whose text the active embedder has never seen are sent to it; every other vector comes from
-//! here. Stored in its own sled database (one directory, safe across crashes). The embedder
-//! identity is `name@version/dimension`, so switching models never serves stale vectors; a
-//! stored value whose length does not match the dimension is treated as a miss. A cache failure
-//! is never fatal: lookups that fail are misses and writes that fail are logged.
+//! here. Stored in its own redb database (`cache.redb` in the cache directory, safe across
+//! crashes); each batch of new vectors is one write transaction (every redb commit fsyncs, so
+//! never one per vector). The embedder identity is `name@version/dimension`, so switching
+//! models never serves stale vectors; a stored value whose length does not match the dimension
+//! is treated as a miss. A cache failure is never fatal: lookups that fail are misses and writes
+//! that fail are logged, and after an I/O error (a full disk) the database is reopened, which
+//! redb needs before it accepts another access. A directory left by the old sled cache, or a
+//! damaged cache file, is replaced by an empty cache with a warning (it is only a cache).
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest, Sha256};
 
 use crate::IngestError;
 use crate::embed::Embedder;
 
+const VECTORS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("vectors");
+/// The cache's file inside its directory.
+pub const CACHE_FILE: &str = "cache.redb";
+
 /// A persistent map (embedder, chunk text) → vector.
 pub struct EmbeddingCache {
-    db: sled::Db,
+    path: PathBuf,
+    /// `None` only while a reopen after an I/O error failed; the next access tries again.
+    db: RwLock<Option<Database>>,
 }
 
 impl std::fmt::Debug for EmbeddingCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddingCache")
-            .field("entries", &self.db.len())
+            .field("path", &self.path)
+            .field("entries", &self.len())
             .finish()
     }
 }
@@ -36,27 +49,160 @@ pub struct CacheStats {
     pub embedded: usize,
 }
 
+/// Whether `dir` holds the files of the sled cache of earlier cairn versions.
+fn is_sled_dir(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file()
+}
+
+/// Deletes what sled 0.34 keeps in its directory (`conf`, `db`, `blobs/`, `snap.*`), and
+/// nothing else.
+fn remove_sled_files(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "blobs" && entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else if name == "conf" || name == "db" || name.starts_with("snap.") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn open_db(file: &Path) -> Result<Database, redb::Error> {
+    let db = Database::builder()
+        .set_cache_size(64 << 20)
+        .set_check_integrity_on_open(true)
+        .create(file)?;
+    let txn = db.begin_write()?;
+    txn.open_table(VECTORS)?;
+    txn.commit()?;
+    Ok(db)
+}
+
+/// A cache file that is damaged (or not a redb file) is discarded rather than fatal.
+fn is_damaged(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::UpgradeRequired(_) | redb::Error::Corrupted(_) => true,
+        redb::Error::Io(io) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 impl EmbeddingCache {
-    /// Opens (creating if needed) the cache in `dir`.
+    /// Opens (creating if needed) the cache in directory `dir`. An old sled cache there, or a
+    /// damaged cache file, is deleted and replaced by an empty cache, with a warning.
     pub fn open(dir: &Path) -> Result<EmbeddingCache, IngestError> {
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|e| IngestError::Embed {
-                embedder: "cache".into(),
-                message: format!("cannot open embedding cache at {}: {e}", dir.display()),
+        let fail = |message: String| IngestError::Embed {
+            embedder: "cache".into(),
+            message,
+        };
+        if is_sled_dir(dir) {
+            tracing::warn!(
+                dir = %dir.display(),
+                "replacing the embedding cache of an older cairn (sled) with an empty one; \
+                 the next ingest re-embeds its chunks"
+            );
+            remove_sled_files(dir).map_err(|e| {
+                fail(format!(
+                    "cannot remove the old cache {}: {e}",
+                    dir.display()
+                ))
             })?;
-        Ok(EmbeddingCache { db })
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(CACHE_FILE);
+        let opened = std::panic::catch_unwind(|| open_db(&path))
+            .unwrap_or_else(|_| Err(redb::Error::Corrupted("reading it panicked".into())));
+        let db = match opened {
+            Ok(db) => db,
+            Err(e) if is_damaged(&e) => {
+                tracing::warn!(
+                    file = %path.display(),
+                    error = %e,
+                    "the embedding cache is damaged; replacing it with an empty one"
+                );
+                std::fs::remove_file(&path)
+                    .map_err(|e| fail(format!("cannot remove {}: {e}", path.display())))?;
+                open_db(&path).map_err(|e| {
+                    fail(format!(
+                        "cannot open embedding cache at {}: {e}",
+                        path.display()
+                    ))
+                })?
+            }
+            Err(e) => {
+                return Err(fail(format!(
+                    "cannot open embedding cache at {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        Ok(EmbeddingCache {
+            path,
+            db: RwLock::new(Some(db)),
+        })
+    }
+
+    fn db(&self) -> RwLockReadGuard<'_, Option<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// After an I/O error (a full disk) redb refuses every further access until the database
+    /// is reopened: close it and open it again, so the cache works again once space is free.
+    fn reopen(&self) {
+        let mut slot = self
+            .db
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = slot.take()
+            && let Err(e) = old.close()
+        {
+            tracing::warn!(file = %self.path.display(), "closing the embedding cache: {e}");
+        }
+        match open_db(&self.path) {
+            Ok(db) => *slot = Some(db),
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), "reopening the embedding cache: {e}");
+            }
+        }
+    }
+
+    /// Runs `f` on the database; an error that needs a reopen (I/O) triggers one.
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, redb::Error>,
+    ) -> Result<T, redb::Error> {
+        if self.db().is_none() {
+            self.reopen();
+        }
+        let result = match &*self.db() {
+            Some(db) => f(db),
+            None => Err(redb::Error::DatabaseClosed),
+        };
+        if matches!(result, Err(redb::Error::Io(_) | redb::Error::PreviousIo)) {
+            self.reopen();
+        }
+        result
     }
 
     /// Entries stored.
     pub fn len(&self) -> usize {
-        self.db.len()
+        self.with_db(|db| {
+            let txn = db.begin_read()?;
+            Ok(txn.open_table(VECTORS)?.len()?)
+        })
+        .unwrap_or(0) as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.db.is_empty()
+        self.len() == 0
     }
 
     fn key(embedder_id: &str, text: &str) -> [u8; 32] {
@@ -67,31 +213,55 @@ impl EmbeddingCache {
         h.finalize().into()
     }
 
-    fn get(&self, embedder_id: &str, dim: usize, text: &str) -> Option<Vec<f32>> {
-        let raw = self.db.get(Self::key(embedder_id, text)).ok()??;
-        if raw.len() != dim * 4 {
-            return None;
-        }
-        Some(
-            raw.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        )
+    /// Cached vectors for `texts` (one read transaction); a failed read is all misses.
+    fn get_many(&self, embedder_id: &str, dim: usize, texts: &[&str]) -> Vec<Option<Vec<f32>>> {
+        let read = |db: &Database| -> Result<Vec<Option<Vec<f32>>>, redb::Error> {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(VECTORS)?;
+            let mut out = Vec::with_capacity(texts.len());
+            for text in texts {
+                let raw = table.get(&Self::key(embedder_id, text))?;
+                out.push(raw.and_then(|raw| {
+                    let raw = raw.value();
+                    (raw.len() == dim * 4).then(|| {
+                        raw.chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                            .collect()
+                    })
+                }));
+            }
+            Ok(out)
+        };
+        self.with_db(read).unwrap_or_else(|e| {
+            tracing::warn!(file = %self.path.display(), "embedding cache read failed: {e}");
+            vec![None; texts.len()]
+        })
     }
 
-    fn put(&self, embedder_id: &str, text: &str, vector: &[f32]) {
-        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-        if let Err(e) = self.db.insert(Self::key(embedder_id, text), bytes) {
-            tracing::warn!("embedding cache write failed: {e}");
+    /// Stores a batch of vectors in one write transaction (one fsync); a failure is logged.
+    fn put_many(&self, embedder_id: &str, items: &[(&str, &Vec<f32>)]) {
+        let write = |db: &Database| -> Result<(), redb::Error> {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(VECTORS)?;
+                let mut bytes = Vec::new();
+                for (text, vector) in items {
+                    bytes.clear();
+                    bytes.extend(vector.iter().flat_map(|x| x.to_le_bytes()));
+                    table.insert(&Self::key(embedder_id, text), bytes.as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        };
+        if let Err(e) = self.with_db(write) {
+            tracing::warn!(file = %self.path.display(), "embedding cache write failed: {e}");
         }
     }
 
-    /// Durably writes what was inserted (sled also flushes in the background).
-    pub fn flush(&self) {
-        if let Err(e) = self.db.flush() {
-            tracing::warn!("embedding cache flush failed: {e}");
-        }
-    }
+    /// Kept for callers of the sled cache: every batch is durable once written, so there is
+    /// nothing left to flush.
+    pub fn flush(&self) {}
 
     /// Vectors for `texts`, from the cache where present and from `embedder` (one batched call
     /// for all misses, duplicates embedded once) otherwise; new vectors are stored.
@@ -102,10 +272,7 @@ impl EmbeddingCache {
     ) -> Result<(Vec<Vec<f32>>, CacheStats), IngestError> {
         let info = embedder.info();
         let id = format!("{}@{}/{}", info.name, info.version, info.dimension);
-        let mut out: Vec<Option<Vec<f32>>> = texts
-            .iter()
-            .map(|t| self.get(&id, info.dimension, t))
-            .collect();
+        let mut out: Vec<Option<Vec<f32>>> = self.get_many(&id, info.dimension, texts);
         let mut missing: Vec<&str> = Vec::new();
         let mut position: HashMap<&str, usize> = HashMap::new();
         for (slot, text) in out.iter().zip(texts) {
@@ -126,9 +293,8 @@ impl EmbeddingCache {
                     message: format!("{} vectors for {} texts", fresh.len(), missing.len()),
                 });
             }
-            for (text, vector) in missing.iter().zip(&fresh) {
-                self.put(&id, text, vector);
-            }
+            let items: Vec<(&str, &Vec<f32>)> = missing.iter().copied().zip(&fresh).collect();
+            self.put_many(&id, &items);
             for (slot, text) in out.iter_mut().zip(texts) {
                 if slot.is_none()
                     && let Some(&i) = position.get(text)

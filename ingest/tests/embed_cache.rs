@@ -171,3 +171,49 @@ fn reindex_embeds_only_the_changed_chunks() {
     assert_eq!(third.counts.indexed, 3);
     assert_eq!(embedded, 0);
 }
+
+#[test]
+fn an_old_sled_cache_directory_is_replaced_by_an_empty_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What sled 0.34 left in the cache directory.
+    std::fs::create_dir_all(dir.path().join("blobs")).expect("mkdir");
+    std::fs::write(dir.path().join("conf"), "segment_size: 524288\n").expect("conf");
+    std::fs::write(dir.path().join("db"), vec![3u8; 4096]).expect("db");
+    let cache = EmbeddingCache::open(dir.path()).expect("open over a sled cache");
+    assert!(cache.is_empty());
+    assert!(!dir.path().join("conf").exists() && !dir.path().join("db").exists());
+    assert!(
+        dir.path()
+            .join(cairn_ingest::embed_cache::CACHE_FILE)
+            .is_file()
+    );
+    let e = HashEmbedder::new(8);
+    let (first, stats) = cache
+        .embed_passages(&e, &["one", "two", "three"])
+        .expect("embed");
+    assert_eq!(stats.embedded, 3);
+    drop(cache);
+    // The batch was written durably: a reopened cache serves it.
+    let cache = EmbeddingCache::open(dir.path()).expect("reopen");
+    assert_eq!(cache.len(), 3);
+    let (again, stats) = cache.embed_passages(&e, &["three", "one"]).expect("embed");
+    assert_eq!(stats.hits, 2);
+    assert_eq!(again, vec![first[2].clone(), first[0].clone()]);
+}
+
+#[test]
+fn a_damaged_cache_file_is_replaced_by_an_empty_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join(cairn_ingest::embed_cache::CACHE_FILE),
+        vec![0xa5u8; 8192],
+    )
+    .expect("garbage");
+    let cache = EmbeddingCache::open(dir.path()).expect("open over a damaged file");
+    assert!(cache.is_empty());
+    let (_, stats) = cache
+        .embed_passages(&HashEmbedder::new(8), &["alpha"])
+        .expect("embed");
+    assert_eq!(stats.embedded, 1);
+    assert_eq!(cache.len(), 1);
+}

@@ -39,7 +39,7 @@ impl Default for RawIndex {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BackendKind {
-    /// sled + tantivy + HNSW in the data directory: one process, fastest.
+    /// redb + tantivy + HNSW in the data directory: one process, fastest.
     Embedded,
     /// PostgreSQL with pgvector, shared by many cairn processes.
     Postgres,
