@@ -361,3 +361,98 @@ fn incremental_run_sends_the_watermark_and_never_reconciles() {
     assert!(matches!(&items[..], [Item::Failed { error, .. }] if error.contains("404")));
     assert!(server.urls()[1].starts_with("/api/v2/help_center/articles.json"));
 }
+
+/// Serves `first` as page 1 and a healthy last page 2 (article 9) for anything else.
+fn first_page_then_last(first: Value, link: Option<&'static str>) -> FakeServer {
+    FakeServer::start(move |base, url, _| {
+        if url.contains("page[after]=c1") {
+            ok(page(
+                base,
+                vec![article(9, "2024-05-09T00:00:00Z", false)],
+                None,
+            ))
+        } else {
+            let headers = link
+                .map(|l| vec![("Link", l.to_string())])
+                .unwrap_or_default();
+            (200, headers, first.to_string())
+        }
+    })
+}
+
+fn failed_errors(items: &[Item]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Failed { error, .. } => Some(error.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Pages whose continuation is unknown end the listing incomplete (so a full sync deletes
+/// nothing) with a failure that says why, however the page is broken.
+#[test]
+fn a_listing_whose_next_page_is_unknown_is_incomplete_with_the_reason() {
+    let one = || vec![article(1, "2024-05-01T10:00:00Z", false)];
+    let cases = [
+        (
+            json!({"articles": one(), "meta": {"has_more": true}, "links": {"next": "http://[::1"}}),
+            "is not a URL",
+        ),
+        (
+            json!({"articles": one(), "meta": {"has_more": true}, "links": {"next": null}}),
+            "has no next-page link",
+        ),
+        (
+            json!({"articles": one(), "meta": {"has_more": true}}),
+            "has no next-page link",
+        ),
+        (
+            json!({"articles": one(), "links": {"next": 42}}),
+            "is not a string",
+        ),
+        (json!({"articles": one()}), "says neither"),
+    ];
+    for (first, reason) in cases {
+        let server = first_page_then_last(first.clone(), None);
+        let (items, summary) = run(options(&server.base), &SyncState::default(), true);
+        assert_eq!(doc_ids(&items), ["1"], "{first}");
+        assert!(
+            !summary.complete,
+            "{first}: an unknown end counted as complete"
+        );
+        assert_eq!(summary.watermark, None, "{first}");
+        let errors = failed_errors(&items);
+        assert!(
+            errors.len() == 1 && errors[0].contains(reason),
+            "{first}: expected one failure saying `{reason}`, got {errors:?}"
+        );
+        assert_eq!(server.urls().len(), 1, "{first}");
+    }
+}
+
+/// What the API says ends a listing does end it, complete: `has_more` false, a null next-page
+/// field, and a `Link` header without `rel="next"`.
+#[test]
+fn a_listing_the_api_says_is_over_is_complete() {
+    let one = || vec![article(1, "2024-05-01T10:00:00Z", false)];
+    let cases = [
+        (
+            json!({"articles": one(), "meta": {"has_more": false}}),
+            None,
+        ),
+        (json!({"articles": one(), "next_page": null}), None),
+        (
+            json!({"articles": one()}),
+            Some(r#"<https://x.test/p?page=0>; rel="prev""#),
+        ),
+    ];
+    for (first, link) in cases {
+        let server = first_page_then_last(first.clone(), link);
+        let (items, summary) = run(options(&server.base), &SyncState::default(), true);
+        assert_eq!(doc_ids(&items), ["1"], "{first}");
+        assert!(summary.complete, "{first} {link:?}: {items:?}");
+        assert!(failed_errors(&items).is_empty(), "{first}");
+    }
+}

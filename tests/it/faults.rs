@@ -368,6 +368,10 @@ enum KbMode {
     CursorLoop,
     /// Both pages, article 2 gone (a real removal).
     Article2Removed,
+    /// Page 1 claims more pages but its next link does not parse.
+    BrokenNextLink,
+    /// Page 1 claims more pages but carries no next link.
+    MissingNextLink,
 }
 
 fn kb_article(id: u64) -> Value {
@@ -413,6 +417,16 @@ async fn fake_kb(mode: Arc<std::sync::Mutex<KbMode>>) -> String {
                 (KbMode::Healthy | KbMode::Article2Removed, true) => {
                     json(kb_page(&base, &[3, 4], None))
                 }
+                (KbMode::BrokenNextLink, _) => json(
+                    serde_json::json!({"articles": [kb_article(1)], "meta": {"has_more": true},
+                        "links": {"next": "http://[::1"}})
+                    .to_string(),
+                ),
+                (KbMode::MissingNextLink, _) => json(
+                    serde_json::json!({"articles": [kb_article(1)], "meta": {"has_more": true},
+                        "links": {"next": null}})
+                    .to_string(),
+                ),
                 (_, false) => json(kb_page(&base, &[1], Some("c1"))),
                 (KbMode::AuthRevoked, true) => {
                     (StatusCode::UNAUTHORIZED, r#"{"error":"token revoked"}"#).into_response()
@@ -495,6 +509,8 @@ backoff_max_ms = 5
         (KbMode::ServerError, "server error (HTTP 503)"),
         (KbMode::Truncated, "not valid JSON"),
         (KbMode::CursorLoop, "already visited"),
+        (KbMode::BrokenNextLink, "is not a URL"),
+        (KbMode::MissingNextLink, "has no next-page link"),
     ];
     for (m, error) in cases {
         *mode.lock().expect("lock") = m;

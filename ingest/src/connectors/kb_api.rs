@@ -324,11 +324,7 @@ impl KbApiConnector {
     }
 
     /// One GET of a page, its JSON and its `Link: rel="next"` target.
-    fn fetch_once(
-        &self,
-        client: &Client,
-        url: &str,
-    ) -> Result<(Value, Option<String>), FetchError> {
+    fn fetch_once(&self, client: &Client, url: &str) -> Result<(Value, LinkNext), FetchError> {
         let mut req = client.get(url).header("Accept", "application/json");
         req = match &self.credentials {
             Credentials::None => req,
@@ -370,12 +366,17 @@ impl KbApiConnector {
                 status.as_u16()
             )));
         }
-        let link_next = resp
-            .headers()
-            .get_all("link")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .find_map(link_rel_next);
+        let mut link_next = LinkNext::Absent;
+        for value in resp.headers().get_all("link") {
+            let value = value.to_str().unwrap_or_default();
+            match link_rel_next(value) {
+                Some(url) => {
+                    link_next = LinkNext::Next(url);
+                    break;
+                }
+                None => link_next = LinkNext::NoNext,
+            }
+        }
         let text = resp
             .text()
             .map_err(|e| FetchError::transient(format!("reading the body failed: {e}")))?;
@@ -389,7 +390,7 @@ impl KbApiConnector {
     }
 
     /// GET with bounded retries.
-    fn fetch(&self, client: &Client, url: &str) -> Result<(Value, Option<String>), String> {
+    fn fetch(&self, client: &Client, url: &str) -> Result<(Value, LinkNext), String> {
         let mut attempt = 0u32;
         loop {
             match self.fetch_once(client, url) {
@@ -516,32 +517,88 @@ impl KbApiConnector {
         Ok(SyncSummary::default())
     }
 
-    /// The next page's URL, or `None` on the last page.
-    fn next_url(&self, page: &Value, link_header: Option<String>, current: &str) -> Option<String> {
+    /// Where the listing goes after `page`. Only the API can end a listing: a `has_more` of
+    /// false, an `end_of_stream` of true, a next-link field that is present and null (or
+    /// empty), or a `Link` header without `rel="next"`. A link that does not parse, `has_more`
+    /// true without a link, or a page that says nothing about what follows leave the listing
+    /// [`NextPage::Unknown`], and an unknown end never counts as a complete listing.
+    fn next_page(&self, page: &Value, link: &LinkNext, current: &str) -> NextPage {
         let f = &self.options.fields;
-        if let Some(p) = &f.has_more
-            && page.pointer(p).and_then(Value::as_bool) == Some(false)
-        {
-            return None;
+        let flag = |pointer: &Option<String>| {
+            pointer
+                .as_deref()
+                .and_then(|p| page.pointer(p))
+                .and_then(Value::as_bool)
+        };
+        let has_more = flag(&f.has_more);
+        if has_more == Some(false) || flag(&f.end_of_stream) == Some(true) {
+            return NextPage::Last;
         }
-        if let Some(p) = &f.end_of_stream
-            && page.pointer(p).and_then(Value::as_bool) == Some(true)
-        {
-            return None;
+        let mut body_said_last = false;
+        let mut next = None;
+        for pointer in &f.next {
+            match page.pointer(pointer) {
+                None => {}
+                Some(Value::Null) => body_said_last = true,
+                Some(Value::String(s)) if s.trim().is_empty() => body_said_last = true,
+                Some(Value::String(s)) => {
+                    next = Some(s.clone());
+                    break;
+                }
+                Some(other) => {
+                    return NextPage::Unknown(format!(
+                        "the next-page link at `{pointer}` is not a string ({other}); \
+                         check `fields.next`"
+                    ));
+                }
+            }
         }
-        let next = f
-            .next
-            .iter()
-            .find_map(|p| page.pointer(p).and_then(Value::as_str))
-            .map(str::to_string)
-            .filter(|s| !s.is_empty())
-            .or(link_header)?;
-        // Relative links (Confluence's `_links.next`) resolve against the current page.
-        reqwest::Url::parse(current)
-            .and_then(|base| base.join(&next))
-            .map(|u| u.to_string())
-            .ok()
+        if next.is_none()
+            && let LinkNext::Next(url) = link
+        {
+            next = Some(url.clone());
+        }
+        match next {
+            // Relative links (Confluence's `_links.next`) resolve against the current page.
+            Some(next) => match reqwest::Url::parse(current).and_then(|base| base.join(&next)) {
+                Ok(url) => NextPage::Url(url.to_string()),
+                Err(e) => NextPage::Unknown(format!(
+                    "the next-page link `{next}` is not a URL ({e}); the pages after it were not read"
+                )),
+            },
+            None if has_more == Some(true) => NextPage::Unknown(
+                "the page says more pages follow (`has_more` is true) but has no next-page link"
+                    .into(),
+            ),
+            None if body_said_last || *link == LinkNext::NoNext => NextPage::Last,
+            None => NextPage::Unknown(
+                "the page says neither that it is the last nor where the next one is \
+                 (no `has_more` / `end_of_stream` flag, no next-page link field, no Link \
+                 header); check `fields.next` and `fields.has_more`"
+                    .into(),
+            ),
+        }
     }
+}
+
+/// What a page's `Link` header says about the next page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LinkNext {
+    /// No `Link` header: the body must say.
+    Absent,
+    /// A `Link` header without `rel="next"`: the last page.
+    NoNext,
+    Next(String),
+}
+
+/// What follows a page of the listing.
+#[derive(Debug, PartialEq, Eq)]
+enum NextPage {
+    /// The API said this page is the last.
+    Last,
+    Url(String),
+    /// The listing cannot go on and the API did not say it ended: incomplete, with the reason.
+    Unknown(String),
 }
 
 /// A JSON value as text: strings as they are, numbers and booleans printed, arrays of scalars
@@ -652,9 +709,10 @@ impl Connector for KbApiConnector {
                     return Ok(SyncSummary::default());
                 }
             }
-            match self.next_url(&page, link_next, &url) {
-                None => break,
-                Some(next) if visited.contains(&next) => {
+            match self.next_page(&page, &link_next, &url) {
+                NextPage::Last => break,
+                NextPage::Unknown(reason) => return self.abort(emit, page_no, reason),
+                NextPage::Url(next) if visited.contains(&next) => {
                     return self.abort(
                         emit,
                         page_no,
@@ -663,7 +721,7 @@ impl Connector for KbApiConnector {
                         ),
                     );
                 }
-                Some(next) => url = next,
+                NextPage::Url(next) => url = next,
             }
         }
         let previous = state
@@ -742,6 +800,9 @@ mod tests {
         }
         assert!(matches!(c.item(&arts[1], 1, 1), Item::Skipped { .. }));
         assert!(matches!(c.item(&arts[2], 1, 2), Item::Failed { .. }));
-        assert_eq!(c.next_url(&page, None, "https://x.test/a.json"), None);
+        assert_eq!(
+            c.next_page(&page, &LinkNext::Absent, "https://x.test/a.json"),
+            NextPage::Last
+        );
     }
 }
