@@ -1,5 +1,7 @@
-//! Live vendor smoke tests: only with `--features live-providers`, and each vendor only when its
-//! key variable is set (otherwise it prints why it skipped). They send one tiny request each.
+//! Live vendor smoke tests: only with `--features live-providers`, and then each vendor's test
+//! fails without its key variable (filter to the vendors you hold keys for, e.g.
+//! `cargo test --features live-providers --test providers_live openai`). They send one tiny
+//! request each.
 //!
 //! `OPENAI_API_KEY`, `ANTHROPIC_API_KEY`, `GEMINI_API_KEY`, `MISTRAL_API_KEY`; models can be
 //! overridden with `CAIRN_LIVE_<VENDOR>_MODEL`.
@@ -12,10 +14,9 @@ use cairn::providers::{ChatRequest, Message, Role, Router};
 use tokio_util::sync::CancellationToken;
 
 async fn live(kind: ProviderKind, var: &str, vendor: &str, default_model: &str) {
-    let Ok(key) = std::env::var(var) else {
-        eprintln!("SKIPPED live {vendor}: {var} is not set");
-        return;
-    };
+    let key = std::env::var(var).unwrap_or_else(|_| {
+        panic!("live {vendor}: set {var}, or filter the run to the vendors you hold keys for")
+    });
     let model = std::env::var(format!("CAIRN_LIVE_{}_MODEL", vendor.to_uppercase()))
         .unwrap_or_else(|_| default_model.to_string());
     let mut p = ProviderConfig::new(vendor, kind, None);

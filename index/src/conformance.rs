@@ -699,7 +699,15 @@ pub fn document_reads_and_generations(open: &Opener) {
 #[macro_export]
 macro_rules! conformance_tests {
     ($opener:expr) => {
-        $crate::conformance_tests!(@each $opener;
+        $crate::conformance_tests!(@each $opener; #[test]);
+    };
+    // For backends that need a server: the tests are listed as ignored with the reason and
+    // run with `--include-ignored`.
+    ($opener:expr, ignore = $reason:literal) => {
+        $crate::conformance_tests!(@each $opener; #[test] #[ignore = $reason]);
+    };
+    (@each $opener:expr; $(#[$attr:meta])+) => {
+        $crate::conformance_tests!(@each $opener; [$(#[$attr])+];
             deleted_document_is_never_returned_again,
             replaced_document_returns_only_its_new_version,
             upsert_then_delete_in_one_writer_deletes,
@@ -711,15 +719,17 @@ macro_rules! conformance_tests {
             document_reads_and_generations
         );
     };
-    (@each $opener:expr; $($name:ident),+) => {
-        $(
-            #[test]
-            fn $name() {
-                let opener: Option<$crate::conformance::Opener> = $opener;
-                if let Some(open) = opener {
-                    $crate::conformance::$name(&open);
-                }
+    // The attributes travel as one bracketed token tree, so each test can repeat all of them.
+    (@each $opener:expr; $attrs:tt; $($name:ident),+) => {
+        $( $crate::conformance_tests!(@one $opener; $attrs; $name); )+
+    };
+    (@one $opener:expr; [$(#[$attr:meta])+]; $name:ident) => {
+        $(#[$attr])+
+        fn $name() {
+            let opener: Option<$crate::conformance::Opener> = $opener;
+            if let Some(open) = opener {
+                $crate::conformance::$name(&open);
             }
-        )+
+        }
     };
 }

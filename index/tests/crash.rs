@@ -1,12 +1,12 @@
-//! Crash safety: a child process (this test binary re-executed to run one of its ignored
-//! `crash_child_*` tests) commits generations and records each one AFTER `commit()` returned;
+//! Crash safety: a child process (this test binary re-executed to run the same test with a
+//! directory variable set, which turns the test into its writer half) commits generations and records each one AFTER `commit()` returned;
 //! the parent SIGKILLs it at chosen or random moments and checks that the reopened index is
 //! exactly one committed generation, never a mix, and never older than the last one the child
 //! saw acknowledged (durability, not just atomicity).
 //!
-//! The child halves are `#[ignore]`d: run as ordinary tests they would test nothing, so they
-//! only run when a parent starts them with `--ignored --exact`, and fail if started by hand
-//! without the parent's directory variable.
+//! A writer half is not a test of its own: each `sigkill_*` test starts by asking
+//! [`writer_half`] whether it is the child, so running any test by hand always runs a parent
+//! that checks something.
 
 mod common;
 
@@ -39,14 +39,12 @@ fn acknowledged(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// The directory a child half works in; only its parent test sets the variable.
-fn child_dir(var: &str) -> std::path::PathBuf {
-    match std::env::var(var) {
-        Ok(dir) => dir.into(),
-        Err(_) => panic!(
-            "this is the child half of a crash test: its parent runs it with {var} set \
-             (run the `sigkill_*` tests instead)"
-        ),
+/// When the parent's directory variable `var` is set, this process is the child: runs
+/// `writer` there, which commits until the parent kills it. Otherwise returns, and the caller
+/// goes on as the parent.
+fn writer_half(var: &str, writer: fn(&Path) -> !) {
+    if let Some(dir) = std::env::var_os(var) {
+        writer(Path::new(&dir));
     }
 }
 
@@ -87,21 +85,18 @@ fn write_round(index: &Index, round: u64) -> u64 {
 }
 
 /// The writer half of `sigkill_during_commit_keeps_the_last_committed_generation`.
-#[test]
-#[ignore = "child half of the crash test; run by the parent"]
-fn crash_child_writer() {
-    let dir = child_dir(CHILD_ENV);
-    let index = Index::open(&dir, options(200)).expect("child open");
+fn crash_child_writer(dir: &Path) -> ! {
+    let index = Index::open(dir, options(200)).expect("child open");
     let mut round = index.generation();
     loop {
         round += 1;
         assert_eq!(write_round(&index, round), round);
         // A file rather than stdout: libtest may capture the child's printed output.
-        acknowledge(&dir, round);
+        acknowledge(dir, round);
     }
 }
 
-/// Runs test `name` of this binary as a child writer with `env` set, waits until `ready`
+/// Runs test `name` of this binary as a child writer (its [`writer_half`]) with `env` set, waits until `ready`
 /// holds, lets it run `delay_ms` longer and SIGKILLs it.
 fn kill_writer(
     exe: &Path,
@@ -111,7 +106,7 @@ fn kill_writer(
     delay_ms: u64,
 ) {
     let mut child = Command::new(exe)
-        .args(["--exact", name, "--ignored", "--test-threads=1"])
+        .args(["--exact", name, "--test-threads=1"])
         .env(env.0, env.1)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -204,6 +199,7 @@ fn check_consistent(dir: &Path) -> u64 {
 
 #[test]
 fn sigkill_during_commit_keeps_the_last_committed_generation() {
+    writer_half(CHILD_ENV, crash_child_writer);
     let exe = std::env::current_exe().expect("test binary");
     let mut seen = Vec::new();
     for delay_ms in [0u64, 15, 60, 150, 400, 900] {
@@ -211,7 +207,7 @@ fn sigkill_during_commit_keeps_the_last_committed_generation() {
         let ready = || acknowledged(dir.path()) >= 1;
         kill_writer(
             &exe,
-            "crash_child_writer",
+            "sigkill_during_commit_keeps_the_last_committed_generation",
             (CHILD_ENV, dir.path()),
             ready,
             delay_ms,
@@ -254,19 +250,19 @@ fn merge_options() -> cairn_index::IndexOptions {
 }
 
 /// The writer half of `sigkill_while_graph_segments_merge_keeps_the_last_committed_generation`.
-#[test]
-#[ignore = "child half of the crash test; run by the parent"]
-fn crash_child_merging_writer() {
-    let dir = child_dir(MERGE_CHILD_ENV);
-    let index = Index::open(&dir, merge_options()).expect("child open");
-    for round in 1.. {
+fn crash_child_merging_writer(dir: &Path) -> ! {
+    let index = Index::open(dir, merge_options()).expect("child open");
+    let mut round = 0;
+    loop {
+        round += 1;
         assert_eq!(write_merge_round(&index, round), round);
-        acknowledge(&dir, round);
+        acknowledge(dir, round);
     }
 }
 
 #[test]
 fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
+    writer_half(MERGE_CHILD_ENV, crash_child_merging_writer);
     let exe = std::env::current_exe().expect("test binary");
     let mut seen = Vec::new();
     // Killed once round `after` is committed, `delay_ms` into the next commit: round 4's commit
@@ -276,7 +272,7 @@ fn sigkill_while_graph_segments_merge_keeps_the_last_committed_generation() {
         let committed = || acknowledged(dir.path());
         kill_writer(
             &exe,
-            "crash_child_merging_writer",
+            "sigkill_while_graph_segments_merge_keeps_the_last_committed_generation",
             (MERGE_CHILD_ENV, dir.path()),
             || committed() >= after,
             delay_ms,
@@ -443,11 +439,8 @@ fn bulk_expected(g: u64) -> Vec<(u64, usize, u64)> {
 
 /// The writer half of `sigkill_at_random_moments_never_loses_an_acknowledged_commit`: two
 /// reader threads search without pause while the main thread commits round after round.
-#[test]
-#[ignore = "child half of the crash test; run by the parent"]
-fn crash_child_bulk_writer() {
-    let dir = child_dir(BULK_CHILD_ENV);
-    let index = std::sync::Arc::new(Index::open(&dir, bulk_options()).expect("child open"));
+fn crash_child_bulk_writer(dir: &Path) -> ! {
+    let index = std::sync::Arc::new(Index::open(dir, bulk_options()).expect("child open"));
     for t in 0..2u64 {
         let index = index.clone();
         std::thread::spawn(move || {
@@ -476,7 +469,7 @@ fn crash_child_bulk_writer() {
     loop {
         round += 1;
         assert_eq!(write_bulk_round(&index, round), round);
-        acknowledge(&dir, round);
+        acknowledge(dir, round);
     }
 }
 
@@ -565,6 +558,7 @@ fn check_bulk(index: &Index, g: u64, rng: &mut impl rand::Rng) {
 #[test]
 fn sigkill_at_random_moments_never_loses_an_acknowledged_commit() {
     use rand::{Rng, SeedableRng};
+    writer_half(BULK_CHILD_ENV, crash_child_bulk_writer);
     let kills: usize = std::env::var("CAIRN_CRASH_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -585,7 +579,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_commit() {
         let delay_ms = rng.random_range(0..250);
         kill_writer(
             &exe,
-            "crash_child_bulk_writer",
+            "sigkill_at_random_moments_never_loses_an_acknowledged_commit",
             (BULK_CHILD_ENV, dir.path()),
             || acknowledged(dir.path()) > before,
             delay_ms,

@@ -2,4 +2,8 @@
 
 mod common;
 
-cairn_index::conformance_tests!(common::opener());
+cairn_index::conformance_tests!(
+    common::opener(),
+    ignore =
+        "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"
+);

@@ -50,8 +50,9 @@ fn invalid_schema_name_is_refused_before_connecting() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn missing_vector_extension_says_how_to_enable_it() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     // A database owned by a role that is not a superuser, without the extension: that role
     // may not create it (pgvector is not a trusted extension).
     let mut admin = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
@@ -94,8 +95,9 @@ fn missing_vector_extension_says_how_to_enable_it() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn another_embedder_is_refused_with_both_names() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     put(&open(&schema.options()), &corpus());
     let mut other = IndexOptions::new(embedder());
@@ -109,8 +111,9 @@ fn another_embedder_is_refused_with_both_names() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn replicas_starting_together_apply_each_migration_once() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let options = schema.options();
     let opened: Vec<PgIndex> = std::thread::scope(|s| {
@@ -142,8 +145,9 @@ fn replicas_starting_together_apply_each_migration_once() {
 /// lengths and corpus statistics from the stored `tsvector`s, so word ranking weighs rare
 /// words at once, without a reindex.
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn a_version_3_index_is_backfilled_for_bm25_on_open() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let docs = [
         DocSpec::new("wiki:r1", "report report report for the board", 0),
@@ -189,8 +193,9 @@ fn a_version_3_index_is_backfilled_for_bm25_on_open() {
 /// A commit of 1,000 chunks or more vacuums and analyses the chunk and posting tables, so
 /// the word side's index-only scans and the planner see the new rows at once.
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn a_large_commit_vacuums_the_word_tables() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let index = open(&schema.options());
     let texts: Vec<String> = (0..1000).map(|i| format!("bulk document {i}")).collect();
@@ -223,8 +228,9 @@ fn a_large_commit_vacuums_the_word_tables() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn replicas_share_one_index_and_one_generation_sequence() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let a = open(&schema.options());
     let b = open(&schema.options());
@@ -251,8 +257,9 @@ fn replicas_share_one_index_and_one_generation_sequence() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn one_replica_at_a_time_runs_a_source_and_state_is_shared() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let a = open(&schema.options());
     let b = open(&schema.options());
@@ -274,8 +281,9 @@ fn one_replica_at_a_time_runs_a_source_and_state_is_shared() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn a_dead_replica_releases_its_claim() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let b = open(&schema.options());
     {
@@ -323,8 +331,9 @@ fn set_state(state: &'static str) -> impl Fn(serde_json::Value) -> serde_json::V
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn one_job_at_a_time_is_claimed_by_one_replica_and_shown_by_all() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let a = open(&schema.options());
     let b = open(&schema.options());
@@ -392,8 +401,9 @@ fn one_job_at_a_time_is_claimed_by_one_replica_and_shown_by_all() {
 }
 
 #[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn a_job_whose_replica_died_is_interrupted_by_another() {
-    let Some(url) = pg_url() else { return };
+    let url = pg_url();
     let schema = Schema::fresh(&url);
     let b = open(&schema.options());
     {

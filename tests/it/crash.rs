@@ -398,21 +398,11 @@ fn fill_disk(dir: &Path, leave: u64) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root: mounts a small tmpfs as the data directory"]
 async fn disk_full_while_writing_a_generation_fails_the_job_and_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let tmpfs = match Tmpfs::mount(&dir.path().join("data"), "48m") {
-        Ok(t) => t,
-        Err(e) if std::env::var("CAIRN_REQUIRE_TMPFS").is_ok_and(|v| v == "1") => {
-            panic!("CAIRN_REQUIRE_TMPFS=1 but a tmpfs cannot be mounted: {e}")
-        }
-        Err(e) => {
-            eprintln!(
-                "SKIPPED disk_full_while_writing_a_generation_fails_the_job_and_keeps_serving: \
-                 cannot mount a tmpfs ({e}); run as root or set CAIRN_REQUIRE_TMPFS=1 to fail instead"
-            );
-            return;
-        }
-    };
+    let tmpfs = Tmpfs::mount(&dir.path().join("data"), "48m")
+        .unwrap_or_else(|e| panic!("cannot mount a tmpfs ({e}): this test needs root"));
     let config = config(dir.path());
     let bulk = dir.path().join("bulk");
     for i in 0..BASELINE {

@@ -3,8 +3,8 @@
 //!
 //! `scripts/fetch-llama.sh` builds/fetches both into a cache and prints the two variables this
 //! helper reads: `CAIRN_LLAMA_SERVER` (the executable) and `CAIRN_LLAMA_MODEL` (the `.gguf`).
-//! Without them a test prints a loud SKIPPED block and passes, unless `CAIRN_REQUIRE_LLAMA=1`
-//! (CI), where it fails. `CAIRN_LLAMA_THREADS` sets the server's threads; the default, 1, keeps
+//! The tests that need it are `#[ignore = NEEDS_LLAMA]`: listed as ignored by a plain
+//! `cargo test`, run by `--include-ignored`, and failing then when it is not set up. `CAIRN_LLAMA_THREADS` sets the server's threads; the default, 1, keeps
 //! it fast while other tests share the cores (two threads spin at every barrier and crawl when a
 //! core is taken away).
 //!
@@ -36,16 +36,15 @@ impl Drop for LlamaServer {
     }
 }
 
-/// Returns `false` after a loud SKIPPED message, or panics when the server is required.
-fn skip_or_fail(test: &str, why: &str) -> bool {
-    if std::env::var("CAIRN_REQUIRE_LLAMA").as_deref() == Ok("1") {
-        panic!("{test}: a real llama-server is required (CAIRN_REQUIRE_LLAMA=1) but {why}");
-    }
-    eprintln!(
-        "\n**********\nSKIPPED: {test}: {why}\n  run `scripts/fetch-llama.sh` and export the \
-         CAIRN_LLAMA_SERVER / CAIRN_LLAMA_MODEL lines it prints\n**********\n"
+/// The reason the llama-server tests are `#[ignore]`d: a plain `cargo test` lists them as
+/// ignored; `--include-ignored` (scripts/test.sh) runs them, and they fail without the server.
+pub const NEEDS_LLAMA: &str = "needs llama-server: eval \"$(scripts/fetch-llama.sh)\"";
+
+fn missing(test: &str, why: &str) -> ! {
+    panic!(
+        "{test}: a real llama-server is needed but {why}: run `eval \"$(scripts/fetch-llama.sh)\"`, \
+         which exports CAIRN_LLAMA_SERVER and CAIRN_LLAMA_MODEL"
     );
-    false
 }
 
 fn tail(path: &Path, lines: usize) -> String {
@@ -62,18 +61,16 @@ fn free_port() -> u16 {
 }
 
 impl LlamaServer {
-    /// Starts the server and waits until `/health` answers 200. `None` when the variables are
-    /// not set and the server is not required (the SKIPPED message is already printed).
-    pub async fn start(test: &str) -> Option<LlamaServer> {
+    /// Starts the server and waits until `/health` answers 200; panics when it is not set up.
+    pub async fn start(test: &str) -> LlamaServer {
         let (Ok(server), Ok(model)) = (
             std::env::var("CAIRN_LLAMA_SERVER"),
             std::env::var("CAIRN_LLAMA_MODEL"),
         ) else {
-            skip_or_fail(
+            missing(
                 test,
                 "CAIRN_LLAMA_SERVER and CAIRN_LLAMA_MODEL are not both set",
             );
-            return None;
         };
         for (var, path) in [
             ("CAIRN_LLAMA_SERVER", &server),
@@ -107,7 +104,7 @@ impl LlamaServer {
             _dir: dir,
         };
         me.wait_ready(test).await;
-        Some(me)
+        me
     }
 
     /// The `base_url` of an `openai_compatible` provider pointing at this server.
