@@ -201,6 +201,22 @@ macro_rules! provider_matrix {
             }
 
             #[tokio::test]
+            async fn empty_200_falls_back_to_the_next_target() {
+                // 200 with the vendor's framing, finish reason and usage, but not one token.
+                let empty = Fake::start(vec![Reply::sse(V.success(&[]))]).await;
+                let good = Fake::start(vec![Reply::sse(V.success(&["from b"]))]).await;
+                let r = router(
+                    vec![(provider("a", V, &empty), V.model()), (provider("b", V, &good), V.model())],
+                    BudgetConfig::default(),
+                );
+                let (s, info) = r.stream("answer", &request(), CancellationToken::new()).await.expect("stream");
+                assert_eq!(drain(s).await.0.text, "from b");
+                assert_eq!(info.provider_name, "b");
+                assert!(matches!(info.attempts[0].error, Some(ProviderError::Malformed { .. })), "{:?}", info.attempts);
+                assert_eq!((empty.hits(), good.hits()), (1, 1));
+            }
+
+            #[tokio::test]
             async fn idle_timeout_after_output() {
                 let mut f = V.preamble();
                 f.push(V.text_frame("one "));
@@ -277,6 +293,50 @@ async fn fallback_to_second_provider_when_first_fails() {
     assert_eq!(info.provider_name, "b");
     assert_eq!(info.target_index, 1);
     assert_eq!((a.hits(), b.hits()), (1, 1));
+}
+
+/// The old defaults in miniature: three first-token waits (1.2 s each) do not fit in a 2 s
+/// request deadline. A primary that never answers must still leave the fallback time to serve
+/// before the deadline, which the caller enforces as the answer pipeline does.
+#[tokio::test]
+async fn hung_primary_reaches_the_fallback_before_the_request_deadline() {
+    let v = Vendor::Compatible;
+    let mut hung = v.preamble();
+    hung.insert(0, Frame::Delay(Duration::from_secs(30)));
+    let a = Fake::start(vec![Reply::sse(hung)]).await;
+    let b = Fake::start(vec![Reply::sse(v.success(&["from b"]))]).await;
+    let mut pa = provider("a", v, &a);
+    pa.settings.timeout_first_token_ms = 1_200;
+    pa.settings.max_retries = 2;
+    let r = router(
+        vec![(pa, v.model()), (provider("b", v, &b), v.model())],
+        BudgetConfig::default(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let opened = tokio::time::timeout_at(
+        deadline.into(),
+        r.stream_until(
+            "answer",
+            &request(),
+            CancellationToken::new(),
+            None,
+            deadline,
+        ),
+    )
+    .await
+    .expect("the route must reach its fallback before the request deadline")
+    .expect("the fallback serves");
+    let (s, info) = opened;
+    assert_eq!(info.provider_name, "b");
+    assert!(
+        matches!(
+            &info.attempts.last().and_then(|x| x.error.clone()),
+            Some(ProviderError::Timeout { .. })
+        ),
+        "{:?}",
+        info.attempts
+    );
+    assert_eq!(drain(s).await.0.text, "from b");
 }
 
 #[tokio::test]

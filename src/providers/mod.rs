@@ -399,14 +399,21 @@ pub struct Target {
 }
 
 /// Routes resolved at startup: route name → targets in fallback order, plus the gateway's
-/// shared budget.
+/// shared budget and how a request's deadline is shared across a route.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     pub routes: BTreeMap<String, Vec<Target>>,
     pub budget: std::sync::Arc<cost::Budget>,
+    pub time: gateway::TimeBudget,
 }
 
 impl Router {
+    /// The same routes under another time budget.
+    pub fn with_time(mut self, time: gateway::TimeBudget) -> Router {
+        self.time = time;
+        self
+    }
+
     pub fn targets(&self, route: &str) -> &[Target] {
         self.routes.get(route).map(Vec::as_slice).unwrap_or(&[])
     }
@@ -430,6 +437,7 @@ impl Router {
         let mut router = Router {
             routes: BTreeMap::new(),
             budget: std::sync::Arc::new(cost::Budget::new(budget.clone())),
+            time: gateway::TimeBudget::default(),
         };
         for (route, targets) in routes {
             let mut out = Vec::new();

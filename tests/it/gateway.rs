@@ -291,3 +291,28 @@ async fn global_cap_reached_ends_the_answer_with_a_typed_error() {
     assert_eq!(fake.hits(), 1);
     assert_eq!(app.engine.traces.recent(1)[0].outcome, "budget_exhausted");
 }
+
+/// A remote that answers 200 with a well-formed stream holding no tokens has not answered: the
+/// route falls back, and the answer comes from the next target.
+#[tokio::test]
+async fn an_empty_200_from_the_remote_falls_back_to_the_next_target() {
+    let fake = Fake::start(vec![Reply::sse(Vendor::Compatible.success(&[]))]).await;
+    let app = app_with_remote(&fake, "");
+    let (status, json, _) = ask_json(&app, BOT, "How long do refunds take?").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["usage"]["provider"], "local", "{json}");
+    assert!(
+        json["answer"].as_str().is_some_and(|a| !a.is_empty()),
+        "{json}"
+    );
+    let trace = &app.engine.traces.recent(1)[0];
+    assert_eq!(trace.provider.as_deref(), Some("local"));
+    assert!(
+        trace
+            .provider_errors
+            .iter()
+            .any(|e| e.starts_with("remote: ")),
+        "{:?}",
+        trace.provider_errors
+    );
+}
