@@ -158,6 +158,13 @@ impl Engine {
                     ),
                     fallback_share: config.gateway.fallback_share,
                 });
+        router
+            .budget
+            .persist_to(&config.data_dir.join("state").join("budget.redb"))
+            .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
+        for (provider, model) in router.unpriced() {
+            tracing::warn!(%provider, %model, "routed model has no price: its calls count as $0 in costs and [budget]; add a price table for it");
+        }
         let reranker = crate::retrieval::rerank::build(&config.rerank, &router, &config.privacy)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());

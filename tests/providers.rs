@@ -387,7 +387,9 @@ async fn budget_refuses_typed() {
         vec![(provider("p", Vendor::OpenAi, &fake), Vendor::OpenAi.model())],
         BudgetConfig {
             max_tokens_per_request: Some(32),
-            daily_usd: Some(0.000_01),
+            // Holds one call's reservation (16 output tokens and the short prompt, about
+            // $0.00007), not that call's cost ($0.000035) and a second reservation.
+            daily_usd: Some(0.000_1),
             daily_usd_per_key: None,
         },
     );
@@ -404,7 +406,8 @@ async fn budget_refuses_typed() {
         .await
         .expect("first call");
     drain(s).await;
-    assert!(info.cost_usd() > 0.000_01);
+    assert!(info.cost_usd() > 0.0);
+    assert!(r.budget.spent_today() <= 0.000_1);
     let e = r
         .stream("answer", &req, CancellationToken::new())
         .await
@@ -412,6 +415,60 @@ async fn budget_refuses_typed() {
         .expect("daily cap");
     assert!(matches!(e, GatewayError::BudgetExhausted(_)), "{e}");
     assert_eq!(fake.hits(), 1);
+}
+
+/// Ten calls start together under a daily cap smaller than what ten of them cost. Each call
+/// holds its first token back long enough that all of them are in flight before any ends, so a
+/// budget that is only checked before a call and charged after it lets every one through.
+#[tokio::test]
+async fn concurrent_calls_never_spend_past_the_daily_cap() {
+    const N: usize = 10;
+    let v = Vendor::OpenAi;
+    let mut slow = vec![Frame::Delay(Duration::from_millis(300))];
+    slow.extend(v.success(&["ok"]));
+    let fake = Fake::start(vec![Reply::sse(slow)]).await;
+    // One call costs (21 × $1 + 7 × $2) per million tokens = $0.000035.
+    let one_call = 0.000_035;
+    let cap = one_call * (N as f64) * 0.8;
+    let mut p = provider("p", v, &fake);
+    p.settings.timeout_first_token_ms = 5_000;
+    let r = std::sync::Arc::new(router(
+        vec![(p, v.model())],
+        BudgetConfig {
+            max_tokens_per_request: None,
+            daily_usd: Some(cap),
+            daily_usd_per_key: None,
+        },
+    ));
+    let calls = (0..N).map(|_| {
+        let r = r.clone();
+        tokio::spawn(async move {
+            match r
+                .stream("answer", &request(), CancellationToken::new())
+                .await
+            {
+                Ok((s, _)) => drain(s).await.1.is_none(),
+                Err(GatewayError::BudgetExhausted(_)) => false,
+                Err(e) => panic!("{e}"),
+            }
+        })
+    });
+    let served = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().expect("task"))
+        .count();
+    let spent = r.budget.spent_today();
+    assert!(
+        spent <= cap,
+        "spent ${spent} past the cap ${cap} ({served} calls served)"
+    );
+    assert!(served >= 1, "a cap that holds a call must let one through");
+    assert_eq!(
+        fake.hits(),
+        served,
+        "refused calls never reach the provider"
+    );
 }
 
 #[tokio::test]

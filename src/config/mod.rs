@@ -39,7 +39,8 @@ use crate::observe::audit::RawAudit;
 use crate::observe::traces::RawTraces;
 use crate::ops::gate::RawQualityGate;
 use crate::providers::config::{
-    BudgetConfig, GatewayConfig, ProviderConfig, ProviderKind, RawProvider, check_route_deadline,
+    BudgetConfig, GatewayConfig, ProviderConfig, ProviderKind, RawProvider, check_prices,
+    check_route_deadline,
 };
 use crate::retrieval::RawRetrieval;
 use crate::retrieval::rerank::RawRerank;
@@ -301,6 +302,8 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
             .map_err(|message| cx.key_err(&format!("routes.{}", answer.route), message))?;
     }
     check_budget(&raw.budget).map_err(|(key, message)| cx.key_err(key, message))?;
+    check_prices(&raw.budget, &routes, &providers)
+        .map_err(|(key, message)| cx.key_err(&key, message))?;
     let sources = validate_sources(raw.sources, cx)?;
     raw.auth.validate(cx)?;
     raw.cache.validate(cx)?;

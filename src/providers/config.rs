@@ -328,6 +328,35 @@ pub fn check_route_deadline(
     ))
 }
 
+/// Under a spend cap every routed remote model needs a price: a model without one would be
+/// counted as free and the cap would not hold. (An explicit price of 0 is accepted.)
+pub fn check_prices(
+    budget: &BudgetConfig,
+    routes: &BTreeMap<String, Vec<(String, String)>>,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Result<(), (String, String)> {
+    if budget.daily_usd.is_none() && budget.daily_usd_per_key.is_none() {
+        return Ok(());
+    }
+    for (route, targets) in routes {
+        for (name, model) in targets {
+            let Some(p) = providers.get(name) else {
+                continue;
+            };
+            if p.kind == ProviderKind::Extractive || p.settings.prices.contains_key(model) {
+                continue;
+            }
+            return Err((
+                format!("routes.{route}"),
+                format!(
+                    "`{name}:{model}` has no price, so [budget] cannot count what it spends; add [providers.{name}.prices.\"{model}\"] (input_per_mtok, output_per_mtok; 0 for a free model) or remove the daily caps"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Milliseconds as seconds for messages (`90 s`, `2.5 s`).
 fn secs(ms: u64) -> String {
     if ms.is_multiple_of(1000) {

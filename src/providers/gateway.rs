@@ -23,7 +23,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::breaker::Breaker;
 use super::config::{Price, ProviderSettings};
-use super::cost::{Budget, Exhausted, cost_usd};
+use super::cost::{Exhausted, Reservation, cost_usd, estimate_usd};
 use super::retry::RetryPolicy;
 use super::{
     ChatEvent, ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason,
@@ -226,20 +226,29 @@ impl TargetInfo {
     }
 }
 
-/// Charges the budget and reports to the breaker when a served call ends (however it ends).
+/// Settles the call's budget reservation and reports to the breaker when a served call ends
+/// (however it ends).
 struct CallGuard {
     _permit: OwnedSemaphorePermit,
     gate: Arc<Gate>,
     meter: Arc<CallMeter>,
-    budget: Arc<Budget>,
-    key: Option<String>,
+    reservation: Option<Reservation>,
     failed: bool,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.budget
-            .charge(self.meter.cost_usd(), self.key.as_deref());
+        if let Some(r) = self.reservation.take() {
+            // A call that reported no usage (cut off before its last event) is charged what
+            // was reserved for it: the vendor may well bill it.
+            let m = *self.meter.lock();
+            let cost = if m.usage == Usage::default() {
+                r.usd()
+            } else {
+                m.cost_usd
+            };
+            r.settle(cost);
+        }
         if self.failed {
             self.gate.breaker.failure();
         }
@@ -365,6 +374,16 @@ impl futures::Stream for Live {
             },
         }
     }
+}
+
+/// What to reserve for a call over `targets`: the highest estimate of any of them, since the
+/// call may be served by any (a model without a price counts as free; start-up flags it).
+fn route_estimate_usd(targets: &[Target], req: &ChatRequest) -> f64 {
+    targets
+        .iter()
+        .filter_map(|t| t.gate.settings.prices.get(&t.model))
+        .map(|p| estimate_usd(p, req))
+        .fold(0.0, f64::max)
 }
 
 /// A call whose output has started: the events read so far and the rest of the stream.
@@ -517,8 +536,13 @@ impl Router {
             .get(route)
             .ok_or_else(|| GatewayError::NoRoute(route.to_string()))?;
         self.budget
-            .check(req.max_tokens, key)
+            .check_tokens(req.max_tokens)
             .map_err(GatewayError::BudgetExhausted)?;
+        let mut reservation = Some(
+            self.budget
+                .reserve(route_estimate_usd(targets, req), key)
+                .map_err(GatewayError::BudgetExhausted)?,
+        );
         let mut tried = Tried::default();
         for (index, target) in targets.iter().enumerate() {
             let has_later = index + 1 < targets.len();
@@ -527,7 +551,7 @@ impl Router {
                 .try_target(target, req, &cancel, until, &mut tried)
                 .await?
             {
-                guard.key = key.map(str::to_string);
+                guard.reservation = reservation.take();
                 let meter = guard.meter.clone();
                 let live = Live::new(opened, &target.gate.settings, target, cancel, guard);
                 let info = TargetInfo {
@@ -588,8 +612,7 @@ impl Router {
                         _permit: permit,
                         gate: gate.clone(),
                         meter: Arc::new(CallMeter::default()),
-                        budget: self.budget.clone(),
-                        key: None,
+                        reservation: None,
                         failed: false,
                     };
                     return Ok(Some((opened, guard)));
