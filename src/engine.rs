@@ -32,6 +32,7 @@ use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
 use crate::providers::Router;
+use crate::providers::gateway::TimeBudget;
 use crate::retrieval::Retriever;
 use crate::retrieval::query_embed::QueryEmbedder;
 
@@ -150,7 +151,20 @@ impl Engine {
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
-                .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?
+                .with_time(TimeBudget {
+                    request: std::time::Duration::from_secs(
+                        config.server.request_timeout_secs.max(1),
+                    ),
+                    fallback_share: config.gateway.fallback_share,
+                });
+        router
+            .budget
+            .persist_to(&config.data_dir.join("state").join("budget.redb"))
+            .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
+        for (provider, model) in router.unpriced() {
+            tracing::warn!(%provider, %model, "routed model has no price: its calls count as $0 in costs and [budget]; add a price table for it");
+        }
         let reranker = crate::retrieval::rerank::build(&config.rerank, &router, &config.privacy)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());

@@ -201,6 +201,22 @@ macro_rules! provider_matrix {
             }
 
             #[tokio::test]
+            async fn empty_200_falls_back_to_the_next_target() {
+                // 200 with the vendor's framing, finish reason and usage, but not one token.
+                let empty = Fake::start(vec![Reply::sse(V.success(&[]))]).await;
+                let good = Fake::start(vec![Reply::sse(V.success(&["from b"]))]).await;
+                let r = router(
+                    vec![(provider("a", V, &empty), V.model()), (provider("b", V, &good), V.model())],
+                    BudgetConfig::default(),
+                );
+                let (s, info) = r.stream("answer", &request(), CancellationToken::new()).await.expect("stream");
+                assert_eq!(drain(s).await.0.text, "from b");
+                assert_eq!(info.provider_name, "b");
+                assert!(matches!(info.attempts[0].error, Some(ProviderError::Malformed { .. })), "{:?}", info.attempts);
+                assert_eq!((empty.hits(), good.hits()), (1, 1));
+            }
+
+            #[tokio::test]
             async fn idle_timeout_after_output() {
                 let mut f = V.preamble();
                 f.push(V.text_frame("one "));
@@ -279,6 +295,50 @@ async fn fallback_to_second_provider_when_first_fails() {
     assert_eq!((a.hits(), b.hits()), (1, 1));
 }
 
+/// The old defaults in miniature: three first-token waits (1.2 s each) do not fit in a 2 s
+/// request deadline. A primary that never answers must still leave the fallback time to serve
+/// before the deadline, which the caller enforces as the answer pipeline does.
+#[tokio::test]
+async fn hung_primary_reaches_the_fallback_before_the_request_deadline() {
+    let v = Vendor::Compatible;
+    let mut hung = v.preamble();
+    hung.insert(0, Frame::Delay(Duration::from_secs(30)));
+    let a = Fake::start(vec![Reply::sse(hung)]).await;
+    let b = Fake::start(vec![Reply::sse(v.success(&["from b"]))]).await;
+    let mut pa = provider("a", v, &a);
+    pa.settings.timeout_first_token_ms = 1_200;
+    pa.settings.max_retries = 2;
+    let r = router(
+        vec![(pa, v.model()), (provider("b", v, &b), v.model())],
+        BudgetConfig::default(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let opened = tokio::time::timeout_at(
+        deadline.into(),
+        r.stream_until(
+            "answer",
+            &request(),
+            CancellationToken::new(),
+            None,
+            deadline,
+        ),
+    )
+    .await
+    .expect("the route must reach its fallback before the request deadline")
+    .expect("the fallback serves");
+    let (s, info) = opened;
+    assert_eq!(info.provider_name, "b");
+    assert!(
+        matches!(
+            &info.attempts.last().and_then(|x| x.error.clone()),
+            Some(ProviderError::Timeout { .. })
+        ),
+        "{:?}",
+        info.attempts
+    );
+    assert_eq!(drain(s).await.0.text, "from b");
+}
+
 #[tokio::test]
 async fn breaker_opens_then_recovers_after_cooldown() {
     let fake = Fake::start(vec![
@@ -327,7 +387,9 @@ async fn budget_refuses_typed() {
         vec![(provider("p", Vendor::OpenAi, &fake), Vendor::OpenAi.model())],
         BudgetConfig {
             max_tokens_per_request: Some(32),
-            daily_usd: Some(0.000_01),
+            // Holds one call's reservation (16 output tokens and the short prompt, about
+            // $0.00007), not that call's cost ($0.000035) and a second reservation.
+            daily_usd: Some(0.000_1),
             daily_usd_per_key: None,
         },
     );
@@ -344,7 +406,8 @@ async fn budget_refuses_typed() {
         .await
         .expect("first call");
     drain(s).await;
-    assert!(info.cost_usd() > 0.000_01);
+    assert!(info.cost_usd() > 0.0);
+    assert!(r.budget.spent_today() <= 0.000_1);
     let e = r
         .stream("answer", &req, CancellationToken::new())
         .await
@@ -352,6 +415,60 @@ async fn budget_refuses_typed() {
         .expect("daily cap");
     assert!(matches!(e, GatewayError::BudgetExhausted(_)), "{e}");
     assert_eq!(fake.hits(), 1);
+}
+
+/// Ten calls start together under a daily cap smaller than what ten of them cost. Each call
+/// holds its first token back long enough that all of them are in flight before any ends, so a
+/// budget that is only checked before a call and charged after it lets every one through.
+#[tokio::test]
+async fn concurrent_calls_never_spend_past_the_daily_cap() {
+    const N: usize = 10;
+    let v = Vendor::OpenAi;
+    let mut slow = vec![Frame::Delay(Duration::from_millis(300))];
+    slow.extend(v.success(&["ok"]));
+    let fake = Fake::start(vec![Reply::sse(slow)]).await;
+    // One call costs (21 × $1 + 7 × $2) per million tokens = $0.000035.
+    let one_call = 0.000_035;
+    let cap = one_call * (N as f64) * 0.8;
+    let mut p = provider("p", v, &fake);
+    p.settings.timeout_first_token_ms = 5_000;
+    let r = std::sync::Arc::new(router(
+        vec![(p, v.model())],
+        BudgetConfig {
+            max_tokens_per_request: None,
+            daily_usd: Some(cap),
+            daily_usd_per_key: None,
+        },
+    ));
+    let calls = (0..N).map(|_| {
+        let r = r.clone();
+        tokio::spawn(async move {
+            match r
+                .stream("answer", &request(), CancellationToken::new())
+                .await
+            {
+                Ok((s, _)) => drain(s).await.1.is_none(),
+                Err(GatewayError::BudgetExhausted(_)) => false,
+                Err(e) => panic!("{e}"),
+            }
+        })
+    });
+    let served = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().expect("task"))
+        .count();
+    let spent = r.budget.spent_today();
+    assert!(
+        spent <= cap,
+        "spent ${spent} past the cap ${cap} ({served} calls served)"
+    );
+    assert!(served >= 1, "a cap that holds a call must let one through");
+    assert_eq!(
+        fake.hits(),
+        served,
+        "refused calls never reach the provider"
+    );
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! The answer pipeline behind `/ask`, `/v1/chat/completions` and `cairn ask`: retrieve →
-//! relevance gate → context → prompt → the gateway's [`crate::providers::Router::stream_for_key`]
+//! relevance gate → context → prompt → the gateway's [`crate::providers::Router::stream_until`]
 //! (retries, time-outs, breakers, budget, cost; fallback only before the first token) →
 //! citation verification → typed events. Producers send [`AnswerEvent`]s into a channel; a
 //! closed channel (client gone) stops the pipeline and cancels the upstream call.
@@ -307,7 +307,9 @@ async fn run(
     // Dropping the guard (any return below) cancels an upstream call still running.
     let cancel = CancellationToken::new();
     let _cancel_on_exit = cancel.clone().drop_guard();
-    let (stream, info) = match open_stream(engine, req, &prompt, &key, cancel, trace, out).await {
+    let deadline = started + engine.router.time.request;
+    let opened = open_stream(engine, req, &prompt, &key, (cancel, deadline), trace, out).await;
+    let (stream, info) = match opened {
         Ok(opened) => opened,
         Err(outcome) => return outcome,
     };
@@ -548,7 +550,7 @@ async fn open_stream(
     req: &AskRequest,
     prompt: &MaskedPrompt,
     key: &CacheKey,
-    cancel: CancellationToken,
+    (cancel, deadline): (CancellationToken, Instant),
     trace: &mut Trace,
     out: &mut Out,
 ) -> Result<(ChatStream, TargetInfo), &'static str> {
@@ -561,7 +563,7 @@ async fn open_stream(
     };
     let budget_key = req.budget_key.as_deref();
     let opened = tokio::select! {
-        r = engine.router.stream_for_key(route, &prompt.chat, cancel, budget_key) => r,
+        r = engine.router.stream_until(route, &prompt.chat, cancel, budget_key, deadline) => r,
         _ = out.tx.closed() => {
             // The prompt may have reached a provider before the client left.
             audit_sent(engine, trace, sent, None, &[]);

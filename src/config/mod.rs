@@ -38,7 +38,10 @@ use crate::http::settings::RawServer;
 use crate::observe::audit::RawAudit;
 use crate::observe::traces::RawTraces;
 use crate::ops::gate::RawQualityGate;
-use crate::providers::config::{BudgetConfig, ProviderConfig, ProviderKind, RawProvider};
+use crate::providers::config::{
+    BudgetConfig, GatewayConfig, ProviderConfig, ProviderKind, RawProvider, check_prices,
+    check_route_deadline,
+};
 use crate::retrieval::RawRetrieval;
 use crate::retrieval::rerank::RawRerank;
 
@@ -56,6 +59,8 @@ pub struct RawConfig {
     pub answer: RawAnswer,
     pub providers: BTreeMap<String, RawProvider>,
     pub routes: BTreeMap<String, Vec<String>>,
+    /// How a request's deadline is shared across its route.
+    pub gateway: GatewayConfig,
     /// Spending limits of model calls (every cap off by default).
     pub budget: BudgetConfig,
     pub auth: RawAuth,
@@ -94,6 +99,7 @@ impl Default for RawConfig {
             answer: RawAnswer::default(),
             providers,
             routes,
+            gateway: GatewayConfig::default(),
             budget: BudgetConfig::default(),
             auth: RawAuth::default(),
             cache: RawCache::default(),
@@ -125,6 +131,7 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Route → (provider name, model) in order.
     pub routes: Routes,
+    pub gateway: GatewayConfig,
     pub budget: BudgetConfig,
     pub auth: RawAuth,
     pub cache: RawCache,
@@ -286,7 +293,17 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let quality_gate = raw.quality_gate.validate(cx, postgres.is_some())?;
     let (providers, routes) = providers_and_routes(&raw.providers, &raw.routes, cx)?;
     let answer = raw.answer.validate(cx, &routes)?;
+    raw.gateway
+        .check()
+        .map_err(|(key, message)| cx.key_err(key, message))?;
+    let deadline_ms = raw.server.request_timeout_secs.max(1).saturating_mul(1000);
+    if let Some(targets) = routes.get(&answer.route) {
+        check_route_deadline(&answer.route, targets, &providers, deadline_ms)
+            .map_err(|message| cx.key_err(&format!("routes.{}", answer.route), message))?;
+    }
     check_budget(&raw.budget).map_err(|(key, message)| cx.key_err(key, message))?;
+    check_prices(&raw.budget, &routes, &providers)
+        .map_err(|(key, message)| cx.key_err(&key, message))?;
     let sources = validate_sources(raw.sources, cx)?;
     raw.auth.validate(cx)?;
     raw.cache.validate(cx)?;
@@ -308,6 +325,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         answer,
         providers,
         routes,
+        gateway: raw.gateway,
         budget: raw.budget,
         auth: raw.auth,
         cache: raw.cache,
@@ -482,6 +500,51 @@ mod tests {
         );
         let e = load("[budget]\ndaily_usd = -1.0\n", &[]).expect_err("negative");
         assert!(e.to_string().contains("budget.daily_usd"), "{e}");
+    }
+
+    /// Two remote targets with 30 s first-token waits and two retries each need 180 s before
+    /// the route gives up, three times the 60 s request deadline: refused, naming the numbers.
+    #[test]
+    fn a_route_whose_worst_case_exceeds_the_request_deadline_is_refused() {
+        let remote = |name: &str| {
+            format!(
+                "[providers.{name}]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\ntimeout_first_token_ms = 30000\nmax_retries = 2\nretry_budget_ms = 0\n"
+            )
+        };
+        let with = |deadline: u64, routes: &str| {
+            format!(
+                "[server]\nrequest_timeout_secs = {deadline}\n{}{}[routes]\n{routes}\n",
+                remote("a"),
+                remote("b")
+            )
+        };
+        let slow = "answer = [\"a:m\", \"b:m\", \"local\"]";
+        let e = load(&with(60, slow), &[]).expect_err("a route that cannot fit its deadline");
+        let msg = e.to_string();
+        for part in ["routes.answer", "180", "60", "request_timeout_secs"] {
+            assert!(msg.contains(part), "`{part}` missing from: {msg}");
+        }
+        load(&with(180, slow), &[]).expect("180 s holds 2 targets × 3 tries × 30 s");
+        // Only the route answers use carries the request deadline.
+        let elsewhere = "answer = [\"local\"]\nbatch = [\"a:m\", \"b:m\"]";
+        load(&with(60, elsewhere), &[]).expect("not the answer route");
+    }
+
+    /// The shipped defaults hold a route of two remote providers and the local fallback within
+    /// the default 60 s deadline.
+    #[test]
+    fn default_timeouts_fit_two_remote_targets_in_the_default_deadline() {
+        let remote = |name: &str| {
+            format!(
+                "[providers.{name}]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n"
+            )
+        };
+        let toml = format!(
+            "{}{}[routes]\nanswer = [\"a:m\", \"b:m\", \"local\"]\n",
+            remote("a"),
+            remote("b")
+        );
+        load(&toml, &[]).expect("defaults fit");
     }
 
     #[test]

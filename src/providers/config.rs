@@ -113,7 +113,9 @@ impl RawProvider {
     }
 }
 
-/// Per-provider gateway settings (`[providers.<name>]`).
+/// Per-provider gateway settings (`[providers.<name>]`). The defaults are chosen so that a
+/// route of two remote providers and the local fallback fits the default 60 s request deadline
+/// (2 tries × 10 s + 5 s of backoff = 25 s per remote target; see [`WorstCase`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderSettings {
     /// TCP/TLS connect time-out.
@@ -146,17 +148,48 @@ impl Default for ProviderSettings {
     fn default() -> Self {
         ProviderSettings {
             timeout_connect_ms: 5_000,
-            timeout_first_token_ms: 30_000,
+            timeout_first_token_ms: 10_000,
             timeout_idle_ms: 30_000,
             timeout_total_ms: 300_000,
-            max_retries: 2,
+            max_retries: 1,
             retry_base_ms: 250,
-            retry_max_delay_ms: 10_000,
-            retry_budget_ms: 20_000,
+            retry_max_delay_ms: 5_000,
+            retry_budget_ms: 5_000,
             max_concurrency: 64,
             breaker_failures: 5,
             breaker_cooldown_ms: 30_000,
             prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// The longest a target can take before its output starts or the gateway moves on: every try
+/// waiting its full first-token limit, plus the most backoff allowed between tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    pub tries: u64,
+    pub wait_ms: u64,
+    pub backoff_ms: u64,
+}
+
+impl WorstCase {
+    pub fn total_ms(&self) -> u64 {
+        self.tries
+            .saturating_mul(self.wait_ms)
+            .saturating_add(self.backoff_ms)
+    }
+}
+
+impl ProviderSettings {
+    /// See [`WorstCase`].
+    pub fn worst_case(&self) -> WorstCase {
+        let retries = u64::from(self.max_retries);
+        WorstCase {
+            tries: retries + 1,
+            wait_ms: self.timeout_first_token_ms.min(self.timeout_total_ms),
+            backoff_ms: self
+                .retry_budget_ms
+                .min(retries.saturating_mul(self.retry_max_delay_ms)),
         }
     }
 }
@@ -201,6 +234,135 @@ impl ProviderConfig {
             key_var: None,
             settings: ProviderSettings::default(),
         }
+    }
+}
+
+impl ProviderConfig {
+    /// [`ProviderSettings::worst_case`], or `None` for the extractive provider, which runs
+    /// in-process with no network and no time-outs.
+    pub fn worst_case(&self) -> Option<WorstCase> {
+        match self.kind {
+            ProviderKind::Extractive => None,
+            _ => Some(self.settings.worst_case()),
+        }
+    }
+}
+
+/// The default of `[gateway] fallback_share`.
+pub const DEFAULT_FALLBACK_SHARE: f64 = 0.5;
+
+/// How the gateway shares a request's deadline across a route (`[gateway]`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// While a target with fallbacks after it is tried, this part of the time left before the
+    /// request deadline is kept for those fallbacks (0 < share < 1).
+    pub fallback_share: f64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            fallback_share: DEFAULT_FALLBACK_SHARE,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// `fallback_share` must leave time both to the target tried and to its fallbacks.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let f = self.fallback_share;
+        if f.is_finite() && f > 0.0 && f < 1.0 {
+            return Ok(());
+        }
+        Err((
+            "gateway.fallback_share",
+            format!(
+                "{f} is not a fraction between 0 and 1 (both excluded); the default is {DEFAULT_FALLBACK_SHARE}"
+            ),
+        ))
+    }
+}
+
+/// The longest `targets` (in route order) can take before the route gives up, in milliseconds,
+/// with each timed target's part spelled out.
+pub fn route_worst_case_ms(
+    targets: &[(String, String)],
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> (u64, Vec<String>) {
+    let mut total = 0u64;
+    let mut parts = Vec::new();
+    for (name, _) in targets {
+        let Some(w) = providers.get(name).and_then(ProviderConfig::worst_case) else {
+            continue;
+        };
+        total = total.saturating_add(w.total_ms());
+        parts.push(format!(
+            "{name}: {} tries × {} first-token wait + {} backoff = {}",
+            w.tries,
+            secs(w.wait_ms),
+            secs(w.backoff_ms),
+            secs(w.total_ms())
+        ));
+    }
+    (total, parts)
+}
+
+/// Refuses a route whose worst case does not fit in the request deadline: a hung first
+/// provider would use the whole deadline and the fallbacks would never be reached.
+pub fn check_route_deadline(
+    route: &str,
+    targets: &[(String, String)],
+    providers: &BTreeMap<String, ProviderConfig>,
+    deadline_ms: u64,
+) -> Result<(), String> {
+    let (worst, parts) = route_worst_case_ms(targets, providers);
+    if worst <= deadline_ms {
+        return Ok(());
+    }
+    Err(format!(
+        "route `{route}` can take {} before it gives up ({}), more than the {} request deadline ([server] request_timeout_secs); lower timeout_first_token_ms, max_retries or retry_budget_ms of those providers, or raise request_timeout_secs",
+        secs(worst),
+        parts.join("; "),
+        secs(deadline_ms)
+    ))
+}
+
+/// Under a spend cap every routed remote model needs a price: a model without one would be
+/// counted as free and the cap would not hold. (An explicit price of 0 is accepted.)
+pub fn check_prices(
+    budget: &BudgetConfig,
+    routes: &BTreeMap<String, Vec<(String, String)>>,
+    providers: &BTreeMap<String, ProviderConfig>,
+) -> Result<(), (String, String)> {
+    if budget.daily_usd.is_none() && budget.daily_usd_per_key.is_none() {
+        return Ok(());
+    }
+    for (route, targets) in routes {
+        for (name, model) in targets {
+            let Some(p) = providers.get(name) else {
+                continue;
+            };
+            if p.kind == ProviderKind::Extractive || p.settings.prices.contains_key(model) {
+                continue;
+            }
+            return Err((
+                format!("routes.{route}"),
+                format!(
+                    "`{name}:{model}` has no price, so [budget] cannot count what it spends; add [providers.{name}.prices.\"{model}\"] (input_per_mtok, output_per_mtok; 0 for a free model) or remove the daily caps"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds as seconds for messages (`90 s`, `2.5 s`).
+fn secs(ms: u64) -> String {
+    if ms.is_multiple_of(1000) {
+        format!("{} s", ms / 1000)
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
     }
 }
 

@@ -23,11 +23,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::breaker::Breaker;
 use super::config::{Price, ProviderSettings};
-use super::cost::{Budget, Exhausted, cost_usd};
+use super::cost::{Exhausted, Reservation, cost_usd, estimate_usd};
 use super::retry::RetryPolicy;
 use super::{
-    ChatEvent, ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, Message,
-    ProviderError, RerankRequest, RerankResponse, Role, Router, Target, Usage,
+    ChatEvent, ChatRequest, ChatResponse, ChatStream, EmbedRequest, EmbedResponse, FinishReason,
+    Message, ProviderError, RerankRequest, RerankResponse, Role, Router, Target, Usage,
 };
 
 /// Gateway state of one provider, shared by all its targets.
@@ -79,6 +79,39 @@ impl Gate {
 
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
+    }
+}
+
+/// How a request's deadline is shared across its route (see [`Router::stream_until`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeBudget {
+    /// The deadline of a request that did not bring its own (`[server] request_timeout_secs`).
+    pub request: Duration,
+    /// The part of the time left that a target with fallbacks after it leaves to them
+    /// (`[gateway] fallback_share`).
+    pub fallback_share: f64,
+}
+
+impl Default for TimeBudget {
+    fn default() -> Self {
+        TimeBudget {
+            request: Duration::from_secs(60),
+            fallback_share: super::config::DEFAULT_FALLBACK_SHARE,
+        }
+    }
+}
+
+impl TimeBudget {
+    /// When a target tried at `now` must give up: the request deadline for the last target;
+    /// for one with fallbacks after it, early enough to leave them `fallback_share` of the
+    /// time left.
+    pub fn slice_end(&self, now: Instant, deadline: Instant, has_later: bool) -> Instant {
+        if !has_later {
+            return deadline;
+        }
+        let left = deadline.saturating_duration_since(now);
+        let keep = self.fallback_share.clamp(0.0, 1.0);
+        now + left.mul_f64(1.0 - keep)
     }
 }
 
@@ -193,20 +226,29 @@ impl TargetInfo {
     }
 }
 
-/// Charges the budget and reports to the breaker when a served call ends (however it ends).
+/// Settles the call's budget reservation and reports to the breaker when a served call ends
+/// (however it ends).
 struct CallGuard {
     _permit: OwnedSemaphorePermit,
     gate: Arc<Gate>,
     meter: Arc<CallMeter>,
-    budget: Arc<Budget>,
-    key: Option<String>,
+    reservation: Option<Reservation>,
     failed: bool,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        self.budget
-            .charge(self.meter.cost_usd(), self.key.as_deref());
+        if let Some(r) = self.reservation.take() {
+            // A call that reported no usage (cut off before its last event) is charged what
+            // was reserved for it: the vendor may well bill it.
+            let m = *self.meter.lock();
+            let cost = if m.usage == Usage::default() {
+                r.usd()
+            } else {
+                m.cost_usd
+            };
+            r.settle(cost);
+        }
         if self.failed {
             self.gate.breaker.failure();
         }
@@ -235,23 +277,21 @@ struct Live {
 }
 
 impl Live {
-    /// `started` is when the call began; the total limit counts from there.
+    /// The total limit counts from when the call began (`opened.started`).
     fn new(
-        inner: ChatStream,
-        buf: VecDeque<ChatEvent>,
+        opened: Opened,
         s: &ProviderSettings,
         target: &Target,
-        started: Instant,
         cancel: CancellationToken,
         guard: CallGuard,
     ) -> Live {
         let idle = Gate::ms(s.timeout_idle_ms);
-        let deadline = started + Gate::ms(s.timeout_total_ms);
+        let deadline = opened.started + Gate::ms(s.timeout_total_ms);
         let now = Instant::now();
         let due = (now + idle).min(deadline);
         Live {
-            inner,
-            buf,
+            inner: opened.stream,
+            buf: opened.buf,
             idle,
             deadline,
             last_event: now,
@@ -336,7 +376,55 @@ impl futures::Stream for Live {
     }
 }
 
-/// Opens a call and waits for its first output event (or its end), buffering what came first.
+/// What to reserve for a call over `targets`: the highest estimate of any of them, since the
+/// call may be served by any (a model without a price counts as free; start-up flags it).
+fn route_estimate_usd(targets: &[Target], req: &ChatRequest) -> f64 {
+    targets
+        .iter()
+        .filter_map(|t| t.gate.settings.prices.get(&t.model))
+        .map(|p| estimate_usd(p, req))
+        .fold(0.0, f64::max)
+}
+
+/// A call whose output has started: the events read so far and the rest of the stream.
+struct Opened {
+    stream: ChatStream,
+    buf: VecDeque<ChatEvent>,
+    /// When the call was sent; the total time-out counts from here.
+    started: Instant,
+}
+
+/// Opens a call and waits for its first output event, buffering what came before it, under the
+/// first-token limit and never past `until` (this target's share of the request deadline).
+async fn open_within(
+    target: &Target,
+    req: &ChatRequest,
+    started: Instant,
+    until: Instant,
+) -> Result<Opened, ProviderError> {
+    let s = &target.gate.settings;
+    let first = Gate::ms(s.timeout_first_token_ms).min(Gate::ms(s.timeout_total_ms));
+    let (end, stage) = if started + first <= until {
+        (started + first, "first_token")
+    } else {
+        (until, "request_deadline")
+    };
+    match tokio::time::timeout_at(end.into(), open_until_output(target, req)).await {
+        Ok(r) => r.map(|(stream, buf)| Opened {
+            stream,
+            buf,
+            started,
+        }),
+        Err(_) => Err(ProviderError::Timeout {
+            provider: target.provider_name.clone(),
+            stage: stage.into(),
+        }),
+    }
+}
+
+/// Opens a call and waits for its first output event, buffering what came first. A stream
+/// that ends without output is a failure (a 200 with nothing in it has not answered), except
+/// when the vendor said its filter stopped the answer: that ending is the answer's outcome.
 async fn open_until_output(
     target: &Target,
     req: &ChatRequest,
@@ -353,8 +441,44 @@ async fn open_until_output(
                 }
             }
             Some(Err(e)) => return Err(e),
-            None => return Ok((s, buf)),
+            None if buf.contains(&ChatEvent::Finish(FinishReason::ContentFilter)) => {
+                // The stream has ended: never poll it again.
+                return Ok((Box::pin(futures::stream::empty()), buf));
+            }
+            None => {
+                return Err(ProviderError::Malformed {
+                    provider: target.provider_name.clone(),
+                    message: "the response ended without any output (no text, no tool call)".into(),
+                });
+            }
         }
+    }
+}
+
+/// The failed and skipped tries of one call, across the route.
+#[derive(Default)]
+struct Tried {
+    attempts: Vec<Attempt>,
+    last: Option<ProviderError>,
+}
+
+impl Tried {
+    fn push(&mut self, target: &Target, error: Option<ProviderError>) {
+        self.attempts.push(Attempt {
+            provider: target.provider_name.clone(),
+            model: target.model.clone(),
+            error,
+        });
+    }
+
+    /// The target's share of the request deadline ran out before a call could be sent.
+    fn out_of_time(&mut self, target: &Target) {
+        let e = ProviderError::Timeout {
+            provider: target.provider_name.clone(),
+            stage: "request_deadline".into(),
+        };
+        self.push(target, Some(e.clone()));
+        self.last = Some(e);
     }
 }
 
@@ -382,7 +506,8 @@ impl Router {
         self.stream_for_key(route, req, cancel, None).await
     }
 
-    /// [`Router::stream`] charged to one of cairn's API keys (for the per-key daily cap).
+    /// [`Router::stream`] charged to one of cairn's API keys (for the per-key daily cap), under
+    /// the router's request deadline counted from now.
     pub async fn stream_for_key(
         &self,
         route: &str,
@@ -390,92 +515,123 @@ impl Router {
         cancel: CancellationToken,
         key: Option<&str>,
     ) -> Result<(ChatStream, TargetInfo), GatewayError> {
+        let deadline = Instant::now() + self.time.request;
+        self.stream_until(route, req, cancel, key, deadline).await
+    }
+
+    /// [`Router::stream_for_key`] whose output must have started by `deadline` (the request's
+    /// own deadline): every attempt and every fallback gets only what is left of it, and each
+    /// target before the last leaves [`TimeBudget::fallback_share`] of the time left to the
+    /// targets after it.
+    pub async fn stream_until(
+        &self,
+        route: &str,
+        req: &ChatRequest,
+        cancel: CancellationToken,
+        key: Option<&str>,
+        deadline: Instant,
+    ) -> Result<(ChatStream, TargetInfo), GatewayError> {
         let targets = self
             .routes
             .get(route)
             .ok_or_else(|| GatewayError::NoRoute(route.to_string()))?;
         self.budget
-            .check(req.max_tokens, key)
+            .check_tokens(req.max_tokens)
             .map_err(GatewayError::BudgetExhausted)?;
-        let mut attempts = Vec::new();
-        let mut last = None;
+        let mut reservation = Some(
+            self.budget
+                .reserve(route_estimate_usd(targets, req), key)
+                .map_err(GatewayError::BudgetExhausted)?,
+        );
+        let mut tried = Tried::default();
         for (index, target) in targets.iter().enumerate() {
-            let gate = &target.gate;
-            let mut retry = 0u32;
-            let mut waited = Duration::ZERO;
-            loop {
-                if !gate.breaker.allow() {
-                    tracing::debug!(provider = %target.provider_name, "breaker open; skipping");
-                    attempts.push(Attempt {
-                        provider: target.provider_name.clone(),
-                        model: target.model.clone(),
-                        error: None,
-                    });
-                    break;
-                }
-                let permit = tokio::select! {
-                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
-                    p = gate.limiter.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return Err(GatewayError::Cancelled),
-                    },
+            let has_later = index + 1 < targets.len();
+            let until = self.time.slice_end(Instant::now(), deadline, has_later);
+            if let Some((opened, mut guard)) = self
+                .try_target(target, req, &cancel, until, &mut tried)
+                .await?
+            {
+                guard.reservation = reservation.take();
+                let meter = guard.meter.clone();
+                let live = Live::new(opened, &target.gate.settings, target, cancel, guard);
+                let info = TargetInfo {
+                    provider_name: target.provider_name.clone(),
+                    model: target.model.clone(),
+                    target_index: index,
+                    attempts: tried.attempts,
+                    meter,
                 };
-                let started = Instant::now();
-                let s = &gate.settings;
-                let first = Gate::ms(s.timeout_first_token_ms).min(Gate::ms(s.timeout_total_ms));
-                let opened = tokio::select! {
-                    _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
-                    r = tokio::time::timeout(first, open_until_output(target, req)) => match r {
-                        Ok(r) => r,
-                        Err(_) => Err(ProviderError::Timeout {
-                            provider: target.provider_name.clone(),
-                            stage: "first_token".into(),
-                        }),
-                    },
-                };
-                match opened {
-                    Ok((inner, buf)) => {
-                        gate.breaker.success();
-                        let meter = Arc::new(CallMeter::default());
-                        let live = Live::new(
-                            inner,
-                            buf,
-                            s,
-                            target,
-                            started,
-                            cancel.clone(),
-                            CallGuard {
-                                _permit: permit,
-                                gate: gate.clone(),
-                                meter: meter.clone(),
-                                budget: self.budget.clone(),
-                                key: key.map(str::to_string),
-                                failed: false,
-                            },
-                        );
-                        let info = TargetInfo {
-                            provider_name: target.provider_name.clone(),
-                            model: target.model.clone(),
-                            target_index: index,
-                            attempts,
-                            meter,
-                        };
-                        return Ok((Box::pin(live), info));
-                    }
-                    Err(e) => {
-                        drop(permit);
-                        tracing::warn!(provider = %target.provider_name, model = %target.model, error = %e, retry, "provider call failed before output");
-                        let delay = gate.after_failure(target, &e, retry, waited, &mut attempts);
-                        last = Some(e);
-                        let Some(d) = delay else { break };
-                        sleep_or_cancel(d, &cancel).await?;
-                        waited += d;
-                        retry += 1;
-                    }
-                }
+                return Ok((Box::pin(live), info));
             }
         }
-        Err(GatewayError::AllFailed { attempts, last })
+        Err(GatewayError::AllFailed {
+            attempts: tried.attempts,
+            last: tried.last,
+        })
+    }
+
+    /// Tries one target until its output starts (`Some`), or until its retries, its breaker or
+    /// its share of the request deadline (`until`) say to move on (`None`).
+    async fn try_target(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        cancel: &CancellationToken,
+        until: Instant,
+        tried: &mut Tried,
+    ) -> Result<Option<(Opened, CallGuard)>, GatewayError> {
+        let gate = &target.gate;
+        let mut retry = 0u32;
+        let mut waited = Duration::ZERO;
+        loop {
+            if !gate.breaker.allow() {
+                tracing::debug!(provider = %target.provider_name, "breaker open; skipping");
+                tried.push(target, None);
+                return Ok(None);
+            }
+            let started = Instant::now();
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                p = tokio::time::timeout_at(until.into(), gate.limiter.clone().acquire_owned()) => match p {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(GatewayError::Cancelled),
+                    Err(_) => {
+                        tried.out_of_time(target);
+                        return Ok(None);
+                    }
+                },
+            };
+            let opened = tokio::select! {
+                _ = cancel.cancelled() => return Err(GatewayError::Cancelled),
+                r = open_within(target, req, started, until) => r,
+            };
+            let e = match opened {
+                Ok(opened) => {
+                    gate.breaker.success();
+                    let guard = CallGuard {
+                        _permit: permit,
+                        gate: gate.clone(),
+                        meter: Arc::new(CallMeter::default()),
+                        reservation: None,
+                        failed: false,
+                    };
+                    return Ok(Some((opened, guard)));
+                }
+                Err(e) => e,
+            };
+            drop(permit);
+            tracing::warn!(provider = %target.provider_name, model = %target.model, error = %e, retry, "provider call failed before output");
+            let delay = gate.after_failure(target, &e, retry, waited, &mut tried.attempts);
+            tried.last = Some(e);
+            // A retry that could not start before this target's share of the deadline ends is
+            // not made: the time belongs to the targets after it.
+            let Some(d) = delay.filter(|d| Instant::now() + *d < until) else {
+                return Ok(None);
+            };
+            sleep_or_cancel(d, cancel).await?;
+            waited += d;
+            retry += 1;
+        }
     }
 
     /// A whole (non-streamed) response, with the same gateway behaviour.

@@ -399,16 +399,39 @@ pub struct Target {
 }
 
 /// Routes resolved at startup: route name → targets in fallback order, plus the gateway's
-/// shared budget.
+/// shared budget and how a request's deadline is shared across a route.
 #[derive(Debug, Clone, Default)]
 pub struct Router {
     pub routes: BTreeMap<String, Vec<Target>>,
     pub budget: std::sync::Arc<cost::Budget>,
+    pub time: gateway::TimeBudget,
 }
 
 impl Router {
+    /// The same routes under another time budget.
+    pub fn with_time(mut self, time: gateway::TimeBudget) -> Router {
+        self.time = time;
+        self
+    }
+
     pub fn targets(&self, route: &str) -> &[Target] {
         self.routes.get(route).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Routed `(provider, model)` pairs of remote providers with no price: their calls are
+    /// counted as free, so start-up warns about them (and refuses them under a spend cap).
+    pub fn unpriced(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .routes
+            .values()
+            .flatten()
+            .filter(|t| !matches!(t.provider, Provider::Extractive(_)))
+            .filter(|t| !t.gate.settings.prices.contains_key(&t.model))
+            .map(|t| (t.provider_name.clone(), t.model.clone()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Resolves every route's `(provider name, model)` targets to providers, with no budget.
@@ -427,9 +450,18 @@ impl Router {
     ) -> Result<Router, String> {
         let mut built: BTreeMap<String, (Provider, std::sync::Arc<gateway::Gate>)> =
             BTreeMap::new();
+        let output_price = routes
+            .values()
+            .flatten()
+            .filter_map(|(name, model)| providers.get(name)?.settings.prices.get(model))
+            .map(|p| p.output_per_mtok)
+            .fold(0.0, f64::max);
         let mut router = Router {
             routes: BTreeMap::new(),
-            budget: std::sync::Arc::new(cost::Budget::new(budget.clone())),
+            budget: std::sync::Arc::new(
+                cost::Budget::new(budget.clone()).with_output_price(output_price),
+            ),
+            time: gateway::TimeBudget::default(),
         };
         for (route, targets) in routes {
             let mut out = Vec::new();

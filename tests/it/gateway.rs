@@ -23,6 +23,12 @@ const HR: &str = "hr-key-789";
 /// `local`; the remote model costs $1000 per million tokens in and out, so the fake's 21 + 7
 /// tokens cost $0.028.
 fn app_with_remote(fake: &Fake, extra: &str) -> TestApp {
+    app_with_remote_priced(fake, 1000.0, extra)
+}
+
+/// [`app_with_remote`] with the remote's input price set to `input_per_mtok` (output stays at
+/// $1000 per million tokens).
+fn app_with_remote_priced(fake: &Fake, input_per_mtok: f64, extra: &str) -> TestApp {
     TestApp::with_config(&format!(
         r#"
 [providers.remote]
@@ -32,7 +38,7 @@ max_retries = 1
 retry_base_ms = 1
 timeout_first_token_ms = 2000
 [providers.remote.prices."smollm2"]
-input_per_mtok = 1000.0
+input_per_mtok = {input_per_mtok:?}
 output_per_mtok = 1000.0
 [routes]
 answer = ["remote:smollm2", "local"]
@@ -206,16 +212,20 @@ async fn client_disconnect_mid_stream_closes_the_upstream_call() {
 #[tokio::test]
 async fn per_key_daily_cap_refuses_with_429_and_a_typed_code() {
     let fake = Fake::start(vec![remote_answer()]).await;
-    let app = app_with_remote(
+    // Free input, so a call's reservation is its 512 output tokens at $1000/M: $0.512; its
+    // cost is 7 output tokens: $0.007. The cap holds one reservation, not a cost and another.
+    let app = app_with_remote_priced(
         &fake,
-        "[budget]\ndaily_usd_per_key = 0.01\ndaily_usd = 1.0\n",
+        0.0,
+        "[budget]\ndaily_usd_per_key = 0.515\ndaily_usd = 2.0\n",
     );
     let (status, json, _) = ask_json(&app, BOT, "How long do refunds take?").await;
     assert_eq!(
         (status, &json["outcome"]),
         (StatusCode::OK, &Value::from("answered"))
     );
-    // $0.028 spent by `bot`: its next question is refused before anything runs.
+    // $0.007 spent by `bot`: the next answer's reservation does not fit, so its next question
+    // is refused before anything runs.
     let (status, json, retry_after) = ask_json(&app, BOT, "What does express shipping cost?").await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
     assert_eq!(json["error"]["code"], "budget_exhausted");
@@ -244,7 +254,7 @@ async fn per_key_daily_cap_refuses_with_429_and_a_typed_code() {
 #[tokio::test]
 async fn global_cap_reached_ends_the_answer_with_a_typed_error() {
     let fake = Fake::start(vec![remote_answer()]).await;
-    let app = app_with_remote(&fake, "[budget]\ndaily_usd = 0.01\n");
+    let app = app_with_remote_priced(&fake, 0.0, "[budget]\ndaily_usd = 0.515\n");
     // `cairn ask` runs the pipeline without the HTTP check, so the gateway itself refuses.
     let run = |question: &str| {
         let (tx, mut rx) = mpsc::channel(64);
@@ -290,4 +300,74 @@ async fn global_cap_reached_ends_the_answer_with_a_typed_error() {
     );
     assert_eq!(fake.hits(), 1);
     assert_eq!(app.engine.traces.recent(1)[0].outcome, "budget_exhausted");
+}
+
+/// A remote that answers 200 with a well-formed stream holding no tokens has not answered: the
+/// route falls back, and the answer comes from the next target.
+#[tokio::test]
+async fn an_empty_200_from_the_remote_falls_back_to_the_next_target() {
+    let fake = Fake::start(vec![Reply::sse(Vendor::Compatible.success(&[]))]).await;
+    let app = app_with_remote(&fake, "");
+    let (status, json, _) = ask_json(&app, BOT, "How long do refunds take?").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["usage"]["provider"], "local", "{json}");
+    assert!(
+        json["answer"].as_str().is_some_and(|a| !a.is_empty()),
+        "{json}"
+    );
+    let trace = &app.engine.traces.recent(1)[0];
+    assert_eq!(trace.provider.as_deref(), Some("local"));
+    assert!(
+        trace
+            .provider_errors
+            .iter()
+            .any(|e| e.starts_with("remote: ")),
+        "{:?}",
+        trace.provider_errors
+    );
+}
+
+/// Spend is kept in the data dir: a restarted server starts the day with what was already
+/// spent, and its cap counts it.
+#[tokio::test]
+async fn spend_survives_a_restart() {
+    let fake = Fake::start(vec![remote_answer()]).await;
+    let app = app_with_remote_priced(&fake, 0.0, "[budget]\ndaily_usd_per_key = 0.515\n");
+    let (status, json, _) = ask_json(&app, BOT, "How long do refunds take?").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let spent = app.engine.router.budget.spent_today();
+    assert!((spent - 0.007).abs() < 1e-9, "{spent}");
+
+    let app = app.reopen();
+    let after = app.engine.router.budget.spent_today();
+    assert!(
+        (after - spent).abs() < 1e-9,
+        "spent ${spent} before the restart, ${after} after"
+    );
+    let (status, json, _) = ask_json(&app, BOT, "What does express shipping cost?").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(
+        fake.hits(),
+        1,
+        "the restarted server knew the key's allowance was used"
+    );
+}
+
+/// A spend cap cannot be kept for a model without a price: such a route stops startup, naming
+/// the price table to add, instead of counting the model as free.
+#[tokio::test]
+async fn an_unpriced_model_under_a_spend_cap_stops_startup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = "[providers.remote]\nkind = \"openai_compatible\"\nbase_url = \"http://127.0.0.1:1/v1\"\n[routes]\nanswer = [\"remote:smollm2\", \"local\"]\n";
+    let path = support::write_config(dir.path(), &format!("{config}[budget]\ndaily_usd = 5.0\n"));
+    let e = cairn::config::Config::load(&path, true, &Default::default())
+        .expect_err("an unpriced model under a cap");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("providers.remote.prices") && msg.contains("smollm2"),
+        "{msg}"
+    );
+    // Without a cap the same route loads (and start-up logs a warning).
+    let path = support::write_config(dir.path(), config);
+    cairn::config::Config::load(&path, true, &Default::default()).expect("no cap, no error");
 }

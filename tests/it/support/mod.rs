@@ -84,6 +84,19 @@ impl TestApp {
         (TestApp { dir, engine, state }, reports)
     }
 
+    /// Stops this instance and opens a new one on the same data dir and config (a restart):
+    /// nothing is ingested again.
+    pub fn reopen(self) -> TestApp {
+        let TestApp { dir, engine, state } = self;
+        drop(state);
+        drop(engine);
+        let path = dir.path().join("config.toml");
+        let config = Config::load(&path, true, &Overrides::default()).expect("config");
+        let engine = Arc::new(Engine::open(config).expect("engine reopens"));
+        let state = AppState::new(engine.clone()).expect("state");
+        TestApp { dir, engine, state }
+    }
+
     pub fn router(&self) -> axum::Router {
         router(self.state.clone())
     }
