@@ -1,5 +1,7 @@
 //! `POST /ask`: the answer pipeline as server-sent events (or one JSON body with
-//! `stream: false`), and the request checks `/v1/chat/completions` shares.
+//! `stream: false`, never a 200 when the answer ended with an error), and what
+//! `/v1/chat/completions` shares: the request checks and the answer task, whose panic is
+//! caught and still ends the request with one terminal event and one trace.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
