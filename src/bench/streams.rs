@@ -158,6 +158,7 @@ fn configure(config: &mut Config, base: &str, streams: usize) {
         vec![("slow".into(), "slow".into())],
     );
     config.cache.enabled = false;
+    config.server.max_concurrent_requests = config.server.max_concurrent_requests.max(streams + 16);
     config.auth.anonymous_rate_per_minute = u32::MAX / 2;
     if !config
         .auth

@@ -405,6 +405,15 @@ mod tests {
     }
 
     #[test]
+    fn a_concurrency_limit_of_zero_is_refused() {
+        let e = load("[server]\nmax_concurrent_requests = 0\n", &[]).expect_err("must fail");
+        let msg = e.to_string();
+        assert!(msg.contains("server.max_concurrent_requests"), "{msg}");
+        let c = load("[server]\nmax_concurrent_requests = 2\n", &[]).expect("loads");
+        assert_eq!(c.server.max_concurrent_requests, 2);
+    }
+
+    #[test]
     fn postgres_backend_resolves_its_url_reference() {
         let embedded = load("", &[]).expect("valid");
         assert_eq!(embedded.index.backend, BackendKind::Embedded);

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,13 @@ async fn index_stats(engine: &Arc<Engine>) -> Option<cairn_index::IndexStats> {
     }
 }
 
-pub(super) async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
+/// `GET /metrics`: the Prometheus text, for callers with the `metrics` scope (anonymous ones
+/// by default).
+pub(super) async fn metrics_text(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Metrics)?;
     if let Some(stats) = index_stats(&s.engine).await {
         metrics::gauge!(crate::observe::metrics::INDEX_DOCUMENTS).set(stats.documents as f64);
         metrics::gauge!(crate::observe::metrics::INDEX_CHUNKS).set(stats.chunks as f64);
@@ -48,7 +55,7 @@ pub(super) async fn metrics_text(State(s): State<Arc<AppState>>) -> Response {
     let body = crate::observe::metrics::handle()
         .map(|h| h.render())
         .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -59,13 +66,41 @@ pub struct ReindexBody {
     pub full: bool,
 }
 
+/// The reindex request: no body at all means every source, incrementally; a body must be
+/// JSON sent as `application/json`, so a body that cannot be read is refused (415, 400, 422,
+/// 413) and never taken for "every source".
+fn reindex_body(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<ReindexBody, ApiError> {
+    let bytes = body.map_err(|_| ApiError::BodyTooLarge)?;
+    if bytes.is_empty() {
+        return Ok(ReindexBody::default());
+    }
+    if !is_json_content_type(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let Json(body) = Json::<ReindexBody>::from_bytes(&bytes)?;
+    Ok(body)
+}
+
+/// `application/json` or a `+json` media type, parameters ignored.
+fn is_json_content_type(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .map(|mime| mime.trim().to_ascii_lowercase())
+        .is_some_and(|mime| mime == "application/json" || mime.ends_with("+json"))
+}
+
 pub(super) async fn admin_reindex(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Result<Option<Json<ReindexBody>>, JsonRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Admin)?;
-    let body = body?.map(|Json(b)| b).unwrap_or_default();
+    let body = reindex_body(&headers, body)?;
     let (jobs, engine, source) = (s.jobs.clone(), s.engine.clone(), body.source.clone());
     let job = tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full))
         .await

@@ -1,5 +1,7 @@
 //! `POST /ask`: the answer pipeline as server-sent events (or one JSON body with
-//! `stream: false`), and the request checks `/v1/chat/completions` shares.
+//! `stream: false`, never a 200 when the answer ended with an error), and what
+//! `/v1/chat/completions` shares: the request checks and the answer task, whose panic is
+//! caught and still ends the request with one terminal event and one trace.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,6 +30,7 @@ use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
 use crate::http::search::check_sources;
 use crate::http::state::AppState;
+use crate::observe::trace::Trace;
 use crate::providers::{Message, Role};
 use crate::retrieval::HitView;
 
@@ -69,11 +72,22 @@ pub struct AskResponse {
     pub usage: Option<UsageView>,
     pub trace_id: Option<String>,
     pub outcome: Option<String>,
+    /// The error that ended the answer (`cairn ask --json` shows it; over HTTP an answer that
+    /// ended with one is not a 200, see [`AskResponse::completed`]).
     pub error: Option<serde_json::Value>,
+    #[serde(skip)]
+    failed: Option<(&'static str, String)>,
+    /// A terminal event (`done` or `error`) arrived; later events are ignored.
+    #[serde(skip)]
+    ended: bool,
 }
 
 impl AskResponse {
     pub fn apply(&mut self, ev: AnswerEvent) {
+        if self.ended {
+            return;
+        }
+        self.ended = is_terminal(&ev);
         match ev {
             AnswerEvent::Retrieval(h) => self.retrieval = h,
             AnswerEvent::Token(t) => self.answer.push_str(&t),
@@ -87,9 +101,51 @@ impl AskResponse {
             }
             AnswerEvent::Error { code, message } => {
                 self.error = Some(json!({"code": code, "message": message}));
+                self.failed = Some((code, message));
             }
         }
     }
+
+    /// The answer when it completed; otherwise the error that ended it, carrying what the
+    /// client can still show: the part of the answer shown before the failure (or
+    /// `fallback_text` when there was none), its citations and the retrieved sources.
+    pub fn completed(self, fallback_text: &str) -> Result<AskResponse, ApiError> {
+        let Some((code, message)) = self.failed else {
+            return Ok(self);
+        };
+        let answer = if self.answer.trim().is_empty() {
+            fallback_text
+        } else {
+            &self.answer
+        };
+        Err(ApiError::AnswerFailed {
+            code,
+            message,
+            fallback: json!({
+                "answer": answer,
+                "citations": self.citations,
+                "retrieval": self.retrieval,
+            }),
+        })
+    }
+}
+
+/// Whether `ev` ends an answer (`done` or `error`): exactly one is shown per request.
+pub(super) fn is_terminal(ev: &AnswerEvent) -> bool {
+    matches!(ev, AnswerEvent::Done { .. } | AnswerEvent::Error { .. })
+}
+
+/// Ends `events` after its first terminal event, so a client never sees two.
+pub(super) fn until_terminal(
+    events: impl futures::Stream<Item = AnswerEvent>,
+) -> impl futures::Stream<Item = AnswerEvent> {
+    events.scan(false, |ended, ev| {
+        let next = (!*ended).then(|| {
+            *ended = is_terminal(&ev);
+            ev
+        });
+        futures::future::ready(next)
+    })
 }
 
 /// Validates an `/ask` body for `caller`, refuses it when the caller's `[budget]` allowance is
@@ -217,6 +273,69 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
         .data(data.to_string())
 }
 
+/// Runs the answer pipeline for `req` on its own task; its events arrive on the returned
+/// channel. A panic in the pipeline still ends the request with one `internal` error event and
+/// one trace.
+pub(super) fn start_answer(
+    s: &AppState,
+    req: AskRequest,
+    caller: String,
+    route: &'static str,
+) -> mpsc::Receiver<AnswerEvent> {
+    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
+    let engine = s.engine.clone();
+    let panics = s.answer_panics(&req.question);
+    let task = {
+        let (engine, caller, tx) = (engine.clone(), caller.clone(), tx.clone());
+        tokio::spawn(async move {
+            if panics {
+                panic!("injected answer panic (test hook)");
+            }
+            answer_on(engine, req, caller, Some(route), tx).await
+        })
+    };
+    tokio::spawn(supervise(task, engine, caller, route, tx));
+    rx
+}
+
+/// Waits for an answer task; if it panicked (before its terminal event and trace), tells the
+/// client with an `internal` error and records the trace the task could not.
+async fn supervise(
+    task: tokio::task::JoinHandle<()>,
+    engine: Arc<Engine>,
+    caller: String,
+    route: &'static str,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
+    let started = std::time::Instant::now();
+    let Err(e) = task.await else { return };
+    if !e.is_panic() {
+        return; // cancelled: the runtime is shutting down
+    }
+    tracing::error!(
+        http_route = route,
+        "the answer task panicked; the request ends with an internal error"
+    );
+    let _ = tx
+        .send(AnswerEvent::Error {
+            code: "internal",
+            message: "An internal error occurred; the operator can find details in the server log."
+                .into(),
+        })
+        .await;
+    crate::observe::metrics::request("ask", "internal", started.elapsed().as_secs_f64());
+    engine.traces.push(Trace {
+        id: uuid::Uuid::new_v4().to_string(),
+        at: Utc::now().to_rfc3339(),
+        route: engine.config.answer.route.clone(),
+        http_route: Some(route.to_string()),
+        caller,
+        prompt_version: engine.prompt.version.clone(),
+        outcome: "internal".into(),
+        ..Trace::default()
+    });
+}
+
 pub(super) async fn ask(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -225,11 +344,9 @@ pub(super) async fn ask(
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
     let Json(body) = body?;
     let (req, stream) = validate_ask(&s.engine, body, &caller)?;
-    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
-    let engine = s.engine.clone();
-    tokio::spawn(answer_on(engine, req, caller.name, Some("/ask"), tx));
+    let rx = start_answer(&s, req, caller.name, "/ask");
     if stream {
-        let events = ReceiverStream::new(rx)
+        let events = until_terminal(ReceiverStream::new(rx))
             .enumerate()
             .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
         let keep_alive = KeepAlive::new()
@@ -244,6 +361,7 @@ pub(super) async fn ask(
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);
         }
+        let resp = resp.completed(&s.engine.config.answer.fallback_text)?;
         Ok(Json(resp).into_response())
     }
 }

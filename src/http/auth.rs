@@ -19,14 +19,17 @@ pub enum Scope {
     Ask,
     Search,
     Admin,
+    /// `GET /metrics`. The `admin` scope includes it.
+    Metrics,
 }
 
 /// `[auth]`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAuth {
-    /// Scopes of requests without a key (the page's public mode). `[]` requires a key for
-    /// everything. `admin` is never granted without a key.
+    /// Scopes of requests without a key (the page's public mode and an unauthenticated
+    /// Prometheus scrape). `[]` requires a key for everything. `admin` is never granted
+    /// without a key.
     pub anonymous_scopes: Vec<Scope>,
     /// Requests per minute for all anonymous callers together.
     pub anonymous_rate_per_minute: u32,
@@ -36,7 +39,7 @@ pub struct RawAuth {
 impl Default for RawAuth {
     fn default() -> Self {
         RawAuth {
-            anonymous_scopes: vec![Scope::Ask, Scope::Search],
+            anonymous_scopes: vec![Scope::Ask, Scope::Search, Scope::Metrics],
             anonymous_rate_per_minute: 600,
             keys: Vec::new(),
         }
@@ -63,7 +66,7 @@ impl RawAuth {
             if k.scopes.is_empty() {
                 return Err(cx.key_err(
                     &format!("auth.keys[{i}].scopes"),
-                    "needs at least one of ask, search, admin",
+                    "needs at least one of ask, search, admin, metrics",
                 ));
             }
         }
@@ -111,8 +114,10 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the caller holds `scope` (`admin` includes `metrics`).
     pub fn can(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope)
+            || (scope == Scope::Metrics && self.scopes.contains(&Scope::Admin))
     }
 }
 

@@ -1,12 +1,16 @@
-//! The one error shape of every route, `{"error": {"code", "message"}}`: [`ApiError`] and its
-//! exhaustive code → status table. A message says what to do; clients never see a raw
+//! The one error shape of every route, `{"error": {"code", "message"}}` (OpenAI's
+//! `{"error": {"message", "type", "param", "code"}}` under `/v1/`): [`ApiError`], its
+//! exhaustive code → status table, and the middleware that gives responses axum produces on
+//! its own (405, 413, …) the same shape. A message says what to do; clients never see a raw
 //! provider body or a panic message.
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::providers::cost::Exhausted;
 
@@ -25,6 +29,14 @@ pub enum ApiError {
         "the request body could not be read or is larger than the server's limit (`[server] max_body_bytes`)"
     )]
     BodyTooLarge,
+    #[error("send the body as JSON with `content-type: application/json`")]
+    UnsupportedMediaType,
+    #[error("{method} is not allowed on {path}; use {allow}")]
+    MethodNotAllowed {
+        method: String,
+        path: String,
+        allow: String,
+    },
     #[error("this endpoint needs an API key: send `Authorization: Bearer <key>`")]
     Unauthorized,
     #[error("the API key is not valid")]
@@ -41,8 +53,40 @@ pub enum ApiError {
     /// daily cap resets).
     #[error("{}", crate::answer::budget_message(.0))]
     BudgetExhausted(Exhausted),
+    /// More requests are in flight than `[server] max_concurrent_requests` (`Retry-After: 1`).
+    #[error("the server is handling as many requests as it is configured for; retry in a second")]
+    Overloaded,
+    /// No response within `[server] request_timeout_secs`.
+    #[error(
+        "no response within {0} s (`[server] request_timeout_secs`); retry, or ask a narrower question"
+    )]
+    DeadlineExceeded(u64),
+    /// An answer ended with an error event before any complete answer: `code` is the event's
+    /// (its status comes from [`answer_error_status`]); `fallback` holds what the client can
+    /// still show (`answer`, `citations`, `retrieval`).
+    #[error("{message}")]
+    AnswerFailed {
+        code: &'static str,
+        message: String,
+        fallback: Value,
+    },
     #[error("internal error; the operator can find details in the server log")]
     Internal,
+}
+
+/// The status of an answer that ended with the error event `code`: the model side failed
+/// (502), ran out of time (504), was shed (503) or refused by a quota (429); a cairn fault
+/// is 500.
+pub fn answer_error_status(code: &str) -> StatusCode {
+    match code {
+        "deadline_exceeded" => StatusCode::GATEWAY_TIMEOUT,
+        "overloaded" => StatusCode::SERVICE_UNAVAILABLE,
+        "budget_exhausted" => StatusCode::TOO_MANY_REQUESTS,
+        "internal" | "no_route" | "schema_invalid" => StatusCode::INTERNAL_SERVER_ERROR,
+        // providers_unavailable, provider_stream_failed and any code the pipeline adds later:
+        // the model side did not produce an answer.
+        _ => StatusCode::BAD_GATEWAY,
+    }
 }
 
 impl ApiError {
@@ -55,6 +99,12 @@ impl ApiError {
             }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -62,31 +112,128 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::JobRunning(_) => (StatusCode::CONFLICT, "job_running"),
             ApiError::BudgetExhausted(_) => (StatusCode::TOO_MANY_REQUESTS, "budget_exhausted"),
+            ApiError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            ApiError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
+            ApiError::AnswerFailed { code, .. } => (answer_error_status(code), code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The response in OpenAI's error shape (`/v1/` routes), so OpenAI SDKs raise it:
+    /// `{"error": {"message", "type", "param": null, "code"}}`, plus `fallback` for a failed
+    /// answer.
+    pub fn openai_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut error = json!({
+            "message": self.to_string(),
+            "type": openai_type(status),
+            "param": null,
+            "code": code,
+        });
+        self.finish(status, &mut error)
+    }
+
+    /// Adds what only some errors carry (`fallback`, `Retry-After`, `Allow`) and builds the
+    /// response around `error`.
+    fn finish(self, status: StatusCode, error: &mut Value) -> Response {
+        if let (ApiError::AnswerFailed { fallback, .. }, Some(obj)) = (&self, error.as_object_mut())
+        {
+            obj.insert("fallback".into(), fallback.clone());
+        }
+        let mut resp = (status, Json(json!({ "error": error }))).into_response();
+        let retry_after = match &self {
+            ApiError::RateLimited(secs) => Some(*secs),
+            ApiError::BudgetExhausted(e) => e.retry_after_secs(),
+            ApiError::Overloaded => Some(1),
+            _ => None,
+        };
+        let headers = resp.headers_mut();
+        if let Some(secs) = retry_after
+            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
+        {
+            headers.insert(header::RETRY_AFTER, v);
+        }
+        if let ApiError::MethodNotAllowed { allow, .. } = &self
+            && !allow.is_empty()
+            && let Ok(v) = header::HeaderValue::from_str(allow)
+        {
+            headers.insert(header::ALLOW, v);
+        }
+        resp
+    }
+
+    /// The response in the shape of the route at `path`: OpenAI's under `/v1/`, cairn's
+    /// elsewhere.
+    pub fn response_for(self, path: &str) -> Response {
+        if path.starts_with("/v1/") {
+            self.openai_response()
+        } else {
+            self.into_response()
+        }
+    }
+}
+
+/// OpenAI's error `type` for a status.
+fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500.. => "server_error",
+        _ => "invalid_request_error",
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let mut resp = (
-            status,
-            Json(json!({"error": {"code": code, "message": self.to_string()}})),
-        )
-            .into_response();
-        let retry_after = match &self {
-            ApiError::RateLimited(secs) => Some(*secs),
-            ApiError::BudgetExhausted(e) => e.retry_after_secs(),
-            _ => None,
-        };
-        if let Some(secs) = retry_after
-            && let Ok(v) = header::HeaderValue::from_str(&secs.to_string())
-        {
-            resp.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        resp
+        let mut error = json!({"code": code, "message": self.to_string()});
+        self.finish(status, &mut error)
     }
+}
+
+/// Middleware: a non-2xx response that is not JSON (axum's own 405, 413 and 415, which have
+/// empty or text bodies) gets the error shape of its route; headers such as `Allow` are kept.
+pub async fn error_shape(req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_json(resp.headers()) {
+        return resp;
+    }
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed {
+            allow: resp
+                .headers()
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            method,
+            path: path.clone(),
+        },
+        StatusCode::NOT_FOUND => ApiError::NotFound(format!("route {path}")),
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::BodyTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType,
+        s if s.is_server_error() => ApiError::Internal,
+        s => ApiError::InvalidRequest(format!("the request was refused ({s})")),
+    };
+    let mut shaped = error.response_for(&path);
+    for (name, value) in resp.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    shaped
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"))
 }
 
 impl From<JsonRejection> for ApiError {
@@ -94,9 +241,7 @@ impl From<JsonRejection> for ApiError {
         match r {
             JsonRejection::JsonDataError(e) => ApiError::InvalidRequest(e.body_text()),
             JsonRejection::JsonSyntaxError(e) => ApiError::InvalidJson(e.body_text()),
-            JsonRejection::MissingJsonContentType(_) => {
-                ApiError::InvalidJson("send the body with `content-type: application/json`".into())
-            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
             JsonRejection::BytesRejection(_) => ApiError::BodyTooLarge,
             other => ApiError::InvalidJson(other.body_text()),
         }

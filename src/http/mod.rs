@@ -1,12 +1,13 @@
 //! The HTTP server: the router over one file per surface (`ask`, `search`, `admin`,
-//! `openai_compat`), the shared state, and the one error shape with its exhaustive status
-//! table (`error`). Handlers parse, authorise and call the layer below; they hold no pipeline
+//! `openai_compat`), the shared state, the one error shape with its exhaustive status
+//! table (`error`), and load shedding with the whole-request deadline (`limits`). Handlers parse, authorise and call the layer below; they hold no pipeline
 //! logic.
 
 pub mod admin;
 pub mod ask;
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod openai_compat;
 pub mod search;
 pub mod settings;
@@ -25,7 +26,7 @@ use crate::http::state::AppState;
 /// Builds the router (tests drive it in-process with `oneshot`).
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.engine.config.server.max_body_bytes;
-    Router::new()
+    let routes = Router::new()
         .route("/", get(page))
         .route("/healthz", get(admin::healthz))
         .route("/readyz", get(admin::readyz))
@@ -43,7 +44,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/traces", get(admin::admin_traces))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state.clone());
+    // `Router::layer` wraps each route's handlers one by one; wrapped as one service, the
+    // middleware also sees what the router adds itself (a 405's `Allow` header).
+    let app = Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn(error::error_shape));
+    limits::guard(app, &state.engine.config.server)
 }
 
 async fn page() -> impl IntoResponse {
@@ -53,6 +60,6 @@ async fn page() -> impl IntoResponse {
     )
 }
 
-async fn not_found(uri: axum::http::Uri) -> ApiError {
-    ApiError::NotFound(format!("route {}", uri.path()))
+async fn not_found(uri: axum::http::Uri) -> axum::response::Response {
+    ApiError::NotFound(format!("route {}", uri.path())).response_for(uri.path())
 }

@@ -14,34 +14,98 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::answer::answer_on;
-use crate::answer::events::AnswerEvent;
-use crate::http::ask::{AskBody, AskResponse, Turn, validate_ask};
+use crate::answer::events::{AnswerEvent, UsageView};
+use crate::http::ask::{AskBody, AskResponse, Turn, start_answer, until_terminal, validate_ask};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::providers::Role;
 
+/// One message. `name` and an assistant's `refusal` are accepted and ignored; `tool_calls` and
+/// `tool_call_id` are refused (cairn offers no tools).
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     pub role: String,
     /// A string, or an array of `{type: "text", text}` parts.
+    #[serde(default)]
     pub content: Value,
+    pub name: Option<IgnoredAny>,
+    pub refusal: Option<IgnoredAny>,
+    pub tool_calls: Option<IgnoredAny>,
+    pub tool_call_id: Option<IgnoredAny>,
 }
 
-/// The accepted subset of the OpenAI request; unknown fields (temperature, user, …) are
-/// accepted and ignored, as OpenAI-compatible servers commonly do.
+/// The Chat Completions request as cairn reads it. `messages` and `stream` are used; `model`
+/// is ignored (the answer route decides, and the response names the model that served).
+/// OpenAI's sampling and bookkeeping fields are accepted and ignored; fields that would
+/// change what is returned (`n` > 1, tools, a non-text `response_format`) and fields OpenAI
+/// does not define are refused with 422 naming them. README lists both.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatCompletionRequest {
     #[serde(default)]
     pub model: Option<String>,
     pub messages: Vec<ChatMessage>,
     #[serde(default)]
     pub stream: bool,
+    pub n: Option<u32>,
+    pub response_format: Option<Value>,
+    pub tools: Option<IgnoredAny>,
+    pub tool_choice: Option<IgnoredAny>,
+    pub functions: Option<IgnoredAny>,
+    pub function_call: Option<IgnoredAny>,
+    // Accepted and ignored.
+    pub temperature: Option<IgnoredAny>,
+    pub top_p: Option<IgnoredAny>,
+    pub max_tokens: Option<IgnoredAny>,
+    pub max_completion_tokens: Option<IgnoredAny>,
+    pub presence_penalty: Option<IgnoredAny>,
+    pub frequency_penalty: Option<IgnoredAny>,
+    pub logit_bias: Option<IgnoredAny>,
+    pub logprobs: Option<IgnoredAny>,
+    pub top_logprobs: Option<IgnoredAny>,
+    pub seed: Option<IgnoredAny>,
+    pub stop: Option<IgnoredAny>,
+    pub user: Option<IgnoredAny>,
+    pub metadata: Option<IgnoredAny>,
+    pub store: Option<IgnoredAny>,
+    pub stream_options: Option<IgnoredAny>,
+    pub parallel_tool_calls: Option<IgnoredAny>,
+    pub service_tier: Option<IgnoredAny>,
+    pub reasoning_effort: Option<IgnoredAny>,
+}
+
+impl ChatCompletionRequest {
+    /// Refuses what cairn cannot honour: more than one choice, tools, structured output.
+    fn check_supported(&self) -> Result<(), ApiError> {
+        let refuse = |field: &str, why: &str| {
+            Err(ApiError::InvalidRequest(format!(
+                "`{field}` is not supported by cairn's endpoint: {why}; remove it"
+            )))
+        };
+        if self.n.is_some_and(|n| n != 1) {
+            return refuse("n", "one answer is returned per request");
+        }
+        if self.tools.is_some()
+            || self.tool_choice.is_some()
+            || self.functions.is_some()
+            || self.function_call.is_some()
+        {
+            return refuse("tools", "cairn offers no tools or functions");
+        }
+        match &self.response_format {
+            Some(f) if f.get("type").and_then(Value::as_str) != Some("text") => {
+                refuse("response_format", "answers are text with citations")
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn text_of(content: &Value) -> String {
@@ -56,7 +120,30 @@ fn text_of(content: &Value) -> String {
     }
 }
 
+/// The role a message takes in cairn's conversation: user and assistant as they are; system
+/// and developer messages become caller turns (they carry the caller's authority, never
+/// cairn's system prompt's); tool messages and tool calls are refused.
+fn role_of(m: &ChatMessage) -> Result<Role, ApiError> {
+    let tools = |what: &str| {
+        ApiError::InvalidRequest(format!(
+            "a `{what}` message is not supported: cairn offers no tools; send the conversation without tool turns"
+        ))
+    };
+    match m.role.as_str() {
+        "user" | "system" | "developer" => Ok(Role::User),
+        "assistant" if m.tool_calls.is_some() => Err(tools("tool_calls")),
+        "assistant" => Ok(Role::Assistant),
+        "tool" | "function" => Err(tools(&m.role)),
+        other => Err(ApiError::InvalidRequest(format!(
+            "unknown message role `{other}`; use user, assistant, system or developer"
+        ))),
+    }
+}
+
+/// The `/ask` body of a request: the last user message is the question, the messages before
+/// it are the conversation, messages after it are ignored.
 fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
+    req.check_supported()?;
     let last_user = req
         .messages
         .iter()
@@ -64,20 +151,21 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         .ok_or_else(|| ApiError::InvalidRequest("`messages` needs a user message".into()))?;
     let conversation = req.messages[..last_user]
         .iter()
-        .filter_map(|m| {
-            let role = match m.role.as_str() {
-                "user" => Role::User,
-                "assistant" => Role::Assistant,
-                _ => return None, // system prompts are cairn's own
-            };
-            Some(Turn {
-                role,
+        .map(|m| {
+            Ok(Turn {
+                role: role_of(m)?,
                 content: text_of(&m.content),
             })
         })
-        .collect();
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let question = text_of(&req.messages[last_user].content);
+    if question.trim().is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "the last `user` message has no text; put the question there".into(),
+        ));
+    }
     Ok(AskBody {
-        question: text_of(&req.messages[last_user].content),
+        question,
         filters: None,
         top_k: None,
         stream: Some(req.stream),
@@ -85,8 +173,19 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
     })
 }
 
+/// `POST /v1/chat/completions`; errors in OpenAI's shape, so OpenAI SDKs raise them.
 pub async fn chat_completions(
     State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Json<ChatCompletionRequest>, JsonRejection>,
+) -> Response {
+    complete(s, headers, body)
+        .await
+        .unwrap_or_else(ApiError::openai_response)
+}
+
+async fn complete(
+    s: Arc<AppState>,
     headers: HeaderMap,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
@@ -96,21 +195,26 @@ pub async fn chat_completions(
     let completion = Completion {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: chrono::Utc::now().timestamp(),
-        model: req.model.clone().unwrap_or_else(|| "cairn".into()),
+        model: UNKNOWN_MODEL.into(),
     };
-    let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
-    tokio::spawn(answer_on(
-        s.engine.clone(),
-        ask,
-        caller.name,
-        Some("/v1/chat/completions"),
-        tx,
-    ));
+    let rx = start_answer(&s, ask, caller.name, "/v1/chat/completions");
     if stream {
         Ok(streamed(completion, rx))
     } else {
-        Ok(whole(completion, rx).await)
+        whole(completion, rx, &s.engine.config.answer.fallback_text).await
     }
+}
+
+/// `model` of a response no model served (no answer was found), and of stream chunks sent
+/// before the serving model is known.
+const UNKNOWN_MODEL: &str = "cairn";
+
+/// The model that served an answer, as its usage names it.
+fn serving_model(usage: Option<&UsageView>) -> String {
+    usage
+        .map(|u| u.model.clone())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| UNKNOWN_MODEL.into())
 }
 
 /// What every chunk (or the one response) of a completion carries.
@@ -138,42 +242,44 @@ impl Completion {
     }
 }
 
-/// `stream: false`: the whole answer as one `chat.completion` object.
-async fn whole(c: Completion, mut rx: mpsc::Receiver<AnswerEvent>) -> Response {
+/// `stream: false`: the whole answer as one `chat.completion` object, or the error that
+/// ended it.
+async fn whole(
+    c: Completion,
+    mut rx: mpsc::Receiver<AnswerEvent>,
+    fallback_text: &str,
+) -> Result<Response, ApiError> {
     let mut resp = AskResponse::default();
     while let Some(ev) = rx.recv().await {
         resp.apply(ev);
     }
+    let resp = resp.completed(fallback_text)?;
     let usage = resp.usage.as_ref();
     let (pt, ct) = usage.map_or((0, 0), |u| (u.input_tokens, u.output_tokens));
-    let content = match (&resp.error, resp.answer.is_empty()) {
-        (Some(e), true) => e["message"].as_str().unwrap_or_default().to_string(),
-        _ => resp.answer.clone(),
-    };
-    Json(json!({
+    Ok(Json(json!({
         "id": c.id,
         "object": "chat.completion",
         "created": c.created,
-        "model": c.model,
+        "model": serving_model(resp.usage.as_ref()),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": content},
-            "finish_reason": if resp.error.is_some() { "error" } else { "stop" },
+            "message": {"role": "assistant", "content": resp.answer},
+            "finish_reason": "stop",
         }],
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         "citations": resp.citations,
-        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome, "error": resp.error},
+        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome},
     }))
-    .into_response()
+    .into_response())
 }
 
 /// `stream: true`: server-sent `chat.completion.chunk` events, citations on the final one,
 /// then `[DONE]`.
-fn streamed(c: Completion, rx: mpsc::Receiver<AnswerEvent>) -> Response {
+fn streamed(mut c: Completion, rx: mpsc::Receiver<AnswerEvent>) -> Response {
     let mut citations: Vec<Value> = Vec::new();
     let mut first = true;
-    let events = ReceiverStream::new(rx).filter_map(move |ev| {
-        let out = chunks_of(&c, ev, &mut first, &mut citations);
+    let events = until_terminal(ReceiverStream::new(rx)).filter_map(move |ev| {
+        let out = chunks_of(&mut c, ev, &mut first, &mut citations);
         futures::future::ready(if out.is_empty() { None } else { Some(out) })
     });
     let flat =
@@ -184,10 +290,11 @@ fn streamed(c: Completion, rx: mpsc::Receiver<AnswerEvent>) -> Response {
 }
 
 /// The chunks one answer event becomes: a content delta per token (the first names the
-/// role), nothing for citations (collected for the final chunk), and a final chunk plus
-/// `[DONE]` at the end or on an error.
+/// role), nothing for citations (collected for the final chunk) or usage (which names the
+/// serving model: chunks before it say `cairn`, the final one names the model), and a final
+/// chunk plus `[DONE]` at the end or on an error.
 fn chunks_of(
-    c: &Completion,
+    c: &mut Completion,
     ev: AnswerEvent,
     first: &mut bool,
     citations: &mut Vec<Value>,
@@ -222,6 +329,10 @@ fn chunks_of(
             ),
             Event::default().data("[DONE]"),
         ],
-        AnswerEvent::Retrieval(_) | AnswerEvent::Usage(_) => vec![],
+        AnswerEvent::Usage(u) => {
+            c.model = serving_model(Some(&u));
+            vec![]
+        }
+        AnswerEvent::Retrieval(_) => vec![],
     }
 }

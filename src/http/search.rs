@@ -53,6 +53,11 @@ pub(super) async fn search(
             "`k` must be between 1 and 100".into(),
         ));
     }
+    if p.q.trim().is_empty() {
+        return Err(ApiError::InvalidRequest(
+            "`q` is empty; send the words to search for, e.g. `/search?q=refund`".into(),
+        ));
+    }
     let limit = s.engine.config.server.max_question_chars;
     let chars = p.q.chars().count();
     if chars > limit {

@@ -14,7 +14,12 @@ pub struct RawServer {
     pub bind: String,
     pub max_body_bytes: usize,
     pub max_question_chars: usize,
+    /// Whole-request deadline: an answer stops at it (`deadline_exceeded`), and any route
+    /// whose response has not started a second later answers 504 `deadline_exceeded`.
     pub request_timeout_secs: u64,
+    /// Requests handled at once (open answer streams count until they end); more get 503
+    /// `overloaded` with `Retry-After: 1`. `/healthz`, `/readyz` and `/metrics` are never shed.
+    pub max_concurrent_requests: usize,
     pub keep_alive_secs: u64,
     /// On SIGTERM/Ctrl-C, in-flight streams get this long to finish.
     pub shutdown_grace_secs: u64,
@@ -27,6 +32,7 @@ impl Default for RawServer {
             max_body_bytes: 64 * 1024,
             max_question_chars: 2000,
             request_timeout_secs: 60,
+            max_concurrent_requests: 1024,
             keep_alive_secs: 15,
             shutdown_grace_secs: 20,
         }
@@ -34,8 +40,15 @@ impl Default for RawServer {
 }
 
 impl RawServer {
-    /// The listen address; a value that is not a socket address stops startup.
+    /// The listen address; a value that is not a socket address, or a limit of 0, stops
+    /// startup.
     pub fn validate(&self, cx: &Check) -> Result<SocketAddr, ConfigError> {
+        if self.max_concurrent_requests == 0 {
+            return Err(cx.key_err(
+                "server.max_concurrent_requests",
+                "must be at least 1 (0 would refuse every request)",
+            ));
+        }
         self.bind.parse().map_err(|e| {
             cx.key_err(
                 "server.bind",

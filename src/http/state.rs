@@ -1,7 +1,7 @@
 //! What every handler holds: the engine, the API keys and the job queue, and the check of a
 //! request's key against the scope its route needs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::http::{HeaderMap, header};
 
@@ -14,13 +14,35 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Auth>,
     pub jobs: Arc<Jobs>,
+    /// Test-only fault injection, see [`AppState::inject_answer_panic`].
+    answer_panic: OnceLock<String>,
 }
 
 impl AppState {
     pub fn new(engine: Arc<Engine>) -> anyhow::Result<Arc<AppState>> {
         let auth = Auth::new(&engine.config.auth);
         let jobs = Jobs::open_for(&engine)?;
-        Ok(Arc::new(AppState { engine, auth, jobs }))
+        Ok(Arc::new(AppState {
+            engine,
+            auth,
+            jobs,
+            answer_panic: OnceLock::new(),
+        }))
+    }
+
+    /// Test-only: from now on, the answer task of a question containing `marker` panics, so
+    /// tests can check how a panicking answer ends. Nothing in the config or a request can
+    /// set it; only code holding the state can (the end-to-end tests).
+    #[doc(hidden)]
+    pub fn inject_answer_panic(&self, marker: &str) {
+        let _ = self.answer_panic.set(marker.to_string());
+    }
+
+    /// Whether the test-only panic hook fires for `question`.
+    pub(super) fn answer_panics(&self, question: &str) -> bool {
+        self.answer_panic
+            .get()
+            .is_some_and(|m| question.contains(m.as_str()))
     }
 
     pub fn authorize_scope(&self, headers: &HeaderMap, scope: Scope) -> Result<Caller, ApiError> {
@@ -34,6 +56,7 @@ impl AppState {
                 Scope::Ask => "ask",
                 Scope::Search => "search",
                 Scope::Admin => "admin",
+                Scope::Metrics => "metrics",
             }),
             AuthError::RateLimited { retry_after_secs } => ApiError::RateLimited(retry_after_secs),
         })

@@ -20,6 +20,8 @@ pub const INDEX_DOCUMENTS: &str = "cairn_index_documents";
 pub const INDEX_CHUNKS: &str = "cairn_index_chunks";
 pub const INDEX_GENERATION: &str = "cairn_index_generation";
 pub const JOBS_RUNNING: &str = "cairn_jobs_running";
+/// Requests refused with 503 `overloaded` (`[server] max_concurrent_requests`).
+pub const SHED: &str = "cairn_requests_shed_total";
 /// Failed OTLP trace export requests (their spans are dropped).
 pub const OTLP_EXPORT_FAILURES: &str = "cairn_otlp_export_failures_total";
 

@@ -2,6 +2,7 @@
 
 mod browser;
 mod cli;
+mod contract;
 mod crash;
 mod e2e;
 mod faults;

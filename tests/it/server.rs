@@ -186,7 +186,7 @@ async fn traces_metrics_and_cache() {
 
     cairn::observe::metrics::handle();
     let _ = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
-    let text = support::metrics_text(&app).await;
+    let text = support::metrics_text_as(&app, Some(ADMIN)).await;
     assert!(text.contains("cairn_requests_total"), "{text}");
     assert!(text.contains("cairn_answer_cache_hits_total"), "{text}");
     assert!(text.contains("cairn_index_documents"), "{text}");

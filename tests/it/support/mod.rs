@@ -232,14 +232,20 @@ pub fn post_json(uri: &str, body: &str) -> Request<Body> {
         .expect("request")
 }
 
-/// The Prometheus text of `GET /metrics`.
+/// The Prometheus text of `GET /metrics`, as an anonymous caller.
 pub async fn metrics_text(app: &TestApp) -> String {
+    metrics_text_as(app, None).await
+}
+
+/// The Prometheus text of `GET /metrics`, with `key` when given.
+pub async fn metrics_text_as(app: &TestApp, key: Option<&str>) -> String {
     use tower::ServiceExt;
-    let resp = app
-        .router()
-        .oneshot(get("/metrics"))
-        .await
-        .expect("metrics");
+    let req = match key {
+        Some(key) => with_key(get("/metrics"), key),
+        None => get("/metrics"),
+    };
+    let resp = app.router().oneshot(req).await.expect("metrics");
+    assert_eq!(resp.status(), axum::http::StatusCode::OK, "GET /metrics");
     let bytes = axum::body::to_bytes(resp.into_body(), 1 << 22)
         .await
         .expect("body");
