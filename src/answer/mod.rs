@@ -296,7 +296,7 @@ async fn run(
     if retrieved.context.is_empty() {
         return no_answer(engine, trace, out).await;
     }
-    let key = CacheKey::of(engine, &retrieved.context);
+    let key = CacheKey::of(engine, req, &retrieved.context);
     if let Some((cached, kind)) = engine
         .cache
         .get(&req.question, &retrieved.question_vec, &key.key)
@@ -430,8 +430,10 @@ async fn no_answer(engine: &Engine, trace: &mut Trace, out: &mut Out) -> &'stati
     "no_answer"
 }
 
-/// The answer cache's key for a context: its chunks with their documents' content hashes,
-/// the route's first model and the prompt version.
+/// The answer cache's key: the chunks given to the model with their documents' content
+/// hashes, the conversation (every turn), the route's first target (provider and model) and
+/// the prompt version. Only answers that target served are stored (see [`cacheable`]), so a
+/// hit is always the first choice's own answer, never a fallback's.
 struct CacheKey {
     /// (chunk id, content hash) of every chunk given to the model, in prompt order.
     versions: Vec<(String, String)>,
@@ -439,12 +441,12 @@ struct CacheKey {
 }
 
 impl CacheKey {
-    fn of(engine: &Engine, context: &[Passage]) -> CacheKey {
-        let first_model = engine
+    fn of(engine: &Engine, req: &AskRequest, context: &[Passage]) -> CacheKey {
+        let first = engine
             .router
             .targets(&engine.config.answer.route)
             .first()
-            .map(|t| t.model.clone())
+            .map(|t| (t.provider_name.as_str(), t.model.as_str()))
             .unwrap_or_default();
         let versions: Vec<(String, String)> = context
             .iter()
@@ -454,10 +456,23 @@ impl CacheKey {
                     .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
             })
             .collect();
-        let key =
-            crate::answer::cache::context_key(&versions, &first_model, &engine.prompt.version);
+        let key = crate::answer::cache::context_key(&crate::answer::cache::KeyParts {
+            chunks: &versions,
+            conversation: &req.conversation,
+            target: first,
+            prompt_version: &engine.prompt.version,
+        });
         CacheKey { versions, key }
     }
+}
+
+/// Whether an answer may be stored in the cache: complete (`answered`, or the model's own
+/// empty answer), served by the route's first target (the one the key names), and holding no
+/// value that only this caller's question or conversation carried.
+fn cacheable(outcome: &str, info: &TargetInfo, shown: &Shown) -> bool {
+    matches!(outcome, "answered" | "no_answer")
+        && info.target_index == 0
+        && !shown.unmasker.used_caller_value()
 }
 
 /// Stage: a cache hit — the stored answer and citations, at no cost.
@@ -620,7 +635,10 @@ struct Generated {
 }
 
 /// Stage: generate — stream the model's deltas through the unmasker and the citation filter
-/// to the client, then meter the call. An empty answer becomes the no-answer text.
+/// to the client, then meter the call. The outcome says how the model stopped: `answered`
+/// (complete), `truncated` (length limit), `filtered` (content filter) — or, as an error,
+/// `provider_error` (the model reported a failure) and `provider_stream_failed` (the stream
+/// broke). A complete empty answer becomes the no-answer text (`no_answer`).
 async fn generate(
     engine: &Engine,
     mut stream: ChatStream,
@@ -639,33 +657,29 @@ async fn generate(
     // Ending the call charges its cost to the budget and frees its concurrency permit.
     drop(stream);
     record_usage(&info, trace);
-    if let Err(outcome) = streamed {
-        trace.answer = Some(shown.text);
-        if outcome == "provider_stream_failed" {
-            let _ = out
-                .send(AnswerEvent::Error {
-                    code: outcome,
-                    message:
-                        "The answer was cut off by a provider error; the part above is incomplete."
-                            .into(),
-                })
-                .await;
-        }
-        return Err(outcome);
-    }
+    let finish = match streamed {
+        Ok(finish) => finish,
+        Err(outcome) => return Err(cut_off(outcome, shown, trace, out).await),
+    };
     let tail = shown.finish();
     if !tail.is_empty() && !out.send(AnswerEvent::Token(tail)).await {
         return Err("client_disconnected");
     }
-    let outcome = if shown.text.trim().is_empty() {
-        metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
-        shown.text = engine.config.answer.no_answer_text.clone();
-        if !out.send(AnswerEvent::Token(shown.text.clone())).await {
-            return Err("client_disconnected");
+    if finish == Some(FinishReason::Error) {
+        return Err(cut_off("provider_error", shown, trace, out).await);
+    }
+    let outcome = match finish {
+        Some(FinishReason::Length) => "truncated",
+        Some(FinishReason::ContentFilter) => "filtered",
+        _ if shown.text.trim().is_empty() => {
+            metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
+            shown.text = engine.config.answer.no_answer_text.clone();
+            if !out.send(AnswerEvent::Token(shown.text.clone())).await {
+                return Err("client_disconnected");
+            }
+            "no_answer"
         }
-        "no_answer"
-    } else {
-        "answered"
+        _ => "answered",
     };
     Ok(Generated {
         shown,
@@ -674,8 +688,35 @@ async fn generate(
     })
 }
 
+/// Ends an answer the provider did not complete: the text shown so far goes to the trace, and
+/// the client is told the part it saw is incomplete (unless it left). Returns the outcome.
+async fn cut_off(
+    outcome: &'static str,
+    shown: Shown,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
+    trace.answer = Some(shown.text);
+    let message = match outcome {
+        "provider_stream_failed" => {
+            "The answer was cut off by a provider error; the part above is incomplete."
+        }
+        "provider_error" => {
+            "The model provider ended the answer with an error; the part above is incomplete."
+        }
+        _ => return outcome,
+    };
+    let _ = out
+        .send(AnswerEvent::Error {
+            code: outcome,
+            message: message.into(),
+        })
+        .await;
+    outcome
+}
+
 /// Relays the provider's stream to the client until it ends, the client leaves or the
-/// provider fails.
+/// provider fails; returns why the model stopped (`None`: the stream ended without saying).
 async fn relay(
     stream: &mut ChatStream,
     info: &TargetInfo,
@@ -683,7 +724,8 @@ async fn relay(
     trace: &mut Trace,
     out: &mut Out,
     started: Instant,
-) -> Result<(), &'static str> {
+) -> Result<Option<FinishReason>, &'static str> {
+    let mut finish = None;
     loop {
         let next = tokio::select! {
             ev = stream.next() => Some(ev),
@@ -694,7 +736,7 @@ async fn relay(
             out.gone = true;
             return Err("client_disconnected");
         };
-        let Some(ev) = ev else { return Ok(()) };
+        let Some(ev) = ev else { return Ok(finish) };
         match ev {
             Ok(ChatEvent::TextDelta(d)) => {
                 if trace.timings.first_token_ms.is_none() {
@@ -707,8 +749,9 @@ async fn relay(
             }
             // Usage is metered by the gateway (`info`); the answer prompt offers no tools.
             Ok(ChatEvent::Usage(_) | ChatEvent::ToolCallDelta { .. }) => {}
-            Ok(ChatEvent::Finish(FinishReason::Error)) => return Ok(()),
-            Ok(ChatEvent::Finish(_)) => {}
+            Ok(ChatEvent::Finish(FinishReason::Error)) => return Ok(Some(FinishReason::Error)),
+            // Usage may still follow the finish reason.
+            Ok(ChatEvent::Finish(f)) => finish = Some(f),
             Err(e) => {
                 // Output had started, so the gateway did not fall back: the answer is cut off.
                 tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
@@ -755,7 +798,7 @@ async fn finish(
     metrics::counter!(crate::observe::metrics::DROPPED_CITATIONS).increment(dropped as u64);
     // An answer carrying a value that only this caller's question held (their e-mail
     // address, say) is not cached: a semantic hit would show it to another caller.
-    if !shown.unmasker.used_caller_value() {
+    if cacheable(outcome, &info, &shown) {
         engine.cache.put(
             &req.question,
             retrieved.question_vec.clone(),

@@ -22,7 +22,7 @@ const HR: &str = "hr-key-789";
 /// An app whose answer route is `remote` (the fake; one retry, no backoff to speak of) then
 /// `local`; the remote model costs $1000 per million tokens in and out, so the fake's 21 + 7
 /// tokens cost $0.028.
-fn app_with_remote(fake: &Fake, extra: &str) -> TestApp {
+pub(crate) fn app_with_remote(fake: &Fake, extra: &str) -> TestApp {
     TestApp::with_config(&format!(
         r#"
 [providers.remote]

@@ -1,0 +1,155 @@
+//! Guarantees of the answer pipeline at its edges: what the answer cache may serve (the
+//! conversation and the serving model are part of its key), which outcome an answer that did
+//! not complete carries, which citation markers may be shown, verbatim quotes, filters that
+//! name sources the caller cannot read, and the audit line of every prompt handed over.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::gateway::app_with_remote;
+use crate::support::{TestApp, body_json, post_json, with_key};
+use crate::vendors::{Fake, Frame, Reply, Vendor};
+
+const BOT: &str = "bot-key-456";
+
+/// `POST /ask` (not streaming) with `body`, as `key` when given; the status and JSON body.
+async fn ask(app: &TestApp, key: Option<&str>, body: Value) -> (StatusCode, Value) {
+    let req = post_json("/ask", &body.to_string());
+    let req = match key {
+        Some(k) => with_key(req, k),
+        None => req,
+    };
+    let resp = app.router().oneshot(req).await.expect("response");
+    (resp.status(), body_json(resp).await)
+}
+
+/// The newest trace's cache hit kind and serving provider.
+fn last_trace(app: &TestApp) -> (Option<String>, Option<String>, String) {
+    let t = &app.engine.traces.recent(1)[0];
+    (t.cache_hit.clone(), t.provider.clone(), t.outcome.clone())
+}
+
+#[tokio::test]
+async fn the_same_question_in_another_conversation_is_not_served_from_the_cache() {
+    let app = TestApp::new();
+    let conversation = |about: &str| {
+        json!([
+            {"role": "user", "content": format!("I have a question about {about}.")},
+            {"role": "assistant", "content": "Sure, go ahead."},
+        ])
+    };
+    let question = "How long do refunds take?";
+    let first = json!({"question": question, "stream": false, "conversation": conversation("my order 123")});
+    let (status, json) = ask(&app, None, first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(last_trace(&app).0, None);
+
+    // Another caller's follow-up: same question, another conversation. Not a hit.
+    let other =
+        json!({"question": question, "stream": false, "conversation": conversation("a gift card")});
+    let (status, json) = ask(&app, None, other).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(
+        last_trace(&app).0,
+        None,
+        "an answer to another conversation was served from the cache"
+    );
+    // One turn less is another conversation too.
+    let shorter = json!({"question": question, "stream": false,
+        "conversation": [{"role": "user", "content": "I have a question about my order 123."}]});
+    ask(&app, None, shorter).await;
+    assert_eq!(last_trace(&app).0, None, "a shorter conversation was a hit");
+
+    // The very same conversation again is a hit: the cache works, it just keys on the turns.
+    ask(&app, None, first).await;
+    assert_eq!(last_trace(&app).0.as_deref(), Some("exact"));
+}
+
+/// A compatible vendor's whole stream of `parts` ending with `finish_reason`.
+fn ending_with(parts: &[&str], finish_reason: &str) -> Reply {
+    let frames = Vendor::Compatible
+        .success(parts)
+        .into_iter()
+        .map(|f| match f {
+            Frame::Bytes(b) => Frame::Bytes(b.replace(
+                r#""finish_reason":"stop""#,
+                &format!(r#""finish_reason":"{finish_reason}""#),
+            )),
+            other => other,
+        })
+        .collect();
+    Reply::sse(frames)
+}
+
+fn complete_answer() -> Reply {
+    Reply::sse(Vendor::Compatible.success(&["Refunds take ", "5 business days [1]."]))
+}
+
+#[tokio::test]
+async fn an_answer_served_by_a_fallback_is_not_cached_as_the_primary_models() {
+    // The remote fails twice (first try and its retry), so the extractive fallback serves;
+    // then the remote heals.
+    let overloaded = Reply::json(503, &Vendor::Compatible.error_body("overloaded"));
+    let fake = Fake::start(vec![overloaded.clone(), overloaded, complete_answer()]).await;
+    let app = app_with_remote(&fake, "");
+    let body = json!({"question": "How long do refunds take?", "stream": false});
+    let (_, json) = ask(&app, Some(BOT), body.clone()).await;
+    assert_eq!(json["usage"]["provider"], "local", "{json}");
+
+    let (_, json) = ask(&app, Some(BOT), body.clone()).await;
+    assert_eq!(
+        last_trace(&app).0,
+        None,
+        "the fallback's answer was served from the cache: {json}"
+    );
+    assert_eq!(json["usage"]["provider"], "remote", "{json}");
+    assert_eq!(fake.hits(), 3);
+
+    // The primary's own answer is cached and served as the primary's.
+    let (_, json) = ask(&app, Some(BOT), body).await;
+    assert_eq!(last_trace(&app).0.as_deref(), Some("exact"));
+    assert_eq!(json["usage"]["provider"], "remote", "{json}");
+    assert_eq!(fake.hits(), 3);
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_carries_its_own_outcome_and_is_not_cached() {
+    let cases = [
+        ("length", "truncated"),
+        ("content_filter", "filtered"),
+        ("error", "provider_error"),
+    ];
+    for (finish_reason, outcome) in cases {
+        let fake = Fake::start(vec![ending_with(
+            &["Refunds take ", "5 business days [1]"],
+            finish_reason,
+        )])
+        .await;
+        let app = app_with_remote(&fake, "");
+        let body = json!({"question": "How long do refunds take?", "stream": false});
+        let (_, json) = ask(&app, Some(BOT), body.clone()).await;
+        let (_, provider, traced) = last_trace(&app);
+        assert_eq!(provider.as_deref(), Some("remote"), "{finish_reason}");
+        assert_eq!(traced, outcome, "{finish_reason}: {json}");
+        match outcome {
+            // The model's own error: an error event (as for a stream cut by the network).
+            "provider_error" => assert_eq!(json["error"]["code"], outcome, "{json}"),
+            _ => assert_eq!(json["outcome"], outcome, "{json}"),
+        }
+        assert!(
+            json["answer"]
+                .as_str()
+                .is_some_and(|a| a.contains("5 business days")),
+            "{json}"
+        );
+        // Not cached: the same question calls the model again.
+        ask(&app, Some(BOT), body).await;
+        assert_eq!(
+            last_trace(&app).0,
+            None,
+            "{finish_reason}: served from cache"
+        );
+        assert_eq!(fake.hits(), 2, "{finish_reason}");
+    }
+}
