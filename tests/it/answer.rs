@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::gateway::app_with_remote;
-use crate::support::{TestApp, body_json, post_json, with_key};
+use crate::support::{ADMIN, HR, TestApp, body_json, get, keyed_app, post_json, with_key};
 use crate::vendors::{Fake, Frame, Reply, Vendor};
 
 const BOT: &str = "bot-key-456";
@@ -152,4 +152,59 @@ async fn an_answer_cut_short_carries_its_own_outcome_and_is_not_cached() {
         );
         assert_eq!(fake.hits(), 2, "{finish_reason}");
     }
+}
+
+/// The status and the body with the probed source name replaced by `<name>`.
+async fn probe(
+    app: &TestApp,
+    req: axum::http::Request<axum::body::Body>,
+    name: &str,
+) -> (StatusCode, String) {
+    let resp = app.router().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let body = body_json(resp).await.to_string().replace(name, "<name>");
+    (status, body)
+}
+
+#[tokio::test]
+async fn a_source_the_caller_cannot_read_looks_exactly_like_one_that_does_not_exist() {
+    let app = keyed_app();
+    for key in [Some(ADMIN), None] {
+        let mut seen = Vec::new();
+        for name in ["hr", "no-such-source"] {
+            let search = get(&format!("/search?q=salary+band&source={name}"));
+            let search = match key {
+                Some(k) => with_key(search, k),
+                None => search,
+            };
+            let body = json!({"question": "What is the salary band?", "stream": false,
+                "filters": {"source": [name]}});
+            let ask = with_key(post_json("/ask", &body.to_string()), ADMIN);
+            seen.push((
+                probe(&app, search, name).await,
+                probe(&app, ask, name).await,
+            ));
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "{key:?}: a restricted source answers differently from an unknown one"
+        );
+        let ((status, body), _) = &seen[0];
+        assert_eq!(*status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        assert!(body.contains("unknown_filter"), "{body}");
+    }
+    // A key holding the source's group still filters on it.
+    let json = {
+        let resp = app
+            .router()
+            .oneshot(with_key(get("/search?q=salary+band&source=hr"), HR))
+            .await
+            .expect("response");
+        assert_eq!(resp.status(), StatusCode::OK);
+        body_json(resp).await
+    };
+    assert!(
+        json["hits"].as_array().is_some_and(|h| !h.is_empty()),
+        "{json}"
+    );
 }
