@@ -1,10 +1,12 @@
 //! Which `[n]` markers an answer may show and what each citation quotes: the streaming
 //! [`CitationFilter`] keeps markers of passages the model was given and drops the rest, and
-//! [`best_quote`] picks the sentence of a passage that supports the text citing it.
+//! [`best_quote`] picks the sentence of a passage's chunks that supports the text citing it,
+//! as a range of the chunk's own text (a quote is always verbatim).
 //!
 //! Must not: let through a marker whose passage was not in the prompt.
 
 use std::collections::{BTreeSet, HashSet};
+use std::ops::Range;
 
 /// The longest marker body held back while it is still open: a bracket of marker characters
 /// that grows past it is dropped (it could still close, and then name anything).
@@ -142,8 +144,66 @@ fn words(s: &str) -> HashSet<String> {
     crate::providers::extractive::terms(s).into_iter().collect()
 }
 
-/// The sentence of `chunk` sharing most words with the answer sentences citing `[n]`.
-pub fn best_quote(answer: &str, n: usize, chunk_text: &str) -> String {
+/// The sentences of `text` as byte ranges of it, so a quote is always an exact substring: a
+/// sentence ends at `.`, `!` or `?` before whitespace or the end, at a blank line, and a
+/// Markdown heading line is a sentence of its own (without its `#`s). Sentences may span line
+/// breaks (wrapped prose); they start and end at a non-space character.
+pub fn sentence_spans(text: &str) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    // The open sentence: its start and the end of its last non-space character.
+    let mut open: Option<(usize, usize)> = None;
+    let close = |open: &mut Option<(usize, usize)>, spans: &mut Vec<Range<usize>>| {
+        if let Some((start, end)) = open.take() {
+            spans.push(start..end);
+        }
+    };
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let at = line_start;
+        line_start += line.len();
+        let body = line.trim_start();
+        if body.trim_end().is_empty() {
+            close(&mut open, &mut spans);
+            continue;
+        }
+        if body.starts_with('#') {
+            close(&mut open, &mut spans);
+            let heading = body.trim_start_matches('#').trim();
+            if !heading.is_empty() {
+                let start = at + line.len() - body.trim_start_matches('#').trim_start().len();
+                spans.push(start..start + heading.len());
+            }
+            continue;
+        }
+        let mut chars = line.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            if c.is_whitespace() {
+                continue;
+            }
+            let end = at + i + c.len_utf8();
+            let (start, _) = open.unwrap_or((at + i, end));
+            open = Some((start, end));
+            let next = chars.peek().map(|&(_, n)| n);
+            if matches!(c, '.' | '!' | '?') && next.is_none_or(char::is_whitespace) {
+                close(&mut open, &mut spans);
+            }
+        }
+    }
+    close(&mut open, &mut spans);
+    spans
+}
+
+/// Where a citation's quote lies: which of the texts it was chosen from, and its byte range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuoteSpan {
+    pub text: usize,
+    pub bytes: Range<usize>,
+}
+
+/// The sentence among `texts` (the cited passage's chunks, the preferred first) sharing most
+/// words with the answer sentences citing `[n]`; the first of equals. `None` when the texts
+/// hold no sentence.
+pub fn best_quote(answer: &str, n: usize, texts: &[&str]) -> Option<QuoteSpan> {
     let marker = format!("[{n}]");
     let citing: String = crate::providers::extractive::sentences(answer)
         .into_iter()
@@ -151,10 +211,22 @@ pub fn best_quote(answer: &str, n: usize, chunk_text: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ");
     let target = words(&citing);
-    crate::providers::extractive::sentences(chunk_text)
-        .into_iter()
-        .max_by_key(|s| words(s).intersection(&target).count())
-        .unwrap_or_default()
+    let mut best: Option<(usize, QuoteSpan)> = None;
+    for (i, text) in texts.iter().enumerate() {
+        for span in sentence_spans(text) {
+            let score = words(&text[span.clone()]).intersection(&target).count();
+            if best.as_ref().is_none_or(|(b, _)| score > *b) {
+                best = Some((
+                    score,
+                    QuoteSpan {
+                        text: i,
+                        bytes: span,
+                    },
+                ));
+            }
+        }
+    }
+    best.map(|(_, q)| q)
 }
 
 #[cfg(test)]
@@ -193,12 +265,34 @@ mod tests {
 
     #[test]
     fn quote_is_the_supporting_sentence() {
-        let q = best_quote(
-            "Refunds take five business days [1].",
-            1,
+        let texts = [
+            "We ship daily. Call us anytime.",
             "We ship daily. Refunds take five business days after receipt. Call us anytime.",
+        ];
+        let q = best_quote("Refunds take five business days [1].", 1, &texts).expect("quote");
+        assert_eq!(q.text, 1);
+        assert_eq!(
+            &texts[1][q.bytes],
+            "Refunds take five business days after receipt."
         );
-        assert_eq!(q, "Refunds take five business days after receipt.");
+    }
+
+    #[test]
+    fn sentences_are_exact_ranges_of_the_text() {
+        let text = "# Refunds\n\nRefunds take five\nbusiness days.  Card refunds?\n## Exchanges \n\
+                    Sizes: swap\u{e9} them!\n\n   trailing words";
+        let got: Vec<&str> = sentence_spans(text).into_iter().map(|r| &text[r]).collect();
+        assert_eq!(
+            got,
+            [
+                "Refunds",
+                "Refunds take five\nbusiness days.",
+                "Card refunds?",
+                "Exchanges",
+                "Sizes: swap\u{e9} them!",
+                "trailing words",
+            ]
+        );
     }
 
     /// Runs `deltas` through a filter allowing `1..=3`; the text shown and the filter.

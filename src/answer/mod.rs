@@ -846,15 +846,17 @@ async fn send_citations(
     Some(citations)
 }
 
-/// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence.
+/// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence,
+/// and the quote as a range of that chunk's own text.
 fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
-    let quote = best_quote(answer, n, &p.text);
-    let chunk = context::chunk_for_quote(p, &quote);
-    let quote = if chunk.text.contains(quote.trim()) {
-        quote
-    } else {
-        best_quote(answer, n, &chunk.text)
+    let chunks = p.chunks_retrieved_first();
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    let (chunk, bytes) = match best_quote(answer, n, &texts) {
+        Some(q) => (chunks[q.text], q.bytes),
+        None => (chunks[0], 0..0),
     };
+    let quote_start = chunk.text[..bytes.start].chars().count();
+    let quote = chunk.text[bytes].to_string();
     Citation {
         n,
         doc_id: p.document.id.clone(),
@@ -864,6 +866,8 @@ fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
         page: chunk.page,
         char_start: chunk.char_start,
         char_end: chunk.char_end,
+        quote_end: quote_start + quote.chars().count(),
+        quote_start,
         quote,
     }
 }

@@ -208,3 +208,56 @@ async fn a_source_the_caller_cannot_read_looks_exactly_like_one_that_does_not_ex
         "{json}"
     );
 }
+
+#[tokio::test]
+async fn every_citation_quote_is_the_chunk_text_at_its_offsets() {
+    let app = TestApp::new();
+    let qa = std::fs::read_to_string(crate::support::repo().join("samples/qa.jsonl")).expect("qa");
+    let mut questions: Vec<String> = qa
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("qa line");
+            v["question"].as_str().expect("question").to_string()
+        })
+        .collect();
+    // Sentences that wrap over lines and sit under headings.
+    questions.push("How long do card refunds take to appear on my statement?".into());
+    questions.push("How do I exchange a size or colour?".into());
+    let mut checked = 0;
+    let mut multi_line = 0;
+    for question in &questions {
+        let (status, json) = ask(&app, None, json!({"question": question, "stream": false})).await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        for c in json["citations"].as_array().expect("citations") {
+            let doc_id = c["doc_id"].as_str().expect("doc_id");
+            let chunks = app.engine.index.chunks_of(doc_id).expect("chunks");
+            let chunk = chunks
+                .iter()
+                .find(|k| k.chunk_id() == c["chunk_id"])
+                .unwrap_or_else(|| panic!("cited chunk not in the index: {c}"));
+            let quote = c["quote"].as_str().expect("quote");
+            assert!(
+                chunk.text.contains(quote),
+                "{question}: the quote is not in the chunk text: {quote:?}"
+            );
+            let (start, end) = (
+                c["quote_start"].as_u64().expect("quote_start") as usize,
+                c["quote_end"].as_u64().expect("quote_end") as usize,
+            );
+            let at: String = chunk.text.chars().skip(start).take(end - start).collect();
+            assert_eq!(at, quote, "{question}: {c}");
+            assert!(!quote.trim().is_empty(), "{question}: empty quote {c}");
+            multi_line += usize::from(quote.contains('\n'));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= questions.len(),
+        "only {checked} citations checked"
+    );
+    assert!(
+        multi_line > 0,
+        "no quote spanned a line break; the corpus case is not covered"
+    );
+}
