@@ -205,45 +205,64 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
         .increment(info.cost_usd());
 }
 
-/// What an answer request hands the gateway, for the audit log.
+/// A prompt handed to the gateway, for the audit log: written exactly once, whatever happens
+/// after — by [`SentPrompt::record`] when the gateway answered, or when dropped unrecorded
+/// (the request's deadline or a panic ended the pipeline first), as `cancelled`: the prompt may
+/// have reached any provider of the route by then.
 struct SentPrompt<'a> {
+    engine: &'a Engine,
+    trace_id: String,
+    caller: String,
     route: &'a str,
     chat: &'a ChatRequest,
     chunk_ids: Vec<String>,
     masked: BTreeMap<String, usize>,
+    recorded: bool,
 }
 
-/// Records in the audit log which provider received the prompt (`served`, and the `attempts`
-/// that were called and failed): ids and the prompt's hash, its text only if configured.
-fn audit_sent(
-    engine: &Engine,
-    trace: &Trace,
-    sent: SentPrompt<'_>,
-    served: Option<&TargetInfo>,
-    attempts: &[Attempt],
-) {
-    // Assembling and hashing the prompt is per request: skip it when nothing is recorded.
-    if !engine.audit.enabled() {
-        return;
+impl SentPrompt<'_> {
+    /// Records which provider received the prompt (`served`, and the `attempts` that were
+    /// called and failed) and what became of it (`outcome`).
+    fn record(mut self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+        self.recorded = true;
+        self.write(served, attempts, outcome);
     }
-    let text = crate::observe::audit::prompt_text(sent.chat);
-    engine.audit.record_or_warn(&AuditEvent::ProviderRequest {
-        trace_id: trace.id.clone(),
-        caller: trace.caller.clone(),
-        route: sent.route.to_string(),
-        provider: served.map(|i| i.provider_name.clone()),
-        model: served.map(|i| i.model.clone()),
-        tried: attempts
-            .iter()
-            .filter(|a| a.error.is_some())
-            .map(|a| a.provider.clone())
-            .collect(),
-        chunk_ids: sent.chunk_ids,
-        prompt_sha256: crate::observe::audit::sha256_hex(&text),
-        prompt_chars: text.chars().count(),
-        masked: sent.masked,
-        prompt: engine.audit.records_text().then_some(text),
-    });
+
+    /// One `provider_request` line: ids and the prompt's hash, its text only if configured.
+    fn write(&self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+        let audit = &self.engine.audit;
+        // Assembling and hashing the prompt is per request: skip it when nothing is recorded.
+        if !audit.enabled() {
+            return;
+        }
+        let text = crate::observe::audit::prompt_text(self.chat);
+        audit.record_or_warn(&AuditEvent::ProviderRequest {
+            trace_id: self.trace_id.clone(),
+            caller: self.caller.clone(),
+            route: self.route.to_string(),
+            provider: served.map(|i| i.provider_name.clone()),
+            model: served.map(|i| i.model.clone()),
+            tried: attempts
+                .iter()
+                .filter(|a| a.error.is_some())
+                .map(|a| a.provider.clone())
+                .collect(),
+            chunk_ids: self.chunk_ids.clone(),
+            prompt_sha256: crate::observe::audit::sha256_hex(&text),
+            prompt_chars: text.chars().count(),
+            masked: self.masked.clone(),
+            outcome: outcome.to_string(),
+            prompt: audit.records_text().then_some(text),
+        });
+    }
+}
+
+impl Drop for SentPrompt<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.write(None, &[], "cancelled");
+        }
+    }
 }
 
 /// Ends an answer the gateway gave no stream for, with the error's stable code.
@@ -557,7 +576,7 @@ fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> Ma
 /// Stage: hand the prompt to the gateway, which retries, times out, breaks circuits, limits
 /// concurrency, checks the budget and falls back across the route — only until the first
 /// token, which it holds back until it hands the stream over. A client that leaves meanwhile
-/// cancels the upstream call. Every prompt handed over is audited.
+/// cancels the upstream call. Every prompt handed over is audited ([`SentPrompt`]).
 async fn open_stream(
     engine: &Engine,
     req: &AskRequest,
@@ -569,33 +588,39 @@ async fn open_stream(
 ) -> Result<(ChatStream, TargetInfo), &'static str> {
     let route = &engine.config.answer.route;
     let sent = SentPrompt {
+        engine,
+        trace_id: trace.id.clone(),
+        caller: trace.caller.clone(),
         route,
         chat: &prompt.chat,
         chunk_ids: key.versions.iter().map(|(id, _)| id.clone()).collect(),
         masked: prompt.masked.clone(),
+        recorded: false,
     };
     let budget_key = req.budget_key.as_deref();
     let opened = tokio::select! {
         r = engine.router.stream_for_key(route, &prompt.chat, cancel, budget_key) => r,
         _ = out.tx.closed() => {
             // The prompt may have reached a provider before the client left.
-            audit_sent(engine, trace, sent, None, &[]);
+            sent.record(None, &[], "client_disconnected");
             out.gone = true;
             return Err("client_disconnected");
         }
     };
     match opened {
         Ok((stream, info)) => {
-            audit_sent(engine, trace, sent, Some(&info), &info.attempts);
+            sent.record(Some(&info), &info.attempts, "served");
             record_attempts(&info.attempts, trace);
             trace.provider = Some(info.provider_name.clone());
             trace.model = Some(info.model.clone());
             Ok((stream, info))
         }
         Err(e) => {
-            if let GatewayError::AllFailed { attempts, .. } = &e {
-                audit_sent(engine, trace, sent, None, attempts);
-            }
+            let attempts = match &e {
+                GatewayError::AllFailed { attempts, .. } => attempts.as_slice(),
+                _ => &[],
+            };
+            sent.record(None, attempts, e.code());
             Err(refused(engine, e, trace, out).await)
         }
     }

@@ -3,12 +3,17 @@
 //! not complete carries, which citation markers may be shown, verbatim quotes, filters that
 //! name sources the caller cannot read, and the audit line of every prompt handed over.
 
+use std::time::{Duration, Instant};
+
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::gateway::app_with_remote;
-use crate::support::{ADMIN, HR, TestApp, body_json, get, keyed_app, post_json, with_key};
+use crate::support::{
+    ADMIN, HR, TestApp, body_json, get, keyed_app, post_json, read_until, wiki_with_remote_model,
+    with_key,
+};
 use crate::vendors::{Fake, Frame, Reply, Vendor};
 
 const BOT: &str = "bot-key-456";
@@ -260,4 +265,137 @@ async fn every_citation_quote_is_the_chunk_text_at_its_offsets() {
         multi_line > 0,
         "no quote spanned a line break; the corpus case is not covered"
     );
+}
+
+/// The `provider_request` audit lines of the trace `trace_id`.
+fn provider_requests(app: &TestApp, trace_id: &str) -> Vec<Value> {
+    cairn::observe::audit::read(app.engine.audit.path())
+        .expect("audit log")
+        .into_iter()
+        .filter(|l| l["event"] == "provider_request" && l["trace_id"] == trace_id)
+        .collect()
+}
+
+/// An app whose only answer model is the remote at `fake` (no fallback, no retry), plus `extra`.
+fn app_with_only_remote(fake: &Fake, extra: &str) -> TestApp {
+    TestApp::with_setup(|dir| {
+        wiki_with_remote_model(
+            dir,
+            &fake.base,
+            (
+                "refunds.md",
+                "# Refunds\n\nRefunds take 5 business days after we receive the parcel.",
+            ),
+            extra,
+        )
+    })
+}
+
+/// A remote that accepts the call and never sends a token.
+async fn hanging_remote() -> Fake {
+    let mut hang = Vendor::Compatible.preamble();
+    hang.push(Frame::Delay(Duration::from_secs(120)));
+    Fake::start(vec![Reply::sse(hang)]).await
+}
+
+#[tokio::test]
+async fn a_prompt_cut_off_by_the_deadline_is_audited() {
+    let fake = hanging_remote().await;
+    let app = app_with_only_remote(&fake, "[server]\nrequest_timeout_secs = 1\n");
+    let body = json!({"question": "How long do refunds take?", "stream": false});
+    let (_, json) = ask(&app, None, body).await;
+    assert!(json["error"]["code"].is_string(), "{json}");
+    let trace = app.engine.traces.recent(1)[0].clone();
+    assert_ne!(trace.outcome, "answered", "{json}");
+    assert_eq!(fake.hits(), 1, "the prompt reached the provider");
+    let lines = provider_requests(&app, &trace.id);
+    assert_eq!(
+        lines.len(),
+        1,
+        "the prompt handed to the provider before the deadline is not audited: {lines:?}"
+    );
+    assert!(
+        ["cancelled", "providers_unavailable"]
+            .contains(&lines[0]["outcome"].as_str().unwrap_or("")),
+        "{lines:?}"
+    );
+    assert!(
+        lines[0]["prompt_sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
+}
+
+#[tokio::test]
+async fn a_prompt_whose_client_left_before_the_first_token_is_audited() {
+    let fake = hanging_remote().await;
+    let app = app_with_only_remote(&fake, "");
+    let addr = app.serve().await;
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/ask"))
+        .json(&json!({"question": "How long do refunds take?"}))
+        .send()
+        .await
+        .expect("send");
+    let mut body = resp.bytes_stream();
+    read_until(&mut body, "event: retrieval").await;
+    let waited = Instant::now();
+    while fake.hits() == 0 && waited.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.hits(), 1, "the prompt reached the provider");
+    drop(body);
+    let waited = Instant::now();
+    let trace = loop {
+        let t = app.engine.traces.recent(1).first().cloned();
+        if let Some(t) = t.filter(|t| t.outcome == "client_disconnected") {
+            break t;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(20),
+            "no trace of the disconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let lines = provider_requests(&app, &trace.id);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "client_disconnected", "{lines:?}");
+}
+
+#[tokio::test]
+async fn a_prompt_refused_by_the_budget_is_audited_as_refused() {
+    let fake = Fake::start(vec![complete_answer()]).await;
+    let app = app_with_remote(&fake, "[budget]\ndaily_usd = 0.01\n");
+    // `cairn ask` runs the pipeline without the HTTP check, so the gateway itself refuses.
+    let mut outcome = String::new();
+    for question in [
+        "How long do refunds take?",
+        "What does express shipping cost?",
+    ] {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let req = cairn::answer::events::AskRequest {
+            question: question.into(),
+            filter: Default::default(),
+            top_k: 5,
+            conversation: Vec::new(),
+            budget_key: None,
+        };
+        tokio::spawn(cairn::answer::answer(
+            app.engine.clone(),
+            req,
+            "cli".into(),
+            tx,
+        ));
+        while rx.recv().await.is_some() {}
+        outcome = app.engine.traces.recent(1)[0].outcome.clone();
+        if outcome == "budget_exhausted" {
+            break;
+        }
+    }
+    assert_eq!(outcome, "budget_exhausted");
+    let trace = app.engine.traces.recent(1)[0].clone();
+    let lines = provider_requests(&app, &trace.id);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["outcome"], "budget_exhausted", "{lines:?}");
+    assert!(lines[0]["provider"].is_null(), "{lines:?}");
 }

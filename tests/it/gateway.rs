@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -174,15 +173,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream_call() {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body().into_data_stream();
-    let mut received = String::new();
-    while !received.contains("event: token") {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
-            .await
-            .expect("a token event before the pause")
-            .expect("body still open")
-            .expect("body bytes");
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let received = support::read_until(&mut body, "event: token").await;
     assert!(received.contains("Refunds take"), "{received}");
     assert_eq!(
         fake.abandoned(),
