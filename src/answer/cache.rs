@@ -1,6 +1,7 @@
 //! The answer cache. Exact hits are keyed on (normalised question, the retrieved chunks with
-//! their documents' content hashes, provider model, prompt version), so any reindex that
-//! changes the context misses by construction. On top, a semantic hit serves a new question
+//! their documents' content hashes, the conversation's turns, the serving provider and model,
+//! prompt version), so any reindex that changes the context, and any other conversation,
+//! misses by construction. On top, a semantic hit serves a new question
 //! whose embedding is within `semantic_min_cosine` of a cached one *and* that retrieved the
 //! same chunk set. Because the chunk set comes from the caller's own access-filtered
 //! retrieval, a cached answer is never served to a caller who could not see its sources.
@@ -15,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::answer::events::{Citation, UsageView};
 use crate::config::section::{Check, ConfigError};
+use crate::providers::{Message, Role};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,18 +98,43 @@ pub fn normalise_question(q: &str) -> String {
         .join(" ")
 }
 
-/// The context part of the key: chunk ids with their document versions, model, prompt.
-pub fn context_key(chunks: &[(String, String)], model: &str, prompt_version: &str) -> String {
-    let mut h = Sha256::new();
-    for (id, version) in chunks {
-        h.update(id.as_bytes());
-        h.update([0]);
-        h.update(version.as_bytes());
-        h.update([1]);
+/// What an answer depends on besides the question: the context part of the cache key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyParts<'a> {
+    /// (chunk id, content hash of its document) of every chunk given to the model, in order.
+    pub chunks: &'a [(String, String)],
+    /// The turns before the question, every one of them.
+    pub conversation: &'a [Message],
+    /// (provider, model) of the target whose answers are stored under this key.
+    pub target: (&'a str, &'a str),
+    pub prompt_version: &'a str,
+}
+
+/// The context part of the key: a hash of [`KeyParts`], each variable-length part
+/// length-prefixed so no two different contexts hash the same bytes.
+pub fn context_key(parts: &KeyParts<'_>) -> String {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     }
-    h.update(model.as_bytes());
-    h.update([2]);
-    h.update(prompt_version.as_bytes());
+    let mut h = Sha256::new();
+    h.update((parts.chunks.len() as u64).to_le_bytes());
+    for (id, version) in parts.chunks {
+        field(&mut h, id.as_bytes());
+        field(&mut h, version.as_bytes());
+    }
+    h.update((parts.conversation.len() as u64).to_le_bytes());
+    for m in parts.conversation {
+        let role: &[u8] = match m.role {
+            Role::User => b"user",
+            Role::Assistant => b"assistant",
+        };
+        field(&mut h, role);
+        field(&mut h, m.content.as_bytes());
+    }
+    field(&mut h, parts.target.0.as_bytes());
+    field(&mut h, parts.target.1.as_bytes());
+    field(&mut h, parts.prompt_version.as_bytes());
     hex::encode(h.finalize())
 }
 
@@ -220,7 +247,16 @@ mod tests {
     #[test]
     fn exact_semantic_and_context_change() {
         let c = AnswerCache::new(RawCache::default());
-        let ctx = context_key(&[("d#0".into(), "h1".into())], "m", "v1");
+        let chunks = [("d#0".to_string(), "h1".to_string())];
+        let key = |chunks: &[(String, String)], conversation: &[Message]| {
+            context_key(&KeyParts {
+                chunks,
+                conversation,
+                target: ("p", "m"),
+                prompt_version: "v1",
+            })
+        };
+        let ctx = key(&chunks, &[]);
         c.put(
             "How long do refunds take?",
             vec![1.0, 0.0],
@@ -237,10 +273,59 @@ mod tests {
         assert_eq!(kind, HitKind::Semantic);
         assert!(c.get("refund duration?", &[0.0, 1.0], &ctx).is_none());
         // The document changed (new content hash): the context key differs, so no hit at all.
-        let changed = context_key(&[("d#0".into(), "h2".into())], "m", "v1");
+        let changed = key(&[("d#0".into(), "h2".into())], &[]);
         assert!(
             c.get("How long do refunds take?", &[1.0, 0.0], &changed)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn every_part_of_the_context_changes_the_key() {
+        let chunks = [("d#0".to_string(), "h1".to_string())];
+        let turn = |role, content: &str| Message {
+            role,
+            content: content.into(),
+        };
+        let conv = [
+            turn(Role::User, "about order 1"),
+            turn(Role::Assistant, "ok"),
+        ];
+        let base = KeyParts {
+            chunks: &chunks,
+            conversation: &conv,
+            target: ("remote", "m"),
+            prompt_version: "v1",
+        };
+        let k = context_key(&base);
+        let other_turn = [
+            turn(Role::User, "about order 2"),
+            turn(Role::Assistant, "ok"),
+        ];
+        let swapped_roles = [
+            turn(Role::Assistant, "about order 1"),
+            turn(Role::User, "ok"),
+        ];
+        // Moving text across the boundary between two turns is another conversation.
+        let shifted = [
+            turn(Role::User, "about order 1o"),
+            turn(Role::Assistant, "k"),
+        ];
+        for conversation in [&other_turn[..], &swapped_roles, &shifted, &conv[..1], &[]] {
+            let changed = context_key(&KeyParts {
+                conversation,
+                ..base
+            });
+            assert_ne!(changed, k, "{conversation:?}");
+        }
+        for target in [("local", "m"), ("remote", "m2")] {
+            assert_ne!(context_key(&KeyParts { target, ..base }), k, "{target:?}");
+        }
+        let v2 = KeyParts {
+            prompt_version: "v2",
+            ..base
+        };
+        assert_ne!(context_key(&v2), k);
+        assert_eq!(context_key(&KeyParts { ..base }), k);
     }
 }

@@ -269,20 +269,20 @@ fn merge_adjacent(passages: &mut Vec<Passage>) {
     }
 }
 
-/// The chunk of `p` a quote came from (the first containing it), else its best-ranked
-/// retrieved chunk.
-pub fn chunk_for_quote<'a>(p: &'a Passage, quote: &str) -> &'a ChunkRecord {
-    let q = quote.trim();
-    if !q.is_empty()
-        && let Some(c) = p.chunks.iter().find(|c| c.text.contains(q))
-    {
-        return c;
+impl Passage {
+    /// The passage's chunks, the retrieved ones first (best-ranked first), then the
+    /// neighbours in document order: where a citation looks for its quote.
+    pub fn chunks_retrieved_first(&self) -> Vec<&ChunkRecord> {
+        let retrieved = self
+            .retrieved
+            .iter()
+            .filter_map(|id| self.chunks.iter().find(|c| &c.chunk_id() == id));
+        let rest = self
+            .chunks
+            .iter()
+            .filter(|c| !self.retrieved.contains(&c.chunk_id()));
+        retrieved.chain(rest).collect()
     }
-    let best = &p.retrieved[0];
-    p.chunks
-        .iter()
-        .find(|c| &c.chunk_id() == best)
-        .unwrap_or(&p.chunks[0])
 }
 
 #[cfg(test)]
@@ -386,9 +386,13 @@ mod tests {
         );
         assert_eq!(stats.neighbours_added, 1);
         assert_eq!(ps[0].retrieved, ["a#0"]);
-        // The quote lies in the neighbour: the citation names that chunk.
-        assert_eq!(chunk_for_quote(&ps[0], "Contact support.").ordinal, 1);
-        assert_eq!(chunk_for_quote(&ps[0], "not there").ordinal, 0);
+        // A citation looks for its quote in the retrieved chunk, then in the neighbour.
+        let order: Vec<u32> = ps[0]
+            .chunks_retrieved_first()
+            .iter()
+            .map(|c| c.ordinal)
+            .collect();
+        assert_eq!(order, [0, 1]);
 
         let off = ContextOptions {
             neighbours: false,

@@ -19,10 +19,16 @@ pub struct Citation {
     pub title: String,
     pub url: Option<String>,
     pub page: Option<u32>,
+    /// The chunk's place in its document, in characters.
     pub char_start: usize,
     pub char_end: usize,
-    /// The sentence of the chunk that best supports the answer text citing it.
+    /// The sentence of the chunk that best supports the answer text citing it, verbatim: the
+    /// chunk's text from character `quote_start` to `quote_end`.
     pub quote: String,
+    /// Where `quote` lies in the chunk's text as stored (not the document), in characters
+    /// (Unicode scalar values), end exclusive.
+    pub quote_start: usize,
+    pub quote_end: usize,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

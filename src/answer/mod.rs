@@ -205,45 +205,64 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
         .increment(info.cost_usd());
 }
 
-/// What an answer request hands the gateway, for the audit log.
+/// A prompt handed to the gateway, for the audit log: written exactly once, whatever happens
+/// after — by [`SentPrompt::record`] when the gateway answered, or when dropped unrecorded
+/// (the request's deadline or a panic ended the pipeline first), as `cancelled`: the prompt may
+/// have reached any provider of the route by then.
 struct SentPrompt<'a> {
+    engine: &'a Engine,
+    trace_id: String,
+    caller: String,
     route: &'a str,
     chat: &'a ChatRequest,
     chunk_ids: Vec<String>,
     masked: BTreeMap<String, usize>,
+    recorded: bool,
 }
 
-/// Records in the audit log which provider received the prompt (`served`, and the `attempts`
-/// that were called and failed): ids and the prompt's hash, its text only if configured.
-fn audit_sent(
-    engine: &Engine,
-    trace: &Trace,
-    sent: SentPrompt<'_>,
-    served: Option<&TargetInfo>,
-    attempts: &[Attempt],
-) {
-    // Assembling and hashing the prompt is per request: skip it when nothing is recorded.
-    if !engine.audit.enabled() {
-        return;
+impl SentPrompt<'_> {
+    /// Records which provider received the prompt (`served`, and the `attempts` that were
+    /// called and failed) and what became of it (`outcome`).
+    fn record(mut self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+        self.recorded = true;
+        self.write(served, attempts, outcome);
     }
-    let text = crate::observe::audit::prompt_text(sent.chat);
-    engine.audit.record_or_warn(&AuditEvent::ProviderRequest {
-        trace_id: trace.id.clone(),
-        caller: trace.caller.clone(),
-        route: sent.route.to_string(),
-        provider: served.map(|i| i.provider_name.clone()),
-        model: served.map(|i| i.model.clone()),
-        tried: attempts
-            .iter()
-            .filter(|a| a.error.is_some())
-            .map(|a| a.provider.clone())
-            .collect(),
-        chunk_ids: sent.chunk_ids,
-        prompt_sha256: crate::observe::audit::sha256_hex(&text),
-        prompt_chars: text.chars().count(),
-        masked: sent.masked,
-        prompt: engine.audit.records_text().then_some(text),
-    });
+
+    /// One `provider_request` line: ids and the prompt's hash, its text only if configured.
+    fn write(&self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+        let audit = &self.engine.audit;
+        // Assembling and hashing the prompt is per request: skip it when nothing is recorded.
+        if !audit.enabled() {
+            return;
+        }
+        let text = crate::observe::audit::prompt_text(self.chat);
+        audit.record_or_warn(&AuditEvent::ProviderRequest {
+            trace_id: self.trace_id.clone(),
+            caller: self.caller.clone(),
+            route: self.route.to_string(),
+            provider: served.map(|i| i.provider_name.clone()),
+            model: served.map(|i| i.model.clone()),
+            tried: attempts
+                .iter()
+                .filter(|a| a.error.is_some())
+                .map(|a| a.provider.clone())
+                .collect(),
+            chunk_ids: self.chunk_ids.clone(),
+            prompt_sha256: crate::observe::audit::sha256_hex(&text),
+            prompt_chars: text.chars().count(),
+            masked: self.masked.clone(),
+            outcome: outcome.to_string(),
+            prompt: audit.records_text().then_some(text),
+        });
+    }
+}
+
+impl Drop for SentPrompt<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.write(None, &[], "cancelled");
+        }
+    }
 }
 
 /// Ends an answer the gateway gave no stream for, with the error's stable code.
@@ -296,7 +315,7 @@ async fn run(
     if retrieved.context.is_empty() {
         return no_answer(engine, trace, out).await;
     }
-    let key = CacheKey::of(engine, &retrieved.context);
+    let key = CacheKey::of(engine, req, &retrieved.context);
     if let Some((cached, kind)) = engine
         .cache
         .get(&req.question, &retrieved.question_vec, &key.key)
@@ -432,8 +451,10 @@ async fn no_answer(engine: &Engine, trace: &mut Trace, out: &mut Out) -> &'stati
     "no_answer"
 }
 
-/// The answer cache's key for a context: its chunks with their documents' content hashes,
-/// the route's first model and the prompt version.
+/// The answer cache's key: the chunks given to the model with their documents' content
+/// hashes, the conversation (every turn), the route's first target (provider and model) and
+/// the prompt version. Only answers that target served are stored (see [`cacheable`]), so a
+/// hit is always the first choice's own answer, never a fallback's.
 struct CacheKey {
     /// (chunk id, content hash) of every chunk given to the model, in prompt order.
     versions: Vec<(String, String)>,
@@ -441,12 +462,12 @@ struct CacheKey {
 }
 
 impl CacheKey {
-    fn of(engine: &Engine, context: &[Passage]) -> CacheKey {
-        let first_model = engine
+    fn of(engine: &Engine, req: &AskRequest, context: &[Passage]) -> CacheKey {
+        let first = engine
             .router
             .targets(&engine.config.answer.route)
             .first()
-            .map(|t| t.model.clone())
+            .map(|t| (t.provider_name.as_str(), t.model.as_str()))
             .unwrap_or_default();
         let versions: Vec<(String, String)> = context
             .iter()
@@ -456,10 +477,23 @@ impl CacheKey {
                     .map(|c| (c.chunk_id(), p.document.content_hash.clone()))
             })
             .collect();
-        let key =
-            crate::answer::cache::context_key(&versions, &first_model, &engine.prompt.version);
+        let key = crate::answer::cache::context_key(&crate::answer::cache::KeyParts {
+            chunks: &versions,
+            conversation: &req.conversation,
+            target: first,
+            prompt_version: &engine.prompt.version,
+        });
         CacheKey { versions, key }
     }
+}
+
+/// Whether an answer may be stored in the cache: complete (`answered`, or the model's own
+/// empty answer), served by the route's first target (the one the key names), and holding no
+/// value that only this caller's question or conversation carried.
+fn cacheable(outcome: &str, info: &TargetInfo, shown: &Shown) -> bool {
+    matches!(outcome, "answered" | "no_answer")
+        && info.target_index == 0
+        && !shown.unmasker.used_caller_value()
 }
 
 /// Stage: a cache hit — the stored answer and citations, at no cost.
@@ -544,7 +578,7 @@ fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> Ma
 /// Stage: hand the prompt to the gateway, which retries, times out, breaks circuits, limits
 /// concurrency, checks the budget and falls back across the route — only until the first
 /// token, which it holds back until it hands the stream over. A client that leaves meanwhile
-/// cancels the upstream call. Every prompt handed over is audited.
+/// cancels the upstream call. Every prompt handed over is audited ([`SentPrompt`]).
 async fn open_stream(
     engine: &Engine,
     req: &AskRequest,
@@ -556,33 +590,39 @@ async fn open_stream(
 ) -> Result<(ChatStream, TargetInfo), &'static str> {
     let route = &engine.config.answer.route;
     let sent = SentPrompt {
+        engine,
+        trace_id: trace.id.clone(),
+        caller: trace.caller.clone(),
         route,
         chat: &prompt.chat,
         chunk_ids: key.versions.iter().map(|(id, _)| id.clone()).collect(),
         masked: prompt.masked.clone(),
+        recorded: false,
     };
     let budget_key = req.budget_key.as_deref();
     let opened = tokio::select! {
         r = engine.router.stream_until(route, &prompt.chat, cancel, budget_key, deadline) => r,
         _ = out.tx.closed() => {
             // The prompt may have reached a provider before the client left.
-            audit_sent(engine, trace, sent, None, &[]);
+            sent.record(None, &[], "client_disconnected");
             out.gone = true;
             return Err("client_disconnected");
         }
     };
     match opened {
         Ok((stream, info)) => {
-            audit_sent(engine, trace, sent, Some(&info), &info.attempts);
+            sent.record(Some(&info), &info.attempts, "served");
             record_attempts(&info.attempts, trace);
             trace.provider = Some(info.provider_name.clone());
             trace.model = Some(info.model.clone());
             Ok((stream, info))
         }
         Err(e) => {
-            if let GatewayError::AllFailed { attempts, .. } = &e {
-                audit_sent(engine, trace, sent, None, attempts);
-            }
+            let attempts = match &e {
+                GatewayError::AllFailed { attempts, .. } => attempts.as_slice(),
+                _ => &[],
+            };
+            sent.record(None, attempts, e.code());
             Err(refused(engine, e, trace, out).await)
         }
     }
@@ -622,7 +662,10 @@ struct Generated {
 }
 
 /// Stage: generate — stream the model's deltas through the unmasker and the citation filter
-/// to the client, then meter the call. An empty answer becomes the no-answer text.
+/// to the client, then meter the call. The outcome says how the model stopped: `answered`
+/// (complete), `truncated` (length limit), `filtered` (content filter) — or, as an error,
+/// `provider_error` (the model reported a failure) and `provider_stream_failed` (the stream
+/// broke). A complete empty answer becomes the no-answer text (`no_answer`).
 async fn generate(
     engine: &Engine,
     mut stream: ChatStream,
@@ -641,33 +684,29 @@ async fn generate(
     // Ending the call charges its cost to the budget and frees its concurrency permit.
     drop(stream);
     record_usage(&info, trace);
-    if let Err(outcome) = streamed {
-        trace.answer = Some(shown.text);
-        if outcome == "provider_stream_failed" {
-            let _ = out
-                .send(AnswerEvent::Error {
-                    code: outcome,
-                    message:
-                        "The answer was cut off by a provider error; the part above is incomplete."
-                            .into(),
-                })
-                .await;
-        }
-        return Err(outcome);
-    }
+    let finish = match streamed {
+        Ok(finish) => finish,
+        Err(outcome) => return Err(cut_off(outcome, shown, trace, out).await),
+    };
     let tail = shown.finish();
     if !tail.is_empty() && !out.send(AnswerEvent::Token(tail)).await {
         return Err("client_disconnected");
     }
-    let outcome = if shown.text.trim().is_empty() {
-        metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
-        shown.text = engine.config.answer.no_answer_text.clone();
-        if !out.send(AnswerEvent::Token(shown.text.clone())).await {
-            return Err("client_disconnected");
+    if finish == Some(FinishReason::Error) {
+        return Err(cut_off("provider_error", shown, trace, out).await);
+    }
+    let outcome = match finish {
+        Some(FinishReason::Length) => "truncated",
+        Some(FinishReason::ContentFilter) => "filtered",
+        _ if shown.text.trim().is_empty() => {
+            metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
+            shown.text = engine.config.answer.no_answer_text.clone();
+            if !out.send(AnswerEvent::Token(shown.text.clone())).await {
+                return Err("client_disconnected");
+            }
+            "no_answer"
         }
-        "no_answer"
-    } else {
-        "answered"
+        _ => "answered",
     };
     Ok(Generated {
         shown,
@@ -676,8 +715,35 @@ async fn generate(
     })
 }
 
+/// Ends an answer the provider did not complete: the text shown so far goes to the trace, and
+/// the client is told the part it saw is incomplete (unless it left). Returns the outcome.
+async fn cut_off(
+    outcome: &'static str,
+    shown: Shown,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
+    trace.answer = Some(shown.text);
+    let message = match outcome {
+        "provider_stream_failed" => {
+            "The answer was cut off by a provider error; the part above is incomplete."
+        }
+        "provider_error" => {
+            "The model provider ended the answer with an error; the part above is incomplete."
+        }
+        _ => return outcome,
+    };
+    let _ = out
+        .send(AnswerEvent::Error {
+            code: outcome,
+            message: message.into(),
+        })
+        .await;
+    outcome
+}
+
 /// Relays the provider's stream to the client until it ends, the client leaves or the
-/// provider fails.
+/// provider fails; returns why the model stopped (`None`: the stream ended without saying).
 async fn relay(
     stream: &mut ChatStream,
     info: &TargetInfo,
@@ -685,7 +751,8 @@ async fn relay(
     trace: &mut Trace,
     out: &mut Out,
     started: Instant,
-) -> Result<(), &'static str> {
+) -> Result<Option<FinishReason>, &'static str> {
+    let mut finish = None;
     loop {
         let next = tokio::select! {
             ev = stream.next() => Some(ev),
@@ -696,7 +763,7 @@ async fn relay(
             out.gone = true;
             return Err("client_disconnected");
         };
-        let Some(ev) = ev else { return Ok(()) };
+        let Some(ev) = ev else { return Ok(finish) };
         match ev {
             Ok(ChatEvent::TextDelta(d)) => {
                 if trace.timings.first_token_ms.is_none() {
@@ -709,8 +776,9 @@ async fn relay(
             }
             // Usage is metered by the gateway (`info`); the answer prompt offers no tools.
             Ok(ChatEvent::Usage(_) | ChatEvent::ToolCallDelta { .. }) => {}
-            Ok(ChatEvent::Finish(FinishReason::Error)) => return Ok(()),
-            Ok(ChatEvent::Finish(_)) => {}
+            Ok(ChatEvent::Finish(FinishReason::Error)) => return Ok(Some(FinishReason::Error)),
+            // Usage may still follow the finish reason.
+            Ok(ChatEvent::Finish(f)) => finish = Some(f),
             Err(e) => {
                 // Output had started, so the gateway did not fall back: the answer is cut off.
                 tracing::warn!(provider = %info.provider_name, error = %e, "provider stream failed");
@@ -757,7 +825,7 @@ async fn finish(
     metrics::counter!(crate::observe::metrics::DROPPED_CITATIONS).increment(dropped as u64);
     // An answer carrying a value that only this caller's question held (their e-mail
     // address, say) is not cached: a semantic hit would show it to another caller.
-    if !shown.unmasker.used_caller_value() {
+    if cacheable(outcome, &info, &shown) {
         engine.cache.put(
             &req.question,
             retrieved.question_vec.clone(),
@@ -805,15 +873,17 @@ async fn send_citations(
     Some(citations)
 }
 
-/// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence.
+/// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence,
+/// and the quote as a range of that chunk's own text.
 fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
-    let quote = best_quote(answer, n, &p.text);
-    let chunk = context::chunk_for_quote(p, &quote);
-    let quote = if chunk.text.contains(quote.trim()) {
-        quote
-    } else {
-        best_quote(answer, n, &chunk.text)
+    let chunks = p.chunks_retrieved_first();
+    let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
+    let (chunk, bytes) = match best_quote(answer, n, &texts) {
+        Some(q) => (chunks[q.text], q.bytes),
+        None => (chunks[0], 0..0),
     };
+    let quote_start = chunk.text[..bytes.start].chars().count();
+    let quote = chunk.text[bytes].to_string();
     Citation {
         n,
         doc_id: p.document.id.clone(),
@@ -823,6 +893,8 @@ fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
         page: chunk.page,
         char_start: chunk.char_start,
         char_end: chunk.char_end,
+        quote_end: quote_start + quote.chars().count(),
+        quote_start,
         quote,
     }
 }

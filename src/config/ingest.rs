@@ -112,6 +112,21 @@ impl RawSource {
         }
     }
 
+    /// The groups a caller must hold one of to read this source's documents (none: anyone).
+    pub fn access_groups(&self) -> &[String] {
+        match self {
+            RawSource::Files(s) => &s.access_groups,
+            RawSource::Crm(s) => &s.options.access_groups,
+            RawSource::KbApi(s) => &s.options.access_groups,
+        }
+    }
+
+    /// Whether a caller holding `groups` may read this source's documents.
+    pub fn readable_by(&self, groups: &[String]) -> bool {
+        let needed = self.access_groups();
+        needed.is_empty() || needed.iter().any(|g| groups.contains(g))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RawSource::Files(_) => "files",

@@ -225,7 +225,8 @@ fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError>
     Ok(question)
 }
 
-/// The caller's access groups plus the body's filters (sources must exist).
+/// The caller's access groups plus the body's filters (sources must exist and be readable by
+/// the caller).
 fn caller_filter(
     engine: &Engine,
     caller: &Caller,
@@ -236,7 +237,7 @@ fn caller_filter(
         ..Filter::default()
     };
     if let Some(f) = filters {
-        check_sources(engine, &f.source)?;
+        check_sources(engine, &caller.groups, &f.source)?;
         filter.sources = f.source;
         filter.metadata = f.metadata;
         if f.updated_after.is_some() || f.updated_before.is_some() {

@@ -23,7 +23,9 @@ pub enum ApiError {
     InvalidRequest(String),
     #[error("the question is {chars} characters; the limit is {limit}")]
     QuestionTooLong { chars: usize, limit: usize },
-    #[error("unknown source `{0}` in filters; see GET /search for the available sources")]
+    #[error(
+        "unknown source `{0}` in filters: no source of that name can be read with this key; check the name, or ask the operator which sources the key may read"
+    )]
     UnknownSource(String),
     #[error(
         "the request body could not be read or is larger than the server's limit (`[server] max_body_bytes`)"

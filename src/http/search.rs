@@ -31,9 +31,17 @@ pub struct SearchResponse {
     pub took_ms: f64,
 }
 
-pub(super) fn check_sources(engine: &Engine, sources: &[String]) -> Result<(), ApiError> {
+/// Every source a filter names must exist and be readable with the caller's `groups`; a source
+/// it may not read is refused exactly like one that does not exist, so probing filters does
+/// not list restricted sources.
+pub(super) fn check_sources(
+    engine: &Engine,
+    groups: &[String],
+    sources: &[String],
+) -> Result<(), ApiError> {
     for s in sources {
-        if !engine.config.sources.iter().any(|c| c.name() == s) {
+        let known = engine.config.sources.iter().find(|c| c.name() == s);
+        if !known.is_some_and(|c| c.readable_by(groups)) {
             return Err(ApiError::UnknownSource(s.clone()));
         }
     }
@@ -64,7 +72,7 @@ pub(super) async fn search(
         return Err(ApiError::QuestionTooLong { chars, limit });
     }
     let sources: Vec<String> = p.source.into_iter().filter(|x| !x.is_empty()).collect();
-    check_sources(&s.engine, &sources)?;
+    check_sources(&s.engine, &caller.groups, &sources)?;
     let filter = Filter {
         sources,
         caller_groups: caller.groups,

@@ -84,6 +84,12 @@ pub enum AuditEvent {
         prompt_chars: usize,
         /// Distinct values masked per kind (`[privacy]`).
         masked: std::collections::BTreeMap<String, usize>,
+        /// What became of the prompt: `served`, `providers_unavailable` (every provider
+        /// failed), `budget_exhausted` (refused before any call), `client_disconnected` or
+        /// `cancelled` (the request ended before a provider answered: its deadline, or the
+        /// client left); empty in lines written before this field existed.
+        #[serde(default)]
+        outcome: String,
         /// The prompt text, only with `[audit] record_text = true`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prompt: Option<String>,

@@ -60,6 +60,8 @@ async fn ask_json_answers_with_citations_into_the_corpus() {
             "quote",
             "char_start",
             "char_end",
+            "quote_start",
+            "quote_end",
         ] {
             assert!(c.get(key).is_some(), "missing {key} in {c}");
         }

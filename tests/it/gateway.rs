@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -22,7 +21,7 @@ const HR: &str = "hr-key-789";
 /// An app whose answer route is `remote` (the fake; one retry, no backoff to speak of) then
 /// `local`; the remote model costs $1000 per million tokens in and out, so the fake's 21 + 7
 /// tokens cost $0.028.
-fn app_with_remote(fake: &Fake, extra: &str) -> TestApp {
+pub(crate) fn app_with_remote(fake: &Fake, extra: &str) -> TestApp {
     app_with_remote_priced(fake, 1000.0, extra)
 }
 
@@ -180,15 +179,7 @@ async fn client_disconnect_mid_stream_closes_the_upstream_call() {
         .expect("response");
     assert_eq!(resp.status(), StatusCode::OK);
     let mut body = resp.into_body().into_data_stream();
-    let mut received = String::new();
-    while !received.contains("event: token") {
-        let chunk = tokio::time::timeout(Duration::from_secs(20), body.next())
-            .await
-            .expect("a token event before the pause")
-            .expect("body still open")
-            .expect("body bytes");
-        received.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let received = support::read_until(&mut body, "event: token").await;
     assert!(received.contains("Refunds take"), "{received}");
     assert_eq!(
         fake.abandoned(),

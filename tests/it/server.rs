@@ -68,10 +68,12 @@ async fn access_groups_hold_in_search_ask_and_chat_completions() {
     let (_, hr) = status_code(&app, with_key(get(q), HR)).await;
     assert_eq!(hr["hits"][0]["source"], "hr", "{hr}");
 
-    // A bot asking for the HR document, even filtering on the source, gets nothing from it.
+    // A bot asking for the HR document by filtering on the source is refused as if the
+    // source did not exist, and gets nothing from it.
     let body = r#"{"question":"What is the salary band for senior engineers?","stream":false,"filters":{"source":["hr"]}}"#;
-    let (_, bot) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
-    assert_eq!(bot["outcome"], "no_answer", "{bot}");
+    let (status, bot) = status_code(&app, with_key(post_json("/ask", body), BOT)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bot}");
+    assert_eq!(bot["error"]["code"], "unknown_filter", "{bot}");
     assert!(!bot.to_string().contains("confidential"));
     let (_, hr) = status_code(&app, with_key(post_json("/ask", body), HR)).await;
     assert_eq!(hr["citations"][0]["doc_id"], "hr:salaries.md", "{hr}");

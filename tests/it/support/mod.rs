@@ -345,3 +345,24 @@ pub fn streamed_answer(events: &[SseEvent]) -> String {
         })
         .collect()
 }
+
+/// Reads an SSE body until what was received contains `needle` (20 s at most per chunk);
+/// returns what was received.
+pub async fn read_until<S, B, E>(body: &mut S, needle: &str) -> String
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Debug,
+{
+    use futures::StreamExt;
+    let mut received = String::new();
+    while !received.contains(needle) {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), body.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} within 20 s: {received}"))
+            .unwrap_or_else(|| panic!("body ended before {needle:?}: {received}"))
+            .expect("body bytes");
+        received.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+    }
+    received
+}
