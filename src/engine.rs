@@ -85,6 +85,7 @@ pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
     options.candidates = config.index.candidates;
     options.fusion = config.index.fusion.clone();
     options.vectors = config.index.vectors.clone();
+    options.stall = config.index.stall();
     options
 }
 
