@@ -42,6 +42,8 @@ pub struct Engine {
     /// The PostgreSQL backend when configured: it also holds the source state and claims that
     /// replicas share (otherwise those are files in the data directory).
     pg: Option<Arc<cairn_pg::PgIndex>>,
+    /// The embedded index when configured (the same object as `index`), for test hooks.
+    embedded: Option<Arc<Index>>,
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Chunker,
     pub router: Router,
@@ -134,6 +136,7 @@ impl Engine {
     pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
         let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
         let options = index_options(&config, embedder.info());
+        let mut embedded = None;
         let (index, pg): (Arc<dyn IndexBackend>, _) = match &config.postgres {
             Some(pg) => {
                 let opened =
@@ -146,7 +149,11 @@ impl Engine {
                     })?);
                 (opened.clone(), Some(opened))
             }
-            None => (Arc::new(open_embedded(&config, options, open)?), None),
+            None => {
+                let opened = Arc::new(open_embedded(&config, options, open)?);
+                embedded = Some(opened.clone());
+                (opened, None)
+            }
         };
         let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
         let router =
@@ -176,6 +183,7 @@ impl Engine {
             config,
             index,
             pg,
+            embedded,
             embedder,
             chunker,
             router,
@@ -194,6 +202,20 @@ impl Engine {
     /// The PostgreSQL backend when configured: replicas share jobs and source state through it.
     pub fn postgres(&self) -> Option<&Arc<cairn_pg::PgIndex>> {
         self.pg.as_ref()
+    }
+
+    /// Test hook (no config key or route reaches it): the embedded store's next write sleeps
+    /// `d` before it commits, so tests can watch a stall through the server. False with the
+    /// PostgreSQL backend, which has no such store.
+    #[doc(hidden)]
+    pub fn inject_store_stall(&self, d: std::time::Duration) -> bool {
+        match &self.embedded {
+            Some(index) => {
+                index.inject_write_stall(d);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Chunk vectors by content hash, shared by every ingest of this data directory.

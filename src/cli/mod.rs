@@ -124,7 +124,11 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The stable code first (`store_stalled`, `index_old_format`, …), as jobs carry it.
+            match crate::ops::jobs::error_code(&e) {
+                Some(code) => eprintln!("error [{code}]: {e:#}"),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }

@@ -188,18 +188,41 @@ pub(super) async fn healthz() -> impl IntoResponse {
 
 /// Ready when the index answers; 503 otherwise, so a load balancer routes around a replica
 /// that lost its database.
+/// Ready when the index answers and its writes are making progress. A 503 carries `reason`
+/// (`{"code","message"}`) naming what is wrong, so an operator can act on it.
 pub(super) async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let backend = s.engine.index.kind();
+    let unavailable = |code: &str, message: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "reason": {"code": code, "message": message},
+                "index": {"backend": backend},
+            })),
+        )
+            .into_response()
+    };
+    if let cairn_index::Health::Stalled { operation, since } = s.engine.index.health() {
+        let secs = since.elapsed().map_or(0, |d| d.as_secs());
+        return unavailable(
+            "store_stalled",
+            format!(
+                "an index store write ({operation}) has made no progress for {secs} s; \
+                 ingests fail until it ends; check the disk holding the data directory"
+            ),
+        );
+    }
     match index_stats(&s.engine).await {
         Some(stats) => Json(json!({
             "status": "ready",
-            "index": {"backend": s.engine.index.kind(), "generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
+            "index": {"backend": backend, "generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
             "embedder": stats.embedder,
         }))
         .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "index": {"backend": s.engine.index.kind()}})),
-        )
-            .into_response(),
+        None => unavailable(
+            "index_unavailable",
+            "the index cannot answer (see the server log)".into(),
+        ),
     }
 }

@@ -74,6 +74,10 @@ pub struct Job {
     /// Each source's report (failed and skipped documents with reasons).
     pub reports: Vec<Report>,
     pub error: Option<String>,
+    /// A stable name for `error` when it has one (`store_stalled`, `index_old_format`, … from
+    /// the index), so clients can act on it without parsing the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     /// With the PostgreSQL backend, the replica that claimed the job (`host:pid:random`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
@@ -295,6 +299,7 @@ impl Jobs {
             counts: Counts::default(),
             reports: Vec::new(),
             error: None,
+            error_code: None,
             replica: None,
         };
         match &self.store {
@@ -434,6 +439,20 @@ fn worker(jobs: &Weak<Jobs>, engine: &Weak<Engine>, wake: &mpsc::Receiver<()>) {
     }
 }
 
+/// The stable code of the index error behind `e`, if an index error caused it (through the
+/// ingest pipeline or directly): `store_stalled`, `index_old_format`, ….
+pub fn error_code(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(index) = cause.downcast_ref::<cairn_index::IndexError>() {
+            return Some(index.code());
+        }
+        match cause.downcast_ref::<cairn_ingest::IngestError>() {
+            Some(cairn_ingest::IngestError::Index(index)) => Some(index.code()),
+            _ => None,
+        }
+    })
+}
+
 /// Runs `f`, turning a panic into an error, so a bug in one run ends its job as `failed`
 /// (with the reason) instead of leaving it `running` and refusing every later job.
 fn without_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -524,6 +543,7 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
             tracing::error!(job = %j.id, error = %format!("{e:#}"), "reindex job failed");
             j.state = JobState::Failed;
             j.error = Some(format!("{e:#}"));
+            j.error_code = error_code(&e).map(str::to_string);
         }
     }
     j
