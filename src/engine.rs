@@ -70,6 +70,9 @@ pub struct OpenOptions {
     /// When the index was built with another embedder, move it to `index.previous` and start
     /// an empty one (a full reindex follows) instead of refusing to open.
     pub replace_index_on_new_embedder: bool,
+    /// When the embedded index is in an old on-disk format, move it to `index.old-format` and
+    /// start an empty one (a full reindex of every source follows) instead of refusing to open.
+    pub replace_old_format: bool,
 }
 
 impl Default for OpenOptions {
@@ -77,6 +80,7 @@ impl Default for OpenOptions {
         OpenOptions {
             feedback: Feedback::Log,
             replace_index_on_new_embedder: false,
+            replace_old_format: false,
         }
     }
 }
@@ -94,9 +98,10 @@ pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
 /// Opens the embedded index in the data directory; see [`OpenOptions`] for a changed embedder.
 fn open_embedded(
     config: &Config,
-    options: IndexOptions,
+    mut options: IndexOptions,
     open: &OpenOptions,
 ) -> anyhow::Result<Index> {
+    options.replace_old_format = open.replace_old_format;
     let index_dir = config.data_dir.join("index");
     match Index::open(&index_dir, options.clone()) {
         Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {

@@ -63,7 +63,9 @@ pub enum Command {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
-        /// Re-chunk and re-embed every document, even unchanged ones.
+        /// Re-chunk and re-embed every document, even unchanged ones. Without --source, also
+        /// rebuilds an index written by another embedder or in an old on-disk format (the old
+        /// one is moved aside to `index.previous` / `index.old-format`).
         #[arg(long)]
         full: bool,
     },
@@ -149,15 +151,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&config, cmd, feedback);
     }
+    // Only a full run of every source may start the index afresh: a rebuild of one source
+    // would leave the others missing while their sync state says they are indexed.
+    let rebuilds_everything = matches!(
+        cli.command,
+        Command::Ingest {
+            source: None,
+            full: true
+        }
+    );
     let open = OpenOptions {
         feedback,
-        replace_index_on_new_embedder: matches!(
-            cli.command,
-            Command::Ingest {
-                source: None,
-                full: true
-            }
-        ),
+        replace_index_on_new_embedder: rebuilds_everything,
+        replace_old_format: rebuilds_everything,
     };
     if let Command::Bench(cmd @ BenchCommand::Streams { .. }) = &cli.command {
         return bench::streams(config, &open, cmd);

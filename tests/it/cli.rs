@@ -264,3 +264,63 @@ fn models_list_and_unknown_pull() {
         "{err}"
     );
 }
+
+/// What a format-1 (sled) index leaves in `<data>/index`: a `store/` directory (its contents do
+/// not matter, the directory marks the old format) and the derived folders beside it.
+fn sled_era_index(data: &std::path::Path) {
+    let index = data.join("index");
+    std::fs::create_dir_all(index.join("store/blobs")).expect("mkdir");
+    std::fs::write(index.join("store/conf"), b"segment_size: 524288\n").expect("conf");
+    std::fs::write(index.join("store/db"), vec![7u8; 4096]).expect("db");
+    std::fs::create_dir_all(index.join("bm25")).expect("mkdir");
+}
+
+#[test]
+fn an_old_format_index_is_refused_naming_the_fix_and_ingest_full_rebuilds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "[embedder]\nkind = \"hash\"\n");
+    sled_era_index(&dir.path().join("data"));
+
+    for args in [
+        &["ingest"][..],
+        &["ingest", "--source", "samples", "--full"],
+    ] {
+        let out = cairn()
+            .arg("--config")
+            .arg(&config)
+            .arg("-q")
+            .args(args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("index_old_format") && stderr.contains("`cairn ingest --full`"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            dir.path().join("data/index/store/db").is_file(),
+            "untouched"
+        );
+    }
+
+    let out = stdout_of_success(
+        cairn()
+            .arg("--config")
+            .arg(&config)
+            .args(["-q", "ingest", "--full"]),
+    );
+    let table = String::from_utf8_lossy(&out);
+    assert!(table.contains("samples"), "{table}");
+    // The old index was set aside, not deleted, and the rebuilt one serves.
+    assert!(dir.path().join("data/index.old-format/store/db").is_file());
+    assert!(!dir.path().join("data/index/store").exists());
+    let hits = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "search",
+        "password reset link",
+        "--json",
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&hits).expect("json");
+    assert!(!json["hits"].as_array().expect("hits").is_empty(), "{json}");
+}
