@@ -32,6 +32,9 @@ pub enum JobState {
     Queued,
     Running,
     Succeeded,
+    /// The run finished, but some documents failed (each with its error in `reports`); the
+    /// rest were indexed. `cairn ingest` exits 1 for such a run.
+    SucceededWithFailures,
     Failed,
     Interrupted,
 }
@@ -43,6 +46,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
+            JobState::SucceededWithFailures => "succeeded_with_failures",
             JobState::Failed => "failed",
             JobState::Interrupted => "interrupted",
         }
@@ -530,11 +534,13 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
                 })
                 .collect();
             j.reports = reports;
-            if refused.is_empty() {
-                j.state = JobState::Succeeded;
-            } else {
+            if !refused.is_empty() {
                 j.state = JobState::Failed;
                 j.error = Some(format!("quality gate: {}", refused.join("; ")));
+            } else if j.counts.failed > 0 {
+                j.state = JobState::SucceededWithFailures;
+            } else {
+                j.state = JobState::Succeeded;
             }
         }
         Err(e) => {
