@@ -160,7 +160,7 @@ impl Engine {
                 (opened, None)
             }
         };
-        let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
+        let prompt = Prompt::load(config.answer.prompt.as_deref()).map_err(anyhow::Error::msg)?;
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?;

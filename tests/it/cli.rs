@@ -324,3 +324,48 @@ fn an_old_format_index_is_refused_naming_the_fix_and_ingest_full_rebuilds_it() {
     let json: serde_json::Value = serde_json::from_slice(&hits).expect("json");
     assert!(!json["hits"].as_array().expect("hits").is_empty(), "{json}");
 }
+
+/// Every key is optional: a config holding one `[[sources]]` table, outside the repository (no
+/// `prompts/` folder beside it), ingests and answers with the built-in prompt.
+#[test]
+fn a_four_line_config_outside_the_repository_ingests_and_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("corpus")).expect("mkdir");
+    std::fs::copy(
+        support::repo().join("samples/corpus/help-center/account.md"),
+        dir.path().join("corpus/account.md"),
+    )
+    .expect("copy");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n",
+    )
+    .expect("config");
+    assert_eq!(
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .lines()
+            .count(),
+        4
+    );
+    let run = |args: &[&str]| {
+        stdout_of_success(
+            cairn()
+                .current_dir(dir.path())
+                .arg("--config")
+                .arg(&config)
+                .arg("-q")
+                .args(args),
+        )
+    };
+    let table = String::from_utf8(run(&["ingest"])).expect("utf8");
+    assert!(table.contains("docs"), "{table}");
+    let answer = run(&["ask", "How long is a password reset link valid?", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert!(
+        json["answer"].as_str().unwrap_or("").contains("60 minutes"),
+        "{json}"
+    );
+    assert_eq!(json["citations"][0]["doc_id"], "docs:account.md", "{json}");
+}
