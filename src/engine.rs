@@ -209,6 +209,17 @@ impl Engine {
         self.pg.as_ref()
     }
 
+    /// `None` while question embedding works; the reason while its model keeps panicking.
+    pub fn query_embedder_health(&self) -> Option<String> {
+        self.queries.health()
+    }
+
+    /// The question embedder, for its test hook ([`QueryEmbedder::inject_panic`]).
+    #[doc(hidden)]
+    pub fn query_embedder(&self) -> &QueryEmbedder {
+        &self.queries
+    }
+
     /// Test hook (no config key or route reaches it): the embedded store's next write sleeps
     /// `d` before it commits, so tests can watch a stall through the server. False with the
     /// PostgreSQL backend, which has no such store.

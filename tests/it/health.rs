@@ -1,5 +1,7 @@
 //! Readiness follows the process's health: a stalled index store fails its reindex job with
-//! `store_stalled` and makes `/readyz` answer 503 with the reason until the write ends.
+//! `store_stalled` and makes `/readyz` answer 503 with the reason until the write ends; a
+//! panicking query embedder fails only the searches it held, keeps serving, and `/readyz` says
+//! when its model keeps panicking.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,16 @@ async fn readyz(app: &TestApp) -> (StatusCode, Value) {
     (status, body_json(res).await)
 }
 
+/// Checks that `/readyz` answers 503 with the reason `code`, whose message mentions `word`.
+async fn assert_unready(app: &TestApp, code: &str, word: &str) {
+    let (status, body) = readyz(app).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["status"], "unavailable", "{body}");
+    assert_eq!(body["reason"]["code"], code, "{body}");
+    let message = body["reason"]["message"].as_str().unwrap_or("");
+    assert!(message.contains(word), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_store_fails_the_job_with_store_stalled_and_readyz_says_so_until_it_recovers() {
     let app = stall_app();
@@ -44,17 +56,7 @@ async fn a_stalled_store_fails_the_job_with_store_stalled_and_readyz_says_so_unt
         "{job}"
     );
 
-    let (status, body) = readyz(&app).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
-    assert_eq!(body["status"], "unavailable", "{body}");
-    assert_eq!(body["reason"]["code"], "store_stalled", "{body}");
-    assert!(
-        body["reason"]["message"]
-            .as_str()
-            .unwrap_or("")
-            .contains("commit"),
-        "{body}"
-    );
+    assert_unready(&app, "store_stalled", "commit").await;
 
     // Once the stuck write ends, the process is ready again and a reindex succeeds.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -69,4 +71,56 @@ async fn a_stalled_store_fails_the_job_with_store_stalled_and_readyz_says_so_unt
     let job = reindex_and_wait(&app, r#"{"full":true}"#).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert!(job.get("error_code").is_none_or(Value::is_null), "{job}");
+}
+
+async fn search_status(app: &TestApp) -> StatusCode {
+    let res = app
+        .router()
+        .oneshot(get("/search?q=refund%20window"))
+        .await
+        .expect("response");
+    res.status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_query_embedder_fails_one_search_keeps_serving_and_readyz_reflects_it() {
+    use cairn::retrieval::query_embed::{FAILING_AFTER, PanicSite};
+    let app = TestApp::new();
+    assert_eq!(search_status(&app).await, StatusCode::OK);
+    let embedder = app.engine.query_embedder();
+
+    // One panic in the model: that search fails with a typed error, the next one is served.
+    embedder.inject_panic(PanicSite::Model, 1);
+    let res = app
+        .router()
+        .oneshot(get("/search?q=refund%20window"))
+        .await
+        .expect("response");
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(body_json(res).await["error"]["code"], "internal");
+    assert_eq!(
+        search_status(&app).await,
+        StatusCode::OK,
+        "served after a panic"
+    );
+    assert_eq!(readyz(&app).await.0, StatusCode::OK);
+
+    // A panic outside a model call: the coordinator restarts.
+    embedder.inject_panic(PanicSite::Coordinator, 1);
+    assert_eq!(search_status(&app).await, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        search_status(&app).await,
+        StatusCode::OK,
+        "served after a restart"
+    );
+
+    // A model that keeps panicking: not ready, with the reason, until it works again.
+    embedder.inject_panic(PanicSite::Model, 1000);
+    for _ in 0..FAILING_AFTER {
+        assert_eq!(search_status(&app).await, StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_unready(&app, "embedder_failing", "panicked").await;
+    embedder.inject_panic(PanicSite::Model, 0);
+    assert_eq!(readyz(&app).await.0, StatusCode::OK);
+    assert_eq!(search_status(&app).await, StatusCode::OK);
 }
