@@ -151,6 +151,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&config, cmd, feedback);
     }
+    if let Command::Bench(cmd @ BenchCommand::Soak { .. }) = &cli.command {
+        return bench::soak(&config, cmd);
+    }
     // Only a full run of every source may start the index afresh: a rebuild of one source
     // would leave the others missing while their sync state says they are indexed.
     let rebuilds_everything = matches!(

@@ -369,3 +369,71 @@ fn a_four_line_config_outside_the_repository_ingests_and_answers() {
     );
     assert_eq!(json["citations"][0]["doc_id"], "docs:account.md", "{json}");
 }
+
+/// A short `bench soak`: commits and searches for a few seconds, reports every figure, and
+/// keeps the index in `--dir` when one is given.
+#[test]
+fn bench_soak_reports_throughput_latency_memory_disk_and_no_stalls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "");
+    let soak_dir = dir.path().join("soak");
+    let out = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "bench",
+        "soak",
+        "--minutes",
+        "0.05",
+        "--min-chunks",
+        "300",
+        "--dir",
+        soak_dir.to_str().expect("utf8"),
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(r["stalls"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["target_reached"].as_bool().expect("bool"), "{r}");
+    assert!(r["seconds"].as_f64().expect("seconds") >= 3.0, "{r}");
+    assert!(
+        r["chunks_committed"].as_u64().expect("chunks") >= 300,
+        "{r}"
+    );
+    for key in ["commits_per_sec", "chunks_per_sec", "bytes_on_disk"] {
+        assert!(r[key].as_f64().expect(key) > 0.0, "{key}: {r}");
+    }
+    assert!(
+        r["commit_latency"]["p99_ms"].as_f64().expect("p99") > 0.0,
+        "{r}"
+    );
+    assert!(
+        r["search_latency"]["count"].as_u64().expect("count") > 0,
+        "{r}"
+    );
+    assert!(
+        soak_dir.join("store.redb").is_file(),
+        "--dir keeps the index"
+    );
+
+    // The table names every figure.
+    let out = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "bench",
+        "soak",
+        "--minutes",
+        "0.02",
+        "--min-chunks",
+        "100",
+    ]));
+    let table = String::from_utf8(out).expect("utf8");
+    for word in [
+        "commits/s",
+        "chunks/s",
+        "p99 commit",
+        "p99 search",
+        "peak RSS",
+        "on disk",
+        "stalls",
+    ] {
+        assert!(table.contains(word), "{word}: {table}");
+    }
+}
