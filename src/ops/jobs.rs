@@ -560,6 +560,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_index_error_gives_its_stable_code_through_the_pipeline_and_context() {
+        let stalled = cairn_index::IndexError::Stalled {
+            operation: "commit a generation",
+            secs: 120,
+        };
+        let through_ingest = anyhow::Error::from(cairn_ingest::IngestError::from(stalled))
+            .context("ingesting source `docs`");
+        assert_eq!(error_code(&through_ingest), Some("store_stalled"));
+        let old = cairn_index::IndexError::OldFormat {
+            path: "data/index".into(),
+            found: "format 1".into(),
+            expected: 2,
+        };
+        let direct = anyhow::Error::from(old).context("opening the index");
+        assert_eq!(error_code(&direct), Some("index_old_format"));
+        assert_eq!(error_code(&anyhow::anyhow!("disk full")), None);
+    }
+
+    #[test]
     fn a_panicking_run_becomes_an_error_that_says_what_happened() {
         let err = without_panics::<()>(|| panic!("index on fire")).expect_err("an error");
         let text = format!("{err:#}");
