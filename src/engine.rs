@@ -43,6 +43,8 @@ pub struct Engine {
     /// The PostgreSQL backend when configured: it also holds the source state and claims that
     /// replicas share (otherwise those are files in the data directory).
     pg: Option<Arc<cairn_pg::PgIndex>>,
+    /// The embedded index when configured (the same object as `index`), for test hooks.
+    embedded: Option<Arc<Index>>,
     pub embedder: Arc<dyn Embedder>,
     pub chunker: Chunker,
     pub router: Router,
@@ -69,6 +71,9 @@ pub struct OpenOptions {
     /// When the index was built with another embedder, move it to `index.previous` and start
     /// an empty one (a full reindex follows) instead of refusing to open.
     pub replace_index_on_new_embedder: bool,
+    /// When the embedded index is in an old on-disk format, move it to `index.old-format` and
+    /// start an empty one (a full reindex of every source follows) instead of refusing to open.
+    pub replace_old_format: bool,
 }
 
 impl Default for OpenOptions {
@@ -76,6 +81,7 @@ impl Default for OpenOptions {
         OpenOptions {
             feedback: Feedback::Log,
             replace_index_on_new_embedder: false,
+            replace_old_format: false,
         }
     }
 }
@@ -86,15 +92,17 @@ pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
     options.candidates = config.index.candidates;
     options.fusion = config.index.fusion.clone();
     options.vectors = config.index.vectors.clone();
+    options.stall = config.index.stall();
     options
 }
 
 /// Opens the embedded index in the data directory; see [`OpenOptions`] for a changed embedder.
 fn open_embedded(
     config: &Config,
-    options: IndexOptions,
+    mut options: IndexOptions,
     open: &OpenOptions,
 ) -> anyhow::Result<Index> {
+    options.replace_old_format = open.replace_old_format;
     let index_dir = config.data_dir.join("index");
     match Index::open(&index_dir, options.clone()) {
         Err(IndexError::EmbedderMismatch { found, .. }) if open.replace_index_on_new_embedder => {
@@ -134,6 +142,7 @@ impl Engine {
     pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
         let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
         let options = index_options(&config, embedder.info());
+        let mut embedded = None;
         let (index, pg): (Arc<dyn IndexBackend>, _) = match &config.postgres {
             Some(pg) => {
                 let opened =
@@ -146,9 +155,13 @@ impl Engine {
                     })?);
                 (opened.clone(), Some(opened))
             }
-            None => (Arc::new(open_embedded(&config, options, open)?), None),
+            None => {
+                let opened = Arc::new(open_embedded(&config, options, open)?);
+                embedded = Some(opened.clone());
+                (opened, None)
+            }
         };
-        let prompt = Prompt::load(&config.answer.prompt).map_err(anyhow::Error::msg)?;
+        let prompt = Prompt::load(config.answer.prompt.as_deref()).map_err(anyhow::Error::msg)?;
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?
@@ -189,6 +202,7 @@ impl Engine {
             config,
             index,
             pg,
+            embedded,
             embedder,
             chunker,
             router,
@@ -207,6 +221,31 @@ impl Engine {
     /// The PostgreSQL backend when configured: replicas share jobs and source state through it.
     pub fn postgres(&self) -> Option<&Arc<cairn_pg::PgIndex>> {
         self.pg.as_ref()
+    }
+
+    /// `None` while question embedding works; the reason while its model keeps panicking.
+    pub fn query_embedder_health(&self) -> Option<String> {
+        self.queries.health()
+    }
+
+    /// The question embedder, for its test hook ([`QueryEmbedder::inject_panic`]).
+    #[doc(hidden)]
+    pub fn query_embedder(&self) -> &QueryEmbedder {
+        &self.queries
+    }
+
+    /// Test hook (no config key or route reaches it): the embedded store's next write sleeps
+    /// `d` before it commits, so tests can watch a stall through the server. False with the
+    /// PostgreSQL backend, which has no such store.
+    #[doc(hidden)]
+    pub fn inject_store_stall(&self, d: std::time::Duration) -> bool {
+        match &self.embedded {
+            Some(index) => {
+                index.inject_write_stall(d);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Chunk vectors by content hash, shared by every ingest of this data directory.

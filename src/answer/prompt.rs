@@ -1,5 +1,5 @@
-//! Versioned prompt files (`prompts/answer.v1.toml`): loading, and rendering a grounded
-//! request in which retrieved text is fenced as untrusted data.
+//! Versioned prompts: the built-in one (`prompts/answer.v1.toml`, compiled in) or a configured
+//! file, and rendering a grounded request in which retrieved text is fenced as untrusted data.
 
 use std::path::Path;
 
@@ -19,22 +19,38 @@ pub struct Prompt {
     pub passage: String,
 }
 
+/// The answer prompt compiled into the binary (the text of `prompts/answer.v1.toml`), used
+/// unless `[answer] prompt` names a file, so a config outside the repository needs no copy.
+const BUILT_IN: &str = include_str!("../../prompts/answer.v1.toml");
+
 impl Prompt {
-    pub fn load(path: &Path) -> Result<Prompt, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?;
-        let p: Prompt = toml::from_str(&text)
-            .map_err(|e| format!("prompt file {} is invalid: {e}", path.display()))?;
+    /// The configured prompt file, or the built-in prompt when none is configured.
+    pub fn load(path: Option<&Path>) -> Result<Prompt, String> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read prompt file {}: {e}", path.display()))?;
+                Prompt::parse(&text, &format!("prompt file {}", path.display()))
+            }
+            None => Prompt::built_in(),
+        }
+    }
+
+    /// The prompt compiled into the binary.
+    pub fn built_in() -> Result<Prompt, String> {
+        Prompt::parse(BUILT_IN, "the built-in prompt")
+    }
+
+    /// Parses a prompt and checks its placeholders; `origin` names it in messages.
+    fn parse(text: &str, origin: &str) -> Result<Prompt, String> {
+        let p: Prompt = toml::from_str(text).map_err(|e| format!("{origin} is invalid: {e}"))?;
         for (name, field, needles) in [
             ("user", &p.user, &["{sources}", "{question}"][..]),
             ("passage", &p.passage, &["{n}", "{text}"][..]),
         ] {
             for n in needles {
                 if !field.contains(n) {
-                    return Err(format!(
-                        "prompt file {}: `{name}` must contain {n}",
-                        path.display()
-                    ));
+                    return Err(format!("{origin}: `{name}` must contain {n}"));
                 }
             }
         }
@@ -99,8 +115,31 @@ mod tests {
 
     /// The bundled answer prompt.
     fn bundled() -> Prompt {
-        Prompt::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/answer.v1.toml"))
-            .expect("prompt")
+        Prompt::load(Some(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts/answer.v1.toml"),
+        ))
+        .expect("prompt")
+    }
+
+    #[test]
+    fn the_built_in_prompt_is_the_bundled_file_and_a_missing_file_is_named() {
+        let built_in = Prompt::load(None).expect("built-in");
+        let file = bundled();
+        assert_eq!(
+            (
+                built_in.version,
+                built_in.system,
+                built_in.user,
+                built_in.passage
+            ),
+            (file.version, file.system, file.user, file.passage)
+        );
+        let missing = Path::new("no/such/prompt.toml");
+        let err = Prompt::load(Some(missing)).expect_err("missing file");
+        assert!(
+            err.contains("cannot read prompt file no/such/prompt.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,8 +13,8 @@ use crate::config::section::{Check, ConfigError};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RawAnswer {
-    /// The versioned prompt file.
-    pub prompt: PathBuf,
+    /// A versioned prompt file; unset: the built-in prompt (`prompts/answer.v1.toml`).
+    pub prompt: Option<PathBuf>,
     /// The route in `[routes]` used for answers.
     pub route: String,
     /// Shown to users when every provider of the route failed.
@@ -25,7 +25,7 @@ pub struct RawAnswer {
 impl Default for RawAnswer {
     fn default() -> Self {
         RawAnswer {
-            prompt: PathBuf::from("prompts/answer.v1.toml"),
+            prompt: None,
             route: "answer".into(),
             fallback_text:
                 "The answer service is unavailable right now. The sources below may help.".into(),
@@ -35,7 +35,8 @@ impl Default for RawAnswer {
 }
 
 impl RawAnswer {
-    /// Checks that the route exists in the resolved `routes` and resolves the prompt path.
+    /// Checks that the route exists in the resolved `routes` and resolves the prompt path (when
+    /// one is configured).
     pub fn validate<T>(
         mut self,
         cx: &Check,
@@ -47,7 +48,7 @@ impl RawAnswer {
                 format!("route `{}` is not defined in [routes]", self.route),
             ));
         }
-        self.prompt = cx.path(&self.prompt);
+        self.prompt = self.prompt.map(|p| cx.path(&p));
         Ok(self)
     }
 }

@@ -1,4 +1,5 @@
-//! `cairn bench ingest | serve | streams`: throughput and load figures (nothing is kept).
+//! `cairn bench ingest | serve | streams | soak`: throughput and load figures (nothing is
+//! kept, except a soak's index in `--dir`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -72,6 +73,55 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Commit ingest-sized batches to a fresh embedded index while two threads search, for a
+    /// set time: commits/s, chunks/s, p99 commit and search latency, peak RSS, bytes on disk
+    /// and stalls (synthetic vectors: the store and index are measured, not a model).
+    #[command(
+        after_help = "Exits with status 1 when a write stalled (past [index] stall_secs) or a commit or search failed.\nExample:\n  cairn bench soak --minutes 10 --json"
+    )]
+    Soak {
+        /// Run at least this long (fractions allowed: 0.2 is 12 s).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// ...and until at least this many chunks were committed (at most 6 × --minutes).
+        #[arg(long, default_value_t = 100_000)]
+        min_chunks: u64,
+        /// Keep the index in this (empty or new) directory; a temporary one otherwise.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cairn bench soak`: needs no engine (no model), only `[index] stall_secs`.
+pub(super) fn soak(config: &Config, cmd: &BenchCommand) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Soak {
+        minutes,
+        min_chunks,
+        dir,
+        json,
+    } = cmd
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let report = crate::bench::soak::run(&crate::bench::soak::SoakRequest {
+        minutes: *minutes,
+        min_chunks: *min_chunks,
+        dir: dir.as_deref(),
+        stall: config.index.stall(),
+    })?;
+    if *json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::bench::soak::print(&report);
+    }
+    Ok(if report.stalls == 0 && report.errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Runs `cairn bench ingest` or `cairn bench serve` (streams opens its own engine: see
@@ -106,7 +156,7 @@ pub(super) fn run(
             };
             serve(engine, runtime, &options, json)
         }
-        BenchCommand::Streams { .. } => Ok(ExitCode::SUCCESS),
+        BenchCommand::Streams { .. } | BenchCommand::Soak { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -63,7 +63,9 @@ pub enum Command {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
-        /// Re-chunk and re-embed every document, even unchanged ones.
+        /// Re-chunk and re-embed every document, even unchanged ones. Without --source, also
+        /// rebuilds an index written by another embedder or in an old on-disk format (the old
+        /// one is moved aside to `index.previous` / `index.old-format`).
         #[arg(long)]
         full: bool,
     },
@@ -124,7 +126,11 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The stable code first (`store_stalled`, `index_old_format`, …), as jobs carry it.
+            match crate::ops::jobs::error_code(&e) {
+                Some(code) => eprintln!("error [{code}]: {e:#}"),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(2)
         }
     }
@@ -145,15 +151,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&config, cmd, feedback);
     }
+    if let Command::Bench(cmd @ BenchCommand::Soak { .. }) = &cli.command {
+        return bench::soak(&config, cmd);
+    }
+    // Only a full run of every source may start the index afresh: a rebuild of one source
+    // would leave the others missing while their sync state says they are indexed.
+    let rebuilds_everything = matches!(
+        cli.command,
+        Command::Ingest {
+            source: None,
+            full: true
+        }
+    );
     let open = OpenOptions {
         feedback,
-        replace_index_on_new_embedder: matches!(
-            cli.command,
-            Command::Ingest {
-                source: None,
-                full: true
-            }
-        ),
+        replace_index_on_new_embedder: rebuilds_everything,
+        replace_old_format: rebuilds_everything,
     };
     if let Command::Bench(cmd @ BenchCommand::Streams { .. }) = &cli.command {
         return bench::streams(config, &open, cmd);

@@ -21,6 +21,9 @@ pub struct RawIndex {
     pub fusion: Fusion,
     pub vectors: VectorOptions,
     pub postgres: RawPostgres,
+    /// Seconds a store write may go without progress before the ingest or job fails with
+    /// `store_stalled` and `/readyz` answers 503 (embedded backend).
+    pub stall_secs: u64,
 }
 
 impl Default for RawIndex {
@@ -31,6 +34,7 @@ impl Default for RawIndex {
             fusion: Fusion::default(),
             vectors: VectorOptions::default(),
             postgres: RawPostgres::default(),
+            stall_secs: 120,
         }
     }
 }
@@ -75,6 +79,23 @@ impl Default for RawPostgres {
 }
 
 impl RawIndex {
+    /// Checks what the section holds on its own (the PostgreSQL settings are checked by
+    /// [`RawIndex::postgres_options`]).
+    pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
+        if self.stall_secs == 0 {
+            return Err(cx.key_err(
+                "index.stall_secs",
+                "must be at least 1 (seconds a store write may go without progress)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long a store write may go without progress (`stall_secs`).
+    pub fn stall(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stall_secs)
+    }
+
     /// The PostgreSQL connection settings with the URL resolved, when `backend = "postgres"`.
     pub fn postgres_options(&self, cx: &Check) -> Result<Option<cairn_pg::PgOptions>, ConfigError> {
         if self.backend == BackendKind::Embedded {

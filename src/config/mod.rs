@@ -289,6 +289,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let embedder = raw.embedder.validate(cx)?;
     raw.retrieval.validate(cx)?;
     check_chunking(&raw.chunking, cx)?;
+    raw.index.validate(cx)?;
     let postgres = raw.index.postgres_options(cx)?;
     let quality_gate = raw.quality_gate.validate(cx, postgres.is_some())?;
     let (providers, routes) = providers_and_routes(&raw.providers, &raw.routes, cx)?;
@@ -435,6 +436,23 @@ mod tests {
         let literal =
             format!("[index]\nbackend = \"postgres\"\n[index.postgres]\nurl = \"{url}\"\n");
         assert!(load(&literal, &[]).is_err());
+    }
+
+    #[test]
+    fn index_stall_secs_defaults_to_120_reaches_the_index_options_and_must_be_positive() {
+        let info = cairn_index::EmbedderInfo {
+            name: "hash".into(),
+            version: "1".into(),
+            dimension: 8,
+        };
+        let c = load("", &[]).expect("valid");
+        let options = crate::engine::index_options(&c, info.clone());
+        assert_eq!(options.stall, std::time::Duration::from_secs(120));
+        let c = load("[index]\nstall_secs = 7\n", &[]).expect("valid");
+        let options = crate::engine::index_options(&c, info);
+        assert_eq!(options.stall, std::time::Duration::from_secs(7));
+        let e = load("[index]\nstall_secs = 0\n", &[]).expect_err("0 must be refused");
+        assert!(e.to_string().contains("index.stall_secs"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (`corpus.jsonl`, `queries.jsonl`, `qrels/<split>.tsv`). The corpus is ingested with the
 //! configured embedder and chunker into a throw-away index of the configured backend (cached
 //! under the data directory, or in a schema of its own with `[index] backend = "postgres"`,
-//! keyed by the corpus file and the embedder), every judged query is run, chunk hits are folded
+//! keyed by the corpus file and the embedder; a build counts only once it wrote its completion
+//! marker, so an interrupted one is rebuilt), every judged query is run, chunk hits are folded
 //! into documents (best rank wins), and nDCG@10, Recall@10/100 and MRR@10 are reported per mode
 //! with latency (`hybrid+rerank` applies the configured `[rerank]` reranker). Metric functions are pure and tested against hand-computed cases.
 
@@ -261,17 +262,31 @@ pub(crate) struct JudgedQuery {
 /// candidates per retriever.
 pub(crate) fn open_dataset_index(engine: &Engine, dataset: &Path) -> anyhow::Result<Index> {
     let corpus = dataset.join("corpus.jsonl");
-    let dir = engine
-        .config
-        .data_dir
-        .join("eval")
-        .join(cache_key(engine, &corpus)?);
+    let dir = dataset_index_dir(engine, &corpus)?;
+    let marker = dir.with_extension("complete.json");
+    if dir.exists() && !marker.exists() {
+        eprintln!(
+            "the evaluation index in {} never recorded a finished build (an interrupted run?); \
+             rebuilding it from scratch",
+            dir.display()
+        );
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+    }
     let mut index_options = index_options(&engine.config, engine.embedder.info());
     index_options.candidates = index_options.candidates.max(100);
     let index = Index::open(&dir, index_options)
         .with_context(|| format!("opening eval index {}", dir.display()))?;
-    fill_dataset_index(engine, &corpus, &index, &dir.display().to_string())?;
+    fill_dataset_index(engine, &corpus, &index, &dir.display().to_string(), &marker)?;
     Ok(index)
+}
+
+/// Where the embedded evaluation index of `corpus` lives: `<data_dir>/eval/<cache key>`.
+fn dataset_index_dir(engine: &Engine, corpus: &Path) -> anyhow::Result<PathBuf> {
+    Ok(engine
+        .config
+        .data_dir
+        .join("eval")
+        .join(cache_key(engine, corpus)?))
 }
 
 /// [`open_dataset_index`] in the configured backend: with PostgreSQL, the evaluation index is
@@ -290,24 +305,81 @@ pub(crate) fn open_dataset_backend(
     index_options.candidates = index_options.candidates.max(100);
     let index = cairn_pg::PgIndex::open(&pg, &index_options)
         .with_context(|| format!("opening the PostgreSQL eval index (schema `{}`)", pg.schema))?;
-    fill_dataset_index(engine, &corpus, &index, &format!("schema `{}`", pg.schema))?;
+    let marker = engine
+        .config
+        .data_dir
+        .join("eval")
+        .join(format!("{}.complete.json", pg.schema));
+    let place = format!("schema `{}`", pg.schema);
+    fill_dataset_index(engine, &corpus, &index, &place, &marker)?;
     Ok(Arc::new(index))
 }
 
-/// Ingests the corpus into an empty evaluation index (`place` names it in messages). Chunk
-/// vectors come from the engine's embedding cache when an earlier build embedded them, so a
-/// second backend (or a rebuilt cache) costs index writes, not embedding.
+/// What a finished evaluation build records, written last (beside the index): a build
+/// counts as complete only when its marker exists and the index still holds what it recorded.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct BuildMarker {
+    corpus: String,
+    documents: usize,
+    chunks: usize,
+    generation: u64,
+}
+
+impl BuildMarker {
+    fn of(corpus: &Path, stats: &cairn_index::IndexStats) -> BuildMarker {
+        BuildMarker {
+            corpus: corpus.display().to_string(),
+            documents: stats.documents,
+            chunks: stats.chunks,
+            generation: stats.generation,
+        }
+    }
+
+    /// The marker at `path`, `None` when absent or unreadable (an unfinished build).
+    fn read(path: &Path) -> Option<BuildMarker> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+
+    /// Written to a temporary file and renamed, so a marker is never half there.
+    fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Builds the evaluation index (`place` names it in messages) unless `marker` records a
+/// finished build of what it holds. A build that never finished is redone as a full run (every
+/// document rewritten, any the corpus lacks deleted) and only then marked. Chunk vectors come
+/// from the engine's embedding cache when an earlier build embedded them, so a second backend
+/// (or a rebuilt cache) costs index writes, not embedding.
 fn fill_dataset_index(
     engine: &Engine,
     corpus: &Path,
     index: &dyn IndexBackend,
     place: &str,
+    marker: &Path,
 ) -> anyhow::Result<()> {
-    if index.stats()?.documents > 0 {
+    let stats = index.stats()?;
+    if BuildMarker::read(marker).is_some_and(|m| m == BuildMarker::of(corpus, &stats)) {
         return Ok(());
     }
-    eprintln!("building the evaluation index in {place} (cached for later runs)");
+    if stats.documents > 0 {
+        eprintln!(
+            "the evaluation index in {place} holds {} documents but no record of a finished \
+             build (an interrupted run?); rebuilding it from scratch",
+            stats.documents
+        );
+    } else {
+        eprintln!("building the evaluation index in {place} (cached for later runs)");
+    }
+    if marker.exists() {
+        std::fs::remove_file(marker).with_context(|| format!("removing {}", marker.display()))?;
+    }
     let options = PipelineOptions {
+        full: true,
         embedding_cache: Some(engine.embedding_cache()),
         ..PipelineOptions::default()
     };
@@ -316,7 +388,7 @@ fn fill_dataset_index(
         "indexed {} documents ({} chunks) in {:.1} s",
         report.counts.indexed, report.counts.chunks, report.seconds
     );
-    Ok(())
+    BuildMarker::of(corpus, &index.stats()?).write(marker)
 }
 
 /// The split's judgements and its judged queries sorted by id (the first `limit`, 0 = all).
@@ -400,6 +472,68 @@ pub fn retrieval(engine: &Engine, options: &EvalOptions) -> anyhow::Result<Vec<M
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An engine on the hash embedder with no sources, and a six-document BEIR dataset.
+    fn engine_and_dataset(root: &Path) -> (Engine, PathBuf) {
+        let config = root.join("config.toml");
+        std::fs::write(
+            &config,
+            "data_dir = \"data\"\n[embedder]\nkind = \"hash\"\n",
+        )
+        .expect("config");
+        let config = crate::config::Config::load(&config, true, &Default::default()).expect("load");
+        let dataset = root.join("dataset");
+        std::fs::create_dir_all(&dataset).expect("mkdir");
+        let lines: Vec<String> = (0..6)
+            .map(|i| {
+                format!(
+                    r#"{{"_id":"d{i}","title":"Doc {i}","text":"animal number {i} eats grass"}}"#
+                )
+            })
+            .collect();
+        std::fs::write(dataset.join("corpus.jsonl"), lines.join("\n")).expect("corpus");
+        (
+            crate::engine::Engine::open(config).expect("engine"),
+            dataset,
+        )
+    }
+
+    #[test]
+    fn an_interrupted_evaluation_build_is_rebuilt_from_scratch_and_a_finished_one_reused() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (engine, dataset) = engine_and_dataset(root.path());
+        let corpus = dataset.join("corpus.jsonl");
+        // An interrupted build: half of the corpus committed in the directory the evaluation
+        // index uses, then the process died.
+        let half = root.path().join("half.jsonl");
+        let text = std::fs::read_to_string(&corpus).expect("read");
+        let head: Vec<&str> = text.lines().take(3).collect();
+        std::fs::write(&half, head.join("\n")).expect("half");
+        let dir = dataset_index_dir(&engine, &corpus).expect("dir");
+        {
+            let index = Index::open(&dir, index_options(&engine.config, engine.embedder.info()))
+                .expect("open");
+            ingest_corpus(&engine, &half, &index, &PipelineOptions::default(), &|_| {})
+                .expect("partial build");
+            assert_eq!(index.stats().documents, 3);
+        }
+        let index = open_dataset_index(&engine, &dataset).expect("eval index");
+        assert_eq!(
+            index.stats().documents,
+            6,
+            "evaluated on a half-built index"
+        );
+        let generation = index.stats().generation;
+        drop(index);
+        // A finished build is used as it is.
+        let index = open_dataset_index(&engine, &dataset).expect("eval index");
+        assert_eq!(index.stats().documents, 6);
+        assert_eq!(
+            index.stats().generation,
+            generation,
+            "a finished build was rebuilt"
+        );
+    }
 
     #[test]
     fn qrels_with_header() {

@@ -221,20 +221,60 @@ pub(super) async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Why questions cannot be embedded, if they cannot: while the query embedder reports a model
+/// that keeps panicking, one probe question decides (a success makes it healthy again).
+async fn embedder_failing(engine: &Arc<Engine>) -> Option<String> {
+    let reason = engine.query_embedder_health()?;
+    let probe = engine.clone();
+    match tokio::task::spawn_blocking(move || probe.embed_query("readiness probe")).await {
+        Ok(Ok(_)) => None,
+        _ => Some(format!(
+            "{reason}; /search and /ask fail until it recovers (see the server log)"
+        )),
+    }
+}
+
 /// Ready when the index answers; 503 otherwise, so a load balancer routes around a replica
 /// that lost its database.
+/// Ready when the index answers, its writes are making progress and questions can be
+/// embedded. A 503 carries `reason`
+/// (`{"code","message"}`) naming what is wrong, so an operator can act on it.
 pub(super) async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let backend = s.engine.index.kind();
+    let unavailable = |code: &str, message: String| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "reason": {"code": code, "message": message},
+                "index": {"backend": backend},
+            })),
+        )
+            .into_response()
+    };
+    if let cairn_index::Health::Stalled { operation, since } = s.engine.index.health() {
+        let secs = since.elapsed().map_or(0, |d| d.as_secs());
+        return unavailable(
+            "store_stalled",
+            format!(
+                "an index store write ({operation}) has made no progress for {secs} s; \
+                 ingests fail until it ends; check the disk holding the data directory"
+            ),
+        );
+    }
+    if let Some(reason) = embedder_failing(&s.engine).await {
+        return unavailable("embedder_failing", reason);
+    }
     match index_stats(&s.engine).await {
         Some(stats) => Json(json!({
             "status": "ready",
-            "index": {"backend": s.engine.index.kind(), "generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
+            "index": {"backend": backend, "generation": stats.generation, "documents": stats.documents, "chunks": stats.chunks},
             "embedder": stats.embedder,
         }))
         .into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "index": {"backend": s.engine.index.kind()}})),
-        )
-            .into_response(),
+        None => unavailable(
+            "index_unavailable",
+            "the index cannot answer (see the server log)".into(),
+        ),
     }
 }

@@ -1,5 +1,7 @@
 //! The trace store (`[traces]`): finished [`Trace`] records kept in memory with bounded
-//! retention and appended to `state/traces.jsonl` (compacted to the retention at start).
+//! retention and appended to `state/traces.jsonl`, which is compacted to the retention at
+//! start and whenever it reaches twice the retention, so it never holds more than `2 × keep`
+//! traces however long the process runs.
 //! Question and answer text are recorded only when `[traces] record_text = true`. With
 //! `[traces.otlp] endpoint` set, each pushed trace is also handed to [`crate::observe::otlp`]
 //! for export.
@@ -49,8 +51,31 @@ pub struct Traces {
     config: RawTraces,
     path: PathBuf,
     recent: Mutex<VecDeque<Trace>>,
-    file: Mutex<Option<std::fs::File>>,
+    file: Mutex<TraceFile>,
     otlp: Option<OtlpExport>,
+}
+
+/// The append handle of `traces.jsonl` and how many traces the file holds.
+struct TraceFile {
+    handle: Option<std::fs::File>,
+    lines: usize,
+}
+
+/// Rewrites `path` to hold exactly `traces` (through a temporary file and a rename, so a crash
+/// leaves the old or the new file) and opens it for appending.
+fn compact<'a>(
+    path: &std::path::Path,
+    traces: impl Iterator<Item = &'a Trace>,
+) -> anyhow::Result<std::fs::File> {
+    let tmp = path.with_file_name(".traces.jsonl.tmp");
+    let mut out = String::new();
+    for t in traces {
+        out.push_str(&serde_json::to_string(t)?);
+        out.push('\n');
+    }
+    std::fs::write(&tmp, out)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(std::fs::OpenOptions::new().append(true).open(path)?)
 }
 
 impl Traces {
@@ -76,21 +101,16 @@ impl Traces {
             }
         }
         // Compact to the retention so the file stays bounded across restarts.
-        let tmp = dir.join(".traces.jsonl.tmp");
-        let mut out = String::new();
-        for t in &recent {
-            out.push_str(&serde_json::to_string(t)?);
-            out.push('\n');
-        }
-        std::fs::write(&tmp, out)?;
-        std::fs::rename(&tmp, &path)?;
-        let file = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let file = TraceFile {
+            handle: Some(compact(&path, recent.iter())?),
+            lines: recent.len(),
+        };
         let otlp = OtlpExport::start(&config.otlp, config.record_text, providers)?;
         Ok(Traces {
             config,
             path,
             recent: Mutex::new(recent),
-            file: Mutex::new(Some(file)),
+            file: Mutex::new(file),
             otlp,
         })
     }
@@ -104,33 +124,70 @@ impl Traces {
             trace.question = None;
             trace.answer = None;
         }
-        if let Ok(mut f) = self.file.lock()
-            && let Some(file) = f.as_mut()
-            && let Ok(line) = serde_json::to_string(&trace)
-            && let Err(e) = writeln!(file, "{line}")
-        {
-            tracing::warn!(file = %self.path.display(), error = %e, "cannot append trace");
-        }
         if let Some(otlp) = &self.otlp {
             otlp.export(&trace);
         }
-        let mut recent = match self.recent.lock() {
+        let line = serde_json::to_string(&trace);
+        {
+            let mut recent = self.lock_recent();
+            recent.push_back(trace);
+            while recent.len() > self.config.keep {
+                recent.pop_front();
+            }
+        }
+        if let Ok(line) = line {
+            self.append(&line);
+        }
+    }
+
+    /// Appends one trace line; once the file holds twice the retention, rewrites it to the
+    /// traces kept in memory (the newest `keep`).
+    fn append(&self, line: &str) {
+        let mut file = match self.file.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        recent.push_back(trace);
-        while recent.len() > self.config.keep {
-            recent.pop_front();
+        let Some(handle) = file.handle.as_mut() else {
+            return;
+        };
+        if let Err(e) = writeln!(handle, "{line}") {
+            tracing::warn!(file = %self.path.display(), error = %e, "cannot append trace");
+            return;
+        }
+        file.lines += 1;
+        if file.lines < 2 * self.config.keep.max(1) {
+            return;
+        }
+        let kept: Vec<Trace> = self.lock_recent().iter().cloned().collect();
+        match compact(&self.path, kept.iter()) {
+            Ok(handle) => {
+                *file = TraceFile {
+                    handle: Some(handle),
+                    lines: kept.len(),
+                }
+            }
+            // Appending goes on; the next append tries again.
+            Err(e) => {
+                tracing::warn!(file = %self.path.display(), error = %e, "cannot compact the trace file")
+            }
+        }
+    }
+
+    fn lock_recent(&self) -> std::sync::MutexGuard<'_, VecDeque<Trace>> {
+        match self.recent.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         }
     }
 
     /// Newest first.
     pub fn recent(&self, limit: usize) -> Vec<Trace> {
-        let recent = match self.recent.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        recent.iter().rev().take(limit).cloned().collect()
+        self.lock_recent()
+            .iter()
+            .rev()
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     /// Sends the traces still queued for OTLP export and waits for the collector's answer
@@ -150,5 +207,46 @@ impl Traces {
         {
             tracing::warn!(error = %e, "stopping OTLP trace export");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_trace_file_stays_bounded_while_running_and_keeps_the_newest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = RawTraces {
+            keep: 5,
+            ..RawTraces::default()
+        };
+        let traces = Traces::open(dir.path(), config.clone(), &Default::default()).expect("open");
+        let path = dir.path().join("state/traces.jsonl");
+        for i in 0..100 {
+            traces.push(Trace {
+                id: format!("t{i}"),
+                ..Trace::default()
+            });
+            let n = lines(&path).len();
+            assert!(n <= 2 * 5, "{n} traces in the file after {} pushes", i + 1);
+        }
+        let ids: Vec<String> = traces.recent(5).into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["t99", "t98", "t97", "t96", "t95"]);
+        let last = lines(&path).pop().expect("a line");
+        assert!(last.contains("\"t99\""), "{last}");
+        drop(traces);
+        // What the file kept is what a restart loads.
+        let reopened = Traces::open(dir.path(), config, &Default::default()).expect("reopen");
+        let ids: Vec<String> = reopened.recent(10).into_iter().map(|t| t.id).collect();
+        assert_eq!(ids, ["t99", "t98", "t97", "t96", "t95"]);
     }
 }

@@ -32,6 +32,9 @@ pub enum JobState {
     Queued,
     Running,
     Succeeded,
+    /// The run finished, but some documents failed (each with its error in `reports`); the
+    /// rest were indexed. `cairn ingest` exits 1 for such a run.
+    SucceededWithFailures,
     Failed,
     Interrupted,
 }
@@ -43,6 +46,7 @@ impl JobState {
             JobState::Queued => "queued",
             JobState::Running => "running",
             JobState::Succeeded => "succeeded",
+            JobState::SucceededWithFailures => "succeeded_with_failures",
             JobState::Failed => "failed",
             JobState::Interrupted => "interrupted",
         }
@@ -74,6 +78,10 @@ pub struct Job {
     /// Each source's report (failed and skipped documents with reasons).
     pub reports: Vec<Report>,
     pub error: Option<String>,
+    /// A stable name for `error` when it has one (`store_stalled`, `index_old_format`, … from
+    /// the index), so clients can act on it without parsing the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
     /// With the PostgreSQL backend, the replica that claimed the job (`host:pid:random`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replica: Option<String>,
@@ -295,6 +303,7 @@ impl Jobs {
             counts: Counts::default(),
             reports: Vec::new(),
             error: None,
+            error_code: None,
             replica: None,
         };
         match &self.store {
@@ -434,6 +443,20 @@ fn worker(jobs: &Weak<Jobs>, engine: &Weak<Engine>, wake: &mpsc::Receiver<()>) {
     }
 }
 
+/// The stable code of the index error behind `e`, if an index error caused it (through the
+/// ingest pipeline or directly): `store_stalled`, `index_old_format`, ….
+pub fn error_code(e: &anyhow::Error) -> Option<&'static str> {
+    e.chain().find_map(|cause| {
+        if let Some(index) = cause.downcast_ref::<cairn_index::IndexError>() {
+            return Some(index.code());
+        }
+        match cause.downcast_ref::<cairn_ingest::IngestError>() {
+            Some(cairn_ingest::IngestError::Index(index)) => Some(index.code()),
+            _ => None,
+        }
+    })
+}
+
 /// Runs `f`, turning a panic into an error, so a bug in one run ends its job as `failed`
 /// (with the reason) instead of leaving it `running` and refusing every later job.
 fn without_panics<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
@@ -511,11 +534,13 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
                 })
                 .collect();
             j.reports = reports;
-            if refused.is_empty() {
-                j.state = JobState::Succeeded;
-            } else {
+            if !refused.is_empty() {
                 j.state = JobState::Failed;
                 j.error = Some(format!("quality gate: {}", refused.join("; ")));
+            } else if j.counts.failed > 0 {
+                j.state = JobState::SucceededWithFailures;
+            } else {
+                j.state = JobState::Succeeded;
             }
         }
         Err(e) => {
@@ -524,6 +549,7 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
             tracing::error!(job = %j.id, error = %format!("{e:#}"), "reindex job failed");
             j.state = JobState::Failed;
             j.error = Some(format!("{e:#}"));
+            j.error_code = error_code(&e).map(str::to_string);
         }
     }
     j
@@ -532,6 +558,25 @@ fn run(engine: &Engine, job: Job, save: &(dyn Fn(&Job, bool) + Sync), cancel: &A
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_error_gives_its_stable_code_through_the_pipeline_and_context() {
+        let stalled = cairn_index::IndexError::Stalled {
+            operation: "commit a generation",
+            secs: 120,
+        };
+        let through_ingest = anyhow::Error::from(cairn_ingest::IngestError::from(stalled))
+            .context("ingesting source `docs`");
+        assert_eq!(error_code(&through_ingest), Some("store_stalled"));
+        let old = cairn_index::IndexError::OldFormat {
+            path: "data/index".into(),
+            found: "format 1".into(),
+            expected: 2,
+        };
+        let direct = anyhow::Error::from(old).context("opening the index");
+        assert_eq!(error_code(&direct), Some("index_old_format"));
+        assert_eq!(error_code(&anyhow::anyhow!("disk full")), None);
+    }
 
     #[test]
     fn a_panicking_run_becomes_an_error_that_says_what_happened() {

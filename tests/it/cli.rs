@@ -264,3 +264,176 @@ fn models_list_and_unknown_pull() {
         "{err}"
     );
 }
+
+/// What a format-1 (sled) index leaves in `<data>/index`: a `store/` directory (its contents do
+/// not matter, the directory marks the old format) and the derived folders beside it.
+fn sled_era_index(data: &std::path::Path) {
+    let index = data.join("index");
+    std::fs::create_dir_all(index.join("store/blobs")).expect("mkdir");
+    std::fs::write(index.join("store/conf"), b"segment_size: 524288\n").expect("conf");
+    std::fs::write(index.join("store/db"), vec![7u8; 4096]).expect("db");
+    std::fs::create_dir_all(index.join("bm25")).expect("mkdir");
+}
+
+#[test]
+fn an_old_format_index_is_refused_naming_the_fix_and_ingest_full_rebuilds_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "[embedder]\nkind = \"hash\"\n");
+    sled_era_index(&dir.path().join("data"));
+
+    for args in [
+        &["ingest"][..],
+        &["ingest", "--source", "samples", "--full"],
+    ] {
+        let out = cairn()
+            .arg("--config")
+            .arg(&config)
+            .arg("-q")
+            .args(args)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("index_old_format") && stderr.contains("`cairn ingest --full`"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            dir.path().join("data/index/store/db").is_file(),
+            "untouched"
+        );
+    }
+
+    let out = stdout_of_success(
+        cairn()
+            .arg("--config")
+            .arg(&config)
+            .args(["-q", "ingest", "--full"]),
+    );
+    let table = String::from_utf8_lossy(&out);
+    assert!(table.contains("samples"), "{table}");
+    // The old index was set aside, not deleted, and the rebuilt one serves.
+    assert!(dir.path().join("data/index.old-format/store/db").is_file());
+    assert!(!dir.path().join("data/index/store").exists());
+    let hits = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "search",
+        "password reset link",
+        "--json",
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&hits).expect("json");
+    assert!(!json["hits"].as_array().expect("hits").is_empty(), "{json}");
+}
+
+/// Every key is optional: a config holding one `[[sources]]` table, outside the repository (no
+/// `prompts/` folder beside it), ingests and answers with the built-in prompt.
+#[test]
+fn a_four_line_config_outside_the_repository_ingests_and_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("corpus")).expect("mkdir");
+    std::fs::copy(
+        support::repo().join("samples/corpus/help-center/account.md"),
+        dir.path().join("corpus/account.md"),
+    )
+    .expect("copy");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n",
+    )
+    .expect("config");
+    assert_eq!(
+        std::fs::read_to_string(&config)
+            .expect("read")
+            .lines()
+            .count(),
+        4
+    );
+    let run = |args: &[&str]| {
+        stdout_of_success(
+            cairn()
+                .current_dir(dir.path())
+                .arg("--config")
+                .arg(&config)
+                .arg("-q")
+                .args(args),
+        )
+    };
+    let table = String::from_utf8(run(&["ingest"])).expect("utf8");
+    assert!(table.contains("docs"), "{table}");
+    let answer = run(&["ask", "How long is a password reset link valid?", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&answer).expect("json");
+    assert!(
+        json["answer"].as_str().unwrap_or("").contains("60 minutes"),
+        "{json}"
+    );
+    assert_eq!(json["citations"][0]["doc_id"], "docs:account.md", "{json}");
+}
+
+/// A short `bench soak`: commits and searches for a few seconds, reports every figure, and
+/// keeps the index in `--dir` when one is given.
+#[test]
+fn bench_soak_reports_throughput_latency_memory_disk_and_no_stalls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "");
+    let soak_dir = dir.path().join("soak");
+    let out = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "bench",
+        "soak",
+        "--minutes",
+        "0.05",
+        "--min-chunks",
+        "300",
+        "--dir",
+        soak_dir.to_str().expect("utf8"),
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    assert_eq!(r["stalls"], 0, "{r}");
+    assert_eq!(r["errors"], 0, "{r}");
+    assert!(r["target_reached"].as_bool().expect("bool"), "{r}");
+    assert!(r["seconds"].as_f64().expect("seconds") >= 3.0, "{r}");
+    assert!(
+        r["chunks_committed"].as_u64().expect("chunks") >= 300,
+        "{r}"
+    );
+    for key in ["commits_per_sec", "chunks_per_sec", "bytes_on_disk"] {
+        assert!(r[key].as_f64().expect(key) > 0.0, "{key}: {r}");
+    }
+    assert!(
+        r["commit_latency"]["p99_ms"].as_f64().expect("p99") > 0.0,
+        "{r}"
+    );
+    assert!(
+        r["search_latency"]["count"].as_u64().expect("count") > 0,
+        "{r}"
+    );
+    assert!(
+        soak_dir.join("store.redb").is_file(),
+        "--dir keeps the index"
+    );
+
+    // The table names every figure.
+    let out = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "bench",
+        "soak",
+        "--minutes",
+        "0.02",
+        "--min-chunks",
+        "100",
+    ]));
+    let table = String::from_utf8(out).expect("utf8");
+    for word in [
+        "commits/s",
+        "chunks/s",
+        "p99 commit",
+        "p99 search",
+        "peak RSS",
+        "on disk",
+        "stalls",
+    ] {
+        assert!(table.contains(word), "{word}: {table}");
+    }
+}

@@ -9,6 +9,7 @@ mod e2e;
 mod faults;
 mod gate;
 mod gateway;
+mod health;
 mod hostile;
 mod llama;
 mod load;

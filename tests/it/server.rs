@@ -254,3 +254,30 @@ async fn unknown_route_is_a_typed_404() {
         (StatusCode::NOT_FOUND, Some("not_found"))
     );
 }
+
+/// A run in which a document failed is not a plain success: the job ends
+/// `succeeded_with_failures` (the CLI exits 1 for the same run), with the failed document in
+/// its report; a run without failures still ends `succeeded`.
+#[tokio::test]
+async fn a_job_whose_run_had_failed_documents_ends_succeeded_with_failures() {
+    let (app, reports) = TestApp::with_setup_reports(|dir| {
+        std::fs::write(dir.join("crm.csv"), "Id,Name\n1,Eve\n2,Bob,extra,fields\n").expect("csv");
+        format!(
+            "[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\"]\n[[sources]]\nname = \"crm\"\nkind = \"crm\"\npath = {:?}\nid = \"Id\"\n",
+            cairn::http::auth::hash_key(ADMIN),
+            dir.join("crm.csv")
+        )
+    });
+    let crm = reports
+        .iter()
+        .find(|r| r.source == "crm")
+        .expect("crm report");
+    assert_eq!((crm.counts.indexed, crm.counts.failed), (1, 1), "{crm:?}");
+
+    let job = reindex_and_wait(&app, r#"{"source":"crm","full":true}"#).await;
+    assert_eq!(job["state"], "succeeded_with_failures", "{job}");
+    assert_eq!(job["counts"]["failed"], 1, "{job}");
+    assert_eq!(job["counts"]["indexed"], 1, "{job}");
+    let job = reindex_and_wait(&app, r#"{"source":"samples"}"#).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+}
