@@ -148,6 +148,11 @@ impl GatewayError {
         match self {
             GatewayError::BudgetExhausted(_) => "budget_exhausted",
             GatewayError::NoRoute(_) => "no_route",
+            // The route ran out of the request's time rather than of providers: a deadline.
+            GatewayError::AllFailed {
+                last: Some(ProviderError::Timeout { stage, .. }),
+                ..
+            } if stage == "request_deadline" => "deadline_exceeded",
             GatewayError::AllFailed { .. } => "providers_unavailable",
             GatewayError::Cancelled => "cancelled",
             GatewayError::SchemaInvalid(_) => "schema_invalid",

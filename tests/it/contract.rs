@@ -371,7 +371,19 @@ async fn an_answer_past_the_deadline_is_a_504() {
     let mut slow = vec![Frame::Delay(Duration::from_secs(5))];
     slow.extend(Vendor::Compatible.success(&["Refunds take 5 business days [1]."]));
     let fake = Fake::start(vec![Reply::sse(slow)]).await;
-    let app = remote_only(&fake, "[server]\nrequest_timeout_secs = 1\n");
+    // The remote may wait up to the whole deadline for a first token, so it is the request's
+    // deadline, not the remote's own wait, that ends the answer.
+    let app = TestApp::with_setup(|dir| {
+        support::with_first_token_ms(
+            support::wiki_with_remote_model(
+                dir,
+                &fake.base,
+                REFUNDS,
+                "[server]\nrequest_timeout_secs = 1\n",
+            ),
+            1000,
+        )
+    });
     let ask = r#"{"question":"How long do refunds take?","stream":false}"#;
     let got = send(&app, post_json("/ask", ask)).await;
     assert!(

@@ -138,6 +138,17 @@ path = {wiki:?}
     )
 }
 
+/// `config` (from [`wiki_with_remote_model`]) with the remote's first-token wait set to `ms`:
+/// a test with a short request deadline needs it, since start-up refuses an answer route whose
+/// worst case cannot fit in the deadline.
+pub fn with_first_token_ms(config: String, ms: u64) -> String {
+    config.replacen(
+        "max_retries = 0\n",
+        &format!("max_retries = 0\ntimeout_first_token_ms = {ms}\n"),
+        1,
+    )
+}
+
 pub const ADMIN: &str = "admin-key-123";
 pub const BOT: &str = "bot-key-456";
 pub const HR: &str = "hr-key-789";
