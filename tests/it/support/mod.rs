@@ -183,20 +183,22 @@ pub async fn get_json(app: &TestApp, uri: &str) -> Value {
     body_json(resp).await
 }
 
-/// Asks "How long do refunds take?" without streaming; checks the status and returns the JSON
-/// answer.
-pub async fn ask_refunds(app: &TestApp) -> Value {
+/// Asks `question` without streaming; checks the status and returns the JSON answer.
+pub async fn ask_json(app: &TestApp, question: &str) -> Value {
     use tower::ServiceExt;
+    let body = serde_json::json!({"question": question, "stream": false}).to_string();
     let resp = app
         .router()
-        .oneshot(post_json(
-            "/ask",
-            r#"{"question":"How long do refunds take?","stream":false}"#,
-        ))
+        .oneshot(post_json("/ask", &body))
         .await
         .expect("response");
     assert_eq!(resp.status(), axum::http::StatusCode::OK);
     body_json(resp).await
+}
+
+/// Asks "How long do refunds take?" without streaming (see [`ask_json`]).
+pub async fn ask_refunds(app: &TestApp) -> Value {
+    ask_json(app, "How long do refunds take?").await
 }
 
 /// A request with a bearer key.
