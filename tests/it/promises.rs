@@ -2,7 +2,8 @@
 //! RELIABILITY.md, "Invariants and the tests that fail when they break", names each): one admin
 //! job at a time, provider error bodies never shown to clients, no question or answer text in
 //! the trace file by default, reranking that cannot add a hit, masked remote rerank requests,
-//! and the command line's `hash-key`, exit status, `--full` embedder switch and flag precedence.
+//! and the command line's `hash-key`, exit status, `--full` embedder switch and flag precedence, and
+//! API keys kept out of the process logs.
 
 use std::path::Path;
 use std::process::Command;
@@ -383,6 +384,17 @@ fn run(config: &Path, args: &[&str]) -> std::process::Output {
         .expect("run cairn")
 }
 
+/// Runs cairn; returns its exit code and what it printed (stdout, then stderr).
+fn exit_code(config: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = run(config, args);
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
+}
+
 #[cfg(unix)]
 #[test]
 fn cli_ingest_exits_1_when_a_document_failed() {
@@ -392,24 +404,13 @@ fn cli_ingest_exits_1_when_a_document_failed() {
     std::fs::write(docs.join("ok.md"), "# Fine\n\nA page that reads well.\n").expect("write");
     let source = format!("[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = {docs:?}\n");
     let config = hash_config(dir.path(), 64, &source);
-    let out = run(&config, &["ingest"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, said) = exit_code(&config, &["ingest"]);
+    assert_eq!(code, Some(0), "{said}");
     // A symlink loop cannot be read: that document fails, the run exits 1.
     std::os::unix::fs::symlink("loop-b.md", docs.join("loop-a.md")).expect("symlink");
     std::os::unix::fs::symlink("loop-a.md", docs.join("loop-b.md")).expect("symlink");
-    let out = run(&config, &["ingest"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (code, said) = exit_code(&config, &["ingest"]);
+    assert_eq!(code, Some(1), "{said}");
 }
 
 #[test]
@@ -471,4 +472,106 @@ fn a_flag_overrides_the_environment() {
         "the flag's data dir was not used"
     );
     assert!(!env.exists(), "the environment's data dir was used");
+}
+
+// ---- API keys are never logged (ARCHITECTURE.md "Invariants")
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_never_reach_the_process_logs() {
+    let port = support::free_port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrong = "wr0ng-key-9f3a";
+    let config = hash_config(
+        dir.path(),
+        64,
+        &format!(
+            "[server]\nbind = \"127.0.0.1:{port}\"\n[[auth.keys]]\nname = \"ops\"\nhash = \"{}\"\nscopes = [\"ask\", \"search\", \"admin\"]\n",
+            cairn::http::auth::hash_key(ADMIN)
+        ),
+    );
+    let log = dir.path().join("serve.log");
+    // Debug level for every crate: what an operator turns on to chase a problem.
+    let mut child = cairn()
+        .arg("--config")
+        .arg(&config)
+        .args(["-vv", "serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start cairn serve");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    support::wait_until_serving(&client, &base, &mut child).await;
+    let ask = json!({"question": "How long do refunds take?", "stream": false});
+    for key in [ADMIN, wrong] {
+        let requests = [
+            client.get(format!("{base}/search?q=refund")),
+            client.post(format!("{base}/ask")).json(&ask),
+            client.get(format!("{base}/admin/traces")),
+            client
+                .post(format!("{base}/admin/reindex"))
+                .json(&json!({"source": "samples"})),
+        ];
+        for req in requests {
+            req.bearer_auth(key).send().await.expect("request");
+        }
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    assert!(text.contains("DEBUG"), "no debug lines were logged: {text}");
+    for key in [ADMIN, wrong] {
+        assert!(!text.contains(key), "the key {key} is in the log");
+    }
+}
+
+// ---- `cairn ingest` exits 1 when the quality gate refused a run (README "Command line")
+
+#[test]
+fn cli_ingest_exits_1_when_the_quality_gate_refuses_a_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kb = dir.path().join("kb");
+    std::fs::create_dir_all(&kb).expect("mkdir");
+    let otters = kb.join("otters.md");
+    std::fs::write(
+        &otters,
+        "# Sea otters\n\nSea otters hold hands while they sleep so that the current does not carry them apart.",
+    )
+    .expect("write");
+    std::fs::write(
+        kb.join("badgers.md"),
+        "# Badgers\n\nBadgers dig large burrow systems called setts.",
+    )
+    .expect("write");
+    let golden = dir.path().join("golden.jsonl");
+    std::fs::write(
+        &golden,
+        concat!(
+            r#"{"question": "Why do sea otters hold hands when sleeping?", "sources": ["kb:otters.md"]}"#,
+            "\n",
+            r#"{"question": "What is a badger burrow called?", "sources": ["kb:badgers.md"]}"#,
+            "\n",
+        ),
+    )
+    .expect("write golden");
+    let config = hash_config(
+        dir.path(),
+        64,
+        &format!(
+            "[quality_gate]\nfile = {golden:?}\nmax_drop = 0.05\n[[sources]]\nname = \"kb\"\nkind = \"files\"\npath = {kb:?}\n"
+        ),
+    );
+    let (code, said) = exit_code(&config, &["ingest"]);
+    assert_eq!(code, Some(0), "{said}");
+    // The otters page loses its answer: the gate refuses the run and the command says so.
+    std::fs::write(
+        &otters,
+        "# Quarterly budget\n\nThe finance team reviews travel spending every quarter.",
+    )
+    .expect("write");
+    let (code, said) = exit_code(&config, &["ingest", "--source", "kb"]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("gate"), "the refusal is not named: {said}");
 }

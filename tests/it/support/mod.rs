@@ -102,6 +102,25 @@ impl TestApp {
     }
 }
 
+/// Polls `<base>/healthz` until a `cairn serve` child answers (at most 60 s); kills the child
+/// and fails the test otherwise.
+pub async fn wait_until_serving(
+    client: &reqwest::Client,
+    base: &str,
+    child: &mut std::process::Child,
+) {
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("cairn serve did not come up within 60 s");
+}
+
 /// Writes one page into `<dir>/wiki` and returns config text for a `wiki` files source
 /// answered by an OpenAI-compatible model at `base` (no retries), plus `extra`.
 pub fn wiki_with_remote_model(dir: &Path, base: &str, page: (&str, &str), extra: &str) -> String {
