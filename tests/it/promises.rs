@@ -2,8 +2,8 @@
 //! RELIABILITY.md, "Invariants and the tests that fail when they break", names each): one admin
 //! job at a time, provider error bodies never shown to clients, no question or answer text in
 //! the trace file by default, reranking that cannot add a hit, masked remote rerank requests,
-//! and the command line's `hash-key`, exit status, `--full` embedder switch and flag precedence, and
-//! API keys kept out of the process logs.
+//! the command line's `hash-key`, exit status, `--full` embedder switch and flag precedence, API
+//! keys kept out of the process logs, and answers that go on when the audit log cannot be written.
 
 use std::path::Path;
 use std::process::Command;
@@ -574,4 +574,31 @@ fn cli_ingest_exits_1_when_the_quality_gate_refuses_a_run() {
     let (code, said) = exit_code(&config, &["ingest", "--source", "kb"]);
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("gate"), "the refusal is not named: {said}");
+}
+
+// ---- a failed audit write does not stop the answer (README "audit log")
+
+#[tokio::test]
+async fn a_failed_audit_write_does_not_stop_the_answer() {
+    let app = TestApp::with_setup(|dir| {
+        let path = dir.join("audit/audit.jsonl");
+        format!("[cache]\nenabled = false\n[audit]\npath = {path:?}\nmax_bytes = 1024\n")
+    });
+    // The log's directory disappears: appends go to the unlinked file until it must rotate,
+    // and from then on every write fails (the rotation cannot rename the file).
+    std::fs::remove_dir_all(app.dir.path().join("audit")).expect("remove the audit dir");
+    let probe = cairn::observe::audit::AuditEvent::Admin {
+        action: "probe".into(),
+        caller: "test".into(),
+        detail: Value::Null,
+    };
+    let broken = (0..32).any(|_| app.engine.audit.record(&probe).is_err());
+    assert!(broken, "the audit log never failed");
+    for _ in 0..3 {
+        let answer = support::ask_refunds(&app).await;
+        assert_eq!(answer["outcome"], "answered", "{answer}");
+        let text = answer["answer"].as_str().expect("answer");
+        assert!(text.contains("5 business days"), "{answer}");
+    }
+    assert!(app.engine.audit.record(&probe).is_err(), "the log healed");
 }
