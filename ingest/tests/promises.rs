@@ -1,6 +1,7 @@
 //! "Every listed document ends as indexed, unchanged, skipped (reason) or failed (error) in the
 //! run's report" (ARCHITECTURE.md, README "Connectors"): a listing that mixes every outcome
-//! accounts for each document exactly once, on the first run and on an incremental rerun.
+//! accounts for each document exactly once, on the first run and on an incremental rerun; and
+//! a failed document keeps its previously indexed version (`ingest/src/pipeline.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -46,11 +47,10 @@ fn doc(id: &str, text: &str) -> SourceDocument {
     }
 }
 
-/// Two readable documents, one without text, one the connector skips, one it cannot read and
-/// one whose vectors the index refuses.
-struct Mixed;
+/// A complete listing of the items it holds.
+struct Listing(Vec<Item>);
 
-impl Connector for Mixed {
+impl Connector for Listing {
     fn name(&self) -> &str {
         "mixed"
     }
@@ -60,24 +60,7 @@ impl Connector for Mixed {
         _full: bool,
         emit: &mut dyn FnMut(Item) -> bool,
     ) -> Result<SyncSummary, IngestError> {
-        let items = [
-            Item::Document(doc("a", "# Alpha\n\nAlpha explains the first thing.")),
-            Item::Document(doc("b", "# Beta\n\nBeta explains the second thing.")),
-            Item::Document(doc("empty", "   \n\n  ")),
-            Item::Skipped {
-                external_id: "draft".into(),
-                reason: "draft article".into(),
-            },
-            Item::Failed {
-                external_id: "broken".into(),
-                error: "row 3: broken quoting".into(),
-            },
-            Item::Document(doc(
-                "nan",
-                "# Poison\n\nThis poisonword page cannot be embedded.",
-            )),
-        ];
-        for item in items {
+        for item in self.0.drain(..) {
             if !emit(item) {
                 break;
             }
@@ -89,13 +72,41 @@ impl Connector for Mixed {
     }
 }
 
+/// Two readable documents, one without text, one the connector skips, one it cannot read and
+/// one whose vectors the index refuses.
+fn mixed() -> Vec<Item> {
+    vec![
+        Item::Document(doc("a", "# Alpha\n\nAlpha explains the first thing.")),
+        Item::Document(doc("b", "# Beta\n\nBeta explains the second thing.")),
+        Item::Document(doc("empty", "   \n\n  ")),
+        Item::Skipped {
+            external_id: "draft".into(),
+            reason: "draft article".into(),
+        },
+        Item::Failed {
+            external_id: "broken".into(),
+            error: "row 3: broken quoting".into(),
+        },
+        Item::Document(doc(
+            "nan",
+            "# Poison\n\nThis poisonword page cannot be embedded.",
+        )),
+    ]
+}
+
 const LISTED: usize = 6;
 
-/// Runs the source; returns the report and how many documents the run says it listed.
-fn sync(index: &Index, embedder: &Arc<dyn Embedder>, chunker: &Chunker) -> (Report, usize) {
+/// Runs a source listing `items`; returns the report and how many documents the run says it
+/// listed.
+fn sync(
+    index: &Index,
+    embedder: &Arc<dyn Embedder>,
+    chunker: &Chunker,
+    items: Vec<Item>,
+) -> (Report, usize) {
     let listed = AtomicUsize::new(0);
     let report = run(
-        &mut Mixed,
+        &mut Listing(items),
         index,
         chunker,
         embedder,
@@ -158,14 +169,58 @@ fn every_listed_document_has_exactly_one_outcome_in_the_report() {
     let chunker = Chunker::new(ChunkerOptions::default(), embedder.clone());
     let index = Index::open(dir.path(), IndexOptions::new(embedder.info())).expect("index");
 
-    let first = sync(&index, &embedder, &chunker);
+    let first = sync(&index, &embedder, &chunker, mixed());
     assert_accounted(&first);
     assert_eq!(first.0.counts.indexed, 2, "{first:#?}");
     let mut ids = index.document_ids("mixed").expect("ids");
     ids.sort();
     assert_eq!(ids, ["mixed:a", "mixed:b"]);
 
-    let again = sync(&index, &embedder, &chunker);
+    let again = sync(&index, &embedder, &chunker, mixed());
     assert_accounted(&again);
     assert_eq!(again.0.counts.unchanged, 2, "{again:#?}");
+}
+
+/// "A failed document keeps its previously indexed version" (`ingest/src/pipeline.rs`): a
+/// document that fails to read, or whose new text the index refuses, stays searchable as it was.
+#[test]
+fn a_failed_document_keeps_its_previous_version() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let embedder: Arc<dyn Embedder> = Arc::new(Poisoned(HashEmbedder::new(32)));
+    let chunker = Chunker::new(ChunkerOptions::default(), embedder.clone());
+    let index = Index::open(dir.path(), IndexOptions::new(embedder.info())).expect("index");
+    let (first, _) = sync(
+        &index,
+        &embedder,
+        &chunker,
+        vec![
+            Item::Document(doc("a", "# Alpha\n\nAlpha version one.")),
+            Item::Document(doc("b", "# Beta\n\nBeta version one.")),
+        ],
+    );
+    assert_eq!(first.counts.indexed, 2, "{first:#?}");
+    let (second, _) = sync(
+        &index,
+        &embedder,
+        &chunker,
+        vec![
+            Item::Document(doc("a", "# Alpha\n\nAlpha version two with a poisonword.")),
+            Item::Failed {
+                external_id: "b".into(),
+                error: "cannot read".into(),
+            },
+        ],
+    );
+    assert_eq!(second.counts.failed, 2, "{second:#?}");
+    assert_eq!(second.counts.deleted, 0, "{second:#?}");
+    for (id, text) in [
+        ("mixed:a", "Alpha version one."),
+        ("mixed:b", "Beta version one."),
+    ] {
+        let chunks = index.chunks_of(id).expect("chunks");
+        assert!(
+            chunks.iter().any(|c| c.text.contains(text)),
+            "{id} lost its previous version: {chunks:?}"
+        );
+    }
 }
