@@ -478,6 +478,65 @@ pub fn group_change_on_replace_takes_effect(open: &Opener) {
     check_filter(&*index, Filter::default(), &["drive:q", "wiki:n"]);
 }
 
+/// Filters and access groups select before the top-k cut: the one document a filter allows
+/// is found even when more than `k` others outrank it in every retriever.
+pub fn filters_find_a_document_ranked_below_k_unfiltered_ones(open: &Opener) {
+    let index = open();
+    // More than the embedded index's 100 candidates per retriever, so a filter applied after
+    // that cut would find nothing.
+    let ids: Vec<String> = (0..300).map(|i| format!("wiki:popular{i}")).collect();
+    let mut specs: Vec<DocSpec<'_>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| DocSpec {
+            metadata: &[("lang", "en")],
+            ..DocSpec::new(id, "shared topic shared topic popular", i % 2)
+        })
+        .collect();
+    specs.push(DocSpec {
+        source: "drive",
+        groups: &["hr"],
+        metadata: &[("lang", "de")],
+        ..DocSpec::new("drive:rare", "shared topic rare", 4)
+    });
+    put(&*index, &specs);
+    let search = |filter: Filter, mode: SearchMode| {
+        let mut req = request(
+            "shared topic popular",
+            Some(axis_vector(0, 0.0)),
+            mode,
+            filter,
+        );
+        req.k = 3;
+        doc_ids(&*index, &req)
+    };
+    let hr = || vec!["hr".to_string()];
+    for mode in MODES {
+        let by_source = Filter {
+            sources: vec!["drive".into()],
+            caller_groups: hr(),
+            ..Default::default()
+        };
+        assert_eq!(search(by_source, mode), ["drive:rare"], "{mode:?}: source");
+        let by_metadata = Filter {
+            metadata: [("lang".to_string(), "de".to_string())].into(),
+            caller_groups: hr(),
+            ..Default::default()
+        };
+        assert_eq!(
+            search(by_metadata, mode),
+            ["drive:rare"],
+            "{mode:?}: metadata"
+        );
+        // Without the group the same filter finds nothing: deny by default.
+        let no_group = Filter {
+            sources: vec!["drive".into()],
+            ..Default::default()
+        };
+        assert!(search(no_group, mode).is_empty(), "{mode:?}: no group");
+    }
+}
+
 pub fn invalid_input_is_a_typed_error_and_stages_nothing(open: &Opener) {
     let index = open();
     let rec = record(&DocSpec::new("wiki:v", "valid text", 0));
@@ -713,6 +772,7 @@ macro_rules! conformance_tests {
             upsert_then_delete_in_one_writer_deletes,
             filters_and_access_groups_apply_in_every_mode,
             group_change_on_replace_takes_effect,
+            filters_find_a_document_ranked_below_k_unfiltered_ones,
             invalid_input_is_a_typed_error_and_stages_nothing,
             score_breakdown_has_the_same_shape,
             word_ranking_weighs_rare_words_above_common_ones,

@@ -1,7 +1,8 @@
 //! The incremental pipeline: listing → hash check → chunk → embed → index, in bounded batches.
 //!
-//! Invariant: every listed document gets exactly one report line (indexed, unchanged,
-//! skipped, failed) and documents are deleted only when the connector's listing was complete
+//! Invariant: every listed document ends in exactly one outcome of the report (indexed and
+//! unchanged are counted; skipped and failed are counted and get a line with the reason or the
+//! error) and documents are deleted only when the connector's listing was complete
 //! (or it reported them deleted explicitly). A failed document keeps its previously indexed
 //! version. Batches are committed as they fill, so memory stays bounded and a crash loses at
 //! most the open batch. With an [`EmbeddingCache`] in the options, chunks whose text was

@@ -15,6 +15,7 @@ mod llama;
 mod load;
 mod otlp;
 mod privacy;
+mod promises;
 mod replicas;
 mod server;
 mod support;

@@ -258,20 +258,7 @@ async fn graceful_shutdown_of_serve_flushes_queued_spans() {
         .expect("start cairn serve");
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..600 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !ready {
-        let _ = child.kill();
-        panic!("cairn serve did not come up within 60 s");
-    }
+    crate::support::wait_until_serving(&client, &base, &mut child).await;
     let answer: serde_json::Value = client
         .post(format!("{base}/ask"))
         .header("content-type", "application/json")

@@ -55,16 +55,7 @@ fn billing_app(fake: &Fake, extra: &str) -> TestApp {
 }
 
 async fn ask(app: &TestApp, question: &str) -> Value {
-    let resp = app
-        .router()
-        .oneshot(post_json(
-            "/ask",
-            &json!({"question": question, "stream": false}).to_string(),
-        ))
-        .await
-        .expect("response");
-    assert_eq!(resp.status(), StatusCode::OK);
-    support::body_json(resp).await
+    support::ask_json(app, question).await
 }
 
 fn audit_lines(app: &TestApp) -> Vec<Value> {

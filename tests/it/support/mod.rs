@@ -115,6 +115,25 @@ impl TestApp {
     }
 }
 
+/// Polls `<base>/healthz` until a `cairn serve` child answers (at most 60 s); kills the child
+/// and fails the test otherwise.
+pub async fn wait_until_serving(
+    client: &reqwest::Client,
+    base: &str,
+    child: &mut std::process::Child,
+) {
+    for _ in 0..600 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    panic!("cairn serve did not come up within 60 s");
+}
+
 /// Writes one page into `<dir>/wiki` and returns config text for a `wiki` files source
 /// answered by an OpenAI-compatible model at `base` (no retries), plus `extra`.
 pub fn wiki_with_remote_model(dir: &Path, base: &str, page: (&str, &str), extra: &str) -> String {
@@ -207,20 +226,22 @@ pub async fn get_json(app: &TestApp, uri: &str) -> Value {
     body_json(resp).await
 }
 
-/// Asks "How long do refunds take?" without streaming; checks the status and returns the JSON
-/// answer.
-pub async fn ask_refunds(app: &TestApp) -> Value {
+/// Asks `question` without streaming; checks the status and returns the JSON answer.
+pub async fn ask_json(app: &TestApp, question: &str) -> Value {
     use tower::ServiceExt;
+    let body = serde_json::json!({"question": question, "stream": false}).to_string();
     let resp = app
         .router()
-        .oneshot(post_json(
-            "/ask",
-            r#"{"question":"How long do refunds take?","stream":false}"#,
-        ))
+        .oneshot(post_json("/ask", &body))
         .await
         .expect("response");
     assert_eq!(resp.status(), axum::http::StatusCode::OK);
     body_json(resp).await
+}
+
+/// Asks "How long do refunds take?" without streaming (see [`ask_json`]).
+pub async fn ask_refunds(app: &TestApp) -> Value {
+    ask_json(app, "How long do refunds take?").await
 }
 
 /// A request with a bearer key.
