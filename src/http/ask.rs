@@ -205,8 +205,8 @@ pub fn validate_ask(
 fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
     let question = question.trim().to_string();
     if question.is_empty() {
-        return Err(ApiError::InvalidRequest(
-            "`question` must not be empty".into(),
+        return Err(ApiError::EmptyQuery(
+            "`question` is empty or only whitespace; send the question to answer".into(),
         ));
     }
     let limit = engine.config.server.max_question_chars;

@@ -21,6 +21,10 @@ pub enum ApiError {
     InvalidJson(String),
     #[error("{0}")]
     InvalidRequest(String),
+    /// An empty or whitespace-only query, question or last user message (400: there is
+    /// nothing to search for).
+    #[error("{0}")]
+    EmptyQuery(String),
     #[error("the question is {chars} characters; the limit is {limit}")]
     QuestionTooLong { chars: usize, limit: usize },
     #[error(
@@ -96,6 +100,7 @@ impl ApiError {
         match self {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            ApiError::EmptyQuery(_) => (StatusCode::BAD_REQUEST, "empty_query"),
             ApiError::QuestionTooLong { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long")
             }

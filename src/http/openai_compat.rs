@@ -108,15 +108,20 @@ impl ChatCompletionRequest {
     }
 }
 
-fn text_of(content: &Value) -> String {
+/// The text of a message's `content`: a string, or the text parts of an array (null is empty);
+/// any other JSON type is a wrong shape.
+fn text_of(content: &Value) -> Result<String, ApiError> {
     match content {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(parts) => Ok(parts
             .iter()
             .filter_map(|p| p.get("text").and_then(Value::as_str))
             .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
+            .join("\n")),
+        Value::Null => Ok(String::new()),
+        _ => Err(ApiError::InvalidRequest(
+            "a message's `content` must be a string or an array of content parts".into(),
+        )),
     }
 }
 
@@ -154,13 +159,13 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         .map(|m| {
             Ok(Turn {
                 role: role_of(m)?,
-                content: text_of(&m.content),
+                content: text_of(&m.content)?,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let question = text_of(&req.messages[last_user].content);
+    let question = text_of(&req.messages[last_user].content)?;
     if question.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(
+        return Err(ApiError::EmptyQuery(
             "the last `user` message has no text; put the question there".into(),
         ));
     }

@@ -62,7 +62,7 @@ pub(super) async fn search(
         ));
     }
     if p.q.trim().is_empty() {
-        return Err(ApiError::InvalidRequest(
+        return Err(ApiError::EmptyQuery(
             "`q` is empty; send the words to search for, e.g. `/search?q=refund`".into(),
         ));
     }

@@ -198,8 +198,8 @@ async fn empty_or_blank_queries_are_refused_on_search_ask_and_chat() {
         failures.extend(shape_error(
             what,
             &got,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            StatusCode::BAD_REQUEST,
+            "empty_query",
         ));
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -109,8 +109,8 @@ async fn hostile_http_requests_get_typed_errors_or_safe_handling() {
         case("search: groups parameter", None, support::get("/search?q=salary%20band&groups=hr"), S::UNPROCESSABLE_ENTITY, invalid),
         case("search: access_groups parameter", None, support::get("/search?q=salary%20band&access_groups=hr"), S::UNPROCESSABLE_ENTITY, invalid),
         case("search: source=hr", None, support::get("/search?q=salary%20band%20senior%20engineers&source=hr"), S::UNPROCESSABLE_ENTITY, Some("unknown_filter")),
-        case("search: empty q", None, support::get("/search?q="), S::UNPROCESSABLE_ENTITY, invalid),
-        case("search: whitespace-only q", None, support::get("/search?q=%20%0A"), S::UNPROCESSABLE_ENTITY, invalid),
+        case("search: empty q", None, support::get("/search?q="), S::BAD_REQUEST, Some("empty_query")),
+        case("search: whitespace-only q", None, support::get("/search?q=%20%0A"), S::BAD_REQUEST, Some("empty_query")),
         case("search: NUL and BEL in q", None, support::get("/search?q=salary%00band%07"), S::OK, None),
         case("search: invalid UTF-8 in q", None, support::get("/search?q=salary%FF%FE"), S::OK, None),
         // ---- /v1/chat/completions (OpenAI's own fields are accepted, unknown ones refused)
