@@ -443,6 +443,8 @@ fn a_listing_the_api_says_is_over_is_complete() {
             None,
         ),
         (json!({"articles": one(), "next_page": null}), None),
+        // An empty link says the same as null (a mutant that followed it went unnoticed).
+        (json!({"articles": one(), "next_page": "  "}), None),
         (
             json!({"articles": one()}),
             Some(r#"<https://x.test/p?page=0>; rel="prev""#),
