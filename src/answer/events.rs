@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use cairn_index::Filter;
 
+use crate::answer::handoff::Handoff;
 use crate::providers::Message;
 use crate::retrieval::HitView;
 
@@ -52,6 +53,8 @@ pub enum AnswerEvent {
         trace_id: String,
         outcome: &'static str,
         dropped_citations: usize,
+        /// Whether a human should take over, and why.
+        handoff: Option<Handoff>,
     },
     Error {
         code: &'static str,

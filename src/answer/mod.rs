@@ -11,6 +11,7 @@ pub mod cache;
 pub mod citations;
 pub mod context;
 pub mod events;
+pub mod handoff;
 pub mod privacy;
 pub mod prompt;
 pub mod settings;
@@ -313,14 +314,14 @@ async fn run(
         return "client_disconnected";
     }
     if retrieved.context.is_empty() {
-        return no_answer(engine, trace, out).await;
+        return no_answer(engine, req, trace, out).await;
     }
     let key = CacheKey::of(engine, req, &retrieved.context);
     if let Some((cached, kind)) = engine
         .cache
         .get(&req.question, &retrieved.question_vec, &key.key)
     {
-        return replay_cached(cached, kind, trace, out, started).await;
+        return replay_cached(engine, req, (cached, kind), trace, out, started).await;
     }
     let prompt = mask_and_render(engine, req, &retrieved.context);
     // Dropping the guard (any return below) cancels an upstream call still running.
@@ -434,20 +435,37 @@ async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) 
     true
 }
 
+/// The `done` event of an answer that ended with `outcome`, saying whether a human should
+/// take over.
+fn done(
+    engine: &Engine,
+    req: &AskRequest,
+    trace: &Trace,
+    outcome: &'static str,
+    dropped_citations: usize,
+) -> AnswerEvent {
+    let phrases = &engine.config.answer.handoff_phrases;
+    AnswerEvent::Done {
+        trace_id: trace.id.clone(),
+        outcome,
+        dropped_citations,
+        handoff: handoff::of_done(&req.question, phrases, outcome, dropped_citations),
+    }
+}
+
 /// Stage: nothing cleared the relevance gate — say so without calling a model.
-async fn no_answer(engine: &Engine, trace: &mut Trace, out: &mut Out) -> &'static str {
+async fn no_answer(
+    engine: &Engine,
+    req: &AskRequest,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
     metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
     let text = engine.config.answer.no_answer_text.clone();
     trace.answer = Some(text.clone());
     let _ = out.send(AnswerEvent::Token(text)).await;
     let _ = out.send(AnswerEvent::Usage(no_usage())).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome: "no_answer",
-            dropped_citations: 0,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, "no_answer", 0)).await;
     "no_answer"
 }
 
@@ -498,8 +516,9 @@ fn cacheable(outcome: &str, info: &TargetInfo, shown: &Shown) -> bool {
 
 /// Stage: a cache hit — the stored answer and citations, at no cost.
 async fn replay_cached(
-    cached: Cached,
-    kind: HitKind,
+    engine: &Engine,
+    req: &AskRequest,
+    (cached, kind): (Cached, HitKind),
     trace: &mut Trace,
     out: &mut Out,
     started: Instant,
@@ -522,13 +541,7 @@ async fn replay_cached(
     usage.cache_hit = true;
     usage.cost_usd = 0.0;
     let _ = out.send(AnswerEvent::Usage(usage)).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome: cached.outcome,
-            dropped_citations: 0,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, cached.outcome, 0)).await;
     cached.outcome
 }
 
@@ -839,13 +852,7 @@ async fn finish(
         );
     }
     let _ = out.send(AnswerEvent::Usage(usage_view)).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome,
-            dropped_citations: dropped,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, outcome, dropped)).await;
     outcome
 }
 

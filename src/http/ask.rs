@@ -25,6 +25,7 @@ use cairn_index::{Filter, TimeRange};
 
 use crate::answer::answer_on;
 use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::answer::handoff::{self, Handoff};
 use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
@@ -72,6 +73,8 @@ pub struct AskResponse {
     pub usage: Option<UsageView>,
     pub trace_id: Option<String>,
     pub outcome: Option<String>,
+    /// Whether a human should take over, and why (`null` when the answer stands).
+    pub handoff: Option<Handoff>,
     /// The error that ended the answer (`cairn ask --json` shows it; over HTTP an answer that
     /// ended with one is not a 200, see [`AskResponse::completed`]).
     pub error: Option<serde_json::Value>,
@@ -94,10 +97,14 @@ impl AskResponse {
             AnswerEvent::Citation(c) => self.citations.push(c),
             AnswerEvent::Usage(u) => self.usage = Some(u),
             AnswerEvent::Done {
-                trace_id, outcome, ..
+                trace_id,
+                outcome,
+                handoff,
+                ..
             } => {
                 self.trace_id = Some(trace_id);
                 self.outcome = Some(outcome.to_string());
+                self.handoff = handoff;
             }
             AnswerEvent::Error { code, message } => {
                 self.error = Some(json!({"code": code, "message": message}));
@@ -125,6 +132,7 @@ impl AskResponse {
                 "answer": answer,
                 "citations": self.citations,
                 "retrieval": self.retrieval,
+                "handoff": handoff::of_error(code),
             }),
         })
     }
@@ -260,13 +268,15 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
             trace_id,
             outcome,
             dropped_citations,
+            handoff,
         } => (
             "done",
-            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations}),
+            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff}),
         ),
-        AnswerEvent::Error { code, message } => {
-            ("error", json!({"code": code, "message": message}))
-        }
+        AnswerEvent::Error { code, message } => (
+            "error",
+            json!({"code": code, "message": message, "handoff": handoff::of_error(code)}),
+        ),
     };
     Event::default()
         .id(id.to_string())

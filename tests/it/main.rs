@@ -17,5 +17,6 @@ mod privacy;
 mod replicas;
 mod server;
 mod support;
+mod support_bot;
 #[path = "../support/mod.rs"]
 mod vendors;

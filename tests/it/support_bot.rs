@@ -1,0 +1,158 @@
+//! What a support bot relies on (issue #20): every answer says whether a human should take
+//! over (`handoff`), on `/ask` (streaming and not, inside `error.fallback` when no model
+//! answered) and on `/v1/chat/completions`.
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::gateway::app_with_remote;
+use crate::support::{self, TestApp, body_json, post_json, with_key};
+use crate::vendors::{Fake, Reply, Vendor};
+
+const BOT: &str = "bot-key-456";
+
+/// `POST uri` with `body`, as `key` when given: the status and the JSON body.
+async fn post(app: &TestApp, key: Option<&str>, uri: &str, body: Value) -> (StatusCode, Value) {
+    let req = post_json(uri, &body.to_string());
+    let req = match key {
+        Some(k) => with_key(req, k),
+        None => req,
+    };
+    let resp = app.router().oneshot(req).await.expect("response");
+    (resp.status(), body_json(resp).await)
+}
+
+/// The `handoff` field of the anonymous answer to `body` on `uri` (`None`: no such field).
+async fn handoff_of(app: &TestApp, uri: &str, body: Value) -> Option<Value> {
+    post(app, None, uri, body).await.1.get("handoff").cloned()
+}
+
+/// The streamed `/ask` events of `question` as (name, data).
+async fn streamed(app: &TestApp, question: &str) -> Vec<(String, Value)> {
+    let body = json!({"question": question}).to_string();
+    let resp = app
+        .router()
+        .oneshot(post_json("/ask", &body))
+        .await
+        .expect("response");
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    support::parse_sse(&String::from_utf8_lossy(&bytes))
+        .into_iter()
+        .map(|e| {
+            (
+                e.event,
+                serde_json::from_str(&e.data).unwrap_or(Value::Null),
+            )
+        })
+        .collect()
+}
+
+fn ask(question: &str) -> Value {
+    json!({"question": question, "stream": false})
+}
+
+fn chat(question: &str) -> Value {
+    json!({"messages": [{"role": "user", "content": question}]})
+}
+
+#[tokio::test]
+async fn every_answer_says_whether_a_human_should_take_over() {
+    let app = TestApp::new();
+    let (status, got) = post(&app, None, "/ask", ask("How long do refunds take?")).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got.get("handoff"), Some(&Value::Null), "{got}");
+
+    let (_, got) = post(&app, None, "/ask", ask("Quixotic zanzibar flumph?")).await;
+    assert_eq!(got["outcome"], "no_answer", "{got}");
+    assert_eq!(got["handoff"], json!({"reason": "no_answer"}), "{got}");
+
+    let wants_person = "My refund is late, can I talk to a human please?";
+    let (_, got) = post(&app, None, "/ask", ask(wants_person)).await;
+    assert_eq!(got["handoff"], json!({"reason": "requested"}), "{got}");
+
+    let events = streamed(&app, wants_person).await;
+    let done = events
+        .iter()
+        .find(|(n, _)| n == "done")
+        .expect("done event");
+    assert_eq!(
+        done.1["handoff"],
+        json!({"reason": "requested"}),
+        "{events:?}"
+    );
+    let events = streamed(&app, "How long do refunds take?").await;
+    let done = events
+        .iter()
+        .find(|(n, _)| n == "done")
+        .expect("done event");
+    assert_eq!(done.1.get("handoff"), Some(&Value::Null), "{events:?}");
+
+    let (status, got) = post(&app, None, "/v1/chat/completions", chat(wants_person)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["handoff"], json!({"reason": "requested"}), "{got}");
+    let got = handoff_of(
+        &app,
+        "/v1/chat/completions",
+        chat("How long do refunds take?"),
+    )
+    .await;
+    assert_eq!(got, Some(Value::Null));
+}
+
+#[tokio::test]
+async fn the_handoff_phrases_are_configurable() {
+    let app = TestApp::with_config("handoff_phrases = [\"escalate\"]\n");
+    let got = handoff_of(&app, "/ask", ask("Please escalate my refund question")).await;
+    assert_eq!(got, Some(json!({"reason": "requested"})));
+    let got = handoff_of(&app, "/ask", ask("Can I talk to a human about refunds?")).await;
+    assert_eq!(got, Some(Value::Null));
+}
+
+#[tokio::test]
+async fn an_answer_citing_passages_it_was_not_given_hands_off() {
+    let reply =
+        Reply::sse(Vendor::Compatible.success(&["Refunds take ", "5 business days [1]", " [9]."]));
+    let fake = Fake::start(vec![reply]).await;
+    let app = app_with_remote(&fake, "");
+    let (status, got) = post(&app, Some(BOT), "/ask", ask("How long do refunds take?")).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(
+        got["handoff"],
+        json!({"reason": "citations_dropped"}),
+        "{got}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_no_model_produced_hands_off_as_provider_unavailable() {
+    let down = || Reply::json(503, &Vendor::Compatible.error_body("overloaded"));
+    let fake = Fake::start(vec![down(), down(), down(), down(), down(), down()]).await;
+    let refunds = (
+        "refunds.md",
+        "# Refunds\n\nRefunds take 5 business days after the returned item arrives.",
+    );
+    let app =
+        TestApp::with_setup(|dir| support::wiki_with_remote_model(dir, &fake.base, refunds, ""));
+    let want = json!({"reason": "provider_unavailable"});
+    let (status, got) = post(&app, None, "/ask", ask("How long do refunds take?")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{got}");
+    assert_eq!(got["error"]["fallback"]["handoff"], want, "{got}");
+    let (status, got) = post(
+        &app,
+        None,
+        "/v1/chat/completions",
+        chat("How long do refunds take?"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{got}");
+    assert_eq!(got["error"]["fallback"]["handoff"], want, "{got}");
+    let events = streamed(&app, "How long do refunds take?").await;
+    let error = events
+        .iter()
+        .find(|(n, _)| n == "error")
+        .expect("error event");
+    assert_eq!(error.1["handoff"], want, "{events:?}");
+}
