@@ -45,7 +45,11 @@ pub struct UsageView {
 /// Typed events of an answer, in order: retrieval, token*, citation*, usage, done — or error.
 #[derive(Debug, Clone)]
 pub enum AnswerEvent {
-    Retrieval(Vec<HitView>),
+    /// The query retrieval ran on (`[retrieval] condense`) and what it found.
+    Retrieval {
+        query: String,
+        hits: Vec<HitView>,
+    },
     Token(String),
     Citation(Citation),
     Usage(UsageView),

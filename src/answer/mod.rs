@@ -34,6 +34,7 @@ use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
 use crate::observe::trace::{RetrievedChunk, Trace};
+use crate::providers::Role;
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
@@ -41,6 +42,7 @@ use crate::providers::{
     TargetInfo,
 };
 use crate::retrieval::HitView;
+use crate::retrieval::condense::{self, Condense};
 
 /// Whether a hit is relevant enough to ground an answer.
 fn relevant(hit: &Hit, min_similarity: f32) -> bool {
@@ -342,6 +344,8 @@ async fn run(
 
 /// What retrieval produced for one question.
 struct Retrieved {
+    /// The query retrieval ran on: the question, or a follow-up made standalone.
+    query: String,
     hits: Vec<Hit>,
     /// The relevant hits as numbered passages (`[n]` is the position + 1).
     context: Vec<Passage>,
@@ -360,8 +364,9 @@ async fn retrieve(
     started: Instant,
 ) -> Result<Retrieved, &'static str> {
     let eng = engine.clone();
-    let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
     let retrieval = &engine.config.retrieval;
+    let query = standalone_query(retrieval.condense, req);
+    let (filter, k) = (req.filter.clone(), req.top_k);
     let min_sim = retrieval.min_similarity;
     let options = ContextOptions {
         max_words: retrieval.max_context_words,
@@ -370,11 +375,11 @@ async fn retrieve(
     };
     let done = tokio::task::spawn_blocking(move || {
         let embed_started = Instant::now();
-        let question_vec = eng.embed_query(&question)?;
+        let question_vec = eng.embed_query(&query)?;
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
         let (hits, rerank_ms) =
             eng.retriever()
-                .retrieve(&question, question_vec.clone(), k, filter)?;
+                .retrieve(&query, question_vec.clone(), k, filter)?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Context: relevant hits as passages (near-duplicates out, cut chunks completed by
         // their neighbours), within the word budget.
@@ -382,6 +387,7 @@ async fn retrieve(
         let (context, selection) =
             context::select(&candidates, &options, &mut |doc| eng.neighbour_chunks(doc));
         let retrieved = Retrieved {
+            query,
             hits,
             context,
             selection,
@@ -415,9 +421,22 @@ async fn retrieve(
     }
 }
 
-/// Records the hits and the context selection in the trace and sends the hits; false when
-/// the client is gone.
+/// The query retrieval runs on for `req`: its question, made standalone from the caller's
+/// earlier turns as `[retrieval] condense` says (assistant turns never steer retrieval).
+fn standalone_query(mode: Condense, req: &AskRequest) -> String {
+    let earlier: Vec<&str> = req
+        .conversation
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    condense::standalone_query(mode, &req.question, &earlier)
+}
+
+/// Records the query, the hits and the context selection in the trace and sends the query and
+/// hits; false when the client is gone.
 async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) -> bool {
+    trace.query = Some(retrieved.query.clone());
     trace.retrieved = retrieved
         .hits
         .iter()
@@ -427,7 +446,8 @@ async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) 
         })
         .collect();
     let hits = retrieved.hits.iter().map(HitView::from_hit).collect();
-    if !out.send(AnswerEvent::Retrieval(hits)).await {
+    let query = retrieved.query.clone();
+    if !out.send(AnswerEvent::Retrieval { query, hits }).await {
         return false;
     }
     trace.context_near_duplicates = retrieved.selection.near_duplicates;

@@ -70,6 +70,8 @@ pub struct AskResponse {
     pub answer: String,
     pub citations: Vec<Citation>,
     pub retrieval: Vec<HitView>,
+    /// The query retrieval ran on (`[retrieval] condense`).
+    pub query: Option<String>,
     pub usage: Option<UsageView>,
     pub trace_id: Option<String>,
     pub outcome: Option<String>,
@@ -92,7 +94,10 @@ impl AskResponse {
         }
         self.ended = is_terminal(&ev);
         match ev {
-            AnswerEvent::Retrieval(h) => self.retrieval = h,
+            AnswerEvent::Retrieval { query, hits } => {
+                self.query = Some(query);
+                self.retrieval = hits;
+            }
             AnswerEvent::Token(t) => self.answer.push_str(&t),
             AnswerEvent::Citation(c) => self.citations.push(c),
             AnswerEvent::Usage(u) => self.usage = Some(u),
@@ -132,6 +137,7 @@ impl AskResponse {
                 "answer": answer,
                 "citations": self.citations,
                 "retrieval": self.retrieval,
+                "query": self.query,
                 "handoff": handoff::of_error(code),
             }),
         })
@@ -188,14 +194,7 @@ pub fn validate_ask(
             Some(&budget_key),
         )
         .map_err(ApiError::BudgetExhausted)?;
-    let conversation = body
-        .conversation
-        .into_iter()
-        .map(|t| Message {
-            role: t.role,
-            content: t.content,
-        })
-        .collect();
+    let conversation = checked_conversation(engine, body.conversation)?;
     Ok((
         AskRequest {
             question,
@@ -206,6 +205,37 @@ pub fn validate_ask(
         },
         body.stream.unwrap_or(true),
     ))
+}
+
+/// The conversation as messages, within `[server] max_conversation_turns` and
+/// `max_conversation_chars` (roles other than user and assistant were refused when the body
+/// was read).
+fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message>, ApiError> {
+    let server = &engine.config.server;
+    let too_long = |what, key, value, limit| {
+        Err(ApiError::ConversationTooLong {
+            what,
+            key,
+            value,
+            limit,
+        })
+    };
+    if turns.len() > server.max_conversation_turns {
+        let (n, limit) = (turns.len(), server.max_conversation_turns);
+        return too_long("turns", "max_conversation_turns", n, limit);
+    }
+    let chars: usize = turns.iter().map(|t| t.content.chars().count()).sum();
+    if chars > server.max_conversation_chars {
+        let limit = server.max_conversation_chars;
+        return too_long("characters", "max_conversation_chars", chars, limit);
+    }
+    Ok(turns
+        .into_iter()
+        .map(|t| Message {
+            role: t.role,
+            content: t.content,
+        })
+        .collect())
 }
 
 /// The question, trimmed: not empty, within `[server] max_question_chars`, no control
@@ -260,7 +290,9 @@ fn caller_filter(
 
 fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
     let (name, data) = match ev {
-        AnswerEvent::Retrieval(h) => ("retrieval", json!({"hits": h})),
+        AnswerEvent::Retrieval { query, hits } => {
+            ("retrieval", json!({"query": query, "hits": hits}))
+        }
         AnswerEvent::Token(t) => ("token", json!({"text": t})),
         AnswerEvent::Citation(c) => ("citation", json!(c)),
         AnswerEvent::Usage(u) => ("usage", json!(u)),

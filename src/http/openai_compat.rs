@@ -344,6 +344,6 @@ fn chunks_of(
             c.model = serving_model(Some(&u));
             vec![]
         }
-        AnswerEvent::Retrieval(_) => vec![],
+        AnswerEvent::Retrieval { .. } => vec![],
     }
 }

@@ -102,6 +102,7 @@ impl Traces {
     pub fn push(&self, mut trace: Trace) {
         if !self.config.record_text {
             trace.question = None;
+            trace.query = None;
             trace.answer = None;
         }
         if let Ok(mut f) = self.file.lock()
