@@ -62,6 +62,9 @@ pub struct AskBody {
     pub stream: Option<bool>,
     #[serde(default)]
     pub conversation: Vec<Turn>,
+    /// Continue this thread (its turns come before `conversation`); without it a new one
+    /// starts.
+    pub thread_id: Option<String>,
 }
 
 /// The non-streaming `/ask` response.
@@ -74,6 +77,9 @@ pub struct AskResponse {
     pub query: Option<String>,
     pub usage: Option<UsageView>,
     pub trace_id: Option<String>,
+    /// The thread this answer was appended to (`/ask`; continue it with `thread_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
     pub outcome: Option<String>,
     /// Whether a human should take over, and why (`null` when the answer stands).
     pub handoff: Option<Handoff>,
@@ -288,7 +294,7 @@ fn caller_filter(
     Ok(filter)
 }
 
-fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
+fn sse_event(id: usize, ev: &AnswerEvent, thread_id: &str) -> Event {
     let (name, data) = match ev {
         AnswerEvent::Retrieval { query, hits } => {
             ("retrieval", json!({"query": query, "hits": hits}))
@@ -303,7 +309,7 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
             handoff,
         } => (
             "done",
-            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff}),
+            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff, "thread_id": thread_id}),
         ),
         AnswerEvent::Error { code, message } => (
             "error",
@@ -385,26 +391,36 @@ pub(super) async fn ask(
     body: Result<Json<AskBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
-    let Json(body) = body?;
-    let (req, stream) = validate_ask(&s.engine, body, &caller)?;
+    let Json(mut body) = body?;
+    let thread = crate::http::threads::open(&s.engine, body.thread_id.take(), &caller)?;
+    let (mut req, stream) = validate_ask(&s.engine, body, &caller)?;
+    let max_turns = s.engine.config.server.max_conversation_turns;
+    let mut conversation = thread.1.messages(max_turns);
+    conversation.append(&mut req.conversation);
+    req.conversation = conversation;
+    let (thread_id, question) = (thread.0.clone(), req.question.clone());
     let rx = start_answer(&s, req, caller.name, "/ask");
+    let rx = crate::http::threads::recording(s.engine.clone(), thread, question, rx);
+    let header = [("cairn-thread-id", thread_id.clone())];
     if stream {
+        let tid = thread_id.clone();
         let events = until_terminal(ReceiverStream::new(rx))
             .enumerate()
-            .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
+            .map(move |(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev, &tid)));
         let keep_alive = KeepAlive::new()
             .interval(Duration::from_secs(
                 s.engine.config.server.keep_alive_secs.max(1),
             ))
             .text("keep-alive");
-        Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+        Ok((header, Sse::new(events).keep_alive(keep_alive)).into_response())
     } else {
         let mut resp = AskResponse::default();
         let mut rx = rx;
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);
         }
+        resp.thread_id = Some(thread_id);
         let resp = resp.completed(&s.engine.config.answer.fallback_text)?;
-        Ok(Json(resp).into_response())
+        Ok((header, Json(resp)).into_response())
     }
 }

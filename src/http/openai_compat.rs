@@ -172,6 +172,7 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         top_k: None,
         stream: Some(req.stream),
         conversation,
+        thread_id: None,
     })
 }
 

@@ -246,3 +246,67 @@ async fn conversation_roles_and_sizes_are_checked() {
     let (status, got) = post(&app, None, "/ask", follow_up(&[FINAL_SALE], SEND_BACK)).await;
     assert_eq!(status, StatusCode::OK, "{got}");
 }
+
+/// `method uri` as `key`: the status and the JSON body (`null` when empty).
+async fn call(app: &TestApp, key: &str, method: &str, uri: &str) -> (StatusCode, Value) {
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(axum::body::Body::empty())
+        .expect("request");
+    let resp = app
+        .router()
+        .oneshot(with_key(req, key))
+        .await
+        .expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn a_thread_continues_with_only_the_new_question_and_is_its_owners_alone() {
+    use crate::support::{ADMIN, HR, keyed_app};
+    let app = keyed_app();
+    let first = json!({"question": FINAL_SALE, "stream": false});
+    let (status, got) = post(&app, Some(ADMIN), "/ask", first).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let id = got["thread_id"].as_str().expect("thread_id").to_string();
+
+    let next = json!({"question": SEND_BACK, "stream": false, "thread_id": id});
+    let (status, got) = post(&app, Some(ADMIN), "/ask", next.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(got["thread_id"], id.as_str(), "{got}");
+    assert!(
+        got["query"]
+            .as_str()
+            .is_some_and(|q| q.contains("final sale")),
+        "the stored turn did not reach retrieval: {got}"
+    );
+
+    let uri = format!("/threads/{id}");
+    let (status, thread) = call(&app, ADMIN, "GET", &uri).await;
+    assert_eq!(status, StatusCode::OK, "{thread}");
+    let turns = thread["turns"].as_array().expect("turns");
+    assert_eq!(turns.len(), 2, "{thread}");
+    assert_eq!(turns[1]["question"], SEND_BACK, "{thread}");
+    assert_eq!(turns[1]["trace_id"], got["trace_id"], "{thread}");
+
+    // Another key: the thread does not exist for it, to read, continue or erase.
+    let (status, _) = call(&app, HR, "GET", &uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = call(&app, HR, "DELETE", &uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, got) = post(&app, Some(HR), "/ask", next).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
+
+    let (status, _) = call(&app, ADMIN, "DELETE", &uri).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = call(&app, ADMIN, "GET", &uri).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
