@@ -103,7 +103,8 @@ pub fn open(
     }
 }
 
-/// Relays an answer's events and, when it completes (`done`), appends it to the thread.
+/// Relays an answer's events and, when it completes (`done`), appends it to the thread; a
+/// client that leaves ends the relay (and so the answer).
 pub fn recording(
     engine: Arc<Engine>,
     (id, mut thread): (String, Thread),
@@ -118,7 +119,13 @@ pub fn recording(
             citations: Vec::new(),
             trace_id: String::new(),
         };
-        while let Some(ev) = rx.recv().await {
+        // A client that leaves drops `out`: stop relaying so the pipeline sees it gone too.
+        loop {
+            let next = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = tx.closed() => None,
+            };
+            let Some(ev) = next else { break };
             match &ev {
                 AnswerEvent::Token(t) => turn.answer.push_str(t),
                 AnswerEvent::Citation(c) => turn.citations.push(json!(c)),
@@ -131,7 +138,9 @@ pub fn recording(
                 }
                 _ => {}
             }
-            let _ = tx.send(ev).await;
+            if tx.send(ev).await.is_err() {
+                break;
+            }
         }
     });
     out
