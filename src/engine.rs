@@ -61,6 +61,8 @@ pub struct Engine {
     ingest_lock: Mutex<()>,
     /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
     pub golden: Option<GoldenSet>,
+    /// Conversation threads (`state/threads.redb`), opened on first use.
+    threads: Mutex<Option<Arc<cairn_index::ThreadStore>>>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -133,6 +135,19 @@ fn open_embedded(
 }
 
 impl Engine {
+    /// The thread store, opened on first use (a process that never serves threads never
+    /// locks the file).
+    pub fn threads(&self) -> anyhow::Result<Arc<cairn_index::ThreadStore>> {
+        let mut slot = self.threads.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = slot.as_ref() {
+            return Ok(t.clone());
+        }
+        let path = self.config.data_dir.join("state").join("threads.redb");
+        let opened = Arc::new(cairn_index::ThreadStore::open(&path)?);
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
         Engine::open_with(config, &OpenOptions::default())
@@ -210,6 +225,7 @@ impl Engine {
             prompt,
             cache,
             traces,
+            threads: Mutex::new(None),
             audit,
             embed_cache,
             queries,

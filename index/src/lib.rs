@@ -19,6 +19,7 @@ mod input;
 mod live;
 pub mod soak;
 mod store;
+mod threads;
 mod types;
 mod vectors;
 
@@ -28,6 +29,7 @@ pub use error::IndexError;
 pub use fusion::{Fusion, fuse, single};
 pub use index::{Health, Index, IndexOptions, IndexStats, Prepared, Staged, Writer};
 pub use input::{validate_query, validate_upsert};
+pub use threads::ThreadStore;
 pub use types::{
     ChunkInput, ChunkRecord, DocumentRecord, EmbedderInfo, Filter, Hit, ScoreBreakdown, SearchMode,
     SearchRequest, TimeRange, chunk_id_string,

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use cairn_index::Filter;
 
+use crate::answer::handoff::Handoff;
 use crate::providers::Message;
 use crate::retrieval::HitView;
 
@@ -44,7 +45,11 @@ pub struct UsageView {
 /// Typed events of an answer, in order: retrieval, token*, citation*, usage, done — or error.
 #[derive(Debug, Clone)]
 pub enum AnswerEvent {
-    Retrieval(Vec<HitView>),
+    /// The query retrieval ran on (`[retrieval] condense`) and what it found.
+    Retrieval {
+        query: String,
+        hits: Vec<HitView>,
+    },
     Token(String),
     Citation(Citation),
     Usage(UsageView),
@@ -52,6 +57,8 @@ pub enum AnswerEvent {
         trace_id: String,
         outcome: &'static str,
         dropped_citations: usize,
+        /// Whether a human should take over, and why.
+        handoff: Option<Handoff>,
     },
     Error {
         code: &'static str,

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod citations;
 pub mod context;
 pub mod events;
+pub mod handoff;
 pub mod privacy;
 pub mod prompt;
 pub mod settings;
@@ -33,6 +34,7 @@ use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
 use crate::observe::trace::{RetrievedChunk, Trace};
+use crate::providers::Role;
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
@@ -40,6 +42,7 @@ use crate::providers::{
     TargetInfo,
 };
 use crate::retrieval::HitView;
+use crate::retrieval::condense::{self, Condense};
 
 /// Whether a hit is relevant enough to ground an answer.
 fn relevant(hit: &Hit, min_similarity: f32) -> bool {
@@ -313,14 +316,14 @@ async fn run(
         return "client_disconnected";
     }
     if retrieved.context.is_empty() {
-        return no_answer(engine, trace, out).await;
+        return no_answer(engine, req, trace, out).await;
     }
     let key = CacheKey::of(engine, req, &retrieved.context);
     if let Some((cached, kind)) = engine
         .cache
         .get(&req.question, &retrieved.question_vec, &key.key)
     {
-        return replay_cached(cached, kind, trace, out, started).await;
+        return replay_cached(engine, req, (cached, kind), trace, out, started).await;
     }
     let prompt = mask_and_render(engine, req, &retrieved.context);
     // Dropping the guard (any return below) cancels an upstream call still running.
@@ -341,6 +344,8 @@ async fn run(
 
 /// What retrieval produced for one question.
 struct Retrieved {
+    /// The query retrieval ran on: the question, or a follow-up made standalone.
+    query: String,
     hits: Vec<Hit>,
     /// The relevant hits as numbered passages (`[n]` is the position + 1).
     context: Vec<Passage>,
@@ -359,8 +364,9 @@ async fn retrieve(
     started: Instant,
 ) -> Result<Retrieved, &'static str> {
     let eng = engine.clone();
-    let (question, filter, k) = (req.question.clone(), req.filter.clone(), req.top_k);
     let retrieval = &engine.config.retrieval;
+    let query = standalone_query(retrieval.condense, req);
+    let (filter, k) = (req.filter.clone(), req.top_k);
     let min_sim = retrieval.min_similarity;
     let options = ContextOptions {
         max_words: retrieval.max_context_words,
@@ -369,11 +375,11 @@ async fn retrieve(
     };
     let done = tokio::task::spawn_blocking(move || {
         let embed_started = Instant::now();
-        let question_vec = eng.embed_query(&question)?;
+        let question_vec = eng.embed_query(&query)?;
         let embed_ms = embed_started.elapsed().as_secs_f64() * 1000.0;
         let (hits, rerank_ms) =
             eng.retriever()
-                .retrieve(&question, question_vec.clone(), k, filter)?;
+                .retrieve(&query, question_vec.clone(), k, filter)?;
         let retrieve_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Context: relevant hits as passages (near-duplicates out, cut chunks completed by
         // their neighbours), within the word budget.
@@ -381,6 +387,7 @@ async fn retrieve(
         let (context, selection) =
             context::select(&candidates, &options, &mut |doc| eng.neighbour_chunks(doc));
         let retrieved = Retrieved {
+            query,
             hits,
             context,
             selection,
@@ -414,9 +421,22 @@ async fn retrieve(
     }
 }
 
-/// Records the hits and the context selection in the trace and sends the hits; false when
-/// the client is gone.
+/// The query retrieval runs on for `req`: its question, made standalone from the caller's
+/// earlier turns as `[retrieval] condense` says (assistant turns never steer retrieval).
+fn standalone_query(mode: Condense, req: &AskRequest) -> String {
+    let earlier: Vec<&str> = req
+        .conversation
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.content.as_str())
+        .collect();
+    condense::standalone_query(mode, &req.question, &earlier)
+}
+
+/// Records the query, the hits and the context selection in the trace and sends the query and
+/// hits; false when the client is gone.
 async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) -> bool {
+    trace.query = Some(retrieved.query.clone());
     trace.retrieved = retrieved
         .hits
         .iter()
@@ -426,7 +446,8 @@ async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) 
         })
         .collect();
     let hits = retrieved.hits.iter().map(HitView::from_hit).collect();
-    if !out.send(AnswerEvent::Retrieval(hits)).await {
+    let query = retrieved.query.clone();
+    if !out.send(AnswerEvent::Retrieval { query, hits }).await {
         return false;
     }
     trace.context_near_duplicates = retrieved.selection.near_duplicates;
@@ -434,20 +455,37 @@ async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) 
     true
 }
 
+/// The `done` event of an answer that ended with `outcome`, saying whether a human should
+/// take over.
+fn done(
+    engine: &Engine,
+    req: &AskRequest,
+    trace: &Trace,
+    outcome: &'static str,
+    dropped_citations: usize,
+) -> AnswerEvent {
+    let phrases = &engine.config.answer.handoff_phrases;
+    AnswerEvent::Done {
+        trace_id: trace.id.clone(),
+        outcome,
+        dropped_citations,
+        handoff: handoff::of_done(&req.question, phrases, outcome, dropped_citations),
+    }
+}
+
 /// Stage: nothing cleared the relevance gate — say so without calling a model.
-async fn no_answer(engine: &Engine, trace: &mut Trace, out: &mut Out) -> &'static str {
+async fn no_answer(
+    engine: &Engine,
+    req: &AskRequest,
+    trace: &mut Trace,
+    out: &mut Out,
+) -> &'static str {
     metrics::counter!(crate::observe::metrics::NO_ANSWER).increment(1);
     let text = engine.config.answer.no_answer_text.clone();
     trace.answer = Some(text.clone());
     let _ = out.send(AnswerEvent::Token(text)).await;
     let _ = out.send(AnswerEvent::Usage(no_usage())).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome: "no_answer",
-            dropped_citations: 0,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, "no_answer", 0)).await;
     "no_answer"
 }
 
@@ -498,8 +536,9 @@ fn cacheable(outcome: &str, info: &TargetInfo, shown: &Shown) -> bool {
 
 /// Stage: a cache hit — the stored answer and citations, at no cost.
 async fn replay_cached(
-    cached: Cached,
-    kind: HitKind,
+    engine: &Engine,
+    req: &AskRequest,
+    (cached, kind): (Cached, HitKind),
     trace: &mut Trace,
     out: &mut Out,
     started: Instant,
@@ -522,13 +561,7 @@ async fn replay_cached(
     usage.cache_hit = true;
     usage.cost_usd = 0.0;
     let _ = out.send(AnswerEvent::Usage(usage)).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome: cached.outcome,
-            dropped_citations: 0,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, cached.outcome, 0)).await;
     cached.outcome
 }
 
@@ -839,13 +872,7 @@ async fn finish(
         );
     }
     let _ = out.send(AnswerEvent::Usage(usage_view)).await;
-    let _ = out
-        .send(AnswerEvent::Done {
-            trace_id: trace.id.clone(),
-            outcome,
-            dropped_citations: dropped,
-        })
-        .await;
+    let _ = out.send(done(engine, req, trace, outcome, dropped)).await;
     outcome
 }
 

@@ -1,5 +1,5 @@
-//! `[answer]`: the prompt file, the route answers use, and the texts shown when no answer can
-//! be given.
+//! `[answer]`: the prompt file, the route answers use, the texts shown when no answer can
+//! be given, and the phrases that ask for a person.
 //!
 //! Must not: import the composed `Config` or the pipeline (the config loader imports this).
 
@@ -20,6 +20,9 @@ pub struct RawAnswer {
     /// Shown to users when every provider of the route failed.
     pub fallback_text: String,
     pub no_answer_text: String,
+    /// A question holding one of these (whole words, any case) asks for a person: its answer
+    /// carries `handoff: {"reason": "requested"}`.
+    pub handoff_phrases: Vec<String>,
 }
 
 impl Default for RawAnswer {
@@ -30,6 +33,7 @@ impl Default for RawAnswer {
             fallback_text:
                 "The answer service is unavailable right now. The sources below may help.".into(),
             no_answer_text: "I don't know: nothing in the indexed sources answers this.".into(),
+            handoff_phrases: crate::answer::handoff::default_phrases(),
         }
     }
 }

@@ -51,7 +51,7 @@ pub enum EvalCommand {
     /// Citation validity, precision/recall, "I don't know" rate, gold-answer rate, cost and latency.
     #[command(after_help = "Example:\n  cairn eval answers --qa samples/qa.jsonl --json")]
     Answers {
-        /// JSON lines: {"question", "answers"?, "sources"?, "unanswerable"?}.
+        /// JSON lines: {"question", "answers"?, "sources"?, "unanswerable"?, "conversation"?}.
         #[arg(long)]
         qa: PathBuf,
         /// Print the report (with every question's outcome) as one JSON object.
@@ -241,6 +241,8 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
         "answer contains gold          {}",
         pct(r.answer_contains_gold)
     );
+    println!("retrieval: first hit expected {}", pct(r.retrieval_top_hit));
+    println!("retrieval: any hit expected   {}", pct(r.retrieval_any_hit));
     println!(
         "cost per answer               {:.6} USD",
         r.cost_usd_per_answer

@@ -384,6 +384,17 @@ mod tests {
     }
 
     #[test]
+    fn condense_is_heuristic_by_default_and_model_is_refused() {
+        use crate::retrieval::condense::Condense;
+        let c = load("", &[]).expect("valid");
+        assert_eq!(c.retrieval.condense, Condense::Heuristic);
+        let c = load("[retrieval]\ncondense = \"off\"\n", &[]).expect("valid");
+        assert_eq!(c.retrieval.condense, Condense::Off);
+        let e = load("[retrieval]\ncondense = \"model\"\n", &[]).expect_err("refused");
+        assert!(e.to_string().contains("not available yet"), "{e}");
+    }
+
+    #[test]
     fn a_single_source_table_is_a_valid_config() {
         let c = load(
             "[[sources]]\nname = \"docs\"\nkind = \"files\"\npath = \"corpus\"\n",

@@ -3,14 +3,18 @@
 //!
 //! The file is JSON lines, one question each:
 //! `{"id": "q1", "question": "...", "answers": ["gold text", ...], "sources": ["doc id", ...],
-//! "unanswerable": false, "groups": ["hr"]}` — every field but `question` is optional. `sources`
+//! "unanswerable": false, "groups": ["hr"], "conversation": [{"role": "user", "content": "..."}]}`
+//! — every field but `question` is optional; with `conversation` the question is a follow-up
+//! asked after those turns (`samples/conversations.jsonl`). `sources`
 //! entries match a document's id (`source:external id`) or its external id; `groups` are the
 //! access groups the question is asked with. The reindex quality gate reads the same format.
 //!
 //! Reported: citation validity (every shown marker resolves to a passage the model was given and
 //! its quoted sentence occurs in that chunk), citation precision and recall against the expected
 //! sources, the "I don't know" rate on unanswerable questions (and the false one on answerable
-//! questions), the share of answers containing a gold answer, and cost and latency per answer.
+//! questions), the share of answers containing a gold answer, retrieval hit rates of the
+//! expected sources (the first hit, and any of the hits retrieved, for the query `[retrieval]
+//! condense` made), and cost and latency per answer.
 //! With the offline provider every figure is reproducible.
 
 use std::collections::HashSet;
@@ -41,6 +45,12 @@ pub struct QaOutcome {
     /// Citations shown plus markers the filter dropped.
     pub citation_markers: usize,
     pub contains_gold: Option<bool>,
+    /// The query retrieval ran on.
+    pub query: String,
+    /// The first hit is an expected source.
+    pub top_hit: Option<bool>,
+    /// Any retrieved hit is an expected source.
+    pub any_hit: Option<bool>,
     pub precision: Option<f64>,
     pub recall: Option<f64>,
     pub cost_usd: f64,
@@ -60,6 +70,10 @@ pub struct AnswerReport {
     /// Share of answerable questions answered "I don't know".
     pub idk_rate_answerable: Option<f64>,
     pub answer_contains_gold: Option<f64>,
+    /// Share of questions with expected sources whose first retrieved hit is one.
+    pub retrieval_top_hit: Option<f64>,
+    /// Share of questions with expected sources with one among the retrieved hits.
+    pub retrieval_any_hit: Option<f64>,
     pub cost_usd_per_answer: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -77,6 +91,11 @@ fn normalise(s: &str) -> String {
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
+}
+
+/// The share of `true` among the flags that are set.
+fn rate(flags: impl Iterator<Item = Option<bool>>) -> Option<f64> {
+    mean(flags.flatten().map(|f| f64::from(u8::from(f))))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -105,7 +124,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
             ..Filter::default()
         },
         top_k: engine.config.retrieval.top_k,
-        conversation: Vec::new(),
+        conversation: item.conversation.clone(),
         budget_key: None,
     };
     let started = Instant::now();
@@ -115,6 +134,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         ..QaOutcome::default()
     };
     let mut citations = Vec::new();
+    let mut retrieved: Vec<String> = Vec::new();
     while let Some(ev) = rx.recv().await {
         match ev {
             AnswerEvent::Token(t) => {
@@ -134,7 +154,10 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
                 out.citation_markers = dropped_citations;
             }
             AnswerEvent::Error { code, .. } => out.outcome = code.to_string(),
-            AnswerEvent::Retrieval(_) => {}
+            AnswerEvent::Retrieval { query, hits } => {
+                out.query = query;
+                retrieved = hits.into_iter().map(|h| h.doc_id).collect();
+            }
         }
     }
     task.await.context("the answer task failed")?;
@@ -171,6 +194,8 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
                     .split_once(':')
                     .is_some_and(|(_, ext)| expected.contains(ext))
         };
+        out.top_hit = Some(retrieved.first().is_some_and(|d| matches(d)));
+        out.any_hit = Some(retrieved.iter().any(|d| matches(d)));
         let hit = cited.iter().filter(|d| matches(d)).count();
         if !cited.is_empty() {
             out.precision = Some(hit as f64 / cited.len() as f64);
@@ -213,11 +238,9 @@ pub async fn answers(engine: Arc<Engine>, items: &[QaItem]) -> anyhow::Result<An
                 .filter(|(i, _)| !i.unanswerable)
                 .map(|(_, o)| f64::from(u8::from(o.said_idk))),
         ),
-        answer_contains_gold: mean(
-            outcomes
-                .iter()
-                .filter_map(|o| o.contains_gold.map(|g| f64::from(u8::from(g)))),
-        ),
+        answer_contains_gold: rate(outcomes.iter().map(|o| o.contains_gold)),
+        retrieval_top_hit: rate(outcomes.iter().map(|o| o.top_hit)),
+        retrieval_any_hit: rate(outcomes.iter().map(|o| o.any_hit)),
         cost_usd_per_answer: mean(outcomes.iter().map(|o| o.cost_usd)).unwrap_or(0.0),
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),

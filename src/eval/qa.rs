@@ -1,5 +1,6 @@
 //! The question file of `cairn eval answers` and the reindex quality gate: JSON lines, one
-//! question each, `{"id", "question", "answers"?, "sources"?, "unanswerable"?, "groups"?}`.
+//! question each, `{"id", "question", "answers"?, "sources"?, "unanswerable"?, "groups"?,
+//! "conversation"?}`.
 //!
 //! Must not: run anything; it only reads the file.
 
@@ -8,6 +9,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use serde::Deserialize;
+
+use crate::providers::Message;
 
 /// One question of a QA file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +28,10 @@ pub struct QaItem {
     /// Access groups the question is asked with (none: only documents without groups).
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Turns before the question (`{"role": "user" | "assistant", "content"}`), oldest first:
+    /// the question is a follow-up.
+    #[serde(default)]
+    pub conversation: Vec<Message>,
 }
 
 /// Reads a QA file; a bad line is an error naming the line.
@@ -38,7 +45,7 @@ pub fn read_qa(path: &Path) -> anyhow::Result<Vec<QaItem>> {
         }
         let mut item: QaItem = serde_json::from_str(&line).with_context(|| {
             format!(
-                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?}}",
+                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?, \"conversation\"?}}",
                 path.display(),
                 i + 1
             )

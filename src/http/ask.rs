@@ -25,6 +25,7 @@ use cairn_index::{Filter, TimeRange};
 
 use crate::answer::answer_on;
 use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::answer::handoff::{self, Handoff};
 use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
@@ -61,6 +62,9 @@ pub struct AskBody {
     pub stream: Option<bool>,
     #[serde(default)]
     pub conversation: Vec<Turn>,
+    /// Continue this thread (its turns come before `conversation`); without it a new one
+    /// starts.
+    pub thread_id: Option<String>,
 }
 
 /// The non-streaming `/ask` response.
@@ -69,9 +73,16 @@ pub struct AskResponse {
     pub answer: String,
     pub citations: Vec<Citation>,
     pub retrieval: Vec<HitView>,
+    /// The query retrieval ran on (`[retrieval] condense`).
+    pub query: Option<String>,
     pub usage: Option<UsageView>,
     pub trace_id: Option<String>,
+    /// The thread this answer was appended to (`/ask`; continue it with `thread_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
     pub outcome: Option<String>,
+    /// Whether a human should take over, and why (`null` when the answer stands).
+    pub handoff: Option<Handoff>,
     /// The error that ended the answer (`cairn ask --json` shows it; over HTTP an answer that
     /// ended with one is not a 200, see [`AskResponse::completed`]).
     pub error: Option<serde_json::Value>,
@@ -89,15 +100,22 @@ impl AskResponse {
         }
         self.ended = is_terminal(&ev);
         match ev {
-            AnswerEvent::Retrieval(h) => self.retrieval = h,
+            AnswerEvent::Retrieval { query, hits } => {
+                self.query = Some(query);
+                self.retrieval = hits;
+            }
             AnswerEvent::Token(t) => self.answer.push_str(&t),
             AnswerEvent::Citation(c) => self.citations.push(c),
             AnswerEvent::Usage(u) => self.usage = Some(u),
             AnswerEvent::Done {
-                trace_id, outcome, ..
+                trace_id,
+                outcome,
+                handoff,
+                ..
             } => {
                 self.trace_id = Some(trace_id);
                 self.outcome = Some(outcome.to_string());
+                self.handoff = handoff;
             }
             AnswerEvent::Error { code, message } => {
                 self.error = Some(json!({"code": code, "message": message}));
@@ -125,6 +143,8 @@ impl AskResponse {
                 "answer": answer,
                 "citations": self.citations,
                 "retrieval": self.retrieval,
+                "query": self.query,
+                "handoff": handoff::of_error(code),
             }),
         })
     }
@@ -180,14 +200,7 @@ pub fn validate_ask(
             Some(&budget_key),
         )
         .map_err(ApiError::BudgetExhausted)?;
-    let conversation = body
-        .conversation
-        .into_iter()
-        .map(|t| Message {
-            role: t.role,
-            content: t.content,
-        })
-        .collect();
+    let conversation = checked_conversation(engine, body.conversation)?;
     Ok((
         AskRequest {
             question,
@@ -198,6 +211,37 @@ pub fn validate_ask(
         },
         body.stream.unwrap_or(true),
     ))
+}
+
+/// The conversation as messages, within `[server] max_conversation_turns` and
+/// `max_conversation_chars` (roles other than user and assistant were refused when the body
+/// was read).
+fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message>, ApiError> {
+    let server = &engine.config.server;
+    let too_long = |what, key, value, limit| {
+        Err(ApiError::ConversationTooLong {
+            what,
+            key,
+            value,
+            limit,
+        })
+    };
+    if turns.len() > server.max_conversation_turns {
+        let (n, limit) = (turns.len(), server.max_conversation_turns);
+        return too_long("turns", "max_conversation_turns", n, limit);
+    }
+    let chars: usize = turns.iter().map(|t| t.content.chars().count()).sum();
+    if chars > server.max_conversation_chars {
+        let limit = server.max_conversation_chars;
+        return too_long("characters", "max_conversation_chars", chars, limit);
+    }
+    Ok(turns
+        .into_iter()
+        .map(|t| Message {
+            role: t.role,
+            content: t.content,
+        })
+        .collect())
 }
 
 /// The question, trimmed: not empty, within `[server] max_question_chars`, no control
@@ -250,9 +294,11 @@ fn caller_filter(
     Ok(filter)
 }
 
-fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
+fn sse_event(id: usize, ev: &AnswerEvent, thread_id: &str) -> Event {
     let (name, data) = match ev {
-        AnswerEvent::Retrieval(h) => ("retrieval", json!({"hits": h})),
+        AnswerEvent::Retrieval { query, hits } => {
+            ("retrieval", json!({"query": query, "hits": hits}))
+        }
         AnswerEvent::Token(t) => ("token", json!({"text": t})),
         AnswerEvent::Citation(c) => ("citation", json!(c)),
         AnswerEvent::Usage(u) => ("usage", json!(u)),
@@ -260,13 +306,15 @@ fn sse_event(id: usize, ev: &AnswerEvent) -> Event {
             trace_id,
             outcome,
             dropped_citations,
+            handoff,
         } => (
             "done",
-            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations}),
+            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff, "thread_id": thread_id}),
         ),
-        AnswerEvent::Error { code, message } => {
-            ("error", json!({"code": code, "message": message}))
-        }
+        AnswerEvent::Error { code, message } => (
+            "error",
+            json!({"code": code, "message": message, "handoff": handoff::of_error(code)}),
+        ),
     };
     Event::default()
         .id(id.to_string())
@@ -343,26 +391,36 @@ pub(super) async fn ask(
     body: Result<Json<AskBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
-    let Json(body) = body?;
-    let (req, stream) = validate_ask(&s.engine, body, &caller)?;
+    let Json(mut body) = body?;
+    let thread = crate::http::threads::open(&s.engine, body.thread_id.take(), &caller)?;
+    let (mut req, stream) = validate_ask(&s.engine, body, &caller)?;
+    let max_turns = s.engine.config.server.max_conversation_turns;
+    let mut conversation = thread.1.messages(max_turns);
+    conversation.append(&mut req.conversation);
+    req.conversation = conversation;
+    let (thread_id, question) = (thread.0.clone(), req.question.clone());
     let rx = start_answer(&s, req, caller.name, "/ask");
+    let rx = crate::http::threads::recording(s.engine.clone(), thread, question, rx);
+    let header = [("cairn-thread-id", thread_id.clone())];
     if stream {
+        let tid = thread_id.clone();
         let events = until_terminal(ReceiverStream::new(rx))
             .enumerate()
-            .map(|(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev)));
+            .map(move |(i, ev)| Ok::<Event, Infallible>(sse_event(i + 1, &ev, &tid)));
         let keep_alive = KeepAlive::new()
             .interval(Duration::from_secs(
                 s.engine.config.server.keep_alive_secs.max(1),
             ))
             .text("keep-alive");
-        Ok(Sse::new(events).keep_alive(keep_alive).into_response())
+        Ok((header, Sse::new(events).keep_alive(keep_alive)).into_response())
     } else {
         let mut resp = AskResponse::default();
         let mut rx = rx;
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);
         }
+        resp.thread_id = Some(thread_id);
         let resp = resp.completed(&s.engine.config.answer.fallback_text)?;
-        Ok(Json(resp).into_response())
+        Ok((header, Json(resp)).into_response())
     }
 }

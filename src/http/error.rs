@@ -27,6 +27,16 @@ pub enum ApiError {
     EmptyQuery(String),
     #[error("the question is {chars} characters; the limit is {limit}")]
     QuestionTooLong { chars: usize, limit: usize },
+    /// `what` is `turns` or `characters`, with the `[server]` key that limits it.
+    #[error(
+        "the conversation has {value} {what}; the limit is {limit} (`[server] {key}`): send only the most recent turns"
+    )]
+    ConversationTooLong {
+        what: &'static str,
+        key: &'static str,
+        value: usize,
+        limit: usize,
+    },
     #[error(
         "unknown source `{0}` in filters: no source of that name can be read with this key; check the name, or ask the operator which sources the key may read"
     )]
@@ -103,6 +113,9 @@ impl ApiError {
             ApiError::EmptyQuery(_) => (StatusCode::BAD_REQUEST, "empty_query"),
             ApiError::QuestionTooLong { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long")
+            }
+            ApiError::ConversationTooLong { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "conversation_too_long")
             }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),

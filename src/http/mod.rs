@@ -12,6 +12,7 @@ pub mod openai_compat;
 pub mod search;
 pub mod settings;
 pub mod state;
+pub mod threads;
 
 use std::sync::Arc;
 
@@ -35,6 +36,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/chat/completions",
             post(openai_compat::chat_completions),
+        )
+        .route(
+            "/threads/{id}",
+            get(threads::get_thread).delete(threads::delete_thread),
         )
         .route("/metrics", get(admin::metrics_text))
         .route("/admin/reindex", post(admin::admin_reindex))

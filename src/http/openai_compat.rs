@@ -1,7 +1,8 @@
 //! `POST /v1/chat/completions`: the RAG pipeline behind the OpenAI Chat Completions shape, so
 //! OpenAI SDKs and bot frameworks can use cairn unchanged. The last user message is the
 //! question, earlier turns are the conversation. Citations ride in an extra top-level
-//! `citations` field (on the final chunk when streaming); clients that do not know it ignore it.
+//! `citations` field and whether a human should take over in `handoff` (on the final chunk when
+//! streaming); clients that do not know them ignore them.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::events::{AnswerEvent, UsageView};
+use crate::answer::handoff;
 use crate::http::ask::{AskBody, AskResponse, Turn, start_answer, until_terminal, validate_ask};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
@@ -175,6 +177,7 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         top_k: None,
         stream: Some(req.stream),
         conversation,
+        thread_id: None,
     })
 }
 
@@ -230,9 +233,9 @@ struct Completion {
 }
 
 impl Completion {
-    /// One `chat.completion.chunk` event with `delta`, an optional finish reason and an
-    /// optional extra top-level field.
-    fn chunk(&self, delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>) -> Event {
+    /// One `chat.completion.chunk` event with `delta`, an optional finish reason and extra
+    /// top-level fields.
+    fn chunk(&self, delta: Value, finish: Option<&str>, extra: Vec<(&str, Value)>) -> Event {
         let mut v = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -240,8 +243,10 @@ impl Completion {
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
         });
-        if let (Some((k, x)), Some(obj)) = (extra, v.as_object_mut()) {
-            obj.insert(k.to_string(), x);
+        if let Some(obj) = v.as_object_mut() {
+            for (k, x) in extra {
+                obj.insert(k.to_string(), x);
+            }
         }
         Event::default().data(v.to_string())
     }
@@ -273,6 +278,7 @@ async fn whole(
         }],
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         "citations": resp.citations,
+        "handoff": resp.handoff,
         "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome},
     }))
     .into_response())
@@ -312,7 +318,7 @@ fn chunks_of(
                 json!({"content": t})
             };
             *first = false;
-            vec![c.chunk(delta, None, None)]
+            vec![c.chunk(delta, None, vec![])]
         }
         AnswerEvent::Citation(x) => {
             citations.push(json!(x));
@@ -322,15 +328,21 @@ fn chunks_of(
             c.chunk(
                 json!({"content": message}),
                 Some("error"),
-                Some(("error", json!({"code": code}))),
+                vec![
+                    ("error", json!({"code": code})),
+                    ("handoff", json!(handoff::of_error(code))),
+                ],
             ),
             Event::default().data("[DONE]"),
         ],
-        AnswerEvent::Done { .. } => vec![
+        AnswerEvent::Done { handoff, .. } => vec![
             c.chunk(
                 json!({}),
                 Some("stop"),
-                Some(("citations", Value::Array(std::mem::take(citations)))),
+                vec![
+                    ("citations", Value::Array(std::mem::take(citations))),
+                    ("handoff", json!(handoff)),
+                ],
             ),
             Event::default().data("[DONE]"),
         ],
@@ -338,6 +350,6 @@ fn chunks_of(
             c.model = serving_model(Some(&u));
             vec![]
         }
-        AnswerEvent::Retrieval(_) => vec![],
+        AnswerEvent::Retrieval { .. } => vec![],
     }
 }

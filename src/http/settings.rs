@@ -14,6 +14,11 @@ pub struct RawServer {
     pub bind: String,
     pub max_body_bytes: usize,
     pub max_question_chars: usize,
+    /// Turns an `/ask` `conversation` (or the messages before the question on
+    /// `/v1/chat/completions`) may hold, and their characters in all; more is 413
+    /// `conversation_too_long`.
+    pub max_conversation_turns: usize,
+    pub max_conversation_chars: usize,
     /// Whole-request deadline: an answer stops at it (`deadline_exceeded`), and any route
     /// whose response has not started a second later answers 504 `deadline_exceeded`.
     pub request_timeout_secs: u64,
@@ -31,6 +36,8 @@ impl Default for RawServer {
             bind: "127.0.0.1:7700".into(),
             max_body_bytes: 64 * 1024,
             max_question_chars: 2000,
+            max_conversation_turns: 20,
+            max_conversation_chars: 16000,
             request_timeout_secs: 60,
             max_concurrent_requests: 1024,
             keep_alive_secs: 15,

@@ -644,6 +644,7 @@ mod tests {
             context_neighbours: 1,
             outcome: "answered".into(),
             question: Some("secret question".into()),
+            query: Some("secret question".into()),
             answer: Some("secret answer".into()),
         }
     }

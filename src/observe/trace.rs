@@ -55,5 +55,9 @@ pub struct Trace {
     pub context_neighbours: usize,
     pub outcome: String,
     pub question: Option<String>,
+    /// The query retrieval ran on (`[retrieval] condense`: the question, or the question with
+    /// words of the caller's earlier turns); kept only with the question text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     pub answer: Option<String>,
 }

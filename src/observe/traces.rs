@@ -122,6 +122,7 @@ impl Traces {
     pub fn push(&self, mut trace: Trace) {
         if !self.config.record_text {
             trace.question = None;
+            trace.query = None;
             trace.answer = None;
         }
         if let Some(otlp) = &self.otlp {

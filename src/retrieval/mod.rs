@@ -4,6 +4,7 @@
 //! Must not: call a provider except through the gateway (the remote reranker), or add a hit
 //! the index did not return for the caller.
 
+pub mod condense;
 pub mod query_embed;
 pub mod rerank;
 
@@ -16,6 +17,7 @@ use cairn_index::{Filter, Hit, IndexBackend, SearchMode, SearchRequest};
 use cairn_ingest::rerank::Reranker;
 
 use crate::config::section::{Check, ConfigError};
+use crate::retrieval::condense::Condense;
 use crate::retrieval::rerank::RawRerank;
 
 /// The retrieve-then-rerank step an answer starts with: hybrid search over the index, then
@@ -116,6 +118,8 @@ pub struct RawRetrieval {
     pub near_duplicate: f32,
     /// Complete a chunk cut mid-sentence with its neighbour of the same section.
     pub neighbours: bool,
+    /// How a follow-up question becomes the query retrieval runs on.
+    pub condense: Condense,
 }
 
 impl Default for RawRetrieval {
@@ -126,6 +130,7 @@ impl Default for RawRetrieval {
             max_context_words: 1500,
             near_duplicate: 0.8,
             neighbours: true,
+            condense: Condense::Heuristic,
         }
     }
 }
@@ -134,6 +139,12 @@ impl RawRetrieval {
     pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
         if self.top_k == 0 || self.top_k > 50 {
             return Err(cx.key_err("retrieval.top_k", "must be between 1 and 50"));
+        }
+        if self.condense == Condense::Model {
+            return Err(cx.key_err(
+                "retrieval.condense",
+                "\"model\" is not available yet; use \"heuristic\" (the default) or \"off\"",
+            ));
         }
         if !(self.near_duplicate > 0.0 && self.near_duplicate <= 1.0) {
             return Err(cx.key_err(

@@ -19,5 +19,6 @@ mod promises;
 mod replicas;
 mod server;
 mod support;
+mod support_bot;
 #[path = "../support/mod.rs"]
 mod vendors;
