@@ -12,6 +12,7 @@ mod gateway;
 mod hostile;
 mod llama;
 mod load;
+mod mcp;
 mod otlp;
 mod privacy;
 mod replicas;
