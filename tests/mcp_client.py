@@ -13,7 +13,7 @@ import asyncio
 import os
 
 import httpx2
-from mcp import Client, StdioServerParameters
+from mcp import Client, MCPError, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
 TOOLS = {"search", "ask", "get_document", "list_sources"}
@@ -55,6 +55,10 @@ async def http_checks():
         sources = await hr.call_tool("list_sources", {})
         names = {s["name"] for s in sources.structured_content["sources"]}
         assert names == {"samples", "hr"}, names
+        templates = (await hr.list_resource_templates()).resource_templates
+        assert [t.uri_template for t in templates] == ["cairn://doc/{doc_id}"], templates
+        resource = await hr.read_resource(f"cairn://doc/{doc_id}")
+        assert "confidential" in resource.contents[0].text, resource
         answer = await hr.call_tool("ask", {"question": "How long do refunds take?"})
         assert not answer.is_error, answer
         out = answer.structured_content
@@ -66,10 +70,15 @@ async def http_checks():
         refused = await bot.call_tool("get_document", {"doc_id": doc_id})
         assert refused.is_error, f"a key without the hr group read {doc_id}: {refused}"
         assert refused.content[0].text.startswith("not_found:"), refused.content
+        try:
+            await bot.read_resource(f"cairn://doc/{doc_id}")
+            raise AssertionError(f"a key without the hr group read cairn://doc/{doc_id}")
+        except MCPError as e:
+            assert "not_found" in str(e), e
         sources = await bot.call_tool("list_sources", {})
         names = {s["name"] for s in sources.structured_content["sources"]}
         assert names == {"samples"}, names
-    print("http: tools listed, each tool called, restricted document refused")
+    print("http: tools listed, each tool called, a resource read, restricted document refused")
 
 
 async def stdio_checks():

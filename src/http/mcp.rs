@@ -15,7 +15,11 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    ErrorData, ListResourceTemplatesResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate,
+    ServerCapabilities, ServerConfig,
+};
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
@@ -27,11 +31,15 @@ use tokio::sync::mpsc;
 use cairn_index::{Filter, SearchMode};
 
 use crate::answer::answer;
+use crate::engine::Engine;
 use crate::http::ask::{AskBody, AskResponse, validate_ask};
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
 use crate::http::search::check_sources;
 use crate::http::state::AppState;
+
+/// Documents are resources `cairn://doc/{doc_id}`.
+pub const DOC_URI: &str = "cairn://doc/";
 
 /// The route the Streamable HTTP transport is mounted at.
 pub const ROUTE: &str = "/mcp";
@@ -323,9 +331,54 @@ impl CairnMcp {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for CairnMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build()).with_instructions(
-            "cairn: search the knowledge base, ask questions answered with verified citations, read documents.",
+        let capabilities = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_resources()
+            .build();
+        ServerConfig::new(capabilities).with_instructions(
+            "cairn: search the knowledge base, ask questions answered with verified citations, read documents (also as cairn://doc/{doc_id} resources).",
         )
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _cx: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        let template = ResourceTemplate::new(format!("{DOC_URI}{{doc_id}}"), "document")
+            .with_description("A document's text by the doc_id that search and ask return.")
+            .with_mime_type("text/plain");
+        Ok(ListResourceTemplatesResult {
+            resource_templates: vec![template],
+            ..Default::default()
+        })
+    }
+
+    /// `cairn://doc/{doc_id}`: the document's text, under the same checks as `get_document`.
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        let Some(doc_id) = request.uri.strip_prefix(DOC_URI).map(str::to_string) else {
+            return Err(ErrorData::resource_not_found(
+                format!("`{}` is not a cairn://doc/{{doc_id}} URI", request.uri),
+                None,
+            ));
+        };
+        let refused = |e: ApiError| match e {
+            ApiError::NotFound(_) => ErrorData::resource_not_found(tool_error(e), None),
+            ApiError::Internal => ErrorData::internal_error(tool_error(e), None),
+            e => ErrorData::invalid_request(tool_error(e), None),
+        };
+        let caller = self.caller(&cx, Scope::Search).map_err(refused)?;
+        let engine = self.state.engine.clone();
+        let doc = self
+            .blocking(move || read_document(&engine, &caller, &doc_id))
+            .await
+            .map_err(refused)?;
+        let contents = ResourceContents::text(doc.text, request.uri).with_mime_type("text/plain");
+        Ok(ReadResourceResult::new(vec![contents]).into())
     }
 }
 
@@ -414,7 +467,6 @@ impl CairnMcp {
         }))
     }
 
-    /// A document the caller may not read is refused exactly like one that does not exist.
     async fn run_get_document(
         &self,
         args: DocArgs,
@@ -422,33 +474,9 @@ impl CairnMcp {
     ) -> Result<Json<DocumentOutput>, ApiError> {
         let caller = self.caller(cx, Scope::Search)?;
         let engine = self.state.engine.clone();
-        self.blocking(move || {
-            let missing = || ApiError::NotFound(format!("document `{}`", args.doc_id));
-            let doc = engine
-                .index
-                .document(&args.doc_id)
-                .map_err(|_| ApiError::Internal)?
-                .ok_or_else(missing)?;
-            let visible = doc.access_groups.is_empty()
-                || doc.access_groups.iter().any(|g| caller.groups.contains(g));
-            if !visible {
-                return Err(missing());
-            }
-            let chunks = engine
-                .index
-                .chunks_of(&doc.id)
-                .map_err(|_| ApiError::Internal)?;
-            Ok(Json(DocumentOutput {
-                text: document_text(&chunks),
-                doc_id: doc.id,
-                source: doc.source,
-                title: doc.title,
-                url: doc.url,
-                updated_at: doc.updated_at.map(|t| t.to_rfc3339()),
-                metadata: doc.metadata,
-            }))
-        })
-        .await
+        self.blocking(move || read_document(&engine, &caller, &args.doc_id))
+            .await
+            .map(Json)
     }
 
     async fn run_list_sources(
@@ -476,6 +504,39 @@ impl CairnMcp {
         })
         .await
     }
+}
+
+/// A document the caller may not read is refused exactly like one that does not exist.
+/// Blocking.
+fn read_document(
+    engine: &Engine,
+    caller: &Caller,
+    doc_id: &str,
+) -> Result<DocumentOutput, ApiError> {
+    let missing = || ApiError::NotFound(format!("document `{doc_id}`"));
+    let doc = engine
+        .index
+        .document(doc_id)
+        .map_err(|_| ApiError::Internal)?
+        .ok_or_else(missing)?;
+    let visible =
+        doc.access_groups.is_empty() || doc.access_groups.iter().any(|g| caller.groups.contains(g));
+    if !visible {
+        return Err(missing());
+    }
+    let chunks = engine
+        .index
+        .chunks_of(&doc.id)
+        .map_err(|_| ApiError::Internal)?;
+    Ok(DocumentOutput {
+        text: document_text(&chunks),
+        doc_id: doc.id,
+        source: doc.source,
+        title: doc.title,
+        url: doc.url,
+        updated_at: doc.updated_at.map(|t| t.to_rfc3339()),
+        metadata: doc.metadata,
+    })
 }
 
 /// A document's text from its chunks in order; overlapping chunks are joined at the end of
