@@ -226,12 +226,11 @@ pub struct SourcesOutput {
     pub sources: Vec<SourceOutput>,
 }
 
-/// A refused or failed call: the HTTP error's code and message, as tool error text.
+/// A refused or failed call: the HTTP error's code and message, as tool error text. (Tools
+/// spell out `Result<Json<T>, String>`: the SDK's macro finds the output schema in it.)
 fn tool_error(e: ApiError) -> String {
     format!("{}: {e}", e.code())
 }
-
-type ToolResult<T> = Result<Json<T>, String>;
 
 impl CairnMcp {
     pub fn over_http(state: Arc<AppState>) -> CairnMcp {
@@ -298,7 +297,7 @@ impl CairnMcp {
         &self,
         Parameters(args): Parameters<SearchArgs>,
         cx: RequestContext<RoleServer>,
-    ) -> ToolResult<SearchOutput> {
+    ) -> Result<Json<SearchOutput>, String> {
         self.run_search(args, &cx).await.map_err(tool_error)
     }
 
@@ -309,7 +308,7 @@ impl CairnMcp {
         &self,
         Parameters(args): Parameters<AskArgs>,
         cx: RequestContext<RoleServer>,
-    ) -> ToolResult<AskOutput> {
+    ) -> Result<Json<AskOutput>, String> {
         self.run_ask(args, &cx).await.map_err(tool_error)
     }
 
@@ -318,12 +317,15 @@ impl CairnMcp {
         &self,
         Parameters(args): Parameters<DocArgs>,
         cx: RequestContext<RoleServer>,
-    ) -> ToolResult<DocumentOutput> {
+    ) -> Result<Json<DocumentOutput>, String> {
         self.run_get_document(args, &cx).await.map_err(tool_error)
     }
 
     #[tool(description = "The sources this key may read: name, kind, document count, last sync.")]
-    async fn list_sources(&self, cx: RequestContext<RoleServer>) -> ToolResult<SourcesOutput> {
+    async fn list_sources(
+        &self,
+        cx: RequestContext<RoleServer>,
+    ) -> Result<Json<SourcesOutput>, String> {
         self.run_list_sources(&cx).await.map_err(tool_error)
     }
 }
