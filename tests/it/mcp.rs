@@ -115,11 +115,7 @@ async fn mcp_refuses_foreign_origins_and_accepts_loopback_ones() {
     let local = format!("http://localhost:{}", addr.port());
     let (status, _, body) = post(addr, &[("origin", &local)], initialize()).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["result"]["serverInfo"]["name"].is_string(),
-        true,
-        "{body}"
-    );
+    assert!(body["result"]["serverInfo"]["name"].is_string(), "{body}");
     let (status, _, body) = post(addr, &[], initialize()).await;
     assert_eq!(status, 200, "a client without Origin is served: {body}");
 }
