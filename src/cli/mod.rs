@@ -1,10 +1,11 @@
-//! The command line: `cairn serve | ingest | search | ask | eval | models | hash-key`, with
+//! The command line: `cairn serve | ingest | search | ask | mcp | eval | models | hash-key`, with
 //! progress bars and tables.
 
 pub mod ask;
 pub mod bench;
 pub mod eval;
 pub mod ingest;
+pub mod mcp;
 pub mod models;
 pub mod progress;
 pub mod search;
@@ -95,6 +96,15 @@ pub enum Command {
         after_help = "Example:\n  cairn hash-key \"$(openssl rand -hex 24)\""
     )]
     HashKey { key: String },
+    /// Serve the MCP tools (search, ask, get_document, list_sources) over stdin/stdout for a
+    /// desktop MCP client.
+    #[command(after_help = "Example:\n  cairn mcp --key-name desktop")]
+    Mcp {
+        /// A configured `[[auth.keys]]` name: its scopes and access groups apply to every call.
+        /// Without it, the anonymous scopes (`[auth] anonymous_scopes`) apply.
+        #[arg(long)]
+        key_name: Option<String>,
+    },
     /// Ask a question; the answer streams to the terminal, then its numbered sources.
     #[command(after_help = "Example:\n  cairn ask \"How long do refunds take?\" --json")]
     Ask {
@@ -182,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Search { query, k, json } => search::run(&engine, &query, k, json),
         Command::Ask { question, json } => runtime.block_on(ask::run(engine, question, json)),
+        Command::Mcp { key_name } => runtime.block_on(mcp::run(engine, key_name.as_deref())),
         Command::Eval(cmd) => eval::run(&engine, &runtime, cmd),
         Command::Bench(cmd) => bench::run(&engine, &runtime, cmd, cli.quiet),
         Command::HashKey { .. } | Command::Models(_) => Ok(ExitCode::SUCCESS),

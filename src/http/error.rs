@@ -59,6 +59,11 @@ pub enum ApiError {
     InvalidKey,
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(&'static str),
+    /// A browser page of another origin (`/mcp`'s DNS-rebinding check).
+    #[error(
+        "requests from origin `{0}` are refused; only loopback origins and those in `[server] allowed_origins` may call this endpoint"
+    )]
+    OriginNotAllowed(String),
     #[error("rate limit reached; retry in {0} s")]
     RateLimited(u64),
     #[error("{0} not found")]
@@ -128,6 +133,7 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidKey => (StatusCode::UNAUTHORIZED, "invalid_key"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::JobRunning(_) => (StatusCode::CONFLICT, "job_running"),
@@ -137,6 +143,12 @@ impl ApiError {
             ApiError::AnswerFailed { code, .. } => (answer_error_status(code), code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
+    }
+
+    /// The stable code (`not_found`, `forbidden`, ...), for surfaces that carry errors in
+    /// their own envelope (MCP tool errors).
+    pub fn code(&self) -> &'static str {
+        self.status_and_code().1
     }
 
     /// The response in OpenAI's error shape (`/v1/` routes), so OpenAI SDKs raise it:

@@ -1,5 +1,5 @@
 //! The HTTP server: the router over one file per surface (`ask`, `search`, `admin`,
-//! `openai_compat`), the shared state, the one error shape with its exhaustive status
+//! `openai_compat`, `mcp`), the shared state, the one error shape with its exhaustive status
 //! table (`error`), and load shedding with the whole-request deadline (`limits`). Handlers parse, authorise and call the layer below; they hold no pipeline
 //! logic.
 
@@ -8,6 +8,7 @@ pub mod ask;
 pub mod auth;
 pub mod error;
 pub mod limits;
+pub mod mcp;
 pub mod openai_compat;
 pub mod search;
 pub mod settings;
@@ -47,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/jobs/{id}", get(admin::admin_job))
         .route("/admin/sources", get(admin::admin_sources))
         .route("/admin/traces", get(admin::admin_traces))
+        .merge(mcp::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(state.clone());

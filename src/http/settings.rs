@@ -28,6 +28,9 @@ pub struct RawServer {
     pub keep_alive_secs: u64,
     /// On SIGTERM/Ctrl-C, in-flight streams get this long to finish.
     pub shutdown_grace_secs: u64,
+    /// Browser origins (`https://kb.example.com`) besides loopback ones that may call `/mcp`;
+    /// requests with any other `Origin` header are refused (DNS-rebinding protection).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for RawServer {
@@ -42,6 +45,7 @@ impl Default for RawServer {
             max_concurrent_requests: 1024,
             keep_alive_secs: 15,
             shutdown_grace_secs: 20,
+            allowed_origins: Vec::new(),
         }
     }
 }

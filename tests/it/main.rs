@@ -13,6 +13,7 @@ mod health;
 mod hostile;
 mod llama;
 mod load;
+mod mcp;
 mod otlp;
 mod privacy;
 mod promises;
