@@ -32,6 +32,7 @@ use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
 use crate::providers::Router;
+use crate::providers::cost::{SHARED_SPEND_REFRESH, SpendStore};
 use crate::providers::gateway::TimeBudget;
 use crate::retrieval::Retriever;
 use crate::retrieval::query_embed::QueryEmbedder;
@@ -134,6 +135,50 @@ fn open_embedded(
     .with_context(|| format!("opening the index in {}", index_dir.display()))
 }
 
+/// Spend kept in the PostgreSQL schema the replicas share (`[budget]`'s store when that backend
+/// is on): every replica adds its charges and re-reads the day's sums every
+/// [`SHARED_SPEND_REFRESH`].
+struct PgSpend(Arc<cairn_pg::PgIndex>);
+
+/// Runs a PostgreSQL call on a thread of its own: the budget is called from async tasks, and the
+/// synchronous client cannot run on a runtime's thread (it blocks for the call's round trip,
+/// as the spend file's writes do).
+fn off_runtime<T: Send>(call: impl FnOnce() -> Result<T, IndexError> + Send) -> Result<T, String> {
+    std::thread::scope(|s| match s.spawn(call).join() {
+        Ok(result) => result.map_err(|e| e.to_string()),
+        Err(_) => Err("the PostgreSQL call panicked".to_string()),
+    })
+}
+
+impl std::fmt::Debug for PgSpend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SpendStore for PgSpend {
+    fn load(&self, day: u64) -> Result<Vec<(String, f64)>, String> {
+        let day = i64::try_from(day).map_err(|e| e.to_string())?;
+        off_runtime(|| self.0.spend_of_day(day))
+    }
+
+    fn add(&self, day: u64, charges: &[(&str, f64)]) -> Result<(), String> {
+        let day = i64::try_from(day).map_err(|e| e.to_string())?;
+        off_runtime(|| self.0.add_spend(day, charges))
+    }
+
+    fn refresh_every(&self) -> Option<std::time::Duration> {
+        Some(SHARED_SPEND_REFRESH)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "the PostgreSQL `spend` table (schema `{}`)",
+            self.0.schema()
+        )
+    }
+}
+
 impl Engine {
     /// The thread store, opened on first use (a process that never serves threads never
     /// locks the file).
@@ -186,10 +231,13 @@ impl Engine {
                     ),
                     fallback_share: config.gateway.fallback_share,
                 });
-        router
-            .budget
-            .persist_to(&config.data_dir.join("state").join("budget.redb"))
-            .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
+        match &pg {
+            Some(pg) => router.budget.persist(Box::new(PgSpend(pg.clone()))),
+            None => router
+                .budget
+                .persist_to(&config.data_dir.join("state").join("budget.redb")),
+        }
+        .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
         for (provider, model) in router.unpriced() {
             tracing::warn!(%provider, %model, "routed model has no price: its calls count as $0 in costs and [budget]; add a price table for it");
         }

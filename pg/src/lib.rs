@@ -7,7 +7,7 @@
 //! score breakdown as the embedded index. [`PgIndex`] implements
 //! [`cairn_index::IndexBackend`]. Also here: the pool, the versioned schema migrations, error
 //! wording, and what replicas share besides the index (source state, source claims, admin
-//! jobs).
+//! jobs, model spend).
 //!
 //! The API is synchronous, like the index API and the ingest pipeline: async callers run it on
 //! blocking threads, as they do the embedded index.
@@ -17,6 +17,7 @@ mod index;
 mod jobs;
 mod migrate;
 mod shared;
+mod spend;
 
 pub use connect::{PgOptions, redact_url};
 pub use index::PgIndex;

@@ -8,7 +8,7 @@ use crate::PgOptions;
 use crate::connect::{backend_error, describe, pg_error, quote_ident, redact_url};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Migration `version`'s SQL. Names are unqualified: the migration runs with the schema first
 /// on the search path. `{dim}`, `{m}` and `{ef}` are the embedder dimension and HNSW settings.
@@ -113,6 +113,17 @@ fn migration(version: i32) -> Option<&'static str> {
                                   ADD COLUMN total_length bigint NOT NULL DEFAULT 0;
              UPDATE manifest SET chunk_count = (SELECT count(*) FROM chunks),
                                  total_length = (SELECT coalesce(sum(length), 0) FROM chunks);",
+        ),
+        // Model spend shared by replicas, so the `[budget]` daily caps hold across them and
+        // across restarts: US dollars per UTC day (days since the Unix epoch) and bucket
+        // (`total`, or a caller's key), only ever incremented.
+        5 => Some(
+            "CREATE TABLE spend (
+                 day bigint NOT NULL,
+                 bucket text NOT NULL,
+                 usd double precision NOT NULL,
+                 PRIMARY KEY (day, bucket)
+             );",
         ),
         _ => None,
     }

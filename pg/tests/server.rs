@@ -164,7 +164,8 @@ fn a_version_3_index_is_backfilled_for_bm25_on_open() {
          ALTER TABLE chunks DROP COLUMN length;
          ALTER TABLE manifest DROP COLUMN chunk_count, DROP COLUMN total_length;
          CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
-         DELETE FROM schema_version WHERE version = 4;",
+         DROP TABLE spend;
+         DELETE FROM schema_version WHERE version >= 4;",
         s = schema.name
     ))
     .expect("downgrade to version 3");

@@ -4,12 +4,14 @@
 //! clients). Before a call the gateway reserves an upper-bound estimate ([`estimate_usd`]) and
 //! refuses the call with [`super::GatewayError::BudgetExhausted`] when it does not fit next to
 //! today's spend and the other reservations; when the call ends the reservation is settled to
-//! the metered cost. Spend is kept in a [`SpendFile`] in the data dir, so restarts share it.
-//! (Replicas of a PostgreSQL deployment each keep their own: see PROVIDERS.md.)
+//! the metered cost. Settled spend is written through to a [`SpendStore`]: the [`SpendFile`] in
+//! the data dir (restarts share it), or PostgreSQL when that backend is on (restarts and
+//! replicas share it; each replica re-reads today's sums every [`SHARED_SPEND_REFRESH`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use super::Usage;
 use super::config::{BudgetConfig, Price};
@@ -38,6 +40,28 @@ fn utc_day() -> u64 {
     unix_secs() / DAY_SECS
 }
 
+/// Where settled spend is kept, by UTC day and bucket ([`TOTAL`], or a caller's key as the
+/// HTTP layer names it). Writes are increments, so several processes adding to one store add up.
+pub trait SpendStore: Send + Sync + std::fmt::Debug {
+    /// What is recorded for `day`, by bucket, in US dollars.
+    fn load(&self, day: u64) -> Result<Vec<(String, f64)>, String>;
+    /// Adds each `(bucket, usd)` to `day`'s spend.
+    fn add(&self, day: u64, charges: &[(&str, f64)]) -> Result<(), String>;
+    /// How long a loaded copy of today's spend may be used before reading the store again:
+    /// `None` when this process is the store's only writer (its copy is always current).
+    fn refresh_every(&self) -> Option<Duration>;
+    /// Where the spend is kept, for log lines.
+    fn describe(&self) -> String;
+}
+
+/// How long a replica uses its copy of today's spend from a store shared with other replicas
+/// before reading it again (before a reservation or a check). Calls settled on other replicas
+/// within this window can take the day's spend past a cap by at most what they cost.
+pub const SHARED_SPEND_REFRESH: Duration = Duration::from_secs(1);
+
+/// The bucket of the day's total spend (the others are callers' keys).
+pub const TOTAL: &str = "total";
+
 /// Today's spend and what calls in flight have reserved, in US dollars.
 #[derive(Debug, Default)]
 struct Spend {
@@ -46,9 +70,25 @@ struct Spend {
     per_key: HashMap<String, f64>,
     reserved: f64,
     reserved_per_key: HashMap<String, f64>,
+    /// When `total` and `per_key` were last read from the store.
+    loaded_at: Option<Instant>,
 }
 
 impl Spend {
+    /// Takes the store's sums for this day, never lowering what this process already counts
+    /// (a charge whose write failed stays counted here). Reservations are this process's own
+    /// and are kept.
+    fn merge(&mut self, rows: Vec<(String, f64)>) {
+        for (bucket, usd) in rows {
+            let slot = if bucket == TOTAL {
+                &mut self.total
+            } else {
+                self.per_key.entry(bucket).or_insert(0.0)
+            };
+            *slot = slot.max(usd);
+        }
+    }
+
     fn key_total(&self, key: &str) -> f64 {
         self.per_key.get(key).copied().unwrap_or(0.0)
             + self.reserved_per_key.get(key).copied().unwrap_or(0.0)
@@ -86,8 +126,8 @@ impl Spend {
 }
 
 /// Spending limits, today's spend, and the reservations of calls in flight. With a
-/// [`SpendFile`] attached, every settled charge is written through, so a restart starts the day
-/// with what was already spent.
+/// [`SpendStore`] attached, every settled charge is written through, so a restart (and, with a
+/// shared store, every replica) starts from what was already spent.
 #[derive(Debug, Default)]
 pub struct Budget {
     pub config: BudgetConfig,
@@ -95,7 +135,7 @@ pub struct Budget {
     /// The highest output price of any routed model (US dollars per million tokens): what the
     /// pre-check before retrieval assumes the answer's output tokens cost.
     output_price_per_mtok: f64,
-    file: OnceLock<SpendFile>,
+    store: OnceLock<Box<dyn SpendStore>>,
 }
 
 /// Which cap refused a call.
@@ -177,6 +217,7 @@ impl Budget {
         self
     }
 
+    /// Today's spend, as of the last read of the store (a new day starts from the store).
     fn today(&self) -> std::sync::MutexGuard<'_, Spend> {
         let mut s = self.spend.lock().unwrap_or_else(|p| p.into_inner());
         let day = utc_day();
@@ -185,23 +226,61 @@ impl Budget {
                 day,
                 ..Spend::default()
             };
-            if let Some(f) = self.file.get() {
-                f.load(day, &mut s);
-            }
+            self.load(&mut s);
         }
         s
     }
 
-    /// Keeps spend in `path` (a redb file, created if missing): today's spend already recorded
-    /// there is loaded now, and every charge from here on is written through. Once per budget.
-    pub fn persist_to(&self, path: &Path) -> Result<(), String> {
-        let file = SpendFile::open(path)?;
+    /// Today's spend, read again from a shared store when the copy is older than the store's
+    /// refresh interval: what reservations and checks decide on.
+    fn current(&self) -> std::sync::MutexGuard<'_, Spend> {
         let mut s = self.today();
-        file.load(s.day, &mut s);
-        drop(s);
-        self.file
-            .set(file)
-            .map_err(|_| "the budget already keeps its spend in a file".to_string())
+        let stale = match (
+            self.store.get().and_then(|st| st.refresh_every()),
+            s.loaded_at,
+        ) {
+            (Some(every), Some(at)) => at.elapsed() >= every,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if stale {
+            self.load(&mut s);
+        }
+        s
+    }
+
+    /// Merges the store's record of `s.day` into `s`. A failed read is logged and retried after
+    /// the refresh interval; the spend this process knows keeps enforcing the caps.
+    fn load(&self, s: &mut Spend) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        s.loaded_at = Some(Instant::now());
+        match store.load(s.day) {
+            Ok(rows) => s.merge(rows),
+            Err(e) => {
+                tracing::warn!(store = %store.describe(), error = %e, "cannot read today's spend; the spend this process knows keeps enforcing the caps");
+            }
+        }
+    }
+
+    /// Keeps spend in `path` (a redb file, created if missing): see [`Budget::persist`].
+    pub fn persist_to(&self, path: &Path) -> Result<(), String> {
+        self.persist(Box::new(SpendFile::open(path)?))
+    }
+
+    /// Keeps spend in `store`: today's spend already recorded there is loaded now, and every
+    /// charge from here on is added to it. Once per budget.
+    pub fn persist(&self, store: Box<dyn SpendStore>) -> Result<(), String> {
+        let what = store.describe();
+        self.store
+            .set(store)
+            .map_err(|_| format!("the budget already keeps its spend elsewhere than {what}"))?;
+        let mut s = self.today();
+        if s.loaded_at.is_none() {
+            self.load(&mut s);
+        }
+        Ok(())
     }
 
     /// Refuses a call that would break a cap: more output tokens than a request may ask for,
@@ -210,7 +289,7 @@ impl Budget {
     pub fn check(&self, max_tokens: Option<u32>, key: Option<&str>) -> Result<(), Exhausted> {
         self.check_tokens(max_tokens)?;
         let floor = f64::from(max_tokens.unwrap_or(0)) * self.output_price_per_mtok / 1e6;
-        self.today().fits(&self.config, floor, key)
+        self.current().fits(&self.config, floor, key)
     }
 
     /// Refuses a request asking for more output tokens than `max_tokens_per_request`.
@@ -231,7 +310,7 @@ impl Budget {
         usd: f64,
         key: Option<&str>,
     ) -> Result<Reservation, Exhausted> {
-        let mut s = self.today();
+        let mut s = self.current();
         s.fits(&self.config, usd, key)?;
         s.add_reserved(usd, key);
         Ok(Reservation {
@@ -243,15 +322,21 @@ impl Budget {
         })
     }
 
-    /// Adds a finished call's cost to today's spend (and to the spend file).
+    /// Adds a finished call's cost to today's spend (and to the store). A failed write is
+    /// logged: the spend stays counted in this process.
     pub fn charge(&self, usd: f64, key: Option<&str>) {
         let mut s = self.today();
         s.total += usd;
         if let Some(k) = key {
             *s.per_key.entry(k.to_string()).or_insert(0.0) += usd;
         }
-        if let Some(f) = self.file.get() {
-            f.store(&s, key);
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let mut charges = vec![(TOTAL, usd)];
+        charges.extend(key.map(|k| (k, usd)));
+        if let Err(e) = store.add(s.day, &charges) {
+            tracing::warn!(store = %store.describe(), error = %e, "cannot record spend; it is kept in memory");
         }
     }
 
@@ -262,9 +347,10 @@ impl Budget {
         }
     }
 
-    /// Today's total spend in US dollars (settled calls only).
+    /// Today's total spend in US dollars (settled calls only; with a shared store, as of the
+    /// last refresh).
     pub fn spent_today(&self) -> f64 {
-        self.today().total
+        self.current().total
     }
 }
 
@@ -300,9 +386,8 @@ impl Drop for Reservation {
     }
 }
 
-/// Spend by UTC day and bucket (`total`, or `key:<name>` as the HTTP layer names callers) in a
-/// small redb file of the data dir, so restarts share it. Write errors are logged, not fatal:
-/// the in-memory spend still enforces the caps for this process.
+/// Spend by UTC day and bucket in a small redb file of the data dir, so restarts share it. Only
+/// this process writes it (redb locks the file), so its copy of today's spend is always current.
 #[derive(Debug)]
 pub struct SpendFile {
     db: redb::Database,
@@ -310,7 +395,6 @@ pub struct SpendFile {
 }
 
 const SPEND: redb::TableDefinition<&str, f64> = redb::TableDefinition::new("spend");
-const TOTAL: &str = "total";
 
 fn spend_key(day: u64, bucket: &str) -> String {
     format!("{day}/{bucket}")
@@ -332,61 +416,56 @@ impl SpendFile {
         })
     }
 
-    /// Today's recorded spend into `s` (a fresh day's record).
-    fn load(&self, day: u64, s: &mut Spend) {
+    fn read(&self, day: u64) -> Result<Vec<(String, f64)>, redb::Error> {
         use redb::{ReadableDatabase, ReadableTable};
-        let read = || -> Result<Vec<(String, f64)>, redb::Error> {
-            let txn = self.db.begin_read()?;
-            let t = txn.open_table(SPEND)?;
-            let prefix = format!("{day}/");
-            let mut out = Vec::new();
-            for row in t.range(prefix.as_str()..)? {
-                let (k, v) = row?;
-                let Some(bucket) = k.value().strip_prefix(&prefix) else {
-                    break;
-                };
-                out.push((bucket.to_string(), v.value()));
-            }
-            Ok(out)
-        };
-        match read() {
-            Ok(rows) => {
-                for (bucket, usd) in rows {
-                    if bucket == TOTAL {
-                        s.total = usd;
-                    } else {
-                        s.per_key.insert(bucket, usd);
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot read the spend file; today's spend starts at 0");
-            }
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SPEND)?;
+        let prefix = format!("{day}/");
+        let mut out = Vec::new();
+        for row in t.range(prefix.as_str()..)? {
+            let (k, v) = row?;
+            let Some(bucket) = k.value().strip_prefix(&prefix) else {
+                break;
+            };
+            out.push((bucket.to_string(), v.value()));
         }
+        Ok(out)
     }
 
-    /// Writes today's total and `key`'s spend, and drops earlier days.
-    fn store(&self, s: &Spend, key: Option<&str>) {
-        let write = || -> Result<(), redb::Error> {
-            let txn = self.db.begin_write()?;
-            {
-                let mut t = txn.open_table(SPEND)?;
-                t.insert(spend_key(s.day, TOTAL).as_str(), s.total)?;
-                if let Some(k) = key {
-                    t.insert(
-                        spend_key(s.day, k).as_str(),
-                        s.per_key.get(k).copied().unwrap_or(0.0),
-                    )?;
-                }
-                let today = format!("{}/", s.day);
-                t.retain(|k, _| k >= today.as_str())?;
+    /// Adds to `day`'s buckets and drops earlier days, in one write transaction.
+    fn write(&self, day: u64, charges: &[(&str, f64)]) -> Result<(), redb::Error> {
+        use redb::ReadableTable;
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(SPEND)?;
+            for (bucket, usd) in charges {
+                let key = spend_key(day, bucket);
+                let was = t.get(key.as_str())?.map(|v| v.value()).unwrap_or(0.0);
+                t.insert(key.as_str(), was + usd)?;
             }
-            txn.commit()?;
-            Ok(())
-        };
-        if let Err(e) = write() {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot record spend in the spend file; it is kept in memory");
+            let today = format!("{day}/");
+            t.retain(|k, _| k >= today.as_str())?;
         }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl SpendStore for SpendFile {
+    fn load(&self, day: u64) -> Result<Vec<(String, f64)>, String> {
+        self.read(day).map_err(|e| e.to_string())
+    }
+
+    fn add(&self, day: u64, charges: &[(&str, f64)]) -> Result<(), String> {
+        self.write(day, charges).map_err(|e| e.to_string())
+    }
+
+    fn refresh_every(&self) -> Option<Duration> {
+        None
+    }
+
+    fn describe(&self) -> String {
+        format!("the spend file {}", self.path.display())
     }
 }
 

@@ -39,6 +39,14 @@ impl Schema {
             name: format!("{prefix}_{}_{n}", std::process::id()),
         }
     }
+
+    /// A replica's config over this schema, followed by `extra`.
+    fn config(&self, extra: &str) -> String {
+        format!(
+            "[index]\nbackend = \"postgres\"\n[index.postgres]\nschema = \"{}\"\npool_size = 3\n{extra}",
+            self.name
+        )
+    }
 }
 
 impl Drop for Schema {
@@ -58,12 +66,8 @@ impl Drop for Schema {
 #[test]
 #[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
 fn two_replicas_share_one_postgres_index() {
-    let url = pg_url();
-    let schema = Schema::fresh(url, "e2e");
-    let config = format!(
-        "[index]\nbackend = \"postgres\"\n[index.postgres]\nschema = \"{}\"\npool_size = 3\n",
-        schema.name
-    );
+    let schema = Schema::fresh(pg_url(), "e2e");
+    let config = schema.config("");
     // Replica A ingests the sample corpus (TestApp ingests on creation).
     let a = TestApp::with_config(&config);
     let indexed = a.engine.last_report("samples").expect("report").counts;
@@ -119,6 +123,66 @@ fn two_replicas_share_one_postgres_index() {
         let json = support::get_json(&b, "/readyz").await;
         assert_eq!(json["index"]["backend"], "postgres");
     });
+}
+
+/// Spend is shared through PostgreSQL: what replica A settles counts against replica B's daily
+/// caps (global and per key) once B's copy is refreshed, both replicas' charges add up (they are
+/// increments, not totals that overwrite each other), and a replica started on a new data dir (a
+/// restart or a replacement) begins the day with everything already spent.
+#[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
+fn replicas_share_spend_through_postgres() {
+    use cairn::providers::cost::Exhausted;
+    let schema = Schema::fresh(pg_url(), "spend");
+    let config = schema.config("[budget]\ndaily_usd = 1.0\ndaily_usd_per_key = 0.7\n");
+    let a = TestApp::with_config(&config);
+    let b = TestApp::with_config(&config);
+    let (spend_a, spend_b) = (&a.engine.router.budget, &b.engine.router.budget);
+    // On a runtime's thread, as the gateway settles (the PostgreSQL client must not run there).
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        spend_a
+            .reserve(0.2, Some("key:bot"))
+            .expect("room on A")
+            .settle(0.6);
+    });
+    let refresh = cairn::providers::cost::SHARED_SPEND_REFRESH + Duration::from_millis(200);
+    std::thread::sleep(refresh);
+    let seen = spend_b.spent_today();
+    assert!(
+        (seen - 0.6).abs() < 1e-9,
+        "B sees ${seen} spent, A spent $0.6"
+    );
+    assert!(
+        matches!(
+            spend_b.reserve(0.2, Some("key:bot")),
+            Err(Exhausted::DailyPerKey { .. })
+        ),
+        "B let key:bot spend past its cap after it spent $0.6 of $0.7 on A"
+    );
+    spend_b
+        .reserve(0.3, Some("key:hr"))
+        .expect("room for another key on B")
+        .settle(0.3);
+    assert!(
+        matches!(spend_b.reserve(0.2, None), Err(Exhausted::Daily { .. })),
+        "B let the day's spend pass $1.0 after $0.9 was spent across replicas"
+    );
+    std::thread::sleep(refresh);
+    let total = spend_a.spent_today();
+    assert!(
+        (total - 0.9).abs() < 1e-9,
+        "A sees ${total}, the replicas spent $0.9"
+    );
+
+    // A replica that starts now, with no local state, begins the day at $0.9.
+    drop(b);
+    let c = TestApp::with_config(&config);
+    let restarted = c.engine.router.budget.spent_today();
+    assert!(
+        (restarted - 0.9).abs() < 1e-9,
+        "a new replica starts at ${restarted}"
+    );
 }
 
 /// Articles on the fake knowledge base's first page: more than one index commit's worth
