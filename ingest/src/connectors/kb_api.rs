@@ -805,4 +805,17 @@ mod tests {
             NextPage::Last
         );
     }
+
+    #[test]
+    fn link_rel_next_finds_the_next_target_in_any_of_its_spellings() {
+        let quoted = r#"<https://x.test/a?p=1>; rel="prev", <https://x.test/a?p=3>; rel="next""#;
+        assert_eq!(
+            link_rel_next(quoted).as_deref(),
+            Some("https://x.test/a?p=3")
+        );
+        let bare = "<https://x.test/a?p=2>; rel=next";
+        assert_eq!(link_rel_next(bare).as_deref(), Some("https://x.test/a?p=2"));
+        assert_eq!(link_rel_next(r#"<https://x.test/a?p=1>; rel="prev""#), None);
+        assert_eq!(link_rel_next(r#"https://x.test/a; rel="next""#), None);
+    }
 }
