@@ -158,8 +158,8 @@ async fn bad_requests_get_typed_errors() {
         ),
         (
             support::post_json("/ask", r#"{"question":"   "}"#),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            StatusCode::BAD_REQUEST,
+            "empty_query",
         ),
         (
             support::post_json(
