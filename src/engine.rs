@@ -545,3 +545,25 @@ impl Engine {
         })?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overrides;
+
+    #[test]
+    fn index_options_carry_the_stall_time() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[index]\nstall_secs = 7\n").expect("write");
+        let config = Config::load_with_env(&path, true, &Overrides::default(), |_| None, false)
+            .expect("valid");
+        let info = EmbedderInfo {
+            name: "hash".into(),
+            version: "1".into(),
+            dimension: 8,
+        };
+        let options = index_options(&config, info);
+        assert_eq!(options.stall, std::time::Duration::from_secs(7));
+    }
+}

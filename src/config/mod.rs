@@ -450,18 +450,12 @@ mod tests {
     }
 
     #[test]
-    fn index_stall_secs_defaults_to_120_reaches_the_index_options_and_must_be_positive() {
-        let info = cairn_index::EmbedderInfo {
-            name: "hash".into(),
-            version: "1".into(),
-            dimension: 8,
-        };
+    fn index_stall_secs_defaults_to_120_and_must_be_positive() {
+        // That it reaches the index: `engine::tests::index_options_carry_the_stall_time`.
         let c = load("", &[]).expect("valid");
-        let options = crate::engine::index_options(&c, info.clone());
-        assert_eq!(options.stall, std::time::Duration::from_secs(120));
+        assert_eq!(c.index.stall(), std::time::Duration::from_secs(120));
         let c = load("[index]\nstall_secs = 7\n", &[]).expect("valid");
-        let options = crate::engine::index_options(&c, info);
-        assert_eq!(options.stall, std::time::Duration::from_secs(7));
+        assert_eq!(c.index.stall(), std::time::Duration::from_secs(7));
         let e = load("[index]\nstall_secs = 0\n", &[]).expect_err("0 must be refused");
         assert!(e.to_string().contains("index.stall_secs"), "{e}");
     }
