@@ -237,12 +237,13 @@ impl Threads {
         (uuid::Uuid::new_v4().to_string(), Thread::new(owner))
     }
 
-    /// Appends `turn` to thread `id` as stored now (or to `started`, a thread not stored
-    /// yet), within `[threads] max_turns`.
+    /// Appends `turn` to thread `id` as stored now (or to `started`, a new thread), within
+    /// `[threads] max_turns`. A thread erased or purged while the answer ran stays erased.
     pub fn append(&self, id: &str, started: &Thread, turn: ThreadTurn) -> Result<(), String> {
         let mut thread = match self.store.get(id)? {
             Some(stored) if stored.owner == started.owner => stored,
-            _ => started.clone(),
+            None if started.turns.is_empty() => started.clone(),
+            _ => return Ok(()),
         };
         thread.push(turn, self.settings.max_turns, Utc::now());
         self.store.put(id, &thread)
@@ -285,6 +286,49 @@ mod tests {
             citations: Vec::new(),
             trace_id: format!("trace-{q}"),
         }
+    }
+
+    /// Threads in memory.
+    #[derive(Default)]
+    struct Memory(Mutex<std::collections::HashMap<String, Thread>>);
+
+    impl ThreadStore for Memory {
+        fn get(&self, id: &str) -> Result<Option<Thread>, String> {
+            Ok(self.0.lock().expect("lock").get(id).cloned())
+        }
+        fn put(&self, id: &str, thread: &Thread) -> Result<(), String> {
+            self.0
+                .lock()
+                .expect("lock")
+                .insert(id.into(), thread.clone());
+            Ok(())
+        }
+        fn remove(&self, id: &str) -> Result<bool, String> {
+            Ok(self.0.lock().expect("lock").remove(id).is_some())
+        }
+        fn purge_idle(&self, before: DateTime<Utc>) -> Result<usize, String> {
+            let mut map = self.0.lock().expect("lock");
+            let n = map.len();
+            map.retain(|_, t| t.active_at() >= before);
+            Ok(n - map.len())
+        }
+    }
+
+    #[test]
+    fn a_thread_is_its_owners_and_one_erased_while_an_answer_ran_stays_erased() {
+        let settings = ThreadSettings {
+            ttl: Duration::from_secs(60),
+            max_turns: 10,
+        };
+        let threads = Threads::new(Box::new(Memory::default()), settings);
+        let (id, new) = threads.start("bot");
+        threads.append(&id, &new, turn("a")).expect("append");
+        let loaded = threads.load(&id, "bot").expect("load").expect("stored");
+        assert_eq!(loaded.turns.len(), 1);
+        assert_eq!(threads.load(&id, "other").expect("load"), None);
+        assert!(threads.erase(&id).expect("erase"));
+        threads.append(&id, &loaded, turn("b")).expect("append");
+        assert_eq!(threads.load(&id, "bot").expect("load"), None);
     }
 
     #[test]
