@@ -25,6 +25,7 @@ use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::answer::cache::AnswerCache;
 use crate::answer::prompt::Prompt;
+use crate::answer::threads::{Thread, ThreadFile, ThreadStore, Threads};
 use crate::config::Config;
 use crate::config::ingest::RawSource;
 use crate::embedder::Feedback;
@@ -62,8 +63,9 @@ pub struct Engine {
     ingest_lock: Mutex<()>,
     /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
     pub golden: Option<GoldenSet>,
-    /// Conversation threads (`state/threads.redb`), opened on first use.
-    threads: Mutex<Option<Arc<cairn_index::ThreadStore>>>,
+    /// Conversation threads (`state/threads.redb`, or PostgreSQL's `threads` table), opened on
+    /// first use.
+    threads: Mutex<Option<Arc<Threads>>>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -179,16 +181,51 @@ impl SpendStore for PgSpend {
     }
 }
 
+/// Threads kept in the PostgreSQL schema the replicas share, so any replica continues any
+/// thread.
+struct PgThreads(Arc<cairn_pg::PgIndex>);
+
+impl ThreadStore for PgThreads {
+    fn get(&self, id: &str) -> Result<Option<Thread>, String> {
+        match off_runtime(|| self.0.thread(id))? {
+            Some(record) => serde_json::from_value(record)
+                .map(Some)
+                .map_err(|e| format!("thread `{id}` is unreadable: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn put(&self, id: &str, thread: &Thread) -> Result<(), String> {
+        let record = serde_json::to_value(thread).map_err(|e| e.to_string())?;
+        let active = thread.active_at();
+        off_runtime(|| self.0.put_thread(id, &thread.owner, active, &record))
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, String> {
+        off_runtime(|| self.0.remove_thread(id))
+    }
+
+    fn purge_idle(&self, before: chrono::DateTime<chrono::Utc>) -> Result<usize, String> {
+        off_runtime(|| self.0.purge_threads(before)).map(|n| n as usize)
+    }
+}
+
 impl Engine {
-    /// The thread store, opened on first use (a process that never serves threads never
-    /// locks the file).
-    pub fn threads(&self) -> anyhow::Result<Arc<cairn_index::ThreadStore>> {
+    /// The threads, opened on first use (a process that never serves threads never locks
+    /// the file): PostgreSQL's `threads` table with that backend, else `state/threads.redb`.
+    pub fn threads(&self) -> anyhow::Result<Arc<Threads>> {
         let mut slot = self.threads.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = slot.as_ref() {
             return Ok(t.clone());
         }
-        let path = self.config.data_dir.join("state").join("threads.redb");
-        let opened = Arc::new(cairn_index::ThreadStore::open(&path)?);
+        let store: Box<dyn ThreadStore> = match &self.pg {
+            Some(pg) => Box::new(PgThreads(pg.clone())),
+            None => {
+                let path = self.config.data_dir.join("state").join("threads.redb");
+                Box::new(ThreadFile::open(&path).map_err(anyhow::Error::msg)?)
+            }
+        };
+        let opened = Arc::new(Threads::new(store, self.config.threads));
         *slot = Some(opened.clone());
         Ok(opened)
     }

@@ -1,5 +1,7 @@
 //! Conversation threads' records: opaque bytes by id in their own redb file next to the index
-//! (a thread outlives the index generations a reindex replaces). The server owns their shape.
+//! (a thread outlives the index generations a reindex replaces), with each thread's last
+//! activity (Unix seconds) in a second table so expired threads can be purged without reading
+//! the records. The server owns their shape and decides when a thread has expired.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +12,8 @@ use crate::IndexError;
 type Result<T> = std::result::Result<T, IndexError>;
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
+/// Thread id → its last activity, Unix seconds.
+const ACTIVITY: TableDefinition<&str, i64> = TableDefinition::new("thread_activity");
 
 /// The thread records of one data directory.
 pub struct ThreadStore {
@@ -37,6 +41,7 @@ impl ThreadStore {
         let db = Database::create(path).map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
         txn.open_table(THREADS).map_err(|e| err(e.into()))?;
+        txn.open_table(ACTIVITY).map_err(|e| err(e.into()))?;
         txn.commit().map_err(|e| err(e.into()))?;
         Ok(ThreadStore {
             path: path.to_path_buf(),
@@ -53,15 +58,45 @@ impl ThreadStore {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Stores `record` as thread `id` (replacing it), durably.
-    pub fn put(&self, id: &str, record: &[u8]) -> Result<()> {
+    /// Stores `record` as thread `id` (replacing it), last active at `active_secs` (Unix
+    /// seconds), durably.
+    pub fn put(&self, id: &str, record: &[u8], active_secs: i64) -> Result<()> {
         let err = store_err(&self.path);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let mut table = txn.open_table(THREADS).map_err(|e| err(e.into()))?;
             table.insert(id, record).map_err(|e| err(e.into()))?;
+            let mut activity = txn.open_table(ACTIVITY).map_err(|e| err(e.into()))?;
+            activity
+                .insert(id, active_secs)
+                .map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
+    }
+
+    /// Erases every thread last active before `before_secs` (Unix seconds), in one
+    /// transaction; how many.
+    pub fn purge_idle(&self, before_secs: i64) -> Result<usize> {
+        let err = store_err(&self.path);
+        let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
+        let purged = {
+            let mut activity = txn.open_table(ACTIVITY).map_err(|e| err(e.into()))?;
+            let mut idle = Vec::new();
+            for row in activity.iter().map_err(|e| err(e.into()))? {
+                let (id, at) = row.map_err(|e| err(e.into()))?;
+                if at.value() < before_secs {
+                    idle.push(id.value().to_string());
+                }
+            }
+            let mut table = txn.open_table(THREADS).map_err(|e| err(e.into()))?;
+            for id in &idle {
+                table.remove(id.as_str()).map_err(|e| err(e.into()))?;
+                activity.remove(id.as_str()).map_err(|e| err(e.into()))?;
+            }
+            idle.len()
+        };
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(purged)
     }
 
     /// Erases thread `id`; whether it was stored.
@@ -70,6 +105,8 @@ impl ThreadStore {
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         let removed = {
             let mut table = txn.open_table(THREADS).map_err(|e| err(e.into()))?;
+            let mut activity = txn.open_table(ACTIVITY).map_err(|e| err(e.into()))?;
+            activity.remove(id).map_err(|e| err(e.into()))?;
             table.remove(id).map_err(|e| err(e.into()))?.is_some()
         };
         txn.commit().map_err(|e| err(e.into()))?;
@@ -86,7 +123,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("threads.redb");
         let store = ThreadStore::open(&path).expect("open");
-        store.put("t1", b"turns").expect("put");
+        store.put("t1", b"turns", 100).expect("put");
         drop(store);
         let store = ThreadStore::open(&path).expect("reopen");
         assert_eq!(
@@ -96,5 +133,19 @@ mod tests {
         assert!(store.remove("t1").expect("remove"));
         assert!(!store.remove("t1").expect("remove again"));
         assert_eq!(store.get("t1").expect("get"), None);
+    }
+
+    #[test]
+    fn purging_erases_only_threads_idle_since_before_the_cutoff() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ThreadStore::open(&dir.path().join("threads.redb")).expect("open");
+        store.put("old", b"a", 100).expect("put");
+        store.put("new", b"b", 200).expect("put");
+        assert_eq!(store.purge_idle(200).expect("purge"), 1);
+        assert_eq!(store.get("old").expect("get"), None);
+        assert_eq!(store.get("new").expect("get").as_deref(), Some(&b"b"[..]));
+        // A thread written again is active again.
+        store.put("new", b"c", 300).expect("put");
+        assert_eq!(store.purge_idle(250).expect("purge"), 0);
     }
 }

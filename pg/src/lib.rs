@@ -7,7 +7,7 @@
 //! score breakdown as the embedded index. [`PgIndex`] implements
 //! [`cairn_index::IndexBackend`]. Also here: the pool, the versioned schema migrations, error
 //! wording, and what replicas share besides the index (source state, source claims, admin
-//! jobs, model spend).
+//! jobs, model spend, conversation threads).
 //!
 //! The API is synchronous, like the index API and the ingest pipeline: async callers run it on
 //! blocking threads, as they do the embedded index.
@@ -18,6 +18,7 @@ mod jobs;
 mod migrate;
 mod shared;
 mod spend;
+mod threads;
 
 pub use connect::{PgOptions, redact_url};
 pub use index::PgIndex;

@@ -8,7 +8,7 @@ use crate::PgOptions;
 use crate::connect::{backend_error, describe, pg_error, quote_ident, redact_url};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Migration `version`'s SQL. Names are unqualified: the migration runs with the schema first
 /// on the search path. `{dim}`, `{m}` and `{ef}` are the embedder dimension and HNSW settings.
@@ -124,6 +124,18 @@ fn migration(version: i32) -> Option<&'static str> {
                  usd double precision NOT NULL,
                  PRIMARY KEY (day, bucket)
              );",
+        ),
+        // Conversation threads shared by replicas, so any replica continues any thread: the
+        // record (turns, owner, times) as cairn writes it, and its last activity, which the
+        // purge of expired threads reads through its index.
+        6 => Some(
+            "CREATE TABLE threads (
+                 id text PRIMARY KEY,
+                 owner text NOT NULL,
+                 active_at timestamptz NOT NULL,
+                 record jsonb NOT NULL
+             );
+             CREATE INDEX threads_active ON threads (active_at);",
         ),
         _ => None,
     }

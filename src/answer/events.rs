@@ -76,4 +76,6 @@ pub struct AskRequest {
     /// Whose daily spend cap (`[budget] daily_usd_per_key`) the model call counts against;
     /// `None` counts against the global cap only.
     pub budget_key: Option<String>,
+    /// The thread the answer is appended to (kept in its trace).
+    pub thread_id: Option<String>,
 }

@@ -15,6 +15,7 @@ pub mod handoff;
 pub mod privacy;
 pub mod prompt;
 pub mod settings;
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -107,6 +108,7 @@ pub async fn answer_on(
         route: engine.config.answer.route.clone(),
         http_route: http_route.map(str::to_string),
         caller,
+        thread_id: req.thread_id.clone(),
         prompt_version: engine.prompt.version.clone(),
         question: Some(req.question.clone()),
         ..Trace::default()

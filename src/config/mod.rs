@@ -29,6 +29,7 @@ use cairn_ingest::ChunkerOptions;
 use crate::answer::cache::RawCache;
 use crate::answer::privacy::{Masker, RawPrivacy};
 use crate::answer::settings::RawAnswer;
+use crate::answer::threads::{RawThreads, ThreadSettings};
 use crate::config::index::RawIndex;
 use crate::config::ingest::{RawSource, check_chunking, validate_sources};
 use crate::config::section::{Check, ConfigError, resolve_path};
@@ -71,6 +72,8 @@ pub struct RawConfig {
     pub privacy: RawPrivacy,
     /// The append-only audit log of admin actions and provider requests.
     pub audit: RawAudit,
+    /// Conversation threads: how long an idle one lives, how many turns it keeps.
+    pub threads: RawThreads,
     pub sources: Vec<RawSource>,
 }
 
@@ -107,6 +110,7 @@ impl Default for RawConfig {
             quality_gate: RawQualityGate::default(),
             privacy: RawPrivacy::default(),
             audit: RawAudit::default(),
+            threads: RawThreads::default(),
             sources: Vec::new(),
         }
     }
@@ -141,6 +145,7 @@ pub struct Config {
     pub privacy: Masker,
     /// `[audit]` with `path` resolved (empty: `<data_dir>/audit.jsonl`).
     pub audit: RawAudit,
+    pub threads: ThreadSettings,
     pub sources: Vec<RawSource>,
 }
 
@@ -311,6 +316,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let traces = raw.traces.validate(cx)?;
     let privacy = Masker::from_config(&raw.privacy, cx.origin)?;
     let audit = raw.audit.validate(cx);
+    let threads = raw.threads.validate(cx)?;
     let rerank = raw.rerank.validate(cx)?;
     Ok(Config {
         origin: cx.origin.into(),
@@ -334,6 +340,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         quality_gate,
         privacy,
         audit,
+        threads,
         sources,
     })
 }
@@ -392,6 +399,20 @@ mod tests {
         assert_eq!(c.retrieval.condense, Condense::Off);
         let e = load("[retrieval]\ncondense = \"model\"\n", &[]).expect_err("refused");
         assert!(e.to_string().contains("not available yet"), "{e}");
+    }
+
+    #[test]
+    fn threads_ttl_is_a_humantime_duration_and_max_turns_at_least_one() {
+        let c = load("", &[]).expect("valid");
+        assert_eq!(c.threads.ttl, std::time::Duration::from_secs(30 * 86_400));
+        assert_eq!(c.threads.max_turns, 50);
+        let c = load("[threads]\nttl = \"12h 30m\"\nmax_turns = 3\n", &[]).expect("valid");
+        assert_eq!(c.threads.ttl, std::time::Duration::from_secs(45_000));
+        assert_eq!(c.threads.max_turns, 3);
+        for bad in ["ttl = \"soon\"", "ttl = \"0s\"", "max_turns = 0"] {
+            let e = load(&format!("[threads]\n{bad}\n"), &[]).expect_err(bad);
+            assert!(e.to_string().contains("threads."), "{bad}: {e}");
+        }
     }
 
     #[test]

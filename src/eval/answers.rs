@@ -126,6 +126,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         top_k: engine.config.retrieval.top_k,
         conversation: item.conversation.clone(),
         budget_key: None,
+        thread_id: None,
     };
     let started = Instant::now();
     let task = tokio::spawn(answer(engine.clone(), req, "eval".into(), tx));

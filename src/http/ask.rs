@@ -31,6 +31,7 @@ use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
 use crate::http::search::check_sources;
 use crate::http::state::AppState;
+use crate::http::threads;
 use crate::observe::trace::Trace;
 use crate::providers::{Message, Role};
 use crate::retrieval::HitView;
@@ -208,6 +209,7 @@ pub fn validate_ask(
             top_k,
             conversation,
             budget_key: Some(budget_key),
+            thread_id: None,
         },
         body.stream.unwrap_or(true),
     ))
@@ -334,6 +336,7 @@ pub(super) fn start_answer(
     let (tx, rx) = mpsc::channel::<AnswerEvent>(64);
     let engine = s.engine.clone();
     let panics = s.answer_panics(&req.question);
+    let thread_id = req.thread_id.clone();
     let task = {
         let (engine, caller, tx) = (engine.clone(), caller.clone(), tx.clone());
         tokio::spawn(async move {
@@ -343,7 +346,7 @@ pub(super) fn start_answer(
             answer_on(engine, req, caller, Some(route), tx).await
         })
     };
-    tokio::spawn(supervise(task, engine, caller, route, tx));
+    tokio::spawn(supervise(task, engine, (caller, thread_id), route, tx));
     rx
 }
 
@@ -352,7 +355,7 @@ pub(super) fn start_answer(
 async fn supervise(
     task: tokio::task::JoinHandle<()>,
     engine: Arc<Engine>,
-    caller: String,
+    (caller, thread_id): (String, Option<String>),
     route: &'static str,
     tx: mpsc::Sender<AnswerEvent>,
 ) {
@@ -379,10 +382,46 @@ async fn supervise(
         route: engine.config.answer.route.clone(),
         http_route: Some(route.to_string()),
         caller,
+        thread_id,
         prompt_version: engine.prompt.version.clone(),
         outcome: "internal".into(),
         ..Trace::default()
     });
+}
+
+/// An answer started in a thread: its events (each completed answer is appended to the
+/// thread as it passes), the thread's id, and whether the caller asked for a stream.
+pub(super) struct Threaded {
+    pub rx: mpsc::Receiver<AnswerEvent>,
+    pub thread_id: String,
+    pub stream: bool,
+}
+
+/// Checks `body` for `caller` and starts its answer on `route` in the thread it names (404
+/// unless the caller owns it and it has not expired) or in a new one: the thread's stored turns
+/// come before the body's own conversation.
+pub(super) fn start_in_thread(
+    s: &AppState,
+    mut body: AskBody,
+    caller: &Caller,
+    route: &'static str,
+) -> Result<Threaded, ApiError> {
+    let thread_id = body.thread_id.take();
+    let (mut req, stream) = validate_ask(&s.engine, body, caller)?;
+    let thread = threads::open(&s.engine, thread_id, caller)?;
+    let max_messages = s.engine.config.server.max_conversation_turns;
+    let mut conversation = thread.1.messages(max_messages);
+    conversation.append(&mut req.conversation);
+    req.conversation = conversation;
+    req.thread_id = Some(thread.0.clone());
+    let (thread_id, question) = (thread.0.clone(), req.question.clone());
+    let rx = start_answer(s, req, caller.name.clone(), route);
+    let rx = threads::recording(s.engine.clone(), thread, question, rx);
+    Ok(Threaded {
+        rx,
+        thread_id,
+        stream,
+    })
 }
 
 pub(super) async fn ask(
@@ -391,17 +430,13 @@ pub(super) async fn ask(
     body: Result<Json<AskBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
-    let Json(mut body) = body?;
-    let thread = crate::http::threads::open(&s.engine, body.thread_id.take(), &caller)?;
-    let (mut req, stream) = validate_ask(&s.engine, body, &caller)?;
-    let max_turns = s.engine.config.server.max_conversation_turns;
-    let mut conversation = thread.1.messages(max_turns);
-    conversation.append(&mut req.conversation);
-    req.conversation = conversation;
-    let (thread_id, question) = (thread.0.clone(), req.question.clone());
-    let rx = start_answer(&s, req, caller.name, "/ask");
-    let rx = crate::http::threads::recording(s.engine.clone(), thread, question, rx);
-    let header = [("cairn-thread-id", thread_id.clone())];
+    let Json(body) = body?;
+    let Threaded {
+        rx,
+        thread_id,
+        stream,
+    } = start_in_thread(&s, body, &caller, "/ask")?;
+    let header = [(threads::THREAD_HEADER, thread_id.clone())];
     if stream {
         let tid = thread_id.clone();
         let events = until_terminal(ReceiverStream::new(rx))

@@ -2,7 +2,9 @@
 //! OpenAI SDKs and bot frameworks can use cairn unchanged. The last user message is the
 //! question, earlier turns are the conversation. Citations ride in an extra top-level
 //! `citations` field and whether a human should take over in `handoff` (on the final chunk when
-//! streaming); clients that do not know them ignore them.
+//! streaming); clients that do not know them ignore them. An optional `thread_id` (cairn's
+//! extension) continues a thread: its stored turns come before the messages, and every response
+//! names its thread (`thread_id`, and the `cairn-thread-id` header).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,10 +24,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::events::{AnswerEvent, UsageView};
 use crate::answer::handoff;
-use crate::http::ask::{AskBody, AskResponse, Turn, start_answer, until_terminal, validate_ask};
+use crate::http::ask::{AskBody, AskResponse, Threaded, Turn, start_in_thread, until_terminal};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
+use crate::http::threads::THREAD_HEADER;
 use crate::providers::Role;
 
 /// One message. `name` and an assistant's `refusal` are accepted and ignored; `tool_calls` and
@@ -81,6 +84,8 @@ pub struct ChatCompletionRequest {
     pub parallel_tool_calls: Option<IgnoredAny>,
     pub service_tier: Option<IgnoredAny>,
     pub reasoning_effort: Option<IgnoredAny>,
+    /// cairn's extension: continue this thread (its stored turns come before `messages`).
+    pub thread_id: Option<String>,
 }
 
 impl ChatCompletionRequest {
@@ -177,7 +182,7 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         top_k: None,
         stream: Some(req.stream),
         conversation,
-        thread_id: None,
+        thread_id: req.thread_id.clone(),
     })
 }
 
@@ -199,17 +204,23 @@ async fn complete(
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
     let Json(req) = body?;
-    let (ask, stream) = validate_ask(&s.engine, to_ask(&req)?, &caller)?;
+    let Threaded {
+        rx,
+        thread_id,
+        stream,
+    } = start_in_thread(&s, to_ask(&req)?, &caller, "/v1/chat/completions")?;
     let completion = Completion {
         id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
         created: chrono::Utc::now().timestamp(),
         model: UNKNOWN_MODEL.into(),
+        thread_id: thread_id.clone(),
     };
-    let rx = start_answer(&s, ask, caller.name, "/v1/chat/completions");
+    let header = [(THREAD_HEADER, thread_id)];
     if stream {
-        Ok(streamed(completion, rx))
+        Ok((header, streamed(completion, rx)).into_response())
     } else {
-        whole(completion, rx, &s.engine.config.answer.fallback_text).await
+        let fallback = &s.engine.config.answer.fallback_text;
+        Ok((header, whole(completion, rx, fallback).await?).into_response())
     }
 }
 
@@ -230,6 +241,8 @@ struct Completion {
     id: String,
     created: i64,
     model: String,
+    /// The thread the answer belongs to.
+    thread_id: String,
 }
 
 impl Completion {
@@ -279,13 +292,14 @@ async fn whole(
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         "citations": resp.citations,
         "handoff": resp.handoff,
+        "thread_id": c.thread_id,
         "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome},
     }))
     .into_response())
 }
 
-/// `stream: true`: server-sent `chat.completion.chunk` events, citations on the final one,
-/// then `[DONE]`.
+/// `stream: true`: server-sent `chat.completion.chunk` events, citations, hand-off and thread
+/// id on the final one, then `[DONE]`.
 fn streamed(mut c: Completion, rx: mpsc::Receiver<AnswerEvent>) -> Response {
     let mut citations: Vec<Value> = Vec::new();
     let mut first = true;
@@ -342,6 +356,7 @@ fn chunks_of(
                 vec![
                     ("citations", Value::Array(std::mem::take(citations))),
                     ("handoff", json!(handoff)),
+                    ("thread_id", json!(c.thread_id)),
                 ],
             ),
             Event::default().data("[DONE]"),

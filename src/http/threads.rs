@@ -1,8 +1,9 @@
-//! Threads: a conversation cairn keeps, so a bot may send only the new question.
-//! `thread_id` on `/ask` continues one (without it a new one starts); every completed answer
-//! is appended; `GET /threads/{id}` shows the turns and `DELETE /threads/{id}` erases them. A
-//! thread belongs to the caller that started it (anonymous ones to anonymous callers, through
-//! their id); any other caller gets 404.
+//! Threads on the HTTP surface: `thread_id` on `/ask` and `/v1/chat/completions` continues one
+//! (without it a new one starts); every completed answer is appended; `GET /threads/{id}` shows
+//! the turns and `DELETE /threads/{id}` erases them and their traces' text. A thread belongs to
+//! the caller that started it (anonymous ones to anonymous callers, through their id); any
+//! other caller gets 404, as for an expired thread. What a thread is and where it is kept:
+//! [`crate::answer::threads`].
 
 use std::sync::Arc;
 
@@ -10,57 +11,18 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::answer::events::AnswerEvent;
+use crate::answer::threads::{Thread, ThreadTurn, Threads};
 use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
-use crate::providers::{Message, Role};
 
-/// One answered question of a thread.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ThreadTurn {
-    pub question: String,
-    pub answer: String,
-    pub citations: Vec<Value>,
-    pub trace_id: String,
-}
-
-/// A stored thread.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Thread {
-    /// The caller's key name that started it.
-    pub owner: String,
-    pub created_at: String,
-    pub turns: Vec<ThreadTurn>,
-}
-
-impl Thread {
-    /// The turns as conversation messages, at most the newest `max_turns` messages.
-    pub fn messages(&self, max_turns: usize) -> Vec<Message> {
-        let all: Vec<Message> = self
-            .turns
-            .iter()
-            .flat_map(|t| {
-                [
-                    Message {
-                        role: Role::User,
-                        content: t.question.clone(),
-                    },
-                    Message {
-                        role: Role::Assistant,
-                        content: t.answer.clone(),
-                    },
-                ]
-            })
-            .collect();
-        all[all.len().saturating_sub(max_turns)..].to_vec()
-    }
-}
+/// The response header naming the thread an answer belongs to.
+pub const THREAD_HEADER: &str = "cairn-thread-id";
 
 fn not_found(id: &str) -> ApiError {
     ApiError::NotFound(format!("thread `{id}`"))
@@ -71,20 +33,19 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::Internal
 }
 
-/// Thread `id` when `caller` owns it; 404 when absent or another caller's.
-fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
-    let bytes = engine.threads().map_err(internal)?;
-    let Some(bytes) = bytes.get(id).map_err(internal)? else {
-        return Err(not_found(id));
-    };
-    let thread: Thread = serde_json::from_slice(&bytes).map_err(internal)?;
-    if thread.owner != caller.name {
-        return Err(not_found(id));
-    }
-    Ok(thread)
+fn threads(engine: &Engine) -> Result<Arc<Threads>, ApiError> {
+    engine.threads().map_err(internal)
 }
 
-/// The thread an `/ask` continues (`thread_id`), or a new one for `caller`: its id and turns.
+/// Thread `id` when `caller` owns it; 404 when absent, expired or another caller's.
+fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
+    threads(engine)?
+        .load(id, &caller.name)
+        .map_err(internal)?
+        .ok_or_else(|| not_found(id))
+}
+
+/// The thread an answer continues (`thread_id`), or a new one for `caller`: its id and turns.
 pub fn open(
     engine: &Engine,
     thread_id: Option<String>,
@@ -92,14 +53,7 @@ pub fn open(
 ) -> Result<(String, Thread), ApiError> {
     match thread_id {
         Some(id) => Ok((id.clone(), owned(engine, &id, caller)?)),
-        None => Ok((
-            uuid::Uuid::new_v4().to_string(),
-            Thread {
-                owner: caller.name.clone(),
-                created_at: chrono::Utc::now().to_rfc3339(),
-                turns: Vec::new(),
-            },
-        )),
+        None => Ok(threads(engine)?.start(&caller.name)),
     }
 }
 
@@ -107,7 +61,7 @@ pub fn open(
 /// client that leaves ends the relay (and so the answer).
 pub fn recording(
     engine: Arc<Engine>,
-    (id, mut thread): (String, Thread),
+    (id, thread): (String, Thread),
     question: String,
     mut rx: mpsc::Receiver<AnswerEvent>,
 ) -> mpsc::Receiver<AnswerEvent> {
@@ -131,8 +85,10 @@ pub fn recording(
                 AnswerEvent::Citation(c) => turn.citations.push(json!(c)),
                 AnswerEvent::Done { trace_id, .. } => {
                     turn.trace_id = trace_id.clone();
-                    thread.turns.push(turn.clone());
-                    if let Err(e) = store(&engine, &id, &thread) {
+                    let appended = threads(&engine)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| t.append(&id, &thread, turn.clone()));
+                    if let Err(e) = appended {
                         tracing::error!(error = %e, thread = %id, "the thread could not be saved");
                     }
                 }
@@ -146,11 +102,6 @@ pub fn recording(
     out
 }
 
-fn store(engine: &Engine, id: &str, thread: &Thread) -> anyhow::Result<()> {
-    engine.threads()?.put(id, &serde_json::to_vec(thread)?)?;
-    Ok(())
-}
-
 /// `GET /threads/{id}`: the turns with their citations and trace ids.
 pub(super) async fn get_thread(
     State(s): State<Arc<AppState>>,
@@ -159,24 +110,28 @@ pub(super) async fn get_thread(
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
     let thread = owned(&s.engine, &id, &caller)?;
-    Ok(
-        Json(json!({"thread_id": id, "created_at": thread.created_at, "turns": thread.turns}))
-            .into_response(),
-    )
+    Ok(Json(json!({
+        "thread_id": id,
+        "created_at": thread.created_at,
+        "last_active": thread.active_at(),
+        "turns": thread.turns,
+    }))
+    .into_response())
 }
 
-/// `DELETE /threads/{id}`: erases the thread's text from the store (204).
+/// `DELETE /threads/{id}`: erases the thread from the store and the question, query and
+/// answer text of its turns' traces (204).
 pub(super) async fn delete_thread(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
-    owned(&s.engine, &id, &caller)?;
-    s.engine
-        .threads()
-        .map_err(internal)?
-        .remove(&id)
-        .map_err(internal)?;
+    let thread = owned(&s.engine, &id, &caller)?;
+    threads(&s.engine)?.erase(&id).map_err(internal)?;
+    let turn_traces: Vec<&str> = thread.turns.iter().map(|t| t.trace_id.as_str()).collect();
+    s.engine.traces.erase_text(|t| {
+        t.thread_id.as_deref() == Some(id.as_str()) || turn_traces.contains(&t.id.as_str())
+    });
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -614,6 +614,7 @@ mod tests {
             route: "answer".into(),
             http_route: Some("/ask".into()),
             caller: "anonymous".into(),
+            thread_id: None,
             timings: Timings {
                 embed_ms: 10.0,
                 retrieve_ms: 40.0,

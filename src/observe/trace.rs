@@ -35,6 +35,10 @@ pub struct Trace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_route: Option<String>,
     pub caller: String,
+    /// The thread the answer belongs to (`/ask`, `/v1/chat/completions`); erasing the thread
+    /// erases the text of its traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
     pub timings: Timings,
     pub provider: Option<String>,
     pub model: Option<String>,

@@ -61,6 +61,24 @@ struct TraceFile {
     lines: usize,
 }
 
+impl TraceFile {
+    /// Rewrites the file at `path` to hold `kept` and appends there from now on; on failure
+    /// (logged, `why` saying what the rewrite was for) it keeps appending to the file as it is.
+    fn rewrite(&mut self, path: &std::path::Path, kept: &[Trace], why: &str) {
+        match compact(path, kept.iter()) {
+            Ok(handle) => {
+                *self = TraceFile {
+                    handle: Some(handle),
+                    lines: kept.len(),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, why, "cannot rewrite the trace file")
+            }
+        }
+    }
+}
+
 /// Rewrites `path` to hold exactly `traces` (through a temporary file and a rename, so a crash
 /// leaves the old or the new file) and opens it for appending.
 fn compact<'a>(
@@ -160,18 +178,36 @@ impl Traces {
             return;
         }
         let kept: Vec<Trace> = self.lock_recent().iter().cloned().collect();
-        match compact(&self.path, kept.iter()) {
-            Ok(handle) => {
-                *file = TraceFile {
-                    handle: Some(handle),
-                    lines: kept.len(),
+        // On failure appending goes on; the next append tries again.
+        file.rewrite(&self.path, &kept, "compacting");
+    }
+
+    /// Erases the question, query and answer text of every kept trace `matches` picks (ids,
+    /// timings and the rest stay) and rewrites the trace file to the kept traces, so no copy of
+    /// the text is left in it; how many traces held text. (Spans already exported over OTLP
+    /// are out of reach.)
+    pub fn erase_text(&self, matches: impl Fn(&Trace) -> bool) -> usize {
+        // The file's lock first, as `append` takes them.
+        let mut file = match self.file.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let (erased, kept): (usize, Vec<Trace>) = {
+            let mut recent = self.lock_recent();
+            let mut erased = 0;
+            for t in recent.iter_mut().filter(|t| matches(t)) {
+                if t.question.is_some() || t.query.is_some() || t.answer.is_some() {
+                    erased += 1;
                 }
+                (t.question, t.query, t.answer) = (None, None, None);
             }
-            // Appending goes on; the next append tries again.
-            Err(e) => {
-                tracing::warn!(file = %self.path.display(), error = %e, "cannot compact the trace file")
+            if erased == 0 {
+                return 0;
             }
-        }
+            (erased, recent.iter().cloned().collect())
+        };
+        file.rewrite(&self.path, &kept, "erasing text");
+        erased
     }
 
     fn lock_recent(&self) -> std::sync::MutexGuard<'_, VecDeque<Trace>> {

@@ -21,5 +21,6 @@ mod replicas;
 mod server;
 mod support;
 mod support_bot;
+mod threads;
 #[path = "../support/mod.rs"]
 mod vendors;

@@ -125,6 +125,59 @@ fn two_replicas_share_one_postgres_index() {
     });
 }
 
+/// `POST /ask` with `body` on `app`: the status and the JSON body.
+async fn ask_on(
+    app: &TestApp,
+    body: serde_json::Value,
+) -> (axum::http::StatusCode, serde_json::Value) {
+    use tower::ServiceExt;
+    let req = support::post_json("/ask", &body.to_string());
+    let resp = app.router().oneshot(req).await.expect("response");
+    (resp.status(), support::body_json(resp).await)
+}
+
+/// Threads are kept in PostgreSQL with that backend: a thread started through replica A
+/// continues through replica B (B retrieves the follow-up with A's stored turn), either reads
+/// its turns, and erasing it through B erases it for A.
+#[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
+fn replicas_continue_each_others_threads_through_postgres() {
+    use axum::http::StatusCode;
+    use serde_json::json;
+    let schema = Schema::fresh(pg_url(), "threads");
+    let config = schema.config("[traces]\nrecord_text = true\n");
+    let a = TestApp::with_config(&config);
+    let b = TestApp::with_config(&config);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let first = json!({"question": "I bought something marked final sale.", "stream": false});
+        let (status, got) = ask_on(&a, first).await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        let id = got["thread_id"].as_str().expect("thread_id").to_string();
+        let next = json!({"question": "Can I send it back?", "stream": false, "thread_id": id});
+        let (status, got) = ask_on(&b, next).await;
+        assert_eq!(status, StatusCode::OK, "{got}");
+        assert!(
+            got["query"]
+                .as_str()
+                .is_some_and(|q| q.contains("final sale")),
+            "B did not continue A's thread: {got}"
+        );
+        let uri = format!("/threads/{id}");
+        let (status, thread) = support::call(&a, None, "GET", &uri).await;
+        assert_eq!(status, StatusCode::OK, "{thread}");
+        assert_eq!(
+            thread["turns"].as_array().map(Vec::len),
+            Some(2),
+            "{thread}"
+        );
+        let (status, _) = support::call(&b, None, "DELETE", &uri).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        let (status, _) = support::call(&a, None, "GET", &uri).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    });
+}
+
 /// Spend is shared through PostgreSQL: what replica A settles counts against replica B's daily
 /// caps (global and per key) once B's copy is refreshed, both replicas' charges add up (they are
 /// increments, not totals that overwrite each other), and a replica started on a new data dir (a

@@ -247,28 +247,6 @@ async fn conversation_roles_and_sizes_are_checked() {
     assert_eq!(status, StatusCode::OK, "{got}");
 }
 
-/// `method uri` as `key`: the status and the JSON body (`null` when empty).
-async fn call(app: &TestApp, key: &str, method: &str, uri: &str) -> (StatusCode, Value) {
-    let req = axum::http::Request::builder()
-        .method(method)
-        .uri(uri)
-        .body(axum::body::Body::empty())
-        .expect("request");
-    let resp = app
-        .router()
-        .oneshot(with_key(req, key))
-        .await
-        .expect("response");
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn a_thread_continues_with_only_the_new_question_and_is_its_owners_alone() {
     use crate::support::{ADMIN, HR, keyed_app};
@@ -290,7 +268,7 @@ async fn a_thread_continues_with_only_the_new_question_and_is_its_owners_alone()
     );
 
     let uri = format!("/threads/{id}");
-    let (status, thread) = call(&app, ADMIN, "GET", &uri).await;
+    let (status, thread) = support::call(&app, Some(ADMIN), "GET", &uri).await;
     assert_eq!(status, StatusCode::OK, "{thread}");
     let turns = thread["turns"].as_array().expect("turns");
     assert_eq!(turns.len(), 2, "{thread}");
@@ -298,15 +276,15 @@ async fn a_thread_continues_with_only_the_new_question_and_is_its_owners_alone()
     assert_eq!(turns[1]["trace_id"], got["trace_id"], "{thread}");
 
     // Another key: the thread does not exist for it, to read, continue or erase.
-    let (status, _) = call(&app, HR, "GET", &uri).await;
+    let (status, _) = support::call(&app, Some(HR), "GET", &uri).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _) = call(&app, HR, "DELETE", &uri).await;
+    let (status, _) = support::call(&app, Some(HR), "DELETE", &uri).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, got) = post(&app, Some(HR), "/ask", next).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{got}");
 
-    let (status, _) = call(&app, ADMIN, "DELETE", &uri).await;
+    let (status, _) = support::call(&app, Some(ADMIN), "DELETE", &uri).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(&app, ADMIN, "GET", &uri).await;
+    let (status, _) = support::call(&app, Some(ADMIN), "GET", &uri).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }

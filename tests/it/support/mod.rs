@@ -176,6 +176,11 @@ pub const HR: &str = "hr-key-789";
 /// `hr` (ask + search, group `hr`), anonymous search, and an `hr` source (group `hr`) holding
 /// one confidential page on salary bands.
 pub fn keyed_app() -> TestApp {
+    keyed_app_with("")
+}
+
+/// As [`keyed_app`], with `extra` config after the keys and the `hr` source.
+pub fn keyed_app_with(extra: &str) -> TestApp {
     TestApp::with_setup(|dir| {
         let secret = dir.join("secret");
         std::fs::create_dir_all(&secret).expect("mkdir");
@@ -209,13 +214,41 @@ name = "hr"
 kind = "files"
 path = {:?}
 access_groups = ["hr"]
+{}
 "#,
             cairn::http::auth::hash_key(ADMIN),
             cairn::http::auth::hash_key(BOT),
             cairn::http::auth::hash_key(HR),
-            secret
+            secret,
+            extra
         )
     })
+}
+
+/// `method uri` in-process without a body, as `key` when given: the status and the JSON body
+/// (`null` when empty or not JSON).
+pub async fn call(
+    app: &TestApp,
+    key: Option<&str>,
+    method: &str,
+    uri: &str,
+) -> (axum::http::StatusCode, Value) {
+    use tower::ServiceExt;
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(Body::empty())
+        .expect("request");
+    let req = match key {
+        Some(k) => with_key(req, k),
+        None => req,
+    };
+    let resp = app.router().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 /// `GET uri` in-process; checks the status and returns the JSON body.
