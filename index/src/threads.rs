@@ -1,6 +1,6 @@
 //! Conversation threads' records: opaque bytes by id in their own redb file next to the index
 //! (a thread outlives the index generations a reindex replaces), with each thread's last
-//! activity (Unix seconds) in a second table so expired threads can be purged without reading
+//! activity (Unix milliseconds) in a second table so expired threads can be purged without reading
 //! the records. The server owns their shape and decides when a thread has expired.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use crate::IndexError;
 type Result<T> = std::result::Result<T, IndexError>;
 
 const THREADS: TableDefinition<&str, &[u8]> = TableDefinition::new("threads");
-/// Thread id → its last activity, Unix seconds.
+/// Thread id → its last activity, Unix milliseconds.
 const ACTIVITY: TableDefinition<&str, i64> = TableDefinition::new("thread_activity");
 
 /// The thread records of one data directory.
@@ -58,25 +58,23 @@ impl ThreadStore {
         Ok(value.map(|v| v.value().to_vec()))
     }
 
-    /// Stores `record` as thread `id` (replacing it), last active at `active_secs` (Unix
-    /// seconds), durably.
-    pub fn put(&self, id: &str, record: &[u8], active_secs: i64) -> Result<()> {
+    /// Stores `record` as thread `id` (replacing it), last active at `active_ms` (Unix
+    /// milliseconds), durably.
+    pub fn put(&self, id: &str, record: &[u8], active_ms: i64) -> Result<()> {
         let err = store_err(&self.path);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         {
             let mut table = txn.open_table(THREADS).map_err(|e| err(e.into()))?;
             table.insert(id, record).map_err(|e| err(e.into()))?;
             let mut activity = txn.open_table(ACTIVITY).map_err(|e| err(e.into()))?;
-            activity
-                .insert(id, active_secs)
-                .map_err(|e| err(e.into()))?;
+            activity.insert(id, active_ms).map_err(|e| err(e.into()))?;
         }
         txn.commit().map_err(|e| err(e.into()))
     }
 
-    /// Erases every thread last active before `before_secs` (Unix seconds), in one
+    /// Erases every thread last active before `before_ms` (Unix milliseconds), in one
     /// transaction; how many.
-    pub fn purge_idle(&self, before_secs: i64) -> Result<usize> {
+    pub fn purge_idle(&self, before_ms: i64) -> Result<usize> {
         let err = store_err(&self.path);
         let txn = self.db.begin_write().map_err(|e| err(e.into()))?;
         let purged = {
@@ -84,7 +82,7 @@ impl ThreadStore {
             let mut idle = Vec::new();
             for row in activity.iter().map_err(|e| err(e.into()))? {
                 let (id, at) = row.map_err(|e| err(e.into()))?;
-                if at.value() < before_secs {
+                if at.value() < before_ms {
                     idle.push(id.value().to_string());
                 }
             }

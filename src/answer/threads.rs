@@ -181,7 +181,7 @@ impl ThreadStore for ThreadFile {
 
     fn put(&self, id: &str, thread: &Thread) -> Result<(), String> {
         let bytes = serde_json::to_vec(thread).map_err(|e| e.to_string())?;
-        let active = thread.active_at().timestamp();
+        let active = thread.active_at().timestamp_millis();
         self.0.put(id, &bytes, active).map_err(|e| e.to_string())
     }
 
@@ -191,7 +191,7 @@ impl ThreadStore for ThreadFile {
 
     fn purge_idle(&self, before: DateTime<Utc>) -> Result<usize, String> {
         self.0
-            .purge_idle(before.timestamp())
+            .purge_idle(before.timestamp_millis())
             .map_err(|e| e.to_string())
     }
 }
