@@ -165,6 +165,7 @@ fn a_version_3_index_is_backfilled_for_bm25_on_open() {
          ALTER TABLE manifest DROP COLUMN chunk_count, DROP COLUMN total_length;
          CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
          DROP TABLE spend;
+         DROP TABLE threads;
          DELETE FROM schema_version WHERE version >= 4;",
         s = schema.name
     ))
