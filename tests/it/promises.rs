@@ -68,12 +68,13 @@ async fn a_second_reindex_while_one_runs_is_409_job_running() {
     let slow = Arc::new(AtomicBool::new(false));
     let kb = slow_kb(slow.clone()).await;
     let config = format!(
-        "[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\"]\n\
+        "[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\"]\nburst = 400\n\
          [[sources]]\nname = \"kb\"\nkind = \"kb_api\"\nurl = \"{}/articles.json\"\ntimeout_secs = 10.0\n",
         cairn::http::auth::hash_key(ADMIN),
         kb.base
     );
     // The start-up ingest reads the API with a blocking client: off the async threads.
+    // (The burst covers the status polling below, so the last request is not rate limited.)
     let app = tokio::task::spawn_blocking(move || TestApp::with_config(&config))
         .await
         .expect("app");
