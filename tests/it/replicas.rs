@@ -125,17 +125,6 @@ fn two_replicas_share_one_postgres_index() {
     });
 }
 
-/// `POST /ask` with `body` on `app`: the status and the JSON body.
-async fn ask_on(
-    app: &TestApp,
-    body: serde_json::Value,
-) -> (axum::http::StatusCode, serde_json::Value) {
-    use tower::ServiceExt;
-    let req = support::post_json("/ask", &body.to_string());
-    let resp = app.router().oneshot(req).await.expect("response");
-    (resp.status(), support::body_json(resp).await)
-}
-
 /// Threads are kept in PostgreSQL with that backend: a thread started through replica A
 /// continues through replica B (B retrieves the follow-up with A's stored turn), either reads
 /// its turns, and erasing it through B erases it for A.
@@ -151,11 +140,11 @@ fn replicas_continue_each_others_threads_through_postgres() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let first = json!({"question": "I bought something marked final sale.", "stream": false});
-        let (status, got) = ask_on(&a, first).await;
+        let (status, got) = support::post_as(&a, None, "/ask", first).await;
         assert_eq!(status, StatusCode::OK, "{got}");
         let id = got["thread_id"].as_str().expect("thread_id").to_string();
         let next = json!({"question": "Can I send it back?", "stream": false, "thread_id": id});
-        let (status, got) = ask_on(&b, next).await;
+        let (status, got) = support::post_as(&b, None, "/ask", next).await;
         assert_eq!(status, StatusCode::OK, "{got}");
         assert!(
             got["query"]

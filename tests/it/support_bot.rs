@@ -9,21 +9,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::gateway::app_with_remote;
-use crate::support::{self, TestApp, body_json, post_json, with_key};
+use crate::support::{self, TestApp, post_as as post, post_json};
 use crate::vendors::{Fake, Reply, Vendor};
 
 const BOT: &str = "bot-key-456";
-
-/// `POST uri` with `body`, as `key` when given: the status and the JSON body.
-async fn post(app: &TestApp, key: Option<&str>, uri: &str, body: Value) -> (StatusCode, Value) {
-    let req = post_json(uri, &body.to_string());
-    let req = match key {
-        Some(k) => with_key(req, k),
-        None => req,
-    };
-    let resp = app.router().oneshot(req).await.expect("response");
-    (resp.status(), body_json(resp).await)
-}
 
 /// The `handoff` field of the anonymous answer to `body` on `uri` (`None`: no such field).
 async fn handoff_of(app: &TestApp, uri: &str, body: Value) -> Option<Value> {

@@ -225,6 +225,16 @@ access_groups = ["hr"]
     })
 }
 
+/// `req` in-process, as `key` when given.
+async fn send_as(app: &TestApp, key: Option<&str>, req: Request<Body>) -> axum::response::Response {
+    use tower::ServiceExt;
+    let req = match key {
+        Some(k) => with_key(req, k),
+        None => req,
+    };
+    app.router().oneshot(req).await.expect("response")
+}
+
 /// `method uri` in-process without a body, as `key` when given: the status and the JSON body
 /// (`null` when empty or not JSON).
 pub async fn call(
@@ -233,22 +243,29 @@ pub async fn call(
     method: &str,
     uri: &str,
 ) -> (axum::http::StatusCode, Value) {
-    use tower::ServiceExt;
     let req = Request::builder()
         .method(method)
         .uri(uri)
         .body(Body::empty())
         .expect("request");
-    let req = match key {
-        Some(k) => with_key(req, k),
-        None => req,
-    };
-    let resp = app.router().oneshot(req).await.expect("response");
+    let resp = send_as(app, key, req).await;
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
         .expect("body");
     (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// `POST uri` with the JSON `body` in-process, as `key` when given: the status and the JSON
+/// body (it must be JSON).
+pub async fn post_as(
+    app: &TestApp,
+    key: Option<&str>,
+    uri: &str,
+    body: Value,
+) -> (axum::http::StatusCode, Value) {
+    let resp = send_as(app, key, post_json(uri, &body.to_string())).await;
+    (resp.status(), body_json(resp).await)
 }
 
 /// `GET uri` in-process; checks the status and returns the JSON body.
