@@ -408,15 +408,15 @@ pub(super) fn start_in_thread(
 ) -> Result<Threaded, ApiError> {
     let thread_id = body.thread_id.take();
     let (mut req, stream) = validate_ask(&s.engine, body, caller)?;
-    let thread = threads::open(&s.engine, thread_id, caller)?;
+    let (thread_id, thread) = threads::open(&s.engine, thread_id, caller)?;
     let max_messages = s.engine.config.server.max_conversation_turns;
-    let mut conversation = thread.1.messages(max_messages);
+    let mut conversation = thread.messages(max_messages);
     conversation.append(&mut req.conversation);
     req.conversation = conversation;
-    req.thread_id = Some(thread.0.clone());
-    let (thread_id, question) = (thread.0.clone(), req.question.clone());
+    req.thread_id = Some(thread_id.clone());
+    let question = req.question.clone();
     let rx = start_answer(s, req, caller.name.clone(), route);
-    let rx = threads::recording(s.engine.clone(), thread, question, rx);
+    let rx = threads::recording(s.engine.clone(), (thread_id.clone(), thread), question, rx);
     Ok(Threaded {
         rx,
         thread_id,
