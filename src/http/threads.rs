@@ -72,7 +72,7 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 /// Thread `id` when `caller` owns it; 404 when absent or another caller's.
-fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
+pub(super) fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
     let bytes = engine.threads().map_err(internal)?;
     let Some(bytes) = bytes.get(id).map_err(internal)? else {
         return Err(not_found(id));
@@ -165,18 +165,24 @@ pub(super) async fn get_thread(
     )
 }
 
-/// `DELETE /threads/{id}`: erases the thread's text from the store (204).
+/// `DELETE /threads/{id}`: erases the thread's text from the store, and from the ratings of
+/// its answers (204).
 pub(super) async fn delete_thread(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let caller = s.authorize_scope(&headers, Scope::Ask)?;
-    owned(&s.engine, &id, &caller)?;
+    let thread = owned(&s.engine, &id, &caller)?;
     s.engine
         .threads()
         .map_err(internal)?
         .remove(&id)
+        .map_err(internal)?;
+    let traces: Vec<String> = thread.turns.into_iter().map(|t| t.trace_id).collect();
+    s.engine
+        .feedback()
+        .and_then(|f| f.erase_text(&traces))
         .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
