@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::config::ingest::RawSource;
 use crate::embedder::Feedback;
 use crate::observe::audit::AuditLog;
+use crate::observe::feedback::FeedbackStore;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
 use crate::providers::Router;
@@ -66,6 +67,8 @@ pub struct Engine {
     /// Conversation threads (`state/threads.redb`, or PostgreSQL's `threads` table), opened on
     /// first use.
     threads: Mutex<Option<Arc<Threads>>>,
+    /// Ratings of answers (`state/feedback.redb`), opened on first use.
+    feedback: Mutex<Option<Arc<FeedbackStore>>>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -230,6 +233,20 @@ impl Engine {
         Ok(opened)
     }
 
+    /// The feedback store, opened on first use (so `cairn feedback export` can read it while
+    /// a server that was never rated runs).
+    pub fn feedback(&self) -> anyhow::Result<Arc<FeedbackStore>> {
+        let mut slot = self.feedback.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = slot.as_ref() {
+            return Ok(f.clone());
+        }
+        let opened = Arc::new(FeedbackStore::open(&FeedbackStore::path_in(
+            &self.config.data_dir,
+        ))?);
+        *slot = Some(opened.clone());
+        Ok(opened)
+    }
+
     /// Opens the index and everything around it. Fails with a message naming what to fix.
     pub fn open(config: Config) -> anyhow::Result<Engine> {
         Engine::open_with(config, &OpenOptions::default())
@@ -311,6 +328,7 @@ impl Engine {
             cache,
             traces,
             threads: Mutex::new(None),
+            feedback: Mutex::new(None),
             audit,
             embed_cache,
             queries,

@@ -58,6 +58,8 @@ fn relevant(hit: &Hit, min_similarity: f32) -> bool {
 struct Out {
     tx: mpsc::Sender<AnswerEvent>,
     gone: bool,
+    /// Documents of the citations sent, in order of first citation (the trace's `cited`).
+    cited: Vec<String>,
 }
 
 impl Out {
@@ -74,6 +76,11 @@ impl Out {
     async fn send(&mut self, ev: AnswerEvent) -> bool {
         if self.gone {
             return false;
+        }
+        if let AnswerEvent::Citation(c) = &ev
+            && !self.cited.contains(&c.doc_id)
+        {
+            self.cited.push(c.doc_id.clone());
         }
         if self.tx.send(ev).await.is_err() {
             self.gone = true;
@@ -113,7 +120,11 @@ pub async fn answer_on(
         question: Some(req.question.clone()),
         ..Trace::default()
     };
-    let mut out = Out { tx, gone: false };
+    let mut out = Out {
+        tx,
+        gone: false,
+        cited: Vec::new(),
+    };
     let deadline = std::time::Duration::from_secs(engine.config.server.request_timeout_secs.max(1));
     let outcome = match tokio::time::timeout(
         deadline,
@@ -140,6 +151,7 @@ pub async fn answer_on(
         (true, _) => "client_disconnected".to_string(),
         (false, o) => o.to_string(),
     };
+    trace.cited = std::mem::take(&mut out.cited);
     trace.timings.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     crate::observe::metrics::request("ask", &trace.outcome, started.elapsed().as_secs_f64());
     if let Some(t) = trace.timings.first_token_ms {

@@ -1,9 +1,10 @@
-//! The command line: `cairn serve | ingest | search | ask | mcp | eval | models | hash-key`, with
-//! progress bars and tables.
+//! The command line: `cairn serve | ingest | search | ask | mcp | eval | models | feedback |
+//! hash-key`, with progress bars and tables.
 
 pub mod ask;
 pub mod bench;
 pub mod eval;
+pub mod feedback;
 pub mod ingest;
 pub mod mcp;
 pub mod models;
@@ -23,6 +24,7 @@ use crate::engine::{Engine, OpenOptions};
 
 use bench::BenchCommand;
 use eval::EvalCommand;
+use feedback::FeedbackCommand;
 use models::ModelsCommand;
 
 #[derive(Debug, Parser)]
@@ -87,6 +89,9 @@ pub enum Command {
     /// Fetch and verify local models (the embedder's weights) ahead of time.
     #[command(subcommand)]
     Models(ModelsCommand),
+    /// Callers' ratings of answers (`POST /feedback`).
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
     /// Measure throughput on a dataset (nothing is kept).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -161,6 +166,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Models(cmd) = &cli.command {
         return models::run(&config, cmd, feedback);
     }
+    if let Command::Feedback(cmd) = &cli.command {
+        return feedback::run(&config, cmd);
+    }
     if let Command::Bench(cmd @ BenchCommand::Soak { .. }) = &cli.command {
         return bench::soak(&config, cmd);
     }
@@ -195,7 +203,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Mcp { key_name } => runtime.block_on(mcp::run(engine, key_name.as_deref())),
         Command::Eval(cmd) => eval::run(&engine, &runtime, cmd),
         Command::Bench(cmd) => bench::run(&engine, &runtime, cmd, cli.quiet),
-        Command::HashKey { .. } | Command::Models(_) => Ok(ExitCode::SUCCESS),
+        Command::HashKey { .. } | Command::Models(_) | Command::Feedback(_) => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

@@ -41,6 +41,17 @@ pub enum ApiError {
         "unknown source `{0}` in filters: no source of that name can be read with this key; check the name, or ask the operator which sources the key may read"
     )]
     UnknownSource(String),
+    /// A feedback `comment` over the limit.
+    #[error(
+        "the comment is {chars} characters; the limit is {limit}: shorten it (the question and answer are already linked through trace_id)"
+    )]
+    CommentTooLong { chars: usize, limit: usize },
+    /// Document ids (`correct_sources`) that are not indexed or not readable with the key,
+    /// refused alike so restricted documents cannot be probed.
+    #[error(
+        "unknown document id(s) in correct_sources: {0}; name documents as citations and search hits do (`doc_id`, e.g. `samples:refunds.md`) that this key can read"
+    )]
+    UnknownDocument(String),
     #[error(
         "the request body could not be read or is larger than the server's limit (`[server] max_body_bytes`)"
     )]
@@ -123,6 +134,10 @@ impl ApiError {
                 (StatusCode::PAYLOAD_TOO_LARGE, "conversation_too_long")
             }
             ApiError::UnknownSource(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_filter"),
+            ApiError::CommentTooLong { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "comment_too_long")
+            }
+            ApiError::UnknownDocument(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_document"),
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

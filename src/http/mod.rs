@@ -1,5 +1,5 @@
 //! The HTTP server: the router over one file per surface (`ask`, `search`, `admin`,
-//! `openai_compat`, `mcp`), the shared state, the one error shape with its exhaustive status
+//! `openai_compat`, `mcp`, `threads`, `feedback`), the shared state, the one error shape with its exhaustive status
 //! table (`error`), and load shedding with the whole-request deadline (`limits`). Handlers parse, authorise and call the layer below; they hold no pipeline
 //! logic.
 
@@ -7,6 +7,7 @@ pub mod admin;
 pub mod ask;
 pub mod auth;
 pub mod error;
+pub mod feedback;
 pub mod limits;
 pub mod mcp;
 pub mod openai_compat;
@@ -42,12 +43,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/threads/{id}",
             get(threads::get_thread).delete(threads::delete_thread),
         )
+        .route("/feedback", post(feedback::post_feedback))
         .route("/metrics", get(admin::metrics_text))
         .route("/admin/reindex", post(admin::admin_reindex))
         .route("/admin/jobs", get(admin::admin_jobs))
         .route("/admin/jobs/{id}", get(admin::admin_job))
         .route("/admin/sources", get(admin::admin_sources))
         .route("/admin/traces", get(admin::admin_traces))
+        .route("/admin/feedback", get(feedback::admin_feedback))
+        .route(
+            "/admin/feedback/export",
+            get(feedback::admin_feedback_export),
+        )
         .merge(mcp::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))

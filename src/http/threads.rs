@@ -38,7 +38,7 @@ fn threads(engine: &Engine) -> Result<Arc<Threads>, ApiError> {
 }
 
 /// Thread `id` when `caller` owns it; 404 when absent, expired or another caller's.
-fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
+pub(super) fn owned(engine: &Engine, id: &str, caller: &Caller) -> Result<Thread, ApiError> {
     threads(engine)?
         .load(id, &caller.name)
         .map_err(internal)?
@@ -119,8 +119,8 @@ pub(super) async fn get_thread(
     .into_response())
 }
 
-/// `DELETE /threads/{id}`: erases the thread from the store and the question, query and
-/// answer text of its turns' traces (204).
+/// `DELETE /threads/{id}`: erases the thread from the store, the question, query and
+/// answer text of its turns' traces, and the text of its answers' ratings (204).
 pub(super) async fn delete_thread(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -133,5 +133,10 @@ pub(super) async fn delete_thread(
     s.engine.traces.erase_text(|t| {
         t.thread_id.as_deref() == Some(id.as_str()) || turn_traces.contains(&t.id.as_str())
     });
+    let traces: Vec<String> = thread.turns.into_iter().map(|t| t.trace_id).collect();
+    s.engine
+        .feedback()
+        .and_then(|f| f.erase_text(&traces))
+        .map_err(internal)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

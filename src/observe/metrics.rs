@@ -22,6 +22,9 @@ pub const INDEX_GENERATION: &str = "cairn_index_generation";
 pub const JOBS_RUNNING: &str = "cairn_jobs_running";
 /// Requests refused with 503 `overloaded` (`[server] max_concurrent_requests`).
 pub const SHED: &str = "cairn_requests_shed_total";
+/// Ratings received on `POST /feedback`, by `rating` (`up`, `down`); a replaced rating counts
+/// again.
+pub const FEEDBACK: &str = "cairn_feedback_total";
 /// Failed OTLP trace export requests (their spans are dropped).
 pub const OTLP_EXPORT_FAILURES: &str = "cairn_otlp_export_failures_total";
 

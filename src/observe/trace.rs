@@ -64,4 +64,8 @@ pub struct Trace {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     pub answer: Option<String>,
+    /// The documents the answer cited, in order of first citation (feedback and its export
+    /// name them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cited: Vec<String>,
 }

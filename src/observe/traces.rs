@@ -227,6 +227,15 @@ impl Traces {
             .collect()
     }
 
+    /// The kept trace `id` (the newest `keep` are kept), if any.
+    pub fn get(&self, id: &str) -> Option<Trace> {
+        self.lock_recent()
+            .iter()
+            .rev()
+            .find(|t| t.id == id)
+            .cloned()
+    }
+
     /// Sends the traces still queued for OTLP export and waits for the collector's answer
     /// (blocking, bounded by the export time-out). Nothing to do without an endpoint.
     pub fn flush_export(&self) {

@@ -164,6 +164,50 @@ test("an answer streams in and its citation opens the cited passage", async () =
   await page.close();
 });
 
+test("an answer is rated with the keyboard and the rating reaches the server", async () => {
+  const page = await freshPage();
+  await page.locator("#q").fill("How long do refunds take?");
+  await page.locator("#q").press("Enter");
+  await page.locator("#answer-status", { hasText: "Done." }).waitFor({ timeout: 20_000 });
+  const up = page.getByRole("button", { name: "Helpful", exact: true });
+  const down = page.getByRole("button", { name: "Not helpful", exact: true });
+  assert.equal(await up.getAttribute("aria-pressed"), "false");
+  // Keyboard only: Space presses the focused button, Tab reaches the next, Enter presses it.
+  await up.focus();
+  let [resp] = await Promise.all([page.waitForResponse(r => r.url().endsWith("/feedback")), page.keyboard.press("Space")]);
+  assert.equal(resp.status(), 201);
+  const first = await resp.json();
+  assert.equal(first.rating, "up");
+  assert.equal(await up.getAttribute("aria-pressed"), "true");
+  assert.equal(await down.getAttribute("aria-pressed"), "false");
+  await page.keyboard.press("Tab");
+  assert.equal(await page.evaluate(() => document.activeElement.getAttribute("aria-label")), "Not helpful");
+  [resp] = await Promise.all([page.waitForResponse(r => r.url().endsWith("/feedback")), page.keyboard.press("Enter")]);
+  assert.equal(resp.status(), 201);
+  assert.equal((await resp.json()).replaced, true, "a second rating replaces the first");
+  assert.equal(await down.getAttribute("aria-pressed"), "true");
+  assert.equal(await up.getAttribute("aria-pressed"), "false");
+  await page.getByLabel("What was wrong? (optional)").fill("It does not say when the money arrives.");
+  [resp] = await Promise.all([page.waitForResponse(r => r.url().endsWith("/feedback")), page.getByRole("button", { name: "Send comment" }).press("Enter")]);
+  assert.equal(resp.status(), 201);
+  await page.locator("#rate-status", { hasText: "comment was recorded" }).waitFor();
+  await shot(page, "02b-answer-rated");
+  // The server kept one rating for the answer: down, with the comment.
+  const r = await fetch(BASE + "/admin/feedback", { headers: { authorization: "Bearer " + ADMIN_KEY } });
+  assert.equal(r.status, 200);
+  const view = await r.json();
+  const mine = view.recent_down.filter(f => f.trace_id === first.trace_id);
+  assert.equal(mine.length, 1);
+  assert.equal(mine[0].comment, "It does not say when the money arrives.");
+  // A new question starts unrated.
+  await page.locator("#q").fill("How much does shipping cost?");
+  await page.locator("#q").press("Enter");
+  await page.locator("#answer-status", { hasText: "Done." }).waitFor({ timeout: 20_000 });
+  assert.equal(await down.getAttribute("aria-pressed"), "false");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test("Stop cancels the stream and keeps what arrived", async () => {
   const page = await freshPage();
   await page.locator("#q").fill("How do I return an item in its original packaging?");
@@ -248,6 +292,10 @@ test("admin view: key prompt, sources, reindex with progress and report, traces,
   assert.ok(await page.locator("#trace-rows tr").count() >= 1);
   await page.locator("#charts svg").first().waitFor();
   assert.ok(await page.locator("#charts figure").count() >= 4);
+  // The answer rated "not helpful" above is listed with its comment, and charted.
+  await page.locator("#feedback-rows tr", { hasText: "It does not say when the money arrives." }).waitFor();
+  assert.ok(await page.locator("#feedback-svg rect").count() >= 1, "today's ratings are a bar");
+  assert.match(await page.locator("#feedback-svg").getAttribute("aria-label"), /0% helpful of 1/);
   await shot(page, "04-admin");
   assert.deepEqual(page.errors, []);
   await page.close();

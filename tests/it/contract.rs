@@ -76,8 +76,15 @@ const GET_ROUTES: &[&str] = &[
     "/admin/jobs/nope",
     "/admin/sources",
     "/admin/traces",
+    "/admin/feedback",
+    "/admin/feedback/export",
 ];
-const POST_ROUTES: &[&str] = &["/ask", "/v1/chat/completions", "/admin/reindex"];
+const POST_ROUTES: &[&str] = &[
+    "/ask",
+    "/v1/chat/completions",
+    "/admin/reindex",
+    "/feedback",
+];
 
 #[tokio::test]
 async fn every_route_answers_wrong_methods_and_unreadable_bodies_with_the_error_shape() {

@@ -7,6 +7,7 @@ mod contract;
 mod crash;
 mod e2e;
 mod faults;
+mod feedback;
 mod gate;
 mod gateway;
 mod health;
