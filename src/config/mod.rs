@@ -28,6 +28,7 @@ use cairn_ingest::ChunkerOptions;
 
 use crate::answer::cache::RawCache;
 use crate::answer::privacy::{Masker, RawPrivacy};
+use crate::agent::settings::{AgentSettings, RawAgent};
 use crate::answer::settings::RawAnswer;
 use crate::config::index::RawIndex;
 use crate::config::ingest::{RawSource, check_chunking, validate_sources};
@@ -57,6 +58,8 @@ pub struct RawConfig {
     pub index: RawIndex,
     pub retrieval: RawRetrieval,
     pub answer: RawAnswer,
+    /// Agent mode: its route and budgets.
+    pub agent: RawAgent,
     pub providers: BTreeMap<String, RawProvider>,
     pub routes: BTreeMap<String, Vec<String>>,
     /// How a request's deadline is shared across its route.
@@ -97,6 +100,7 @@ impl Default for RawConfig {
             index: RawIndex::default(),
             retrieval: RawRetrieval::default(),
             answer: RawAnswer::default(),
+            agent: RawAgent::default(),
             providers,
             routes,
             gateway: GatewayConfig::default(),
@@ -128,6 +132,7 @@ pub struct Config {
     pub postgres: Option<cairn_pg::PgOptions>,
     pub retrieval: RawRetrieval,
     pub answer: RawAnswer,
+    pub agent: AgentSettings,
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Route → (provider name, model) in order.
     pub routes: Routes,
@@ -294,6 +299,12 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let quality_gate = raw.quality_gate.validate(cx, postgres.is_some())?;
     let (providers, routes) = providers_and_routes(&raw.providers, &raw.routes, cx)?;
     let answer = raw.answer.validate(cx, &routes)?;
+    let agent = raw.agent.validate(
+        cx,
+        &routes,
+        &answer.route,
+        raw.server.request_timeout_secs.max(1),
+    )?;
     raw.gateway
         .check()
         .map_err(|(key, message)| cx.key_err(key, message))?;
@@ -324,6 +335,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         postgres,
         retrieval: raw.retrieval,
         answer,
+        agent,
         providers,
         routes,
         gateway: raw.gateway,

@@ -126,6 +126,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         top_k: engine.config.retrieval.top_k,
         conversation: item.conversation.clone(),
         budget_key: None,
+        agent: None,
     };
     let started = Instant::now();
     let task = tokio::spawn(answer(engine.clone(), req, "eval".into(), tx));
@@ -158,6 +159,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
                 out.query = query;
                 retrieved = hits.into_iter().map(|h| h.doc_id).collect();
             }
+            AnswerEvent::Step(_) => {}
         }
     }
     task.await.context("the answer task failed")?;

@@ -22,7 +22,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::events::{AnswerEvent, UsageView};
 use crate::answer::handoff;
-use crate::http::ask::{AskBody, AskResponse, Turn, start_answer, until_terminal, validate_ask};
+use crate::http::ask::{
+    AskBody, AskMode, AskResponse, Turn, start_answer, until_terminal, validate_ask,
+};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -44,7 +46,8 @@ pub struct ChatMessage {
 }
 
 /// The Chat Completions request as cairn reads it. `messages` and `stream` are used; `model`
-/// is ignored (the answer route decides, and the response names the model that served).
+/// only chooses the mode (`cairn-agent`: agent mode; anything else: plain RAG) — the route
+/// decides which model serves, and the response names it.
 /// OpenAI's sampling and bookkeeping fields are accepted and ignored; fields that would
 /// change what is returned (`n` > 1, tools, a non-text `response_format`) and fields OpenAI
 /// does not define are refused with 422 naming them. README lists both.
@@ -178,8 +181,18 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         stream: Some(req.stream),
         conversation,
         thread_id: None,
+        mode: if req.model.as_deref() == Some(AGENT_MODEL) {
+            AskMode::Agent
+        } else {
+            AskMode::Rag
+        },
+        agent: None,
     })
 }
+
+/// The `model` that asks for agent mode (the tool loop within `[agent]`'s budget); any other
+/// model name answers in plain RAG mode.
+pub const AGENT_MODEL: &str = "cairn-agent";
 
 /// `POST /v1/chat/completions`; errors in OpenAI's shape, so OpenAI SDKs raise them.
 pub async fn chat_completions(
@@ -279,7 +292,7 @@ async fn whole(
         "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct},
         "citations": resp.citations,
         "handoff": resp.handoff,
-        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome},
+        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome, "mode": resp.mode.as_ref().map(|m| m.mode), "steps": resp.mode.as_ref().and_then(|m| m.steps)},
     }))
     .into_response())
 }
@@ -335,13 +348,14 @@ fn chunks_of(
             ),
             Event::default().data("[DONE]"),
         ],
-        AnswerEvent::Done { handoff, .. } => vec![
+        AnswerEvent::Done { handoff, mode, .. } => vec![
             c.chunk(
                 json!({}),
                 Some("stop"),
                 vec![
                     ("citations", Value::Array(std::mem::take(citations))),
                     ("handoff", json!(handoff)),
+                    ("cairn", json!({"mode": mode.mode, "steps": mode.steps})),
                 ],
             ),
             Event::default().data("[DONE]"),
@@ -350,6 +364,6 @@ fn chunks_of(
             c.model = serving_model(Some(&u));
             vec![]
         }
-        AnswerEvent::Retrieval { .. } => vec![],
+        AnswerEvent::Retrieval { .. } | AnswerEvent::Step(_) => vec![],
     }
 }

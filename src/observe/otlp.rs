@@ -646,6 +646,7 @@ mod tests {
             question: Some("secret question".into()),
             query: Some("secret question".into()),
             answer: Some("secret answer".into()),
+            ..Trace::default()
         }
     }
 

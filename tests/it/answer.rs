@@ -394,6 +394,7 @@ async fn a_prompt_refused_by_the_budget_is_audited_as_refused() {
             top_k: 5,
             conversation: Vec::new(),
             budget_key: None,
+            agent: None,
         };
         tokio::spawn(cairn::answer::answer(
             app.engine.clone(),

@@ -255,6 +255,7 @@ async fn global_cap_reached_ends_the_answer_with_a_typed_error() {
             top_k: 5,
             conversation: Vec::new(),
             budget_key: None,
+            agent: None,
         };
         let engine = app.engine.clone();
         async move {
