@@ -292,31 +292,59 @@ fn assert_round_replayed(v: Vendor, body: &serde_json::Value, calls: &[ToolCall]
             let n = m.len();
             assert_eq!(m[n - 3]["role"], "assistant");
             assert_eq!(m[n - 3]["content"], serde_json::Value::Null);
-            assert_eq!(m[n - 3]["tool_calls"][0], json!({"id": calls[0].id, "type": "function", "function": {"name": "search", "arguments": "{\"query\":\"refund window\"}"}}));
+            assert_eq!(
+                m[n - 3]["tool_calls"][0],
+                json!({"id": calls[0].id, "type": "function", "function": {"name": "search", "arguments": "{\"query\":\"refund window\"}"}})
+            );
             assert_eq!(m[n - 2]["role"], "tool");
             assert_eq!(m[n - 2]["tool_call_id"], calls[0].id.as_str());
             assert_eq!(m[n - 2]["content"], "result of search");
             assert_eq!(m[n - 1]["tool_call_id"], calls[1].id.as_str());
-            let name = if v == Vendor::Mistral { json!("list_sources") } else { serde_json::Value::Null };
-            assert_eq!(m[n - 1].get("name").cloned().unwrap_or(serde_json::Value::Null), name);
+            let name = if v == Vendor::Mistral {
+                json!("list_sources")
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(
+                m[n - 1]
+                    .get("name")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+                name
+            );
         }
         Vendor::Anthropic => {
             let m = body["messages"].as_array().expect("messages");
             let n = m.len();
             assert_eq!(m[n - 2]["role"], "assistant");
-            assert_eq!(m[n - 2]["content"][0], json!({"type": "tool_use", "id": "call_a1", "name": "search", "input": {"query": "refund window"}}));
+            assert_eq!(
+                m[n - 2]["content"][0],
+                json!({"type": "tool_use", "id": "call_a1", "name": "search", "input": {"query": "refund window"}})
+            );
             assert_eq!(m[n - 1]["role"], "user");
-            assert_eq!(m[n - 1]["content"][0], json!({"type": "tool_result", "tool_use_id": "call_a1", "content": "result of search"}));
+            assert_eq!(
+                m[n - 1]["content"][0],
+                json!({"type": "tool_result", "tool_use_id": "call_a1", "content": "result of search"})
+            );
             assert_eq!(m[n - 1]["content"][1]["is_error"], true);
         }
         Vendor::Gemini => {
             let c = body["contents"].as_array().expect("contents");
             let n = c.len();
             assert_eq!(c[n - 2]["role"], "model");
-            assert_eq!(c[n - 2]["parts"][0], json!({"functionCall": {"name": "search", "args": {"query": "refund window"}}}));
+            assert_eq!(
+                c[n - 2]["parts"][0],
+                json!({"functionCall": {"name": "search", "args": {"query": "refund window"}}})
+            );
             assert_eq!(c[n - 1]["role"], "user");
-            assert_eq!(c[n - 1]["parts"][0], json!({"functionResponse": {"name": "search", "response": {"content": "result of search"}}}));
-            assert_eq!(c[n - 1]["parts"][1]["functionResponse"]["response"]["error"], "result of list_sources");
+            assert_eq!(
+                c[n - 1]["parts"][0],
+                json!({"functionResponse": {"name": "search", "response": {"content": "result of search"}}})
+            );
+            assert_eq!(
+                c[n - 1]["parts"][1]["functionResponse"]["response"]["error"],
+                "result of list_sources"
+            );
         }
     }
 }

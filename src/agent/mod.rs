@@ -30,8 +30,8 @@ use crate::answer::events::{AnswerEvent, AskRequest, ModeView, StepView, UsageVi
 use crate::answer::privacy::Masking;
 use crate::answer::prompt::{ANSWER_MAX_TOKENS, fence};
 use crate::answer::{
-    Out, SentPrompt, answer_on, citation, end_trace, record_attempts, refused, request_deadline,
-    start_trace,
+    Out, SentPrompt, answer_on, citation, count_usage, end_trace, record_attempts, refused,
+    request_deadline, start_trace,
 };
 use crate::engine::Engine;
 use crate::observe::trace::{AgentStep, Trace};
@@ -170,14 +170,7 @@ impl<'a> Run<'a> {
     ) -> Run<'a> {
         let mut masking = engine.config.privacy.start();
         let question = masking.mask_caller(&req.question);
-        let conversation = req
-            .conversation
-            .iter()
-            .map(|m| Message {
-                role: m.role,
-                content: masking.mask_caller(&m.content),
-            })
-            .collect();
+        let conversation = masking.mask_turns(&req.conversation);
         Run {
             engine,
             req,
@@ -396,12 +389,7 @@ impl<'a> Run<'a> {
         trace.input_tokens += usage.input_tokens;
         trace.output_tokens += usage.output_tokens;
         trace.cost_usd += info.cost_usd();
-        metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "input")
-            .increment(usage.input_tokens);
-        metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "output")
-            .increment(usage.output_tokens);
-        metrics::gauge!(crate::observe::metrics::COST, "provider" => info.provider_name.clone())
-            .increment(info.cost_usd());
+        count_usage(info);
         self.last = Some(info.clone());
     }
 
@@ -515,7 +503,11 @@ impl<'a> Run<'a> {
         let can_call = self.spent.model_calls < b.max_steps
             && self.spent.tokens < b.max_tokens
             && self.spent.cost_usd < b.max_cost_usd;
-        tracing::info!(limit = exhausted.unwrap_or(""), can_call, "agent: budget reached; answering from what it has");
+        tracing::info!(
+            limit = exhausted.unwrap_or(""),
+            can_call,
+            "agent: budget reached; answering from what it has"
+        );
         if can_call {
             match self.call(ToolChoice::None, trace, out).await {
                 Called::Answered(resp) if !resp.text.trim().is_empty() => return Ok(resp),

@@ -56,7 +56,8 @@ pub fn offered() -> Vec<Tool> {
         },
         Tool {
             name: GET_DOCUMENT.into(),
-            description: "Read one document (by a doc_id from search results) as numbered passages.".into(),
+            description:
+                "Read one document (by a doc_id from search results) as numbered passages.".into(),
             parameters: json!({
                 "type": "object",
                 "properties": {"doc_id": {"type": "string"}},
@@ -342,10 +343,7 @@ pub fn render(
             }
         }
         Fetched::Document(doc, chunks, more) => {
-            let ns: Vec<usize> = chunks
-                .iter()
-                .map(|c| numbered(&doc, c, gathered))
-                .collect();
+            let ns: Vec<usize> = chunks.iter().map(|c| numbered(&doc, c, gathered)).collect();
             let mut content = blocks.join("\n");
             if more > 0 {
                 content.push_str(&format!(
@@ -354,7 +352,11 @@ pub fn render(
             }
             Rendered {
                 content,
-                summary: format!("{} passages of one document: {}", ns.len(), list(&ns, gathered)),
+                summary: format!(
+                    "{} passages of one document: {}",
+                    ns.len(),
+                    list(&ns, gathered)
+                ),
                 result_ids: ids,
             }
         }

@@ -38,8 +38,7 @@ use crate::providers::Role;
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
-    ChatEvent, ChatRequest, ChatStream, ContextPassage, FinishReason, GatewayError, Message,
-    TargetInfo,
+    ChatEvent, ChatRequest, ChatStream, ContextPassage, FinishReason, GatewayError, TargetInfo,
 };
 use crate::retrieval::HitView;
 use crate::retrieval::condense::{self, Condense};
@@ -109,12 +108,9 @@ pub async fn answer_on(
     let mut trace = start_trace(&engine, &req, caller, http_route, &engine.prompt.version);
     let mut out = Out::new(tx);
     let deadline = request_deadline(&engine);
-    let outcome = tokio::time::timeout(
-        deadline,
-        run(&engine, &req, &mut trace, &mut out, started),
-    )
-    .await
-    .ok();
+    let outcome = tokio::time::timeout(deadline, run(&engine, &req, &mut trace, &mut out, started))
+        .await
+        .ok();
     end_trace(&engine, trace, &mut out, outcome, started).await;
 }
 
@@ -233,6 +229,12 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
     trace.input_tokens = usage.input_tokens;
     trace.output_tokens = usage.output_tokens;
     trace.cost_usd = info.cost_usd();
+    count_usage(info);
+}
+
+/// Adds a served call's tokens and cost to the metrics.
+pub(crate) fn count_usage(info: &TargetInfo) {
+    let usage = info.usage();
     metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "input")
         .increment(usage.input_tokens);
     metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "output")
@@ -260,7 +262,12 @@ pub(crate) struct SentPrompt<'a> {
 impl SentPrompt<'_> {
     /// Records which provider received the prompt (`served`, and the `attempts` that were
     /// called and failed) and what became of it (`outcome`).
-    pub(crate) fn record(mut self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+    pub(crate) fn record(
+        mut self,
+        served: Option<&TargetInfo>,
+        attempts: &[Attempt],
+        outcome: &str,
+    ) {
         self.recorded = true;
         self.write(served, attempts, outcome);
     }
@@ -627,14 +634,7 @@ fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> Ma
         })
         .collect();
     let question = masking.mask_caller(&req.question);
-    let conversation: Vec<Message> = req
-        .conversation
-        .iter()
-        .map(|m| Message {
-            role: m.role,
-            content: masking.mask_caller(&m.content),
-        })
-        .collect();
+    let conversation = masking.mask_turns(&req.conversation);
     MaskedPrompt {
         chat: engine.prompt.render(&question, &passages, &conversation),
         unmasker: masking.unmasker(),

@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use cairn_ingest::ChunkerOptions;
 
+use crate::agent::settings::{AgentSettings, RawAgent};
 use crate::answer::cache::RawCache;
 use crate::answer::privacy::{Masker, RawPrivacy};
-use crate::agent::settings::{AgentSettings, RawAgent};
 use crate::answer::settings::RawAnswer;
 use crate::config::index::RawIndex;
 use crate::config::ingest::{RawSource, check_chunking, validate_sources};

@@ -16,9 +16,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use rmcp::schemars;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use rmcp::schemars;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -56,7 +56,9 @@ pub struct Turn {
 
 /// How `/ask` answers: one retrieval and one model call (`rag`, the default) or a tool loop
 /// (`agent`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AskMode {
     #[default]
@@ -249,7 +251,8 @@ fn agent_budget(
 ) -> Result<Option<AgentBudget>, ApiError> {
     match mode {
         AskMode::Rag if limits.is_some() => Err(ApiError::InvalidRequest(
-            "`agent` limits apply only with `\"mode\": \"agent\"`; add it or leave `agent` out".into(),
+            "`agent` limits apply only with `\"mode\": \"agent\"`; add it or leave `agent` out"
+                .into(),
         )),
         AskMode::Rag => Ok(None),
         AskMode::Agent => engine

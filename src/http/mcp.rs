@@ -458,7 +458,13 @@ impl CairnMcp {
             .map_err(|e| ApiError::InvalidRequest(format!("ask: {e}")))?;
         let (req, _) = validate_ask(&engine, body, &caller)?;
         let (tx, mut rx) = mpsc::channel(64);
-        tokio::spawn(crate::agent::ask(engine, req, caller.name.clone(), None, tx));
+        tokio::spawn(crate::agent::ask(
+            engine,
+            req,
+            caller.name.clone(),
+            None,
+            tx,
+        ));
         let mut resp = AskResponse::default();
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);

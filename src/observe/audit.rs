@@ -120,7 +120,10 @@ pub fn prompt_text(chat: &ChatRequest) -> String {
     }
     for r in &chat.tool_rounds {
         for c in &r.calls {
-            text.push_str(&format!("\n\ntool call {} {}: {}", c.id, c.name, c.arguments));
+            text.push_str(&format!(
+                "\n\ntool call {} {}: {}",
+                c.id, c.name, c.arguments
+            ));
         }
         for res in &r.results {
             text.push_str(&format!("\n\ntool result {}: {}", res.call_id, res.content));

@@ -36,7 +36,9 @@ pub fn round_contents(rounds: &[ToolRound]) -> Vec<Value> {
             parts.push(json!({"text": r.text}));
         }
         for c in &r.calls {
-            parts.push(json!({"functionCall": {"name": c.name, "args": ToolRound::arguments_object(c)}}));
+            parts.push(
+                json!({"functionCall": {"name": c.name, "args": ToolRound::arguments_object(c)}}),
+            );
         }
         out.push(json!({"role": "model", "parts": parts}));
         let responses: Vec<Value> = r

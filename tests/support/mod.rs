@@ -462,7 +462,10 @@ impl Vendor {
                 let parts: Vec<String> = calls
                     .iter()
                     .map(|(_, name, parts)| {
-                        format!(r#"{{"functionCall":{{"name":"{name}","args":{}}}}}"#, parts.concat())
+                        format!(
+                            r#"{{"functionCall":{{"name":"{name}","args":{}}}}}"#,
+                            parts.concat()
+                        )
                     })
                     .collect();
                 f.push(data(&format!(
@@ -489,7 +492,11 @@ impl Vendor {
     fn openai_tool_deltas(self, calls: &[(&str, &str, &[&str])]) -> Vec<Frame> {
         let mut f = Vec::new();
         for (i, (id, name, parts)) in calls.iter().enumerate() {
-            let role = if i == 0 { r#""role":"assistant","content":null,"# } else { "" };
+            let role = if i == 0 {
+                r#""role":"assistant","content":null,"#
+            } else {
+                ""
+            };
             f.push(self.openai_chunk(
                 &format!(
                     r#"{{{role}"tool_calls":[{{"index":{i},"id":"{id}","type":"function","function":{{"name":"{name}","arguments":""}}}}]}}"#
@@ -499,7 +506,9 @@ impl Vendor {
             for p in *parts {
                 let p = serde_json::to_string(p).expect("json");
                 f.push(self.openai_chunk(
-                    &format!(r#"{{"tool_calls":[{{"index":{i},"function":{{"arguments":{p}}}}}]}}"#),
+                    &format!(
+                        r#"{{"tool_calls":[{{"index":{i},"function":{{"arguments":{p}}}}}]}}"#
+                    ),
                     None,
                 ));
             }
