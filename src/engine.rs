@@ -39,6 +39,34 @@ use crate::providers::gateway::TimeBudget;
 use crate::retrieval::Retriever;
 use crate::retrieval::query_embed::QueryEmbedder;
 
+/// One source as a caller may see it ([`Engine::readable_sources`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceSummary {
+    pub name: String,
+    pub kind: String,
+    pub documents: usize,
+    /// When its last sync finished (RFC 3339), if this process saw one.
+    pub last_sync: Option<String>,
+}
+
+/// A document's text from its chunks in order; overlapping chunks are joined at the end of
+/// the text already taken (chunk offsets are in characters of the extracted text).
+pub fn document_text(chunks: &[ChunkRecord]) -> String {
+    let mut sorted: Vec<&ChunkRecord> = chunks.iter().collect();
+    sorted.sort_by_key(|c| c.ordinal);
+    let mut text = String::new();
+    let mut end = 0usize;
+    for c in sorted {
+        let skip = end.saturating_sub(c.char_start);
+        if !text.is_empty() && skip == 0 {
+            text.push_str("\n\n");
+        }
+        text.extend(c.text.chars().skip(skip));
+        end = end.max(c.char_end);
+    }
+    text
+}
+
 pub struct Engine {
     pub config: Config,
     /// The configured index backend (`[index] backend`): embedded or PostgreSQL.
@@ -558,6 +586,42 @@ impl Engine {
             }
             _ => Vec::new(),
         }
+    }
+
+    /// A document the caller's access `groups` may read, with its chunks in order; `None` when
+    /// it does not exist or may not be read (the two are not told apart). Blocking.
+    pub fn readable_document(
+        &self,
+        doc_id: &str,
+        groups: &[String],
+    ) -> anyhow::Result<Option<(cairn_index::DocumentRecord, Vec<ChunkRecord>)>> {
+        let Some(doc) = self.index.document(doc_id)? else {
+            return Ok(None);
+        };
+        let visible =
+            doc.access_groups.is_empty() || doc.access_groups.iter().any(|g| groups.contains(g));
+        if !visible {
+            return Ok(None);
+        }
+        let mut chunks = self.index.chunks_of(&doc.id)?;
+        chunks.sort_by_key(|c| c.ordinal);
+        Ok(Some((doc, chunks)))
+    }
+
+    /// The sources the caller's access `groups` may read: name, kind, document count and when
+    /// this process last saw a sync of it finish. Blocking.
+    pub fn readable_sources(&self, groups: &[String]) -> Vec<SourceSummary> {
+        self.config
+            .sources
+            .iter()
+            .filter(|src| src.readable_by(groups))
+            .map(|src| SourceSummary {
+                name: src.name().to_string(),
+                kind: src.kind().to_string(),
+                documents: self.index.document_ids(src.name()).map_or(0, |v| v.len()),
+                last_sync: self.last_report(src.name()).map(|r| r.finished_at.clone()),
+            })
+            .collect()
     }
 
     /// The retrieve-then-rerank step over this engine's index and reranker.

@@ -6,6 +6,7 @@
 //! `observe` and the answer's parts → `config`. `cli`, `eval` and `bench` drive the layers
 //! from the command line. Indexing lives in `cairn-index`, ingestion in `cairn-ingest`.
 
+pub mod agent;
 pub mod answer;
 pub mod bench;
 pub mod cli;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cairn::providers::config::{BudgetConfig, Price, ProviderConfig, ProviderKind};
 use cairn::providers::{
     ChatEvent, ChatRequest, ChatResponse, ChatStream, FinishReason, GatewayError, Message,
-    OutputSchema, ProviderError, Role, Router, Usage,
+    OutputSchema, ProviderError, Role, Router, Tool, ToolCall, ToolResult, ToolRound, Usage,
 };
 use futures::StreamExt;
 use support::{Fake, Frame, Reply, Vendor};
@@ -217,6 +217,39 @@ macro_rules! provider_matrix {
             }
 
             #[tokio::test]
+            async fn tool_calls_round_trip_in_the_native_format() {
+                let fake = Fake::start(vec![
+                    Reply::sse(V.tool_calls(&[
+                        ("call_a1", "search", &["{\"query\":", "\"refund", " window\"}"]),
+                        ("call_b2", "list_sources", &["{}"]),
+                    ])),
+                    Reply::sse(V.success(&["Thirty days [1]."])),
+                ]).await;
+                let r = one(V, &fake);
+                let mut req = request();
+                req.tools = tools();
+                let (first, info) = r.complete("answer", &req, CancellationToken::new()).await.expect("first call");
+                assert_eq!(first.finish, Some(FinishReason::ToolCalls));
+                let calls: Vec<(&str, &str)> = first.tool_calls.iter().map(|c| (c.name.as_str(), c.arguments.as_str())).collect();
+                assert_eq!(calls, vec![("search", r#"{"query":"refund window"}"#), ("list_sources", "{}")]);
+                assert_eq!(info.usage(), Usage { input_tokens: 21, output_tokens: 7, cached_tokens: 0 });
+                req.tool_rounds.push(ToolRound {
+                    text: String::new(),
+                    results: first.tool_calls.iter().map(|c| ToolResult {
+                        call_id: c.id.clone(),
+                        name: c.name.clone(),
+                        content: format!("result of {}", c.name),
+                        is_error: c.name == "list_sources",
+                    }).collect(),
+                    calls: first.tool_calls.clone(),
+                });
+                let (second, _) = r.complete("answer", &req, CancellationToken::new()).await.expect("second call");
+                assert_eq!(second.text, "Thirty days [1].");
+                let body = &fake.seen()[1].body;
+                assert_round_replayed(V, body, &first.tool_calls);
+            }
+
+            #[tokio::test]
             async fn idle_timeout_after_output() {
                 let mut f = V.preamble();
                 f.push(V.text_frame("one "));
@@ -230,6 +263,90 @@ macro_rules! provider_matrix {
             }
         }
     )*};
+}
+
+/// The tools offered in the tool tests (as the agent offers them).
+fn tools() -> Vec<Tool> {
+    vec![
+        Tool {
+            name: "search".into(),
+            description: "Search the knowledge base".into(),
+            parameters: serde_json::json!({"type":"object","properties":{"query":{"type":"string"}},"required":["query"]}),
+        },
+        Tool {
+            name: "list_sources".into(),
+            description: "The sources".into(),
+            parameters: serde_json::json!({"type":"object","properties":{}}),
+        },
+    ]
+}
+
+/// Checks that `body` (the request after one tool round) replays the model's `calls` and the
+/// results in the vendor's documented shape: who said what, the ids or names that pair a result
+/// with its call, the arguments, and the error flag of the second result.
+fn assert_round_replayed(v: Vendor, body: &serde_json::Value, calls: &[ToolCall]) {
+    use serde_json::json;
+    match v {
+        Vendor::OpenAi | Vendor::Compatible | Vendor::Mistral => {
+            let m = body["messages"].as_array().expect("messages");
+            let n = m.len();
+            assert_eq!(m[n - 3]["role"], "assistant");
+            assert_eq!(m[n - 3]["content"], serde_json::Value::Null);
+            assert_eq!(
+                m[n - 3]["tool_calls"][0],
+                json!({"id": calls[0].id, "type": "function", "function": {"name": "search", "arguments": "{\"query\":\"refund window\"}"}})
+            );
+            assert_eq!(m[n - 2]["role"], "tool");
+            assert_eq!(m[n - 2]["tool_call_id"], calls[0].id.as_str());
+            assert_eq!(m[n - 2]["content"], "result of search");
+            assert_eq!(m[n - 1]["tool_call_id"], calls[1].id.as_str());
+            let name = if v == Vendor::Mistral {
+                json!("list_sources")
+            } else {
+                serde_json::Value::Null
+            };
+            assert_eq!(
+                m[n - 1]
+                    .get("name")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+                name
+            );
+        }
+        Vendor::Anthropic => {
+            let m = body["messages"].as_array().expect("messages");
+            let n = m.len();
+            assert_eq!(m[n - 2]["role"], "assistant");
+            assert_eq!(
+                m[n - 2]["content"][0],
+                json!({"type": "tool_use", "id": "call_a1", "name": "search", "input": {"query": "refund window"}})
+            );
+            assert_eq!(m[n - 1]["role"], "user");
+            assert_eq!(
+                m[n - 1]["content"][0],
+                json!({"type": "tool_result", "tool_use_id": "call_a1", "content": "result of search"})
+            );
+            assert_eq!(m[n - 1]["content"][1]["is_error"], true);
+        }
+        Vendor::Gemini => {
+            let c = body["contents"].as_array().expect("contents");
+            let n = c.len();
+            assert_eq!(c[n - 2]["role"], "model");
+            assert_eq!(
+                c[n - 2]["parts"][0],
+                json!({"functionCall": {"name": "search", "args": {"query": "refund window"}}})
+            );
+            assert_eq!(c[n - 1]["role"], "user");
+            assert_eq!(
+                c[n - 1]["parts"][0],
+                json!({"functionResponse": {"name": "search", "response": {"content": "result of search"}}})
+            );
+            assert_eq!(
+                c[n - 1]["parts"][1]["functionResponse"]["response"]["error"],
+                "result of list_sources"
+            );
+        }
+    }
 }
 
 /// Events that keep arriving within the idle limit do not extend the total limit: the stream

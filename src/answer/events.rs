@@ -42,7 +42,54 @@ pub struct UsageView {
     pub cache_hit: bool,
 }
 
+/// How an answer was produced, as its `done` event tells it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ModeView {
+    /// `rag` (one retrieval, one model call) or `agent` (a tool loop).
+    pub mode: &'static str,
+    /// Tool calls made (the `step` events); agent mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Model calls made, the closing answer included; agent mode only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_calls: Option<u32>,
+    /// The `[agent]` limit that ended the tool loop early (`max_steps`, `max_tool_calls`,
+    /// `max_tokens`, `max_cost_usd`, `max_wall_secs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exhausted: Option<&'static str>,
+    /// Why an agent request was answered in plain RAG mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_note: Option<String>,
+}
+
+impl ModeView {
+    /// A plain RAG answer; `agent_asked` says the caller asked for agent mode and did not get it.
+    pub fn rag(agent_asked: bool) -> ModeView {
+        ModeView {
+            mode: "rag",
+            mode_note: agent_asked.then(|| {
+                "The configured model cannot call tools (the offline extractive provider), so this question was answered in plain RAG mode.".to_string()
+            }),
+            ..ModeView::default()
+        }
+    }
+}
+
+/// One tool call of an agent run, as streamed before the answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StepView {
+    /// 1, 2, ... in the order the calls ran.
+    pub n: usize,
+    pub tool: String,
+    /// The arguments the model sent (`{}` when they were not a JSON object).
+    pub arguments: serde_json::Value,
+    /// What the call returned, in a few words (or why it was refused).
+    pub summary: String,
+    pub ms: f64,
+}
+
 /// Typed events of an answer, in order: retrieval, token*, citation*, usage, done — or error.
+/// An agent answer has `step` events where a plain one has `retrieval`.
 #[derive(Debug, Clone)]
 pub enum AnswerEvent {
     /// The query retrieval ran on (`[retrieval] condense`) and what it found.
@@ -50,6 +97,8 @@ pub enum AnswerEvent {
         query: String,
         hits: Vec<HitView>,
     },
+    /// A tool call of agent mode.
+    Step(StepView),
     Token(String),
     Citation(Citation),
     Usage(UsageView),
@@ -59,6 +108,7 @@ pub enum AnswerEvent {
         dropped_citations: usize,
         /// Whether a human should take over, and why.
         handoff: Option<Handoff>,
+        mode: ModeView,
     },
     Error {
         code: &'static str,
@@ -78,4 +128,6 @@ pub struct AskRequest {
     pub budget_key: Option<String>,
     /// The thread the answer is appended to (kept in its trace).
     pub thread_id: Option<String>,
+    /// Agent mode with this run's budget (`"mode": "agent"`); `None`: plain RAG.
+    pub agent: Option<crate::agent::settings::AgentBudget>,
 }

@@ -8,7 +8,8 @@ use serde::Serialize;
 /// Why a human should take over; `None` (JSON `null`) when the answer stands on its own.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct Handoff {
-    /// `requested`, `no_answer`, `citations_dropped`, `provider_unavailable` or
+    /// `requested`, `no_answer`, `budget_exhausted` (agent mode stopped at a limit and
+    /// answered from what it had), `citations_dropped`, `provider_unavailable` or
     /// `service_error`.
     pub reason: &'static str,
 }
@@ -70,6 +71,8 @@ pub fn of_done(
         "requested"
     } else if outcome == "no_answer" {
         "no_answer"
+    } else if outcome == "budget_exhausted" {
+        "budget_exhausted"
     } else if dropped_citations > 0 {
         "citations_dropped"
     } else {

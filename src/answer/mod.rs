@@ -30,7 +30,7 @@ use cairn_index::Hit;
 use crate::answer::cache::{Cached, HitKind};
 use crate::answer::citations::{CitationFilter, best_quote};
 use crate::answer::context::{ContextOptions, Passage, SelectionStats};
-use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::answer::events::{AnswerEvent, AskRequest, Citation, ModeView, UsageView};
 use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
@@ -39,14 +39,13 @@ use crate::providers::Role;
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
 use crate::providers::{
-    ChatEvent, ChatRequest, ChatStream, ContextPassage, FinishReason, GatewayError, Message,
-    TargetInfo,
+    ChatEvent, ChatRequest, ChatStream, ContextPassage, FinishReason, GatewayError, TargetInfo,
 };
 use crate::retrieval::HitView;
 use crate::retrieval::condense::{self, Condense};
 
 /// Whether a hit is relevant enough to ground an answer.
-fn relevant(hit: &Hit, min_similarity: f32) -> bool {
+pub(crate) fn relevant(hit: &Hit, min_similarity: f32) -> bool {
     hit.breakdown.bm25_score.is_some_and(|s| s > 0.0)
         || hit
             .breakdown
@@ -55,16 +54,25 @@ fn relevant(hit: &Hit, min_similarity: f32) -> bool {
 }
 
 /// Sends events to the client and records what was sent for the trace.
-struct Out {
-    tx: mpsc::Sender<AnswerEvent>,
-    gone: bool,
+pub(crate) struct Out {
+    pub(crate) tx: mpsc::Sender<AnswerEvent>,
+    /// The client left (its receiver is closed).
+    pub(crate) gone: bool,
     /// Documents of the citations sent, in order of first citation (the trace's `cited`).
-    cited: Vec<String>,
+    pub(crate) cited: Vec<String>,
 }
 
 impl Out {
+    pub(crate) fn new(tx: mpsc::Sender<AnswerEvent>) -> Out {
+        Out {
+            tx,
+            gone: false,
+            cited: Vec::new(),
+        }
+    }
+
     /// Tells the client an internal error happened (details stay in the log).
-    async fn internal_error(&mut self) -> &'static str {
+    pub(crate) async fn internal_error(&mut self) -> &'static str {
         self.send(AnswerEvent::Error {
             code: "internal",
             message: "An internal error occurred.".into(),
@@ -73,7 +81,7 @@ impl Out {
         "internal"
     }
 
-    async fn send(&mut self, ev: AnswerEvent) -> bool {
+    pub(crate) async fn send(&mut self, ev: AnswerEvent) -> bool {
         if self.gone {
             return false;
         }
@@ -109,38 +117,60 @@ pub async fn answer_on(
     tx: mpsc::Sender<AnswerEvent>,
 ) {
     let started = Instant::now();
-    let mut trace = Trace {
+    let mut trace = start_trace(&engine, &req, caller, http_route, &engine.prompt.version);
+    let mut out = Out::new(tx);
+    let deadline = request_deadline(&engine);
+    let outcome = tokio::time::timeout(deadline, run(&engine, &req, &mut trace, &mut out, started))
+        .await
+        .ok();
+    end_trace(&engine, trace, &mut out, outcome, started).await;
+}
+
+/// The trace of an answer starting now.
+pub(crate) fn start_trace(
+    engine: &Engine,
+    req: &AskRequest,
+    caller: String,
+    http_route: Option<&'static str>,
+    prompt_version: &str,
+) -> Trace {
+    Trace {
         id: uuid::Uuid::new_v4().to_string(),
         at: chrono::Utc::now().to_rfc3339(),
         route: engine.config.answer.route.clone(),
         http_route: http_route.map(str::to_string),
         caller,
         thread_id: req.thread_id.clone(),
-        prompt_version: engine.prompt.version.clone(),
+        prompt_version: prompt_version.to_string(),
         question: Some(req.question.clone()),
         ..Trace::default()
-    };
-    let mut out = Out {
-        tx,
-        gone: false,
-        cited: Vec::new(),
-    };
-    let deadline = std::time::Duration::from_secs(engine.config.server.request_timeout_secs.max(1));
-    let outcome = match tokio::time::timeout(
-        deadline,
-        run(&engine, &req, &mut trace, &mut out, started),
-    )
-    .await
-    {
-        Ok(outcome) => outcome,
-        Err(_) => {
-            // Dropping the pipeline future cancels the upstream call.
+    }
+}
+
+/// How long an answer may take (`[server] request_timeout_secs`).
+pub(crate) fn request_deadline(engine: &Engine) -> std::time::Duration {
+    std::time::Duration::from_secs(engine.config.server.request_timeout_secs.max(1))
+}
+
+/// Ends an answer's trace: `outcome` is `None` when the request deadline stopped it (the client
+/// is told), the outcome and total time are recorded, with metrics and one log line.
+pub(crate) async fn end_trace(
+    engine: &Engine,
+    mut trace: Trace,
+    out: &mut Out,
+    outcome: Option<&'static str>,
+    started: Instant,
+) {
+    let outcome = match outcome {
+        Some(outcome) => outcome,
+        None => {
+            // Dropping the pipeline future cancelled the upstream call.
+            let secs = request_deadline(engine).as_secs();
             let _ = out
                 .send(AnswerEvent::Error {
                     code: "deadline_exceeded",
                     message: format!(
-                        "The answer took longer than {} s and was stopped; try again or ask a narrower question.",
-                        deadline.as_secs()
+                        "The answer took longer than {secs} s and was stopped; try again or ask a narrower question."
                     ),
                 })
                 .await;
@@ -168,7 +198,7 @@ pub async fn answer_on(
     engine.traces.push(trace);
 }
 
-fn no_usage() -> UsageView {
+pub(crate) fn no_usage() -> UsageView {
     UsageView {
         input_tokens: 0,
         output_tokens: 0,
@@ -192,7 +222,7 @@ pub fn budget_message(e: &Exhausted) -> String {
 }
 
 /// Providers tried before the one that served (or before giving up), for the trace and metrics.
-fn record_attempts(attempts: &[Attempt], trace: &mut Trace) {
+pub(crate) fn record_attempts(attempts: &[Attempt], trace: &mut Trace) {
     for a in attempts {
         match &a.error {
             Some(e) => {
@@ -213,6 +243,12 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
     trace.input_tokens = usage.input_tokens;
     trace.output_tokens = usage.output_tokens;
     trace.cost_usd = info.cost_usd();
+    count_usage(info);
+}
+
+/// Adds a served call's tokens and cost to the metrics.
+pub(crate) fn count_usage(info: &TargetInfo) {
+    let usage = info.usage();
     metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "input")
         .increment(usage.input_tokens);
     metrics::counter!(crate::observe::metrics::TOKENS, "kind" => "output")
@@ -226,21 +262,26 @@ fn record_usage(info: &TargetInfo, trace: &mut Trace) {
 /// after — by [`SentPrompt::record`] when the gateway answered, or when dropped unrecorded
 /// (the request's deadline or a panic ended the pipeline first), as `cancelled`: the prompt may
 /// have reached any provider of the route by then.
-struct SentPrompt<'a> {
-    engine: &'a Engine,
-    trace_id: String,
-    caller: String,
-    route: &'a str,
-    chat: &'a ChatRequest,
-    chunk_ids: Vec<String>,
-    masked: BTreeMap<String, usize>,
-    recorded: bool,
+pub(crate) struct SentPrompt<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) trace_id: String,
+    pub(crate) caller: String,
+    pub(crate) route: &'a str,
+    pub(crate) chat: &'a ChatRequest,
+    pub(crate) chunk_ids: Vec<String>,
+    pub(crate) masked: BTreeMap<String, usize>,
+    pub(crate) recorded: bool,
 }
 
 impl SentPrompt<'_> {
     /// Records which provider received the prompt (`served`, and the `attempts` that were
     /// called and failed) and what became of it (`outcome`).
-    fn record(mut self, served: Option<&TargetInfo>, attempts: &[Attempt], outcome: &str) {
+    pub(crate) fn record(
+        mut self,
+        served: Option<&TargetInfo>,
+        attempts: &[Attempt],
+        outcome: &str,
+    ) {
         self.recorded = true;
         self.write(served, attempts, outcome);
     }
@@ -283,7 +324,7 @@ impl Drop for SentPrompt<'_> {
 }
 
 /// Ends an answer the gateway gave no stream for, with the error's stable code.
-async fn refused(
+pub(crate) async fn refused(
     engine: &Engine,
     e: GatewayError,
     trace: &mut Trace,
@@ -469,8 +510,8 @@ async fn announce_hits(retrieved: &Retrieved, trace: &mut Trace, out: &mut Out) 
     true
 }
 
-/// The `done` event of an answer that ended with `outcome`, saying whether a human should
-/// take over.
+/// The `done` event of a plain answer that ended with `outcome`, saying whether a human
+/// should take over (and, for an agent request answered this way, why it ran as plain RAG).
 fn done(
     engine: &Engine,
     req: &AskRequest,
@@ -484,6 +525,7 @@ fn done(
         outcome,
         dropped_citations,
         handoff: handoff::of_done(&req.question, phrases, outcome, dropped_citations),
+        mode: ModeView::rag(req.agent.is_some()),
     }
 }
 
@@ -606,14 +648,7 @@ fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> Ma
         })
         .collect();
     let question = masking.mask_caller(&req.question);
-    let conversation: Vec<Message> = req
-        .conversation
-        .iter()
-        .map(|m| Message {
-            role: m.role,
-            content: masking.mask_caller(&m.content),
-        })
-        .collect();
+    let conversation = masking.mask_turns(&req.conversation);
     MaskedPrompt {
         chat: engine.prompt.render(&question, &passages, &conversation),
         unmasker: masking.unmasker(),
@@ -916,7 +951,7 @@ async fn send_citations(
 
 /// The citation of passage `n` in `answer`: one chunk, the one holding the quoted sentence,
 /// and the quote as a range of that chunk's own text.
-fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
+pub(crate) fn citation(n: usize, p: &Passage, answer: &str) -> Citation {
     let chunks = p.chunks_retrieved_first();
     let texts: Vec<&str> = chunks.iter().map(|c| c.text.as_str()).collect();
     let (chunk, bytes) = match best_quote(answer, n, &texts) {

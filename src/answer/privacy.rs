@@ -276,6 +276,20 @@ impl Masking<'_> {
         out
     }
 
+    /// [`Masking::mask_caller`] over each turn of the caller's conversation.
+    pub fn mask_turns(
+        &mut self,
+        turns: &[crate::providers::Message],
+    ) -> Vec<crate::providers::Message> {
+        turns
+            .iter()
+            .map(|m| crate::providers::Message {
+                role: m.role,
+                content: self.mask_caller(&m.content),
+            })
+            .collect()
+    }
+
     fn placeholder(&mut self, kind: &str, value: &str) -> String {
         let key = (kind.to_string(), value.to_string());
         if let Some(p) = self.placeholders.get(&key) {

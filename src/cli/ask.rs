@@ -25,6 +25,7 @@ pub(super) async fn run(
         // The local operator: only the global daily cap applies.
         budget_key: None,
         thread_id: None,
+        agent: None,
     };
     let (tx, mut rx) = mpsc::channel(64);
     tokio::spawn(answer(engine.clone(), req, "cli".to_string(), tx));

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use cairn_ingest::ChunkerOptions;
 
+use crate::agent::settings::{AgentSettings, RawAgent};
 use crate::answer::cache::RawCache;
 use crate::answer::privacy::{Masker, RawPrivacy};
 use crate::answer::settings::RawAnswer;
@@ -58,6 +59,8 @@ pub struct RawConfig {
     pub index: RawIndex,
     pub retrieval: RawRetrieval,
     pub answer: RawAnswer,
+    /// Agent mode: its route and budgets.
+    pub agent: RawAgent,
     pub providers: BTreeMap<String, RawProvider>,
     pub routes: BTreeMap<String, Vec<String>>,
     /// How a request's deadline is shared across its route.
@@ -100,6 +103,7 @@ impl Default for RawConfig {
             index: RawIndex::default(),
             retrieval: RawRetrieval::default(),
             answer: RawAnswer::default(),
+            agent: RawAgent::default(),
             providers,
             routes,
             gateway: GatewayConfig::default(),
@@ -132,6 +136,7 @@ pub struct Config {
     pub postgres: Option<cairn_pg::PgOptions>,
     pub retrieval: RawRetrieval,
     pub answer: RawAnswer,
+    pub agent: AgentSettings,
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Route → (provider name, model) in order.
     pub routes: Routes,
@@ -299,6 +304,12 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let quality_gate = raw.quality_gate.validate(cx, postgres.is_some())?;
     let (providers, routes) = providers_and_routes(&raw.providers, &raw.routes, cx)?;
     let answer = raw.answer.validate(cx, &routes)?;
+    let agent = raw.agent.validate(
+        cx,
+        &routes,
+        &answer.route,
+        raw.server.request_timeout_secs.max(1),
+    )?;
     raw.gateway
         .check()
         .map_err(|(key, message)| cx.key_err(key, message))?;
@@ -330,6 +341,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         postgres,
         retrieval: raw.retrieval,
         answer,
+        agent,
         providers,
         routes,
         gateway: raw.gateway,

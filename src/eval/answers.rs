@@ -127,6 +127,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         conversation: item.conversation.clone(),
         budget_key: None,
         thread_id: None,
+        agent: None,
     };
     let started = Instant::now();
     let task = tokio::spawn(answer(engine.clone(), req, "eval".into(), tx));
@@ -159,6 +160,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
                 out.query = query;
                 retrieved = hits.into_iter().map(|h| h.doc_id).collect();
             }
+            AnswerEvent::Step(_) => {}
         }
     }
     task.await.context("the answer task failed")?;

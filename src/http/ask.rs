@@ -16,15 +16,16 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
+use rmcp::schemars;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use cairn_index::{Filter, TimeRange};
 
-use crate::answer::answer_on;
-use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::agent::settings::{AgentBudget, BudgetRequest};
+use crate::answer::events::{AnswerEvent, AskRequest, Citation, ModeView, StepView, UsageView};
 use crate::answer::handoff::{self, Handoff};
 use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
@@ -54,6 +55,18 @@ pub struct Turn {
     pub content: String,
 }
 
+/// How `/ask` answers: one retrieval and one model call (`rag`, the default) or a tool loop
+/// (`agent`).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AskMode {
+    #[default]
+    Rag,
+    Agent,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AskBody {
@@ -66,6 +79,11 @@ pub struct AskBody {
     /// Continue this thread (its turns come before `conversation`); without it a new one
     /// starts.
     pub thread_id: Option<String>,
+    /// `agent` runs the tool loop (`[agent]`).
+    #[serde(default)]
+    pub mode: AskMode,
+    /// Agent mode's limits for this request, each at most the `[agent]` one.
+    pub agent: Option<BudgetRequest>,
 }
 
 /// The non-streaming `/ask` response.
@@ -84,6 +102,12 @@ pub struct AskResponse {
     pub outcome: Option<String>,
     /// Whether a human should take over, and why (`null` when the answer stands).
     pub handoff: Option<Handoff>,
+    /// `rag` or `agent`, with an agent run's step count and the limit that stopped it.
+    #[serde(flatten)]
+    pub mode: Option<ModeView>,
+    /// Agent mode: the tool calls, in order (the `step` events).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepView>,
     /// The error that ended the answer (`cairn ask --json` shows it; over HTTP an answer that
     /// ended with one is not a 200, see [`AskResponse::completed`]).
     pub error: Option<serde_json::Value>,
@@ -105,6 +129,7 @@ impl AskResponse {
                 self.query = Some(query);
                 self.retrieval = hits;
             }
+            AnswerEvent::Step(s) => self.steps.push(s),
             AnswerEvent::Token(t) => self.answer.push_str(&t),
             AnswerEvent::Citation(c) => self.citations.push(c),
             AnswerEvent::Usage(u) => self.usage = Some(u),
@@ -112,11 +137,13 @@ impl AskResponse {
                 trace_id,
                 outcome,
                 handoff,
+                mode,
                 ..
             } => {
                 self.trace_id = Some(trace_id);
                 self.outcome = Some(outcome.to_string());
                 self.handoff = handoff;
+                self.mode = Some(mode);
             }
             AnswerEvent::Error { code, message } => {
                 self.error = Some(json!({"code": code, "message": message}));
@@ -202,6 +229,7 @@ pub fn validate_ask(
         )
         .map_err(ApiError::BudgetExhausted)?;
     let conversation = checked_conversation(engine, body.conversation)?;
+    let agent = agent_budget(engine, body.mode, body.agent)?;
     Ok((
         AskRequest {
             question,
@@ -210,9 +238,33 @@ pub fn validate_ask(
             conversation,
             budget_key: Some(budget_key),
             thread_id: None,
+            agent,
         },
         body.stream.unwrap_or(true),
     ))
+}
+
+/// Agent mode's budget for this request: the `[agent]` one, narrowed by the body's `agent`
+/// limits (none may exceed it); `None` in RAG mode, where `agent` limits are refused.
+fn agent_budget(
+    engine: &Engine,
+    mode: AskMode,
+    limits: Option<BudgetRequest>,
+) -> Result<Option<AgentBudget>, ApiError> {
+    match mode {
+        AskMode::Rag if limits.is_some() => Err(ApiError::InvalidRequest(
+            "`agent` limits apply only with `\"mode\": \"agent\"`; add it or leave `agent` out"
+                .into(),
+        )),
+        AskMode::Rag => Ok(None),
+        AskMode::Agent => engine
+            .config
+            .agent
+            .budget
+            .narrowed(&limits.unwrap_or_default())
+            .map(Some)
+            .map_err(ApiError::AgentBudgetTooHigh),
+    }
 }
 
 /// The conversation as messages, within `[server] max_conversation_turns` and
@@ -301,6 +353,7 @@ fn sse_event(id: usize, ev: &AnswerEvent, thread_id: &str) -> Event {
         AnswerEvent::Retrieval { query, hits } => {
             ("retrieval", json!({"query": query, "hits": hits}))
         }
+        AnswerEvent::Step(s) => ("step", json!(s)),
         AnswerEvent::Token(t) => ("token", json!({"text": t})),
         AnswerEvent::Citation(c) => ("citation", json!(c)),
         AnswerEvent::Usage(u) => ("usage", json!(u)),
@@ -309,10 +362,14 @@ fn sse_event(id: usize, ev: &AnswerEvent, thread_id: &str) -> Event {
             outcome,
             dropped_citations,
             handoff,
-        } => (
-            "done",
-            json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff, "thread_id": thread_id}),
-        ),
+            mode,
+        } => {
+            let mut done = json!({"trace_id": trace_id, "outcome": outcome, "dropped_citations": dropped_citations, "handoff": handoff, "thread_id": thread_id});
+            if let (Some(d), Value::Object(m)) = (done.as_object_mut(), json!(mode)) {
+                d.extend(m);
+            }
+            ("done", done)
+        }
         AnswerEvent::Error { code, message } => (
             "error",
             json!({"code": code, "message": message, "handoff": handoff::of_error(code)}),
@@ -343,7 +400,7 @@ pub(super) fn start_answer(
             if panics {
                 panic!("injected answer panic (test hook)");
             }
-            answer_on(engine, req, caller, Some(route), tx).await
+            crate::agent::ask(engine, req, caller, Some(route), tx).await
         })
     };
     tokio::spawn(supervise(task, engine, (caller, thread_id), route, tx));

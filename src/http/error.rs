@@ -37,6 +37,9 @@ pub enum ApiError {
         value: usize,
         limit: usize,
     },
+    /// A per-request agent limit above the `[agent]` maximum (or not positive).
+    #[error("{0}")]
+    AgentBudgetTooHigh(crate::agent::settings::BudgetTooHigh),
     #[error(
         "unknown source `{0}` in filters: no source of that name can be read with this key; check the name, or ask the operator which sources the key may read"
     )]
@@ -138,6 +141,9 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "comment_too_long")
             }
             ApiError::UnknownDocument(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_document"),
+            ApiError::AgentBudgetTooHigh(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "agent_budget_too_high")
+            }
             ApiError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")

@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 
 use cairn_index::{Filter, SearchMode};
 
-use crate::answer::answer;
 use crate::engine::Engine;
 use crate::http::ask::{AskBody, AskResponse, validate_ask};
 use crate::http::auth::{Caller, Scope};
@@ -159,6 +158,10 @@ pub struct AskArgs {
     /// Earlier turns, oldest first.
     #[serde(default)]
     pub conversation: Vec<Turn>,
+    /// `rag` (default: one retrieval, one model call) or `agent` (the model looks things up
+    /// with tools, within the server's `[agent]` budget).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::http::ask::AskMode>,
 }
 
 /// `get_document` input.
@@ -195,6 +198,10 @@ pub struct AskOutput {
     pub citations: Vec<Value>,
     /// `answered`, `no_answer`, ... as in `/ask`'s `done` event.
     pub outcome: Option<String>,
+    /// `rag` or `agent` (an agent request the configured model cannot serve runs as `rag`).
+    pub mode: Option<String>,
+    /// Agent mode: tool calls made.
+    pub steps: Option<usize>,
     pub trace_id: Option<String>,
 }
 
@@ -451,7 +458,13 @@ impl CairnMcp {
             .map_err(|e| ApiError::InvalidRequest(format!("ask: {e}")))?;
         let (req, _) = validate_ask(&engine, body, &caller)?;
         let (tx, mut rx) = mpsc::channel(64);
-        tokio::spawn(answer(engine, req, caller.name.clone(), tx));
+        tokio::spawn(crate::agent::ask(
+            engine,
+            req,
+            caller.name.clone(),
+            None,
+            tx,
+        ));
         let mut resp = AskResponse::default();
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);
@@ -465,6 +478,8 @@ impl CairnMcp {
                 .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
                 .collect(),
             outcome: resp.outcome,
+            mode: resp.mode.as_ref().map(|m| m.mode.to_string()),
+            steps: resp.mode.as_ref().and_then(|m| m.steps),
             trace_id: resp.trace_id,
         }))
     }
@@ -489,17 +504,13 @@ impl CairnMcp {
         let engine = self.state.engine.clone();
         self.blocking(move || {
             let sources = engine
-                .config
-                .sources
-                .iter()
-                .filter(|src| src.readable_by(&caller.groups))
+                .readable_sources(&caller.groups)
+                .into_iter()
                 .map(|src| SourceOutput {
-                    name: src.name().to_string(),
-                    kind: src.kind().to_string(),
-                    documents: engine.index.document_ids(src.name()).map_or(0, |v| v.len()),
-                    last_sync: engine
-                        .last_report(src.name())
-                        .map(|r| r.finished_at.clone()),
+                    name: src.name,
+                    kind: src.kind,
+                    documents: src.documents,
+                    last_sync: src.last_sync,
                 })
                 .collect();
             Ok(Json(SourcesOutput { sources }))
@@ -515,23 +526,12 @@ fn read_document(
     caller: &Caller,
     doc_id: &str,
 ) -> Result<DocumentOutput, ApiError> {
-    let missing = || ApiError::NotFound(format!("document `{doc_id}`"));
-    let doc = engine
-        .index
-        .document(doc_id)
+    let (doc, chunks) = engine
+        .readable_document(doc_id, &caller.groups)
         .map_err(|_| ApiError::Internal)?
-        .ok_or_else(missing)?;
-    let visible =
-        doc.access_groups.is_empty() || doc.access_groups.iter().any(|g| caller.groups.contains(g));
-    if !visible {
-        return Err(missing());
-    }
-    let chunks = engine
-        .index
-        .chunks_of(&doc.id)
-        .map_err(|_| ApiError::Internal)?;
+        .ok_or_else(|| ApiError::NotFound(format!("document `{doc_id}`")))?;
     Ok(DocumentOutput {
-        text: document_text(&chunks),
+        text: crate::engine::document_text(&chunks),
         doc_id: doc.id,
         source: doc.source,
         title: doc.title,
@@ -539,24 +539,6 @@ fn read_document(
         updated_at: doc.updated_at.map(|t| t.to_rfc3339()),
         metadata: doc.metadata,
     })
-}
-
-/// A document's text from its chunks in order; overlapping chunks are joined at the end of
-/// the text already taken (chunk offsets are in characters of the extracted text).
-fn document_text(chunks: &[cairn_index::ChunkRecord]) -> String {
-    let mut sorted: Vec<&cairn_index::ChunkRecord> = chunks.iter().collect();
-    sorted.sort_by_key(|c| c.ordinal);
-    let mut text = String::new();
-    let mut end = 0usize;
-    for c in sorted {
-        let skip = end.saturating_sub(c.char_start);
-        if !text.is_empty() && skip == 0 {
-            text.push_str("\n\n");
-        }
-        text.extend(c.text.chars().skip(skip));
-        end = end.max(c.char_end);
-    }
-    text
 }
 
 /// Serves the MCP tools over stdin/stdout as `caller` until the client disconnects.

@@ -24,7 +24,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::answer::events::{AnswerEvent, UsageView};
 use crate::answer::handoff;
-use crate::http::ask::{AskBody, AskResponse, Threaded, Turn, start_in_thread, until_terminal};
+use crate::http::ask::{
+    AskBody, AskMode, AskResponse, Threaded, Turn, start_in_thread, until_terminal,
+};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -47,7 +49,8 @@ pub struct ChatMessage {
 }
 
 /// The Chat Completions request as cairn reads it. `messages` and `stream` are used; `model`
-/// is ignored (the answer route decides, and the response names the model that served).
+/// only chooses the mode (`cairn-agent`: agent mode; anything else: plain RAG) — the route
+/// decides which model serves, and the response names it.
 /// OpenAI's sampling and bookkeeping fields are accepted and ignored; fields that would
 /// change what is returned (`n` > 1, tools, a non-text `response_format`) and fields OpenAI
 /// does not define are refused with 422 naming them. README lists both.
@@ -183,8 +186,18 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         stream: Some(req.stream),
         conversation,
         thread_id: req.thread_id.clone(),
+        mode: if req.model.as_deref() == Some(AGENT_MODEL) {
+            AskMode::Agent
+        } else {
+            AskMode::Rag
+        },
+        agent: None,
     })
 }
+
+/// The `model` that asks for agent mode (the tool loop within `[agent]`'s budget); any other
+/// model name answers in plain RAG mode.
+pub const AGENT_MODEL: &str = "cairn-agent";
 
 /// `POST /v1/chat/completions`; errors in OpenAI's shape, so OpenAI SDKs raise them.
 pub async fn chat_completions(
@@ -293,7 +306,12 @@ async fn whole(
         "citations": resp.citations,
         "handoff": resp.handoff,
         "thread_id": c.thread_id,
-        "cairn": {"trace_id": resp.trace_id, "outcome": resp.outcome},
+        "cairn": {
+            "trace_id": resp.trace_id,
+            "outcome": resp.outcome,
+            "mode": resp.mode.as_ref().map(|m| m.mode),
+            "steps": resp.mode.as_ref().and_then(|m| m.steps),
+        },
     }))
     .into_response())
 }
@@ -349,7 +367,7 @@ fn chunks_of(
             ),
             Event::default().data("[DONE]"),
         ],
-        AnswerEvent::Done { handoff, .. } => vec![
+        AnswerEvent::Done { handoff, mode, .. } => vec![
             c.chunk(
                 json!({}),
                 Some("stop"),
@@ -357,6 +375,7 @@ fn chunks_of(
                     ("citations", Value::Array(std::mem::take(citations))),
                     ("handoff", json!(handoff)),
                     ("thread_id", json!(c.thread_id)),
+                    ("cairn", json!({"mode": mode.mode, "steps": mode.steps})),
                 ],
             ),
             Event::default().data("[DONE]"),
@@ -365,6 +384,6 @@ fn chunks_of(
             c.model = serving_model(Some(&u));
             vec![]
         }
-        AnswerEvent::Retrieval { .. } => vec![],
+        AnswerEvent::Retrieval { .. } | AnswerEvent::Step(_) => vec![],
     }
 }

@@ -104,7 +104,8 @@ struct Line<'a> {
 }
 
 /// The prompt text of a request as the audit log hashes it: the system prompt, then each
-/// message as `role: content`, separated by blank lines.
+/// message as `role: content`, then each tool call and result of the agent's earlier rounds,
+/// separated by blank lines.
 pub fn prompt_text(chat: &ChatRequest) -> String {
     let mut text = chat.system.clone();
     for m in &chat.messages {
@@ -116,6 +117,17 @@ pub fn prompt_text(chat: &ChatRequest) -> String {
         text.push_str(role);
         text.push_str(": ");
         text.push_str(&m.content);
+    }
+    for r in &chat.tool_rounds {
+        for c in &r.calls {
+            text.push_str(&format!(
+                "\n\ntool call {} {}: {}",
+                c.id, c.name, c.arguments
+            ));
+        }
+        for res in &r.results {
+            text.push_str(&format!("\n\ntool result {}: {}", res.call_id, res.content));
+        }
     }
     text
 }

@@ -647,7 +647,7 @@ mod tests {
             question: Some("secret question".into()),
             query: Some("secret question".into()),
             answer: Some("secret answer".into()),
-            cited: Vec::new(),
+            ..Trace::default()
         }
     }
 

@@ -26,6 +26,31 @@ pub struct RetrievedChunk {
     pub score: f32,
 }
 
+/// One tool call of an agent run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentStep {
+    /// 1, 2, ... as the `step` events number them.
+    pub n: usize,
+    /// The model call (1, 2, ...) that asked for it.
+    pub turn: u32,
+    pub tool: String,
+    /// The arguments the model sent; kept only with `[traces] record_text` (a search query
+    /// is the caller's words).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Value>,
+    /// What the call returned: chunk ids (`search`, `get_document`) or source names.
+    pub result_ids: Vec<String>,
+    /// Why the call was refused or failed, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub ms: f64,
+    /// Tokens and cost of the model call that asked for it (on the first step of that call
+    /// only, so the steps sum to the run's tool-loop spend).
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Trace {
     pub id: String,
@@ -68,4 +93,12 @@ pub struct Trace {
     /// name them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cited: Vec<String>,
+    /// Agent mode: every tool call, in order (empty for a plain answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agent_steps: Vec<AgentStep>,
+    /// Agent mode: the model calls made and the `[agent]` limit that ended the loop, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_model_calls: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_exhausted: Option<String>,
 }

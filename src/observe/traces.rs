@@ -142,6 +142,9 @@ impl Traces {
             trace.question = None;
             trace.query = None;
             trace.answer = None;
+            for step in &mut trace.agent_steps {
+                step.arguments = None;
+            }
         }
         if let Some(otlp) = &self.otlp {
             otlp.export(&trace);

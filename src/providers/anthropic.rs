@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
 use super::{
-    ChatEvent, ChatRequest, ChatStream, FinishReason, ProviderError, Role, ToolChoice, Usage,
+    ChatEvent, ChatRequest, ChatStream, FinishReason, ProviderError, Role, ToolChoice, ToolRound,
+    Usage,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
@@ -33,7 +34,52 @@ pub struct Anthropic {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct WireMessage {
     pub role: &'static str,
-    pub content: String,
+    /// A string, or content blocks (`text`, `tool_use`, `tool_result`) in tool rounds.
+    pub content: Value,
+}
+
+/// The messages of earlier tool rounds: an assistant message with its `text` and `tool_use`
+/// blocks, then one user message holding a `tool_result` block per call (pure).
+pub fn round_messages(rounds: &[ToolRound]) -> Vec<WireMessage> {
+    let mut out = Vec::new();
+    for r in rounds {
+        let mut blocks = Vec::new();
+        if !r.text.is_empty() {
+            blocks.push(json!({"type": "text", "text": r.text}));
+        }
+        for c in &r.calls {
+            blocks.push(json!({
+                "type": "tool_use",
+                "id": c.id,
+                "name": c.name,
+                "input": ToolRound::arguments_object(c),
+            }));
+        }
+        out.push(WireMessage {
+            role: "assistant",
+            content: Value::Array(blocks),
+        });
+        let results = r
+            .results
+            .iter()
+            .map(|res| {
+                let mut b = json!({
+                    "type": "tool_result",
+                    "tool_use_id": res.call_id,
+                    "content": res.content,
+                });
+                if res.is_error {
+                    b["is_error"] = json!(true);
+                }
+                b
+            })
+            .collect();
+        out.push(WireMessage {
+            role: "user",
+            content: Value::Array(results),
+        });
+    }
+    out
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -98,8 +144,9 @@ pub fn messages_body(model: &str, req: &ChatRequest) -> MessagesBody {
                     Role::User => "user",
                     Role::Assistant => "assistant",
                 },
-                content: m.content.clone(),
+                content: Value::String(m.content.clone()),
             })
+            .chain(round_messages(&req.tool_rounds))
             .collect(),
         stream: true,
         temperature: req.temperature,

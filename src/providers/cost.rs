@@ -180,6 +180,16 @@ impl Exhausted {
 /// Output tokens reserved for a call that sets no `max_tokens`.
 pub const DEFAULT_RESERVED_OUTPUT_TOKENS: u32 = 4096;
 
+/// The bytes of one tool round as the model reads them: its text, calls and results.
+fn round_bytes(r: &super::ToolRound) -> usize {
+    r.text.len()
+        + r.calls
+            .iter()
+            .map(|c| c.name.len() + c.arguments.len())
+            .sum::<usize>()
+        + r.results.iter().map(|x| x.content.len()).sum::<usize>()
+}
+
 /// An upper-bound estimate of a call's cost, reserved before the call: one input token per two
 /// bytes of prompt plus 8 per message (real text runs 3–4 bytes a token), and every output token
 /// the request allows.
@@ -190,8 +200,15 @@ pub fn estimate_usd(price: &Price, req: &super::ChatRequest) -> f64 {
             .context
             .iter()
             .map(|c| c.title.len() + c.text.len())
+            .sum::<usize>()
+        + req.tool_rounds.iter().map(round_bytes).sum::<usize>()
+        + req
+            .tools
+            .iter()
+            .map(|t| t.name.len() + t.description.len() + t.parameters.to_string().len())
             .sum::<usize>();
-    let input = (bytes / 2 + 8 * (req.messages.len() + 1)) as u64;
+    let turns = req.messages.len() + 2 * req.tool_rounds.len() + 1;
+    let input = (bytes / 2 + 8 * turns) as u64;
     let output = u64::from(req.max_tokens.unwrap_or(DEFAULT_RESERVED_OUTPUT_TOKENS));
     cost_usd(
         price,

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
 use super::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason, ProviderError,
-    Role, ToolChoice, Usage,
+    Role, ToolChoice, ToolRound, Usage,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com/v1beta";
@@ -24,9 +24,39 @@ pub struct Gemini {
     pub endpoint: Endpoint,
 }
 
+/// The contents of earlier tool rounds: a `model` turn with its text and `functionCall` parts,
+/// then a `user` turn with one `functionResponse` part per call, matched by name and order
+/// (pure). Ids are not sent back: the stream may not have carried any (the decoder makes them
+/// up when it did not).
+pub fn round_contents(rounds: &[ToolRound]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in rounds {
+        let mut parts = Vec::new();
+        if !r.text.is_empty() {
+            parts.push(json!({"text": r.text}));
+        }
+        for c in &r.calls {
+            parts.push(
+                json!({"functionCall": {"name": c.name, "args": ToolRound::arguments_object(c)}}),
+            );
+        }
+        out.push(json!({"role": "model", "parts": parts}));
+        let responses: Vec<Value> = r
+            .results
+            .iter()
+            .map(|res| {
+                let key = if res.is_error { "error" } else { "content" };
+                json!({"functionResponse": {"name": res.name, "response": {key: res.content}}})
+            })
+            .collect();
+        out.push(json!({"role": "user", "parts": responses}));
+    }
+    out
+}
+
 /// Builds the `generateContent` request body (pure).
 pub fn generate_body(req: &ChatRequest) -> Value {
-    let contents: Vec<Value> = req
+    let mut contents: Vec<Value> = req
         .messages
         .iter()
         .map(|m| {
@@ -36,6 +66,7 @@ pub fn generate_body(req: &ChatRequest) -> Value {
             })
         })
         .collect();
+    contents.extend(round_contents(&req.tool_rounds));
     let mut body = json!({ "contents": contents });
     if !req.system.is_empty() {
         body["systemInstruction"] = json!({"parts": [{"text": req.system}]});

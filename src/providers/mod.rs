@@ -93,6 +93,40 @@ pub struct ToolCall {
     pub arguments: String,
 }
 
+/// What a tool returned for one call, handed back to the model in the next request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolResult {
+    /// The id of the call this answers ([`ToolCall::id`]).
+    pub call_id: String,
+    /// The tool's name (Gemini matches results to calls by name).
+    pub name: String,
+    /// The result as text (JSON or fenced passages); the model reads it as data.
+    pub content: String,
+    /// The call failed or was refused; `content` says why.
+    pub is_error: bool,
+}
+
+/// One model turn of tool use, replayed after the messages in the next request: the text and
+/// calls the model produced, then one result per call in the same order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ToolRound {
+    /// Text the model wrote alongside its calls (often empty).
+    pub text: String,
+    pub calls: Vec<ToolCall>,
+    pub results: Vec<ToolResult>,
+}
+
+impl ToolRound {
+    /// A call's arguments as a JSON object, as vendors that take parsed arguments want them
+    /// (text that is not a JSON object becomes `{}`: the model is told in the call's result).
+    pub fn arguments_object(call: &ToolCall) -> serde_json::Value {
+        match serde_json::from_str::<serde_json::Value>(&call.arguments) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            _ => serde_json::Value::Object(serde_json::Map::new()),
+        }
+    }
+}
+
 /// A provider-neutral chat request.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ChatRequest {
@@ -107,6 +141,8 @@ pub struct ChatRequest {
     /// Tools offered to the model (empty: none).
     pub tools: Vec<Tool>,
     pub tool_choice: ToolChoice,
+    /// Earlier turns of tool use, after `messages` (the agent loop's history).
+    pub tool_rounds: Vec<ToolRound>,
     /// Ask for JSON output matching this schema.
     pub output_schema: Option<OutputSchema>,
 }

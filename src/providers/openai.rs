@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::http::{Decoded, Endpoint, SseDecoder, sse_stream};
 use super::{
     ChatEvent, ChatRequest, ChatStream, EmbedRequest, EmbedResponse, FinishReason, ProviderError,
-    Role, ToolChoice, Usage,
+    Role, ToolChoice, ToolRound, Usage,
 };
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -38,7 +38,80 @@ pub struct OpenAi {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct WireMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` on an assistant turn that only calls tools.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<WireToolCall>,
+    /// On a `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// On a `tool` message to Mistral: the function's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl WireMessage {
+    fn text(role: &'static str, content: &str) -> WireMessage {
+        WireMessage {
+            role,
+            content: Some(content.to_string()),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
+    }
+}
+
+/// A call the assistant made, as replayed in a later request.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WireToolCall {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: WireCalled,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+pub struct WireCalled {
+    pub name: String,
+    /// The arguments as the JSON text the model produced.
+    pub arguments: String,
+}
+
+/// The messages of earlier tool rounds: an assistant message with its `tool_calls`, then one
+/// `tool` message per result (pure).
+pub fn round_messages(flavor: Flavor, rounds: &[ToolRound]) -> Vec<WireMessage> {
+    let mut out = Vec::new();
+    for r in rounds {
+        out.push(WireMessage {
+            role: "assistant",
+            content: (!r.text.is_empty()).then(|| r.text.clone()),
+            tool_calls: r
+                .calls
+                .iter()
+                .map(|c| WireToolCall {
+                    id: c.id.clone(),
+                    kind: "function",
+                    function: WireCalled {
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                    },
+                })
+                .collect(),
+            tool_call_id: None,
+            name: None,
+        });
+        for res in &r.results {
+            out.push(WireMessage {
+                role: "tool",
+                content: Some(res.content.clone()),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(res.call_id.clone()),
+                name: (flavor == Flavor::Mistral).then(|| res.name.clone()),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -87,20 +160,16 @@ pub struct ChatBody {
 pub fn chat_body(flavor: Flavor, model: &str, req: &ChatRequest) -> ChatBody {
     let mut messages = Vec::with_capacity(req.messages.len() + 1);
     if !req.system.is_empty() {
-        messages.push(WireMessage {
-            role: "system",
-            content: req.system.clone(),
-        });
+        messages.push(WireMessage::text("system", &req.system));
     }
     for m in &req.messages {
-        messages.push(WireMessage {
-            role: match m.role {
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            },
-            content: m.content.clone(),
-        });
+        let role = match m.role {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        };
+        messages.push(WireMessage::text(role, &m.content));
     }
+    messages.extend(round_messages(flavor, &req.tool_rounds));
     let tools: Vec<WireTool> = req
         .tools
         .iter()

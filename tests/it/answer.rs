@@ -395,6 +395,7 @@ async fn a_prompt_refused_by_the_budget_is_audited_as_refused() {
             conversation: Vec::new(),
             budget_key: None,
             thread_id: None,
+            agent: None,
         };
         tokio::spawn(cairn::answer::answer(
             app.engine.clone(),

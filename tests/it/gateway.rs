@@ -256,6 +256,7 @@ async fn global_cap_reached_ends_the_answer_with_a_typed_error() {
             conversation: Vec::new(),
             budget_key: None,
             thread_id: None,
+            agent: None,
         };
         let engine = app.engine.clone();
         async move {

@@ -1,5 +1,6 @@
 //! cairn's end-to-end tests, linked into one binary (faster to build than one per file).
 
+mod agent;
 mod answer;
 mod browser;
 mod cli;

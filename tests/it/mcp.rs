@@ -54,7 +54,7 @@ fn initialize() -> Value {
 }
 
 /// Initialises a session with `auth` (an `Authorization` value or none); returns its id.
-async fn session(addr: SocketAddr, auth: Option<&str>) -> String {
+pub(crate) async fn session(addr: SocketAddr, auth: Option<&str>) -> String {
     let mut headers = vec![];
     if let Some(a) = auth {
         headers.push(("authorization", a));
@@ -74,7 +74,7 @@ async fn session(addr: SocketAddr, auth: Option<&str>) -> String {
 }
 
 /// Calls tool `name` in `session` with `auth`; returns the `result` object.
-async fn call(
+pub(crate) async fn call(
     addr: SocketAddr,
     session: &str,
     auth: Option<&str>,

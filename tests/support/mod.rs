@@ -224,6 +224,45 @@ async fn handle(state: State, uri: Uri, req: Request) -> Response {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
+/// A Messages stream whose content is one `tool_use` block per call, arguments streamed as
+/// `input_json_delta` events (the first one empty, as the API sends it).
+fn anthropic_tool_use(model: &str, calls: &[(&str, &str, &[&str])]) -> Vec<Frame> {
+    let ev = |name: &str, json: String| Frame::Bytes(format!("event: {name}\ndata: {json}\n\n"));
+    let mut f = vec![ev(
+        "message_start",
+        format!(
+            r#"{{"type":"message_start","message":{{"id":"msg_01","type":"message","role":"assistant","content":[],"model":"{model}","stop_reason":null,"stop_sequence":null,"usage":{{"input_tokens":21,"output_tokens":1}}}}}}"#
+        ),
+    )];
+    for (i, (id, name, parts)) in calls.iter().enumerate() {
+        f.push(ev(
+            "content_block_start",
+            format!(
+                r#"{{"type":"content_block_start","index":{i},"content_block":{{"type":"tool_use","id":"{id}","name":"{name}","input":{{}}}}}}"#
+            ),
+        ));
+        for p in std::iter::once(&"").chain(parts.iter()) {
+            let p = serde_json::to_string(p).expect("json");
+            f.push(ev(
+                "content_block_delta",
+                format!(
+                    r#"{{"type":"content_block_delta","index":{i},"delta":{{"type":"input_json_delta","partial_json":{p}}}}}"#
+                ),
+            ));
+        }
+        f.push(ev(
+            "content_block_stop",
+            format!(r#"{{"type":"content_block_stop","index":{i}}}"#),
+        ));
+    }
+    f.push(ev(
+        "message_delta",
+        r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":7}}"#.into(),
+    ));
+    f.push(ev("message_stop", r#"{"type":"message_stop"}"#.into()));
+    f
+}
+
 /// The vendors the fake can imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Vendor {
@@ -381,6 +420,100 @@ impl Vendor {
             }
             _ => f,
         }
+    }
+
+    /// A whole stream in which the model calls tools instead of answering: `calls` are
+    /// `(id, name, argument fragments)`. Vendors that stream arguments (OpenAI and compatible
+    /// servers: `tool_calls` deltas by `index`; Anthropic: a `tool_use` block then
+    /// `input_json_delta` events) get one SSE event per fragment; Mistral and Gemini send each
+    /// call whole in one event, as their APIs do. Usage: input 21, output 7.
+    pub fn tool_calls(self, calls: &[(&str, &str, &[&str])]) -> Vec<Frame> {
+        let mut f = vec![Frame::Bytes(": keep-alive\n\n".into())];
+        match self {
+            Vendor::OpenAi | Vendor::Compatible => {
+                f.extend(self.openai_tool_deltas(calls));
+                f.push(self.openai_chunk(r#"{}"#, Some("tool_calls")));
+                f.push(data(&format!(
+                    r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[],"usage":{{"prompt_tokens":21,"completion_tokens":7,"total_tokens":28}}}}"#,
+                    self.model()
+                )));
+                f.push(Frame::Bytes("data: [DONE]\n\n".into()));
+            }
+            Vendor::Mistral => {
+                let whole: Vec<String> = calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (id, name, parts))| {
+                        let args = serde_json::to_string(&parts.concat()).expect("json");
+                        format!(
+                            r#"{{"id":"{id}","function":{{"name":"{name}","arguments":{args}}},"index":{i}}}"#
+                        )
+                    })
+                    .collect();
+                f.push(data(&format!(
+                    r#"{{"id":"a1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{{"tool_calls":[{}]}},"finish_reason":"tool_calls"}}],"usage":{{"prompt_tokens":21,"total_tokens":28,"completion_tokens":7}}}}"#,
+                    self.model(),
+                    whole.join(",")
+                )));
+                f.push(Frame::Bytes("data: [DONE]\n\n".into()));
+            }
+            Vendor::Anthropic => f.extend(anthropic_tool_use(self.model(), calls)),
+            Vendor::Gemini => {
+                let parts: Vec<String> = calls
+                    .iter()
+                    .map(|(_, name, parts)| {
+                        format!(
+                            r#"{{"functionCall":{{"name":"{name}","args":{}}}}}"#,
+                            parts.concat()
+                        )
+                    })
+                    .collect();
+                f.push(data(&format!(
+                    r#"{{"candidates":[{{"content":{{"parts":[{}],"role":"model"}},"finishReason":"STOP","index":0}}],"usageMetadata":{{"promptTokenCount":21,"candidatesTokenCount":7,"totalTokenCount":28}},"modelVersion":"{}"}}"#,
+                    parts.join(","),
+                    self.model()
+                )));
+            }
+        }
+        f
+    }
+
+    /// One Chat Completions chunk with `delta` and a finish reason.
+    fn openai_chunk(self, delta: &str, finish: Option<&str>) -> Frame {
+        let finish = finish.map_or("null".to_string(), |f| format!("\"{f}\""));
+        data(&format!(
+            r#"{{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"{}","choices":[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":{finish}}}]}}"#,
+            self.model()
+        ))
+    }
+
+    /// `tool_calls` deltas: per call, one chunk with id, type, name and empty arguments, then one
+    /// per argument fragment carrying only `index` and `function.arguments`.
+    fn openai_tool_deltas(self, calls: &[(&str, &str, &[&str])]) -> Vec<Frame> {
+        let mut f = Vec::new();
+        for (i, (id, name, parts)) in calls.iter().enumerate() {
+            let role = if i == 0 {
+                r#""role":"assistant","content":null,"#
+            } else {
+                ""
+            };
+            f.push(self.openai_chunk(
+                &format!(
+                    r#"{{{role}"tool_calls":[{{"index":{i},"id":"{id}","type":"function","function":{{"name":"{name}","arguments":""}}}}]}}"#
+                ),
+                None,
+            ));
+            for p in *parts {
+                let p = serde_json::to_string(p).expect("json");
+                f.push(self.openai_chunk(
+                    &format!(
+                        r#"{{"tool_calls":[{{"index":{i},"function":{{"arguments":{p}}}}}]}}"#
+                    ),
+                    None,
+                ));
+            }
+        }
+        f
     }
 
     /// A stream whose first event is not valid JSON.
