@@ -31,6 +31,7 @@ use crate::embedder::Feedback;
 use crate::observe::audit::AuditLog;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
+use crate::ops::webhooks::Webhooks;
 use crate::providers::Router;
 use crate::providers::cost::{SHARED_SPEND_REFRESH, SpendStore};
 use crate::providers::gateway::TimeBudget;
@@ -62,6 +63,9 @@ pub struct Engine {
     ingest_lock: Mutex<()>,
     /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
     pub golden: Option<GoldenSet>,
+    /// `[webhooks]`: events delivered to the configured endpoints (`emit` is a no-op without
+    /// any); the server starts their delivery task.
+    pub webhooks: Arc<Webhooks>,
     /// Conversation threads (`state/threads.redb`), opened on first use.
     threads: Mutex<Option<Arc<cairn_index::ThreadStore>>>,
 }
@@ -261,7 +265,10 @@ impl Engine {
             ),
             None => None,
         };
+        let webhooks = Webhooks::open(config.webhooks.clone(), &config.data_dir)
+            .with_context(|| format!("config {}: [webhooks]", config.origin))?;
         Ok(Engine {
+            webhooks,
             config,
             index,
             pg,

@@ -57,6 +57,9 @@ fn relevant(hit: &Hit, min_similarity: f32) -> bool {
 struct Out {
     tx: mpsc::Sender<AnswerEvent>,
     gone: bool,
+    /// The hand-off the answer ended with (its `done` or `error` event), for the
+    /// `answer.handoff` webhook.
+    handoff: Option<handoff::Handoff>,
 }
 
 impl Out {
@@ -71,6 +74,11 @@ impl Out {
     }
 
     async fn send(&mut self, ev: AnswerEvent) -> bool {
+        match &ev {
+            AnswerEvent::Done { handoff, .. } => self.handoff = *handoff,
+            AnswerEvent::Error { code, .. } => self.handoff = Some(handoff::of_error(code)),
+            _ => {}
+        }
         if self.gone {
             return false;
         }
@@ -111,7 +119,11 @@ pub async fn answer_on(
         question: Some(req.question.clone()),
         ..Trace::default()
     };
-    let mut out = Out { tx, gone: false };
+    let mut out = Out {
+        tx,
+        gone: false,
+        handoff: None,
+    };
     let deadline = std::time::Duration::from_secs(engine.config.server.request_timeout_secs.max(1));
     let outcome = match tokio::time::timeout(
         deadline,
@@ -151,7 +163,27 @@ pub async fn answer_on(
         ms = trace.timings.total_ms as u64,
         "answer"
     );
+    if let Some(h) = out.handoff {
+        announce_handoff(&engine, &trace, h);
+    }
     engine.traces.push(trace);
+}
+
+/// Emits `answer.handoff` for an answer a human should take over: the trace id, the reason,
+/// the outcome and the caller; the question only with `[traces] record_text` (question text
+/// leaves the process only then).
+fn announce_handoff(engine: &Arc<Engine>, trace: &Trace, h: handoff::Handoff) {
+    let mut data = serde_json::json!({
+        "trace_id": trace.id,
+        "reason": h.reason,
+        "outcome": trace.outcome,
+        "caller": trace.caller,
+        "at": trace.at,
+    });
+    if engine.config.traces.record_text {
+        data["question"] = serde_json::json!(trace.question);
+    }
+    engine.webhooks.emit("answer.handoff", data);
 }
 
 fn no_usage() -> UsageView {

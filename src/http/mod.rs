@@ -48,6 +48,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/admin/jobs/{id}", get(admin::admin_job))
         .route("/admin/sources", get(admin::admin_sources))
         .route("/admin/traces", get(admin::admin_traces))
+        .route(
+            "/admin/webhooks/deliveries",
+            get(admin::admin_webhook_deliveries),
+        )
         .merge(mcp::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
