@@ -76,6 +76,7 @@ const GET_ROUTES: &[&str] = &[
     "/admin/jobs/nope",
     "/admin/sources",
     "/admin/traces",
+    "/admin/webhooks/deliveries",
 ];
 const POST_ROUTES: &[&str] = &["/ask", "/v1/chat/completions", "/admin/reindex"];
 

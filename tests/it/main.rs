@@ -18,8 +18,10 @@ mod otlp;
 mod privacy;
 mod promises;
 mod replicas;
+mod schedule;
 mod server;
 mod support;
 mod support_bot;
+mod webhooks;
 #[path = "../support/mod.rs"]
 mod vendors;
