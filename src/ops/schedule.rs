@@ -89,7 +89,8 @@ fn last_sync(engine: &Engine, source: &str) -> Option<DateTime<Utc>> {
 impl Schedules {
     /// The schedules of `engine`'s sources with a `refresh`, and (on a tokio runtime, when
     /// there are any) the task that starts their jobs; it stops when the returned value, the
-    /// engine or the jobs are dropped.
+    /// engine or the jobs are dropped. Reads nothing (a server-backed source state cannot be
+    /// read on a runtime thread).
     pub fn start(engine: &Arc<Engine>, jobs: &Arc<Jobs>) -> Arc<Schedules> {
         let now = Utc::now();
         let mut entries = BTreeMap::new();
@@ -97,14 +98,13 @@ impl Schedules {
             let (Some(every), Some(text)) = (source.refresh(), source.refresh_text()) else {
                 continue;
             };
-            let last = last_sync(engine, source.name());
-            let next = last
-                .map_or(now, |t| after(t, every))
-                .max(plus(now, jitter(every)));
+            // Due at once: the first look (off the runtime, where the source state may be
+            // read) finds the last sync and moves the run after it.
+            let next = plus(now, jitter(every));
             let view = ScheduleView {
                 refresh: text.to_string(),
                 next_run: stamp(next),
-                last_run: last.map(stamp),
+                last_run: None,
                 last_job: None,
                 last_skipped: None,
             };
@@ -139,10 +139,12 @@ impl Schedules {
                 .collect()
         };
         for name in due {
-            let outcome = run_due(engine, jobs, &name);
+            let last = last_sync(engine, &name);
+            let turn = run_due(engine, jobs, &name, last);
             let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(entry) = entries.get_mut(&name) {
-                entry.apply(outcome, Utc::now());
+                entry.view.last_run = last.map(stamp).or(entry.view.last_run.take());
+                entry.apply(turn, Utc::now());
             }
         }
     }
@@ -160,8 +162,13 @@ enum Turn {
     Skipped(String),
 }
 
-/// Decides and starts a due source's run.
-fn run_due(engine: &Arc<Engine>, jobs: &Arc<Jobs>, name: &str) -> Turn {
+/// Decides and starts a due source's run; `last` is when it last finished a sync.
+fn run_due(
+    engine: &Arc<Engine>,
+    jobs: &Arc<Jobs>,
+    name: &str,
+    last: Option<DateTime<Utc>>,
+) -> Turn {
     let every = engine
         .config
         .sources
@@ -169,7 +176,7 @@ fn run_due(engine: &Arc<Engine>, jobs: &Arc<Jobs>, name: &str) -> Turn {
         .find(|s| s.name() == name)
         .and_then(|s| s.refresh())
         .unwrap_or(Duration::MAX);
-    if let Some(last) = last_sync(engine, name)
+    if let Some(last) = last
         && plus(last, every) > Utc::now()
     {
         return Turn::SyncedAt(last);
@@ -199,7 +206,6 @@ impl Entry {
     fn apply(&mut self, turn: Turn, now: DateTime<Utc>) {
         match turn {
             Turn::SyncedAt(last) => {
-                self.view.last_run = Some(stamp(last));
                 self.next = after(last, self.every);
             }
             Turn::Running(id) => {

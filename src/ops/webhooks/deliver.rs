@@ -10,10 +10,11 @@ use chrono::Utc;
 use futures::StreamExt;
 
 use crate::ops::webhooks::guard::{self, GuardedResolver};
-use crate::ops::webhooks::queue::{Attempt, Delivery, DeliveryState, Disabled};
+use crate::ops::webhooks::queue::{
+    Attempt, Delivery, DeliveryState, Disabled, Queue, now_ms, rfc3339,
+};
 use crate::ops::webhooks::settings::WebhookSettings;
 use crate::ops::webhooks::sign::{backoff, signature};
-use crate::ops::webhooks::{Webhooks, now_ms, rfc3339};
 
 /// Deliveries attempted at once.
 const CONCURRENCY: usize = 4;
@@ -37,19 +38,25 @@ pub(super) fn client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Clie
     Ok(builder.build()?)
 }
 
-/// Runs until the webhooks are dropped: each round sends what is due, then sleeps until the
-/// next delivery is due, an event is emitted, or [`IDLE`] passed.
+/// Runs until the queue is dropped (with the webhooks holding it): each round sends what is
+/// due, then sleeps until the next delivery is due, an event is emitted, or [`IDLE`] passed.
 pub(super) async fn worker(
-    hooks: Weak<Webhooks>,
+    queue: Weak<Queue>,
+    settings: Arc<WebhookSettings>,
     wake: Arc<tokio::sync::Notify>,
     client: reqwest::Client,
 ) {
     loop {
         let sleep = {
-            let Some(hooks) = hooks.upgrade() else {
+            let Some(queue) = queue.upgrade() else {
                 return;
             };
-            round(&hooks, &client).await
+            let sender = Sender {
+                queue: &queue,
+                settings: &settings,
+                client: &client,
+            };
+            sender.round().await
         };
         tokio::select! {
             () = wake.notified() => {}
@@ -58,29 +65,11 @@ pub(super) async fn worker(
     }
 }
 
-/// Sends every due delivery; returns how long to sleep before the next round.
-async fn round(hooks: &Webhooks, client: &reqwest::Client) -> Duration {
-    let Some(queue) = &hooks.queue else {
-        return IDLE;
-    };
-    let due = match queue.due(now_ms(), ROUND) {
-        Ok(due) => due,
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "cannot read the webhook queue");
-            return IDLE;
-        }
-    };
-    let full = due.len() == ROUND;
-    futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |(d, body)| hooks.attempt(client, d, body))
-        .await;
-    if full {
-        return Duration::ZERO;
-    }
-    match queue.next_due() {
-        Ok(Some(at)) => Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(IDLE),
-        _ => IDLE,
-    }
+/// What one round of deliveries works with.
+struct Sender<'a> {
+    queue: &'a Queue,
+    settings: &'a WebhookSettings,
+    client: &'a reqwest::Client,
 }
 
 /// What one attempt came to.
@@ -94,11 +83,35 @@ enum Outcome {
     Retry(Option<u16>, String),
 }
 
-impl Webhooks {
+impl Sender<'_> {
+    /// Sends every due delivery; returns how long to sleep before the next round.
+    async fn round(&self) -> Duration {
+        let due = match self.queue.due(now_ms(), ROUND) {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the webhook queue");
+                return IDLE;
+            }
+        };
+        let full = due.len() == ROUND;
+        futures::stream::iter(due)
+            .for_each_concurrent(CONCURRENCY, |(d, body)| self.attempt(d, body))
+            .await;
+        if full {
+            return Duration::ZERO;
+        }
+        match self.queue.next_due() {
+            Ok(Some(at)) => {
+                Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)).min(IDLE)
+            }
+            _ => IDLE,
+        }
+    }
+
     /// One attempt of `d`, recorded with its outcome.
-    async fn attempt(&self, client: &reqwest::Client, mut d: Delivery, body: String) {
+    async fn attempt(&self, mut d: Delivery, body: String) {
         let started = Instant::now();
-        let outcome = self.send(client, &d, body).await;
+        let outcome = self.send(&d, body).await;
         let (status, error) = match &outcome {
             Outcome::Delivered(s) => (Some(*s), None),
             Outcome::Gone => (Some(410), Some("410 Gone".to_string())),
@@ -113,10 +126,7 @@ impl Webhooks {
         });
         let next = self.settle(&mut d, outcome);
         tracing::info!(delivery = %d.id, event = %d.event_type, url = %d.endpoint, state = ?d.state, attempts = d.attempts.len(), "webhook attempt");
-        let Some(queue) = &self.queue else {
-            return;
-        };
-        if let Err(e) = queue.record(&d, next, self.settings.keep) {
+        if let Err(e) = self.queue.record(&d, next, self.settings.keep) {
             tracing::warn!(delivery = %d.id, error = %format!("{e:#}"), "cannot record a webhook attempt; it will be sent again");
         }
     }
@@ -167,24 +177,20 @@ impl Webhooks {
             at: Utc::now().to_rfc3339(),
             reason: "the receiver answered 410 Gone".into(),
         };
-        if let Some(queue) = &self.queue
-            && let Err(e) = queue.disable(url, &why)
-        {
+        if let Err(e) = self.queue.disable(url, &why) {
             tracing::warn!(url, error = %format!("{e:#}"), "cannot record a disabled endpoint");
         }
         tracing::warn!(url, "a webhook receiver answered 410 Gone: its endpoint is disabled");
     }
 
     /// Sends `d` once, signed now.
-    async fn send(&self, client: &reqwest::Client, d: &Delivery, body: String) -> Outcome {
-        let Some(endpoint) = self.endpoint(&d.endpoint) else {
+    async fn send(&self, d: &Delivery, body: String) -> Outcome {
+        let Some(endpoint) = self.settings.endpoint(&d.endpoint) else {
             return Outcome::Refused(
                 "the endpoint is no longer in [[webhooks.endpoints]]".to_string(),
             );
         };
-        if let Some(queue) = &self.queue
-            && let Ok(Some(_)) = queue.disabled(&d.endpoint)
-        {
+        if let Ok(Some(_)) = self.queue.disabled(&d.endpoint) {
             return Outcome::Refused("the endpoint was disabled by its receiver (410)".into());
         }
         if let Some(refusal) = self.literal_refused(&endpoint.url) {
@@ -192,7 +198,8 @@ impl Webhooks {
         }
         let timestamp = Utc::now().timestamp();
         let sig = signature(&endpoint.key, &d.message_id, timestamp, body.as_bytes());
-        let sent = client
+        let sent = self
+            .client
             .post(endpoint.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header("webhook-id", &d.message_id)

@@ -85,11 +85,15 @@ async fn allowed_addresses(host: String) -> Result<reqwest::dns::Addrs, BoxError
     Ok(Box::new(allowed.into_iter()))
 }
 
+/// What every [`AddressRefused`] message says, for finding it in an error chain whose
+/// wrappers (an `io::Error`) hide its type but show its text.
+const REFUSED_MARK: &str = "resolves only to refused addresses";
+
 /// Whether `e` (a delivery's error, through its sources) is a refusal of the guard.
 pub fn is_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(e);
     while let Some(c) = cause {
-        if c.downcast_ref::<AddressRefused>().is_some() {
+        if c.downcast_ref::<AddressRefused>().is_some() || c.to_string().contains(REFUSED_MARK) {
             return true;
         }
         cause = c.source();
@@ -125,5 +129,16 @@ mod tests {
             let ip: IpAddr = ip.parse().expect("ip");
             assert_eq!(refused(ip), None, "{ip} must be allowed");
         }
+    }
+
+    #[test]
+    fn a_refusal_is_recognised_through_wrappers_that_hide_its_type() {
+        let refused = AddressRefused {
+            host: "metadata.internal".into(),
+            why: "169.254.169.254 is link-local".into(),
+        };
+        let wrapped = std::io::Error::other(refused);
+        assert!(is_refusal(&wrapped));
+        assert!(!is_refusal(&std::io::Error::other("connection refused")));
     }
 }

@@ -21,18 +21,18 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use chrono::{SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::ops::webhooks::queue::{Delivery, DeliveryState, Disabled, Queue};
-use crate::ops::webhooks::settings::{Endpoint, WebhookSettings};
+use crate::ops::webhooks::queue::{Delivery, DeliveryState, Disabled, Queue, now_ms, rfc3339};
+use crate::ops::webhooks::settings::WebhookSettings;
 
 /// The webhooks of a running cairn: settings, the queue (none without endpoints) and the
 /// delivery task's wake-up.
 pub struct Webhooks {
-    settings: WebhookSettings,
-    queue: Option<Queue>,
+    settings: Arc<WebhookSettings>,
+    /// The delivery task holds it weakly: it stops once these webhooks are dropped.
+    queue: Option<Arc<Queue>>,
     wake: Arc<tokio::sync::Notify>,
     started: AtomicBool,
 }
@@ -45,17 +45,6 @@ pub struct EndpointView {
     pub disabled: Option<Disabled>,
 }
 
-/// Unix milliseconds now.
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
 impl Webhooks {
     /// Opens the delivery queue in `<data_dir>/state/webhooks.redb` when any endpoint is
     /// configured (nothing is created otherwise).
@@ -64,13 +53,12 @@ impl Webhooks {
             None
         } else {
             let path = data_dir.join("state").join("webhooks.redb");
-            Some(
-                Queue::open(&path)
-                    .map_err(|e| e.context(format!("opening {}", path.display())))?,
-            )
+            let queue =
+                Queue::open(&path).map_err(|e| e.context(format!("opening {}", path.display())))?;
+            Some(Arc::new(queue))
         };
         Ok(Arc::new(Webhooks {
-            settings,
+            settings: Arc::new(settings),
             queue,
             wake: Arc::new(tokio::sync::Notify::new()),
             started: AtomicBool::new(false),
@@ -147,8 +135,11 @@ impl Webhooks {
 
     /// Starts the delivery task on the current tokio runtime (once; nothing without endpoints
     /// or outside a runtime). It stops when these webhooks are dropped.
-    pub fn start(self: &Arc<Self>) -> anyhow::Result<()> {
-        if self.queue.is_none() || self.started.swap(true, Ordering::SeqCst) {
+    pub fn start(&self) -> anyhow::Result<()> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        if self.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
@@ -157,7 +148,8 @@ impl Webhooks {
         };
         let client = deliver::client(&self.settings)?;
         rt.spawn(deliver::worker(
-            Arc::downgrade(self),
+            Arc::downgrade(queue),
+            self.settings.clone(),
             self.wake.clone(),
             client,
         ));
@@ -187,12 +179,5 @@ impl Webhooks {
             });
         }
         Ok(out)
-    }
-
-    fn endpoint(&self, url: &str) -> Option<&Endpoint> {
-        self.settings
-            .endpoints
-            .iter()
-            .find(|e| e.url.as_str() == url)
     }
 }

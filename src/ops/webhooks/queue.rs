@@ -63,6 +63,18 @@ pub struct Queue {
     db: Database,
 }
 
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `ms` (Unix milliseconds) as RFC 3339, UTC, milliseconds.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 fn err(e: impl Into<redb::Error>) -> anyhow::Error {
     anyhow::Error::from(e.into())
 }

@@ -93,6 +93,13 @@ pub struct WebhookSettings {
     pub endpoints: Vec<Endpoint>,
 }
 
+impl WebhookSettings {
+    /// The configured endpoint with this URL.
+    pub fn endpoint(&self, url: &str) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.url.as_str() == url)
+    }
+}
+
 /// A humantime duration at `key`, above zero.
 fn duration(
     value: &str,
