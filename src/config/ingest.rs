@@ -225,14 +225,24 @@ fn check_refresh(s: &RawSource, i: usize, cx: &Check) -> Result<(), ConfigError>
     };
     let key = format!("sources[{i}].refresh");
     match humantime::parse_duration(text) {
-        Ok(d) if d.is_zero() => Err(cx.key_err(&key, "must be longer than zero; remove the key to sync only when asked")),
+        Ok(d) if d.is_zero() => Err(cx.key_err(
+            &key,
+            "must be longer than zero; remove the key to sync only when asked",
+        )),
         Ok(d) => {
             if d < SHORT_REFRESH {
-                tracing::warn!(source = s.name(), refresh = text, "a refresh below one minute lists the whole source that often; fine for tests and small folders");
+                tracing::warn!(
+                    source = s.name(),
+                    refresh = text,
+                    "a refresh below one minute lists the whole source that often; fine for tests and small folders"
+                );
             }
             Ok(())
         }
-        Err(e) => Err(cx.key_err(&key, format!("`{text}` is not a duration like \"15m\" or \"1h\": {e}"))),
+        Err(e) => Err(cx.key_err(
+            &key,
+            format!("`{text}` is not a duration like \"15m\" or \"1h\": {e}"),
+        )),
     }
 }
 

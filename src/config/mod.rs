@@ -650,9 +650,15 @@ mod tests {
         let c = load(&endpoint(r#"["job.completed"]"#, "env:HOOK"), &[good]).expect("valid");
         assert_eq!(c.webhooks.endpoints[0].key.len(), 24);
         let e = load(&endpoint(r#"["job.done"]"#, "env:HOOK"), &[good]).expect_err("unknown");
-        assert!(e.to_string().contains("webhooks.endpoints[0].events"), "{e}");
-        let e = load(&endpoint(r#"["job.completed"]"#, "env:HOOK"), &[("HOOK", "hunter2")])
-            .expect_err("not whsec");
+        assert!(
+            e.to_string().contains("webhooks.endpoints[0].events"),
+            "{e}"
+        );
+        let e = load(
+            &endpoint(r#"["job.completed"]"#, "env:HOOK"),
+            &[("HOOK", "hunter2")],
+        )
+        .expect_err("not whsec");
         assert!(e.to_string().contains("whsec_"), "{e}");
         let e = load(&endpoint(r#"["job.completed"]"#, "whsec_abc"), &[]).expect_err("literal");
         assert!(e.to_string().contains("env:"), "{e}");
@@ -663,7 +669,9 @@ mod tests {
     #[test]
     fn a_source_refresh_is_a_duration_above_zero() {
         let source = |refresh: &str| {
-            format!("[[sources]]\nname = \"s\"\nkind = \"files\"\npath = \"x\"\nrefresh = \"{refresh}\"\n")
+            format!(
+                "[[sources]]\nname = \"s\"\nkind = \"files\"\npath = \"x\"\nrefresh = \"{refresh}\"\n"
+            )
         };
         let c = load(&source("15m"), &[]).expect("valid");
         assert_eq!(

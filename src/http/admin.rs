@@ -102,17 +102,18 @@ pub(super) async fn admin_reindex(
     let caller = s.authorize_scope(&headers, Scope::Admin)?;
     let body = reindex_body(&headers, body)?;
     let (jobs, engine, source) = (s.jobs.clone(), s.engine.clone(), body.source.clone());
-    let job = tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full, Trigger::Manual))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| match e {
-            StartError::UnknownSource(n) => ApiError::UnknownSource(n),
-            StartError::Busy(id) => ApiError::JobRunning(id),
-            StartError::Store(reason) => {
-                tracing::error!(error = %reason, "cannot queue a reindex job");
-                ApiError::Internal
-            }
-        })?;
+    let job =
+        tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full, Trigger::Manual))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|e| match e {
+                StartError::UnknownSource(n) => ApiError::UnknownSource(n),
+                StartError::Busy(id) => ApiError::JobRunning(id),
+                StartError::Store(reason) => {
+                    tracing::error!(error = %reason, "cannot queue a reindex job");
+                    ApiError::Internal
+                }
+            })?;
     tracing::info!(audit = "reindex", caller = %caller.name, job = %job.id, source = ?body.source, full = body.full, "admin action");
     s.engine.audit.record_or_warn(&AuditEvent::Admin {
         action: "reindex".into(),

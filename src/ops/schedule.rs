@@ -115,7 +115,11 @@ impl Schedules {
             entries: Mutex::new(entries),
         });
         if any && let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak = (Arc::downgrade(&this), Arc::downgrade(engine), Arc::downgrade(jobs));
+            let weak = (
+                Arc::downgrade(&this),
+                Arc::downgrade(engine),
+                Arc::downgrade(jobs),
+            );
             rt.spawn(ticker(weak));
         }
         this
@@ -181,7 +185,12 @@ fn run_due(
     {
         return Turn::SyncedAt(last);
     }
-    match jobs.start(engine.clone(), Some(name.to_string()), false, Trigger::Schedule) {
+    match jobs.start(
+        engine.clone(),
+        Some(name.to_string()),
+        false,
+        Trigger::Schedule,
+    ) {
         Ok(job) => {
             tracing::info!(source = name, job = %job.id, "scheduled sync started");
             Turn::Started(job.id)

@@ -22,6 +22,6 @@ mod schedule;
 mod server;
 mod support;
 mod support_bot;
-mod webhooks;
 #[path = "../support/mod.rs"]
 mod vendors;
+mod webhooks;

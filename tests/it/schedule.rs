@@ -24,8 +24,11 @@ async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
     let app = TestApp::with_setup(|dir| {
         let live = dir.join("live");
         std::fs::create_dir_all(&live).expect("mkdir");
-        std::fs::write(live.join("first.md"), "# First\n\nThe first page of the live folder.")
-            .expect("write");
+        std::fs::write(
+            live.join("first.md"),
+            "# First\n\nThe first page of the live folder.",
+        )
+        .expect("write");
         format!(
             "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"1s\"\n",
             cairn::http::auth::hash_key(ADMIN)
@@ -115,14 +118,20 @@ async fn a_scheduled_run_is_skipped_with_its_reason_while_another_job_holds_the_
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let reason = skipped["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains(job["id"].as_str().expect("id")), "{skipped:#}");
+    assert!(
+        reason.contains(job["id"].as_str().expect("id")),
+        "{skipped:#}"
+    );
 }
 
 /// Queues a full reindex of every source, retrying while a scheduled job runs (at most 30 s).
 async fn start_full_reindex(app: &TestApp) -> Value {
     use tower::ServiceExt;
     for _ in 0..300 {
-        let req = with_key(support::post_json("/admin/reindex", r#"{"full": true}"#), ADMIN);
+        let req = with_key(
+            support::post_json("/admin/reindex", r#"{"full": true}"#),
+            ADMIN,
+        );
         let resp = app.router().oneshot(req).await.expect("response");
         if resp.status() == axum::http::StatusCode::ACCEPTED {
             return support::body_json(resp).await;

@@ -85,11 +85,7 @@ impl Receiver {
     }
 }
 
-async fn receive(
-    State(r): State<Receiver>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
     r.got.lock().expect("lock").push(Received { headers, body });
     let status = r.script.lock().expect("lock").pop_front().unwrap_or(200);
     StatusCode::from_u16(status).expect("status")
@@ -149,7 +145,11 @@ fn verify(r: &Received) -> Result<(), standardwebhooks::WebhookError> {
 async fn a_completed_job_is_delivered_signed_and_the_reference_library_verifies_it() {
     let (receiver, addr) = Receiver::start(&[]).await;
     let url = format!("http://{addr}/hook");
-    let config = webhook_config(&[url], &["job.completed", "job.failed"], "allow_private_addresses = true");
+    let config = webhook_config(
+        &[url],
+        &["job.completed", "job.failed"],
+        "allow_private_addresses = true",
+    );
     let app = TestApp::with_config(&config);
     let job = support::reindex_and_wait(&app, "").await;
     assert_eq!(job["state"], "succeeded", "{job:#}");
@@ -157,7 +157,8 @@ async fn a_completed_job_is_delivered_signed_and_the_reference_library_verifies_
     let event = got[0].json();
     assert_eq!(event["type"], "job.completed");
     assert!(
-        chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str().expect("timestamp")).is_ok(),
+        chrono::DateTime::parse_from_rfc3339(event["timestamp"].as_str().expect("timestamp"))
+            .is_ok(),
         "{event:#}"
     );
     assert_eq!(event["data"]["id"], job["id"]);
@@ -166,7 +167,8 @@ async fn a_completed_job_is_delivered_signed_and_the_reference_library_verifies_
     assert!(got[0].header("webhook-id").starts_with("msg_"));
     verify(&got[0]).expect("the Standard Webhooks library verifies the delivery");
     let mut tampered = got[0].clone();
-    tampered.body = Bytes::from(String::from_utf8_lossy(&got[0].body).replace("job.completed", "job.failed"));
+    tampered.body =
+        Bytes::from(String::from_utf8_lossy(&got[0].body).replace("job.completed", "job.failed"));
     assert!(verify(&tampered).is_err(), "a changed body must not verify");
     let seen = deliveries_until(&app, |d| d["deliveries"][0]["state"] == "delivered").await;
     let d = &seen["deliveries"][0];
@@ -191,12 +193,19 @@ async fn an_answer_handed_to_a_human_is_announced() {
     assert_eq!(asked["handoff"]["reason"], "requested", "{asked:#}");
     let got = receiver.wait_for(1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(receiver.got().len(), 1, "only the answer with a hand-off is announced");
+    assert_eq!(
+        receiver.got().len(),
+        1,
+        "only the answer with a hand-off is announced"
+    );
     let event = got[0].json();
     assert_eq!(event["type"], "answer.handoff");
     assert_eq!(event["data"]["reason"], "requested");
     assert_eq!(event["data"]["trace_id"], asked["trace_id"]);
-    assert!(event["data"].get("question").is_none(), "no question text without record_text");
+    assert!(
+        event["data"].get("question").is_none(),
+        "no question text without record_text"
+    );
     verify(&got[0]).expect("verifies");
 }
 
@@ -240,7 +249,10 @@ async fn retries_give_up_with_a_recorded_failure_when_the_window_closes() {
     let d = &seen["deliveries"][0];
     let attempts = d["attempts"].as_array().expect("attempts").len();
     assert!(attempts >= 2, "{d:#}");
-    assert!(d["error"].as_str().expect("error").contains("gave up"), "{d:#}");
+    assert!(
+        d["error"].as_str().expect("error").contains("gave up"),
+        "{d:#}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.got().len(), attempts, "no attempt after giving up");
 }
@@ -256,12 +268,23 @@ async fn a_410_disables_the_endpoint() {
     let app = TestApp::with_config(&config);
     support::reindex_and_wait(&app, "").await;
     let seen = deliveries_until(&app, |d| d["deliveries"][0]["state"] == "failed").await;
-    assert!(seen["endpoints"][0]["disabled"]["at"].is_string(), "{seen:#}");
+    assert!(
+        seen["endpoints"][0]["disabled"]["at"].is_string(),
+        "{seen:#}"
+    );
     support::reindex_and_wait(&app, "").await;
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(receiver.got().len(), 1, "a disabled endpoint gets nothing more");
+    assert_eq!(
+        receiver.got().len(),
+        1,
+        "a disabled endpoint gets nothing more"
+    );
     let after = deliveries(&app).await;
-    assert_eq!(after["deliveries"].as_array().expect("list").len(), 1, "{after:#}");
+    assert_eq!(
+        after["deliveries"].as_array().expect("list").len(),
+        1,
+        "{after:#}"
+    );
 }
 
 #[tokio::test]
@@ -280,7 +303,13 @@ async fn a_pending_delivery_resumes_after_a_restart() {
     let got = receiver.wait_for(2).await;
     assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
     let seen = deliveries_until(&app, |d| d["deliveries"][0]["state"] == "delivered").await;
-    assert_eq!(seen["deliveries"][0]["attempts"].as_array().expect("a").len(), 2);
+    assert_eq!(
+        seen["deliveries"][0]["attempts"]
+            .as_array()
+            .expect("a")
+            .len(),
+        2
+    );
     assert_eq!(receiver.got().len(), 2, "{seen:#}");
 }
 
@@ -303,9 +332,16 @@ async fn the_guard_refuses_loopback_unless_private_addresses_are_allowed() {
     for d in seen["deliveries"].as_array().expect("list") {
         let error = d["error"].as_str().expect("error");
         assert!(error.contains("allow_private_addresses"), "{d:#}");
-        assert_eq!(d["attempts"].as_array().expect("a").len(), 1, "a refusal is not retried");
+        assert_eq!(
+            d["attempts"].as_array().expect("a").len(),
+            1,
+            "a refusal is not retried"
+        );
     }
-    assert!(receiver.got().is_empty(), "nothing reached the loopback receiver");
+    assert!(
+        receiver.got().is_empty(),
+        "nothing reached the loopback receiver"
+    );
 }
 
 /// The delivery as the Python reference library sees it: `tests/webhooks_verify.py` verifies
@@ -344,6 +380,12 @@ async fn the_python_standard_webhooks_library_verifies_a_delivery() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("job.completed"));
-    let forged = run(&body, "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into());
-    assert!(!forged.status.success(), "a wrong signature must be refused");
+    let forged = run(
+        &body,
+        "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into(),
+    );
+    assert!(
+        !forged.status.success(),
+        "a wrong signature must be refused"
+    );
 }

@@ -145,7 +145,9 @@ impl Sender<'_> {
                 Some(at) => (DeliveryState::Pending, Some(at), None),
                 None => {
                     let n = d.attempts.len();
-                    let why = format!("gave up after {n} attempts within the retry window; the last: {e}");
+                    let why = format!(
+                        "gave up after {n} attempts within the retry window; the last: {e}"
+                    );
                     (DeliveryState::Failed, None, Some(why))
                 }
             },
@@ -163,7 +165,12 @@ impl Sender<'_> {
     fn next_attempt(&self, d: &Delivery) -> Option<i64> {
         let s = &self.settings;
         let attempts = u32::try_from(d.attempts.len()).unwrap_or(u32::MAX);
-        let wait = backoff(attempts, s.first_retry, s.max_retry_interval, rand::random());
+        let wait = backoff(
+            attempts,
+            s.first_retry,
+            s.max_retry_interval,
+            rand::random(),
+        );
         let created = chrono::DateTime::parse_from_rfc3339(&d.created_at)
             .map(|t| t.timestamp_millis())
             .unwrap_or_else(|_| now_ms());
@@ -180,7 +187,10 @@ impl Sender<'_> {
         if let Err(e) = self.queue.disable(url, &why) {
             tracing::warn!(url, error = %format!("{e:#}"), "cannot record a disabled endpoint");
         }
-        tracing::warn!(url, "a webhook receiver answered 410 Gone: its endpoint is disabled");
+        tracing::warn!(
+            url,
+            "a webhook receiver answered 410 Gone: its endpoint is disabled"
+        );
     }
 
     /// Sends `d` once, signed now.

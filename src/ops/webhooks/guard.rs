@@ -69,9 +69,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// `host`'s addresses that [`refused`] lets through; an [`AddressRefused`] error when none.
 async fn allowed_addresses(host: String) -> Result<reqwest::dns::Addrs, BoxError> {
-    let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-        .await?
-        .collect();
+    let all: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
     let (allowed, denied): (Vec<SocketAddr>, Vec<SocketAddr>) =
         all.into_iter().partition(|a| refused(a.ip()).is_none());
     if allowed.is_empty() {

@@ -120,7 +120,9 @@ impl Queue {
             let mut pending = txn.open_table(PENDING).map_err(err)?;
             for (d, body) in items {
                 let json = serde_json::to_vec(d)?;
-                records.insert(d.id.as_str(), json.as_slice()).map_err(err)?;
+                records
+                    .insert(d.id.as_str(), json.as_slice())
+                    .map_err(err)?;
                 bodies.insert(d.id.as_str(), body.as_bytes()).map_err(err)?;
                 pending.insert(d.id.as_str(), now_ms).map_err(err)?;
             }

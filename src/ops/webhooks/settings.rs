@@ -170,7 +170,10 @@ impl RawEndpoint {
         let url = reqwest::Url::parse(&self.url)
             .map_err(|e| cx.key_err(&key("url"), format!("`{}` is not a URL: {e}", self.url)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err(cx.key_err(&key("url"), "must be an http:// or https:// URL with a host"));
+            return Err(cx.key_err(
+                &key("url"),
+                "must be an http:// or https:// URL with a host",
+            ));
         }
         if self.events.is_empty() {
             return Err(cx.key_err(
@@ -178,7 +181,11 @@ impl RawEndpoint {
                 format!("name at least one of {}", EVENT_TYPES.join(", ")),
             ));
         }
-        if let Some(unknown) = self.events.iter().find(|e| !EVENT_TYPES.contains(&e.as_str())) {
+        if let Some(unknown) = self
+            .events
+            .iter()
+            .find(|e| !EVENT_TYPES.contains(&e.as_str()))
+        {
             return Err(cx.key_err(
                 &key("events"),
                 format!(
@@ -208,7 +215,9 @@ mod tests {
     #[test]
     fn a_secret_must_be_whsec_base64_of_enough_bytes() {
         assert_eq!(
-            decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").expect("valid").len(),
+            decode_secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+                .expect("valid")
+                .len(),
             24
         );
         assert!(decode_secret("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_err());
@@ -224,7 +233,9 @@ mod tests {
             base: std::path::Path::new("."),
             env: &env,
         };
-        let s = RawWebhooks::default().validate(&cx).expect("defaults are valid");
+        let s = RawWebhooks::default()
+            .validate(&cx)
+            .expect("defaults are valid");
         assert_eq!(s.retry_window, Duration::from_secs(86_400));
         assert_eq!(s.timeout, Duration::from_secs(10));
         assert!(!s.allow_private_addresses);

@@ -14,7 +14,10 @@ pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     signed.push(b'.');
     signed.extend_from_slice(body);
     let mac = hmac_sha256::HMAC::mac(&signed, key);
-    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac))
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac)
+    )
 }
 
 /// The wait before attempt `attempt + 1` after `attempt` failed ones (`attempt` ≥ 1): `first`
