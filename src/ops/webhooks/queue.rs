@@ -238,7 +238,10 @@ fn prune(
     pending: &redb::Table<'_, &'static str, i64>,
     keep: usize,
 ) -> anyhow::Result<()> {
-    let finished = records.len().map_err(err)? - pending.len().map_err(err)?;
+    let finished = records
+        .len()
+        .map_err(err)?
+        .saturating_sub(pending.len().map_err(err)?);
     let mut excess = usize::try_from(finished)
         .unwrap_or(usize::MAX)
         .saturating_sub(keep);
