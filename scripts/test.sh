@@ -44,6 +44,9 @@ echo "== python MCP client (the official SDK drives /mcp and cairn mcp in tests/
 # (Debian's python3 marks itself externally managed; the variable lets pip install beside it.)
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet "mcp==2.3.0"
 
+echo "== python Standard Webhooks library (verifies cairn's signed deliveries in tests/it/webhooks.rs)"
+PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet "standardwebhooks==1.1.0"
+
 echo "== embedding model"
 # The tests use the default embedder (all-MiniLM-L6-v2): fetched and verified once through
 # cairn's own acquisition path (cached in ~/.cache/cairn/models).

@@ -33,6 +33,7 @@ use crate::observe::audit::AuditLog;
 use crate::observe::feedback::FeedbackStore;
 use crate::observe::traces::Traces;
 use crate::ops::gate::{GoldenSet, QualityGate};
+use crate::ops::webhooks::Webhooks;
 use crate::providers::Router;
 use crate::providers::cost::{SHARED_SPEND_REFRESH, SpendStore};
 use crate::providers::gateway::TimeBudget;
@@ -92,6 +93,9 @@ pub struct Engine {
     ingest_lock: Mutex<()>,
     /// The reindex quality gate's golden questions (`[quality_gate] file`), when configured.
     pub golden: Option<GoldenSet>,
+    /// `[webhooks]`: events delivered to the configured endpoints (`emit` is a no-op without
+    /// any); the server starts their delivery task.
+    pub webhooks: Arc<Webhooks>,
     /// Conversation threads (`state/threads.redb`, or PostgreSQL's `threads` table), opened on
     /// first use.
     threads: Mutex<Option<Arc<Threads>>>,
@@ -343,7 +347,10 @@ impl Engine {
             ),
             None => None,
         };
+        let webhooks = Webhooks::open(config.webhooks.clone(), &config.data_dir)
+            .with_context(|| format!("config {}: [webhooks]", config.origin))?;
         Ok(Engine {
+            webhooks,
             config,
             index,
             pg,

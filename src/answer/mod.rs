@@ -60,6 +60,9 @@ pub(crate) struct Out {
     pub(crate) gone: bool,
     /// Documents of the citations sent, in order of first citation (the trace's `cited`).
     pub(crate) cited: Vec<String>,
+    /// The hand-off the answer ended with (its `done` or `error` event), for the
+    /// `answer.handoff` webhook.
+    pub(crate) handoff: Option<handoff::Handoff>,
 }
 
 impl Out {
@@ -68,6 +71,7 @@ impl Out {
             tx,
             gone: false,
             cited: Vec::new(),
+            handoff: None,
         }
     }
 
@@ -82,6 +86,11 @@ impl Out {
     }
 
     pub(crate) async fn send(&mut self, ev: AnswerEvent) -> bool {
+        match &ev {
+            AnswerEvent::Done { handoff, .. } => self.handoff = *handoff,
+            AnswerEvent::Error { code, .. } => self.handoff = Some(handoff::of_error(code)),
+            _ => {}
+        }
         if self.gone {
             return false;
         }
@@ -195,7 +204,27 @@ pub(crate) async fn end_trace(
         ms = trace.timings.total_ms as u64,
         "answer"
     );
+    if let Some(h) = out.handoff {
+        announce_handoff(engine, &trace, h);
+    }
     engine.traces.push(trace);
+}
+
+/// Emits `answer.handoff` for an answer a human should take over: the trace id, the reason,
+/// the outcome and the caller; the question only with `[traces] record_text` (question text
+/// leaves the process only then).
+fn announce_handoff(engine: &Engine, trace: &Trace, h: handoff::Handoff) {
+    let mut data = serde_json::json!({
+        "trace_id": trace.id,
+        "reason": h.reason,
+        "outcome": trace.outcome,
+        "caller": trace.caller,
+        "at": trace.at,
+    });
+    if engine.config.traces.record_text {
+        data["question"] = serde_json::json!(trace.question);
+    }
+    engine.webhooks.emit("answer.handoff", data);
 }
 
 pub(crate) fn no_usage() -> UsageView {

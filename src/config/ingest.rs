@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +24,9 @@ pub enum RawSource {
 #[derive(Debug, Clone, Serialize)]
 pub struct RawCrmSource {
     pub name: String,
+    /// How often the source is synced on its own (humantime); none: only when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
     #[serde(flatten)]
     pub options: cairn_ingest::connectors::crm::CrmOptions,
 }
@@ -31,13 +35,19 @@ pub struct RawCrmSource {
 #[derive(Debug, Clone, Serialize)]
 pub struct RawKbApiSource {
     pub name: String,
+    /// How often the source is synced on its own (humantime); none: only when asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
     #[serde(flatten)]
     pub options: cairn_ingest::connectors::kb_api::KbApiOptions,
 }
 
-/// Splits `name` off a source table and deserialises the rest strictly into the connector's
-/// options (`#[serde(flatten)]` would silently accept unknown keys).
-fn name_and_options<'de, D, T>(d: D) -> Result<(String, T), D::Error>
+/// A source table's own keys (`name`, `refresh`) and the connector's options.
+type Split<T> = (String, Option<String>, T);
+
+/// Splits `name` and `refresh` off a source table and deserialises the rest strictly into the
+/// connector's options (`#[serde(flatten)]` would silently accept unknown keys).
+fn name_and_options<'de, D, T>(d: D) -> Result<Split<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::de::DeserializeOwned,
@@ -49,22 +59,35 @@ where
         Some(_) => return Err(D::Error::custom("`name` must be a string")),
         None => return Err(D::Error::missing_field("name")),
     };
+    let refresh = match map.remove("refresh") {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Err(D::Error::custom("`refresh` must be a string like \"15m\"")),
+        None => None,
+    };
     let options =
         serde_json::from_value(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
-    Ok((name, options))
+    Ok((name, refresh, options))
 }
 
 impl<'de> Deserialize<'de> for RawCrmSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (name, options) = name_and_options(d)?;
-        Ok(RawCrmSource { name, options })
+        let (name, refresh, options) = name_and_options(d)?;
+        Ok(RawCrmSource {
+            name,
+            refresh,
+            options,
+        })
     }
 }
 
 impl<'de> Deserialize<'de> for RawKbApiSource {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let (name, options) = name_and_options(d)?;
-        Ok(RawKbApiSource { name, options })
+        let (name, refresh, options) = name_and_options(d)?;
+        Ok(RawKbApiSource {
+            name,
+            refresh,
+            options,
+        })
     }
 }
 
@@ -72,6 +95,9 @@ impl<'de> Deserialize<'de> for RawKbApiSource {
 #[serde(deny_unknown_fields)]
 pub struct RawFilesSource {
     pub name: String,
+    /// How often the source is synced on its own (humantime); none: only when asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
     pub path: PathBuf,
     #[serde(default)]
     pub include: Vec<String>,
@@ -127,6 +153,21 @@ impl RawSource {
         needed.is_empty() || needed.iter().any(|g| groups.contains(g))
     }
 
+    /// The `refresh` text as configured (none: synced only when asked).
+    pub fn refresh_text(&self) -> Option<&str> {
+        match self {
+            RawSource::Files(s) => s.refresh.as_deref(),
+            RawSource::Crm(s) => s.refresh.as_deref(),
+            RawSource::KbApi(s) => s.refresh.as_deref(),
+        }
+    }
+
+    /// How often the source syncs on its own (validated at load, so a bad value reads as
+    /// none only in a config that was never validated).
+    pub fn refresh(&self) -> Option<Duration> {
+        humantime::parse_duration(self.refresh_text()?).ok()
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             RawSource::Files(_) => "files",
@@ -167,9 +208,42 @@ pub fn validate_sources(raw: Vec<RawSource>, cx: &Check) -> Result<Vec<RawSource
                 format!("`{name}` is used twice"),
             ));
         }
+        check_refresh(&s, i, cx)?;
         sources.push(s.validate(i, cx)?);
     }
     Ok(sources)
+}
+
+/// Below this a `refresh` works but is warned about: each sync lists the whole source.
+const SHORT_REFRESH: Duration = Duration::from_secs(60);
+
+/// A source's `refresh` must be a humantime duration above zero; below a minute it is allowed
+/// with a warning.
+fn check_refresh(s: &RawSource, i: usize, cx: &Check) -> Result<(), ConfigError> {
+    let Some(text) = s.refresh_text() else {
+        return Ok(());
+    };
+    let key = format!("sources[{i}].refresh");
+    match humantime::parse_duration(text) {
+        Ok(d) if d.is_zero() => Err(cx.key_err(
+            &key,
+            "must be longer than zero; remove the key to sync only when asked",
+        )),
+        Ok(d) => {
+            if d < SHORT_REFRESH {
+                tracing::warn!(
+                    source = s.name(),
+                    refresh = text,
+                    "a refresh below one minute lists the whole source that often; fine for tests and small folders"
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(cx.key_err(
+            &key,
+            format!("`{text}` is not a duration like \"15m\" or \"1h\": {e}"),
+        )),
+    }
 }
 
 impl RawSource {

@@ -40,6 +40,7 @@ use crate::http::settings::RawServer;
 use crate::observe::audit::RawAudit;
 use crate::observe::traces::RawTraces;
 use crate::ops::gate::RawQualityGate;
+use crate::ops::webhooks::settings::{RawWebhooks, WebhookSettings};
 use crate::providers::config::{
     BudgetConfig, GatewayConfig, ProviderConfig, ProviderKind, RawProvider, check_prices,
     check_route_deadline,
@@ -77,6 +78,8 @@ pub struct RawConfig {
     pub audit: RawAudit,
     /// Conversation threads: how long an idle one lives, how many turns it keeps.
     pub threads: RawThreads,
+    /// Signed webhooks of events (no endpoints by default).
+    pub webhooks: RawWebhooks,
     pub sources: Vec<RawSource>,
 }
 
@@ -115,6 +118,7 @@ impl Default for RawConfig {
             privacy: RawPrivacy::default(),
             audit: RawAudit::default(),
             threads: RawThreads::default(),
+            webhooks: RawWebhooks::default(),
             sources: Vec::new(),
         }
     }
@@ -151,6 +155,8 @@ pub struct Config {
     /// `[audit]` with `path` resolved (empty: `<data_dir>/audit.jsonl`).
     pub audit: RawAudit,
     pub threads: ThreadSettings,
+    /// `[webhooks]` with durations parsed and endpoint secrets decoded.
+    pub webhooks: WebhookSettings,
     pub sources: Vec<RawSource>,
 }
 
@@ -328,6 +334,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let privacy = Masker::from_config(&raw.privacy, cx.origin)?;
     let audit = raw.audit.validate(cx);
     let threads = raw.threads.validate(cx)?;
+    let webhooks = raw.webhooks.validate(cx)?;
     let rerank = raw.rerank.validate(cx)?;
     Ok(Config {
         origin: cx.origin.into(),
@@ -353,6 +360,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         privacy,
         audit,
         threads,
+        webhooks,
         sources,
     })
 }
@@ -662,5 +670,54 @@ mod tests {
         )
         .expect("the root config.toml loads");
         assert_eq!(config.traces.otlp, RawOtlp::default());
+    }
+
+    #[test]
+    fn webhook_endpoints_need_known_events_and_a_whsec_secret() {
+        let endpoint = |events: &str, secret: &str| {
+            format!(
+                "[[webhooks.endpoints]]\nurl = \"https://hooks.example.com/c\"\nevents = {events}\nsecret = \"{secret}\"\n"
+            )
+        };
+        let good = ("HOOK", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        let c = load(&endpoint(r#"["job.completed"]"#, "env:HOOK"), &[good]).expect("valid");
+        assert_eq!(c.webhooks.endpoints[0].key.len(), 24);
+        let e = load(&endpoint(r#"["job.done"]"#, "env:HOOK"), &[good]).expect_err("unknown");
+        assert!(
+            e.to_string().contains("webhooks.endpoints[0].events"),
+            "{e}"
+        );
+        let e = load(
+            &endpoint(r#"["job.completed"]"#, "env:HOOK"),
+            &[("HOOK", "hunter2")],
+        )
+        .expect_err("not whsec");
+        assert!(e.to_string().contains("whsec_"), "{e}");
+        let e = load(&endpoint(r#"["job.completed"]"#, "whsec_abc"), &[]).expect_err("literal");
+        assert!(e.to_string().contains("env:"), "{e}");
+        let e = load("[webhooks]\nretry_window = \"soon\"\n", &[]).expect_err("duration");
+        assert!(e.to_string().contains("webhooks.retry_window"), "{e}");
+    }
+
+    #[test]
+    fn a_source_refresh_is_a_duration_above_zero() {
+        let source = |refresh: &str| {
+            format!(
+                "[[sources]]\nname = \"s\"\nkind = \"files\"\npath = \"x\"\nrefresh = \"{refresh}\"\n"
+            )
+        };
+        let c = load(&source("15m"), &[]).expect("valid");
+        assert_eq!(
+            c.sources[0].refresh(),
+            Some(std::time::Duration::from_secs(900))
+        );
+        assert!(load(&source("10s"), &[]).is_ok(), "short ones are allowed");
+        let e = load(&source("0s"), &[]).expect_err("zero");
+        assert!(e.to_string().contains("sources[0].refresh"), "{e}");
+        let e = load(&source("often"), &[]).expect_err("not a duration");
+        assert!(e.to_string().contains("sources[0].refresh"), "{e}");
+        let crm = "[[sources]]\nname = \"c\"\nkind = \"crm\"\npath = \"a.csv\"\nid = \"Id\"\nrefresh = \"1h\"\n";
+        let c = load(crm, &[]).expect("crm takes refresh too");
+        assert_eq!(c.sources[0].refresh_text(), Some("1h"));
     }
 }

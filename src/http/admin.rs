@@ -1,5 +1,5 @@
-//! The operator's routes: `/admin/reindex`, `/admin/jobs`, `/admin/sources`, `/admin/traces`
-//! (admin scope, audited), and `/metrics`, `/healthz`, `/readyz`.
+//! The operator's routes: `/admin/reindex`, `/admin/jobs`, `/admin/sources`, `/admin/traces`,
+//! `/admin/webhooks/deliveries` (admin scope, audited), and `/metrics`, `/healthz`, `/readyz`.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::observe::audit::AuditEvent;
-use crate::ops::jobs::StartError;
+use crate::ops::jobs::{StartError, Trigger};
 
 /// Index counts, read on a blocking thread (a server-backed index does I/O); `None`, logged,
 /// when the index cannot answer.
@@ -102,17 +102,18 @@ pub(super) async fn admin_reindex(
     let caller = s.authorize_scope(&headers, Scope::Admin)?;
     let body = reindex_body(&headers, body)?;
     let (jobs, engine, source) = (s.jobs.clone(), s.engine.clone(), body.source.clone());
-    let job = tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|e| match e {
-            StartError::UnknownSource(n) => ApiError::UnknownSource(n),
-            StartError::Busy(id) => ApiError::JobRunning(id),
-            StartError::Store(reason) => {
-                tracing::error!(error = %reason, "cannot queue a reindex job");
-                ApiError::Internal
-            }
-        })?;
+    let job =
+        tokio::task::spawn_blocking(move || jobs.start(engine, source, body.full, Trigger::Manual))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|e| match e {
+                StartError::UnknownSource(n) => ApiError::UnknownSource(n),
+                StartError::Busy(id) => ApiError::JobRunning(id),
+                StartError::Store(reason) => {
+                    tracing::error!(error = %reason, "cannot queue a reindex job");
+                    ApiError::Internal
+                }
+            })?;
     tracing::info!(audit = "reindex", caller = %caller.name, job = %job.id, source = ?body.source, full = body.full, "admin action");
     s.engine.audit.record_or_warn(&AuditEvent::Admin {
         action: "reindex".into(),
@@ -174,7 +175,7 @@ pub(super) async fn admin_sources(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
-    let engine = s.engine.clone();
+    let (engine, schedules) = (s.engine.clone(), s.schedules.clone());
     let sources = tokio::task::spawn_blocking(move || {
         engine
             .config
@@ -197,6 +198,7 @@ pub(super) async fn admin_sources(
                     "last_reconciled": state.last_reconciled,
                     "last_sync": report.as_ref().map(|r| r.finished_at.clone()),
                     "last_counts": report.as_ref().map(|r| r.counts.clone()),
+                    "schedule": schedules.view(name),
                 })
             })
             .collect::<Vec<_>>()
@@ -204,6 +206,32 @@ pub(super) async fn admin_sources(
     .await
     .map_err(|_| ApiError::Internal)?;
     Ok(Json(json!({"sources": sources})).into_response())
+}
+
+/// `GET /admin/webhooks/deliveries`: the newest deliveries (`limit`, default 50, at most
+/// 1000) with every attempt, and the endpoints with whether a receiver disabled them.
+pub(super) async fn admin_webhook_deliveries(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    params: Result<Query<LimitParams>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    s.authorize_scope(&headers, Scope::Admin)?;
+    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let limit = p.limit.unwrap_or(50).min(1000);
+    let hooks = s.engine.webhooks.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        anyhow::Ok((hooks.deliveries(limit)?, hooks.endpoints()?))
+    })
+    .await;
+    let (deliveries, endpoints) = match read {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            tracing::error!(error = %format!("{e:#}"), "cannot read the webhook deliveries");
+            return Err(ApiError::Internal);
+        }
+        Err(_) => return Err(ApiError::Internal),
+    };
+    Ok(Json(json!({"endpoints": endpoints, "deliveries": deliveries})).into_response())
 }
 
 pub(super) async fn admin_traces(

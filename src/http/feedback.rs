@@ -152,7 +152,21 @@ pub async fn create(engine: &Arc<Engine>, feedback: &Feedback) -> Result<bool, A
     let replaced = blocking(move || e.feedback().and_then(|s| s.put(&f)).map_err(internal)).await?;
     metrics::counter!(crate::observe::metrics::FEEDBACK, "rating" => feedback.rating.label())
         .increment(1);
+    engine
+        .webhooks
+        .emit("feedback.created", feedback_event(feedback, replaced));
     Ok(replaced)
+}
+
+/// The `feedback.created` webhook's data: the rating as stored (question and answer text only
+/// when the trace kept them) without the caller's access groups, and whether it replaced one.
+fn feedback_event(feedback: &Feedback, replaced: bool) -> serde_json::Value {
+    let mut data = json!(feedback);
+    if let Some(fields) = data.as_object_mut() {
+        fields.remove("groups");
+    }
+    data["replaced"] = json!(replaced);
+    data
 }
 
 /// `POST /feedback`: 201 with the stored rating and whether it replaced one.

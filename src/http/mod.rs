@@ -55,6 +55,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/admin/feedback/export",
             get(feedback::admin_feedback_export),
         )
+        .route(
+            "/admin/webhooks/deliveries",
+            get(admin::admin_webhook_deliveries),
+        )
         .merge(mcp::router(state.clone()))
         .fallback(not_found)
         .layer(axum::extract::DefaultBodyLimit::max(limit))

@@ -1,5 +1,6 @@
-//! What every handler holds: the engine, the API keys and the job queue, and the check of a
-//! request's key against the scope its route needs.
+//! What every handler holds: the engine, the API keys, the job queue and the sources'
+//! schedules, and the check of a request's key against the scope its route needs. Building it
+//! starts the server's background tasks (webhook delivery, scheduled syncs).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,11 +10,14 @@ use crate::engine::Engine;
 use crate::http::auth::{Auth, AuthError, Caller, Scope};
 use crate::http::error::ApiError;
 use crate::ops::jobs::Jobs;
+use crate::ops::schedule::Schedules;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Auth>,
     pub jobs: Arc<Jobs>,
+    /// The `refresh` schedules of the sources (their task runs while this state lives).
+    pub schedules: Arc<Schedules>,
     /// Test-only fault injection, see [`AppState::inject_answer_panic`].
     answer_panic: OnceLock<String>,
 }
@@ -22,10 +26,13 @@ impl AppState {
     pub fn new(engine: Arc<Engine>) -> anyhow::Result<Arc<AppState>> {
         let auth = Auth::new(&engine.config.auth);
         let jobs = Jobs::open_for(&engine)?;
+        engine.webhooks.start()?;
+        let schedules = Schedules::start(&engine, &jobs);
         Ok(Arc::new(AppState {
             engine,
             auth,
             jobs,
+            schedules,
             answer_panic: OnceLock::new(),
         }))
     }

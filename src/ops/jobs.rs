@@ -61,6 +61,17 @@ pub struct JobProgress {
     pub chunks: usize,
 }
 
+/// What started a job: an admin's request, or a source's `refresh` schedule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// `POST /admin/reindex` (and jobs recorded before triggers were).
+    #[default]
+    Manual,
+    /// A source's `refresh` came due.
+    Schedule,
+}
+
 /// A job as the admin API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
@@ -68,6 +79,9 @@ pub struct Job {
     /// The source, or none for every source.
     pub source: Option<String>,
     pub full: bool,
+    /// What started it.
+    #[serde(default)]
+    pub trigger: Trigger,
     pub state: JobState,
     pub created_at: String,
     pub started_at: Option<String>,
@@ -285,6 +299,7 @@ impl Jobs {
         engine: Arc<Engine>,
         source: Option<String>,
         full: bool,
+        trigger: Trigger,
     ) -> Result<Job, StartError> {
         if let Some(name) = &source
             && !engine.config.sources.iter().any(|s| s.name() == name)
@@ -295,6 +310,7 @@ impl Jobs {
             id: uuid::Uuid::new_v4().to_string(),
             source,
             full,
+            trigger,
             state: JobState::Queued,
             created_at: Utc::now().to_rfc3339(),
             started_at: None,
@@ -329,6 +345,7 @@ impl Jobs {
                     let save = |j: &Job, durable: bool| this.put(j, durable);
                     let finished = run(&engine, running, &save, &cancel);
                     this.put(&finished, true);
+                    announce(&engine, &finished);
                 });
             }
             JobStore::Postgres { pg, .. } => {
@@ -425,6 +442,7 @@ impl Jobs {
         let finished = run(engine, job, &save, &cancel);
         if !cancel.load(Ordering::Relaxed) {
             write(&finished);
+            announce(engine, &finished);
         }
     }
 }
@@ -440,6 +458,20 @@ fn worker(jobs: &Weak<Jobs>, engine: &Weak<Engine>, wake: &mpsc::Receiver<()>) {
             return;
         };
         jobs.tick(&engine);
+    }
+}
+
+/// Emits `job.completed` (succeeded, with or without failed documents) or `job.failed` for a
+/// finished job, its JSON as the event's data.
+fn announce(engine: &Engine, job: &Job) {
+    let event = match job.state {
+        JobState::Succeeded | JobState::SucceededWithFailures => "job.completed",
+        JobState::Failed => "job.failed",
+        JobState::Queued | JobState::Running | JobState::Interrupted => return,
+    };
+    match serde_json::to_value(job) {
+        Ok(data) => engine.webhooks.emit(event, data),
+        Err(e) => tracing::warn!(job = %job.id, error = %e, "cannot encode a job for its webhook"),
     }
 }
 

@@ -1,8 +1,11 @@
-//! Background work of a running server: admin reindex jobs and the quality gate a reindex
-//! passes before its generation is switched in.
+//! Background work of a running server: admin reindex jobs, the quality gate a reindex
+//! passes before its generation is switched in, signed webhooks of events, and scheduled
+//! source syncs.
 //!
 //! Must not: hold a request open (jobs run on their own thread and report through their
-//! record).
+//! record; webhooks are delivered by their own task from a persisted queue).
 
 pub mod gate;
 pub mod jobs;
+pub mod schedule;
+pub mod webhooks;

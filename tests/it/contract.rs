@@ -78,6 +78,7 @@ const GET_ROUTES: &[&str] = &[
     "/admin/traces",
     "/admin/feedback",
     "/admin/feedback/export",
+    "/admin/webhooks/deliveries",
 ];
 const POST_ROUTES: &[&str] = &[
     "/ask",

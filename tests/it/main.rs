@@ -20,9 +20,11 @@ mod otlp;
 mod privacy;
 mod promises;
 mod replicas;
+mod schedule;
 mod server;
 mod support;
 mod support_bot;
 mod threads;
 #[path = "../support/mod.rs"]
 mod vendors;
+mod webhooks;

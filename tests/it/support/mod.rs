@@ -38,6 +38,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Secrets the test configs reference (`env:NAME`), looked up before the process environment,
+/// so tests need not change the environment they share.
+pub const TEST_SECRETS: &[(&str, &str)] = &[(
+    "CAIRN_TEST_WEBHOOK_SECRET",
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+)];
+
+/// Loads a test config: [`TEST_SECRETS`], then the process environment.
+pub fn load_config(path: &Path) -> Config {
+    let env = |k: &str| {
+        TEST_SECRETS
+            .iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| v.to_string())
+            .or_else(|| std::env::var(k).ok())
+    };
+    Config::load_with_env(path, true, &Overrides::default(), env, true).expect("config")
+}
+
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let corpus = repo().join("samples/corpus");
     let prompt = repo().join("prompts/answer.v1.toml");
@@ -74,7 +93,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = setup(dir.path());
         let path = write_config(dir.path(), &extra);
-        let config = Config::load(&path, true, &Overrides::default()).expect("config");
+        let config = load_config(&path);
         let engine = Engine::open(config).expect("engine");
         let reports = engine
             .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
@@ -91,7 +110,7 @@ impl TestApp {
         drop(state);
         drop(engine);
         let path = dir.path().join("config.toml");
-        let config = Config::load(&path, true, &Overrides::default()).expect("config");
+        let config = load_config(&path);
         let engine = Arc::new(Engine::open(config).expect("engine reopens"));
         let state = AppState::new(engine.clone()).expect("state");
         TestApp { dir, engine, state }

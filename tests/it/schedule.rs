@@ -1,0 +1,142 @@
+//! Scheduled source syncs: a source with a short `refresh` picks up a new file with no
+//! external trigger, as an ordinary reindex job marked `"trigger": "schedule"`, and
+//! `/admin/sources` shows its schedule.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{self, ADMIN, TestApp, with_key};
+
+async fn admin_get(app: &TestApp, uri: &str) -> Value {
+    use tower::ServiceExt;
+    let resp = app
+        .router()
+        .oneshot(with_key(support::get(uri), ADMIN))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), axum::http::StatusCode::OK, "{uri}");
+    support::body_json(resp).await
+}
+
+#[tokio::test]
+async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
+    let app = TestApp::with_setup(|dir| {
+        let live = dir.join("live");
+        std::fs::create_dir_all(&live).expect("mkdir");
+        std::fs::write(
+            live.join("first.md"),
+            "# First\n\nThe first page of the live folder.",
+        )
+        .expect("write");
+        format!(
+            "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"1s\"\n",
+            cairn::http::auth::hash_key(ADMIN)
+        )
+    });
+    let sources = admin_get(&app, "/admin/sources").await;
+    let live = sources["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == "live")
+        .expect("live")
+        .clone();
+    assert_eq!(live["schedule"]["refresh"], "1s", "{live:#}");
+    assert!(live["schedule"]["next_run"].is_string(), "{live:#}");
+    let manual = sources["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == "samples")
+        .expect("samples");
+    assert!(manual["schedule"].is_null(), "no refresh: manual only");
+
+    std::fs::write(
+        app.dir.path().join("live/zebra.md"),
+        "# Zebra crossings\n\nQuokkaflux zebra crossings are painted every spring.",
+    )
+    .expect("write");
+    let mut found = false;
+    for _ in 0..300 {
+        let hits = support::get_json(&app, "/search?q=Quokkaflux&mode=bm25").await;
+        if hits["hits"].as_array().is_some_and(|h| !h.is_empty()) {
+            found = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(found, "the new file was never indexed by the schedule");
+    let jobs = admin_get(&app, "/admin/jobs").await;
+    let scheduled: Vec<&Value> = jobs["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter(|j| j["trigger"] == "schedule")
+        .collect();
+    assert!(!scheduled.is_empty(), "{jobs:#}");
+    assert!(scheduled.iter().all(|j| j["source"] == "live"), "{jobs:#}");
+    let live = admin_get(&app, "/admin/sources").await["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == "live")
+        .expect("live")
+        .clone();
+    assert!(live["schedule"]["last_run"].is_string(), "{live:#}");
+    assert!(live["schedule"]["last_job"].is_string(), "{live:#}");
+}
+
+#[tokio::test]
+async fn a_scheduled_run_is_skipped_with_its_reason_while_another_job_holds_the_lock() {
+    let app = TestApp::with_setup(|dir| {
+        let live = dir.join("live");
+        std::fs::create_dir_all(&live).expect("mkdir");
+        std::fs::write(live.join("a.md"), "# A\n\nA page.").expect("write");
+        format!(
+            "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"1s\"\n",
+            cairn::http::auth::hash_key(ADMIN)
+        )
+    });
+    // A manual full reindex of every source, slowed by a stalled store write, holds the lock.
+    let job = start_full_reindex(&app).await;
+    assert!(app.engine.inject_store_stall(Duration::from_secs(4)));
+    let mut skipped = Value::Null;
+    for _ in 0..100 {
+        let sources = admin_get(&app, "/admin/sources").await;
+        let live = sources["sources"]
+            .as_array()
+            .expect("sources")
+            .iter()
+            .find(|s| s["name"] == "live")
+            .expect("live")
+            .clone();
+        if live["schedule"]["last_skipped"].is_object() {
+            skipped = live["schedule"]["last_skipped"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reason = skipped["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(job["id"].as_str().expect("id")),
+        "{skipped:#}"
+    );
+}
+
+/// Queues a full reindex of every source, retrying while a scheduled job runs (at most 30 s).
+async fn start_full_reindex(app: &TestApp) -> Value {
+    use tower::ServiceExt;
+    for _ in 0..300 {
+        let req = with_key(
+            support::post_json("/admin/reindex", r#"{"full": true}"#),
+            ADMIN,
+        );
+        let resp = app.router().oneshot(req).await.expect("response");
+        if resp.status() == axum::http::StatusCode::ACCEPTED {
+            return support::body_json(resp).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("a manual reindex was never accepted");
+}
