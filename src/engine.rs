@@ -24,6 +24,7 @@ use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::answer::cache::AnswerCache;
+use crate::answer::load::AnswerLoad;
 use crate::answer::prompt::Prompt;
 use crate::config::Config;
 use crate::config::ingest::RawSource;
@@ -64,6 +65,8 @@ pub struct Engine {
     pub golden: Option<GoldenSet>,
     /// Conversation threads (`state/threads.redb`), opened on first use.
     threads: Mutex<Option<Arc<cairn_index::ThreadStore>>>,
+    /// Interactive answers in flight: background work (batches) gives way to them.
+    pub load: Arc<AnswerLoad>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -274,6 +277,7 @@ impl Engine {
             cache,
             traces,
             threads: Mutex::new(None),
+            load: Arc::default(),
             audit,
             embed_cache,
             queries,

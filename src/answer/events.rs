@@ -77,3 +77,28 @@ pub struct AskRequest {
     /// `None` counts against the global cap only.
     pub budget_key: Option<String>,
 }
+
+/// How a question is answered: `rag` (retrieve once, then answer: the pipeline of this
+/// module) or `agent` (a tool loop; not available in this build, so it ends with the typed
+/// error [`Mode::unavailable`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Rag,
+    Agent,
+}
+
+impl Mode {
+    /// The error an answer in `mode` ends with when this build cannot answer in it: the code
+    /// and wording `/ask` gives a mode it does not know.
+    pub fn unavailable(self) -> Option<AnswerEvent> {
+        match self {
+            Mode::Rag => None,
+            Mode::Agent => Some(AnswerEvent::Error {
+                code: "invalid_request",
+                message: "`mode` \"agent\" is not available on this server; use \"rag\"".into(),
+            }),
+        }
+    }
+}

@@ -12,6 +12,7 @@ pub mod citations;
 pub mod context;
 pub mod events;
 pub mod handoff;
+pub mod load;
 pub mod privacy;
 pub mod prompt;
 pub mod settings;
@@ -29,7 +30,8 @@ use cairn_index::Hit;
 use crate::answer::cache::{Cached, HitKind};
 use crate::answer::citations::{CitationFilter, best_quote};
 use crate::answer::context::{ContextOptions, Passage, SelectionStats};
-use crate::answer::events::{AnswerEvent, AskRequest, Citation, UsageView};
+use crate::answer::events::{AnswerEvent, AskRequest, Citation, Mode, UsageView};
+use crate::answer::load::Lane;
 use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
@@ -94,6 +96,47 @@ pub async fn answer(
 
 /// As [`answer`] for a question that came in on the HTTP route `http_route` (kept in the trace).
 pub async fn answer_on(
+    engine: Arc<Engine>,
+    req: AskRequest,
+    caller: String,
+    http_route: Option<&'static str>,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
+    let from = Origin {
+        caller,
+        http_route,
+        lane: Lane::Interactive,
+    };
+    answer_as(engine, req, Mode::Rag, from, tx).await
+}
+
+/// Who asked: the caller's key name, the HTTP route (kept in the trace) and the lane.
+pub struct Origin {
+    pub caller: String,
+    pub http_route: Option<&'static str>,
+    pub lane: Lane,
+}
+
+/// The one entry point of every answer, whatever its mode and lane: an interactive one is
+/// counted in the engine's [`load::AnswerLoad`] while it runs (background work gives way to
+/// it); a mode this build cannot answer in ends with its typed error, before any trace.
+pub async fn answer_as(
+    engine: Arc<Engine>,
+    req: AskRequest,
+    mode: Mode,
+    from: Origin,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
+    if let Some(refusal) = mode.unavailable() {
+        let _ = tx.send(refusal).await;
+        return;
+    }
+    let _counted = (from.lane == Lane::Interactive).then(|| engine.load.enter());
+    answer_rag(engine, req, from.caller, from.http_route, tx).await
+}
+
+/// The retrieve-then-answer pipeline, recording a trace whatever the outcome.
+async fn answer_rag(
     engine: Arc<Engine>,
     req: AskRequest,
     caller: String,

@@ -37,6 +37,7 @@ use crate::http::auth::RawAuth;
 use crate::http::settings::RawServer;
 use crate::observe::audit::RawAudit;
 use crate::observe::traces::RawTraces;
+use crate::ops::batches::settings::RawBatches;
 use crate::ops::gate::RawQualityGate;
 use crate::providers::config::{
     BudgetConfig, GatewayConfig, ProviderConfig, ProviderKind, RawProvider, check_prices,
@@ -71,6 +72,8 @@ pub struct RawConfig {
     pub privacy: RawPrivacy,
     /// The append-only audit log of admin actions and provider requests.
     pub audit: RawAudit,
+    /// Batches of questions answered in the background.
+    pub batches: RawBatches,
     pub sources: Vec<RawSource>,
 }
 
@@ -107,6 +110,7 @@ impl Default for RawConfig {
             quality_gate: RawQualityGate::default(),
             privacy: RawPrivacy::default(),
             audit: RawAudit::default(),
+            batches: RawBatches::default(),
             sources: Vec::new(),
         }
     }
@@ -141,6 +145,7 @@ pub struct Config {
     pub privacy: Masker,
     /// `[audit]` with `path` resolved (empty: `<data_dir>/audit.jsonl`).
     pub audit: RawAudit,
+    pub batches: RawBatches,
     pub sources: Vec<RawSource>,
 }
 
@@ -312,6 +317,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let privacy = Masker::from_config(&raw.privacy, cx.origin)?;
     let audit = raw.audit.validate(cx);
     let rerank = raw.rerank.validate(cx)?;
+    raw.batches.validate(cx)?;
     Ok(Config {
         origin: cx.origin.into(),
         data_dir: resolve_path(cx.base, &raw.data_dir),
@@ -334,6 +340,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         quality_gate,
         privacy,
         audit,
+        batches: raw.batches,
         sources,
     })
 }

@@ -183,13 +183,7 @@ pub fn validate_ask(
         ));
     }
     let filter = caller_filter(engine, caller, body.filters)?;
-    // Keys are charged by name; anonymous callers share one bucket (a name no key can have,
-    // because key buckets are prefixed).
-    let budget_key = if caller.anonymous {
-        "anonymous".to_string()
-    } else {
-        format!("key:{}", caller.name)
-    };
+    let budget_key = budget_key(caller);
     // Refuse before retrieval so the status says it; a cap reached while this answer is
     // being prepared still ends it with an in-stream `budget_exhausted` error.
     engine
@@ -211,6 +205,16 @@ pub fn validate_ask(
         },
         body.stream.unwrap_or(true),
     ))
+}
+
+/// The `[budget]` bucket `caller` is charged in: keys by name; anonymous callers share one
+/// bucket (a name no key can have, because key buckets are prefixed).
+pub(super) fn budget_key(caller: &Caller) -> String {
+    if caller.anonymous {
+        "anonymous".to_string()
+    } else {
+        format!("key:{}", caller.name)
+    }
 }
 
 /// The conversation as messages, within `[server] max_conversation_turns` and
@@ -246,7 +250,7 @@ fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message
 
 /// The question, trimmed: not empty, within `[server] max_question_chars`, no control
 /// characters.
-fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
+pub(super) fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
     let question = question.trim().to_string();
     if question.is_empty() {
         return Err(ApiError::EmptyQuery(
@@ -271,7 +275,7 @@ fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError>
 
 /// The caller's access groups plus the body's filters (sources must exist and be readable by
 /// the caller).
-fn caller_filter(
+pub(super) fn caller_filter(
     engine: &Engine,
     caller: &Caller,
     filters: Option<AskFilters>,

@@ -1,4 +1,4 @@
-//! What every handler holds: the engine, the API keys and the job queue, and the check of a
+//! What every handler holds: the engine, the API keys, the job queue and the batches, and the check of a
 //! request's key against the scope its route needs.
 
 use std::sync::{Arc, OnceLock};
@@ -8,12 +8,16 @@ use axum::http::{HeaderMap, header};
 use crate::engine::Engine;
 use crate::http::auth::{Auth, AuthError, Caller, Scope};
 use crate::http::error::ApiError;
+use crate::ops::batches::Batches;
 use crate::ops::jobs::Jobs;
 
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<Auth>,
     pub jobs: Arc<Jobs>,
+    /// Batches and their runner (started here when a runtime is running, else by the first
+    /// batch; stopped when the state is dropped).
+    pub batches: Batches,
     /// Test-only fault injection, see [`AppState::inject_answer_panic`].
     answer_panic: OnceLock<String>,
 }
@@ -22,10 +26,13 @@ impl AppState {
     pub fn new(engine: Arc<Engine>) -> anyhow::Result<Arc<AppState>> {
         let auth = Auth::new(&engine.config.auth);
         let jobs = Jobs::open_for(&engine)?;
+        let batches = Batches::new(&engine);
+        batches.start();
         Ok(Arc::new(AppState {
             engine,
             auth,
             jobs,
+            batches,
             answer_panic: OnceLock::new(),
         }))
     }

@@ -1,6 +1,7 @@
 //! cairn's end-to-end tests, linked into one binary (faster to build than one per file).
 
 mod answer;
+mod batches;
 mod browser;
 mod cli;
 mod contract;
