@@ -24,6 +24,7 @@ use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
 use crate::answer::cache::AnswerCache;
+use crate::answer::load::AnswerLoad;
 use crate::answer::prompt::Prompt;
 use crate::answer::threads::{Thread, ThreadFile, ThreadStore, Threads};
 use crate::config::Config;
@@ -101,6 +102,8 @@ pub struct Engine {
     threads: Mutex<Option<Arc<Threads>>>,
     /// Ratings of answers (`state/feedback.redb`), opened on first use.
     feedback: Mutex<Option<Arc<FeedbackStore>>>,
+    /// Interactive answers in flight: background work (batches) gives way to them.
+    pub load: Arc<AnswerLoad>,
 }
 
 /// Start-up choices for [`Engine::open_with`].
@@ -364,6 +367,7 @@ impl Engine {
             traces,
             threads: Mutex::new(None),
             feedback: Mutex::new(None),
+            load: Arc::default(),
             audit,
             embed_cache,
             queries,

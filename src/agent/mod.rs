@@ -27,6 +27,7 @@ use crate::agent::settings::AgentBudget;
 use crate::agent::tools::Gathered;
 use crate::answer::citations::CitationFilter;
 use crate::answer::events::{AnswerEvent, AskRequest, ModeView, StepView, UsageView};
+use crate::answer::load::Lane;
 use crate::answer::privacy::Masking;
 use crate::answer::prompt::{ANSWER_MAX_TOKENS, fence};
 use crate::answer::{
@@ -72,9 +73,29 @@ impl AgentPrompt {
     }
 }
 
+/// Who asked: the caller's key name, the HTTP route (kept in the trace) and the lane.
+pub struct Origin {
+    pub caller: String,
+    pub http_route: Option<&'static str>,
+    pub lane: Lane,
+}
+
+/// The one entry point of the server's answers (`/ask`, `/v1/chat/completions`, MCP `ask`,
+/// batches), whatever their mode and lane: an interactive answer is counted in the engine's
+/// [`crate::answer::load::AnswerLoad`] while it runs, so background work gives way to it.
+pub async fn answer_as(
+    engine: Arc<Engine>,
+    req: AskRequest,
+    from: Origin,
+    tx: mpsc::Sender<AnswerEvent>,
+) {
+    let _counted = (from.lane == Lane::Interactive).then(|| engine.load.enter());
+    ask(engine, req, from.caller, from.http_route, tx).await
+}
+
 /// Answers `req`: in agent mode when it asks for it and the agent route can call tools,
 /// otherwise as a plain answer (whose `done` says why an agent request ran as RAG).
-pub async fn ask(
+async fn ask(
     engine: Arc<Engine>,
     req: AskRequest,
     caller: String,

@@ -3,6 +3,7 @@
 //!
 //! Must not: depend on the engine or the pipeline (the cache below them stores these types).
 
+use rmcp::schemars;
 use serde::Serialize;
 
 use cairn_index::Filter;
@@ -130,4 +131,16 @@ pub struct AskRequest {
     pub thread_id: Option<String>,
     /// Agent mode with this run's budget (`"mode": "agent"`); `None`: plain RAG.
     pub agent: Option<crate::agent::settings::AgentBudget>,
+}
+
+/// How a question is answered: one retrieval and one model call (`rag`, the default) or a tool
+/// loop (`agent`) — on `/ask`, MCP `ask` and in batches.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Rag,
+    Agent,
 }

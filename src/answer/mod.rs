@@ -12,6 +12,7 @@ pub mod citations;
 pub mod context;
 pub mod events;
 pub mod handoff;
+pub mod load;
 pub mod privacy;
 pub mod prompt;
 pub mod settings;
@@ -117,7 +118,10 @@ pub async fn answer(
     answer_on(engine, req, caller, None, tx).await
 }
 
-/// As [`answer`] for a question that came in on the HTTP route `http_route` (kept in the trace).
+/// As [`answer`] for a question that came in on the HTTP route `http_route` (kept in the
+/// trace): the retrieve-then-answer pipeline, recording a trace whatever the outcome. Every
+/// answer of the server starts at [`crate::agent::answer_as`], which picks the mode and counts
+/// interactive load.
 pub async fn answer_on(
     engine: Arc<Engine>,
     req: AskRequest,

@@ -157,19 +157,8 @@ fn configure(config: &mut Config, base: &str, streams: usize) {
         config.answer.route.clone(),
         vec![("slow".into(), "slow".into())],
     );
-    config.cache.enabled = false;
+    super::open_to_anonymous_load(config);
     config.server.max_concurrent_requests = config.server.max_concurrent_requests.max(streams + 16);
-    config.auth.anonymous_rate_per_minute = u32::MAX / 2;
-    if !config
-        .auth
-        .anonymous_scopes
-        .contains(&crate::http::auth::Scope::Ask)
-    {
-        config
-            .auth
-            .anonymous_scopes
-            .push(crate::http::auth::Scope::Ask);
-    }
     config.traces.keep = config.traces.keep.max(streams);
 }
 
@@ -234,16 +223,7 @@ pub fn run(
         .build()?;
     let (base, fake) = runtime.block_on(start_fake(o.tokens, o.gap))?;
     configure(&mut config, &base, o.streams);
-    let engine = Arc::new(Engine::open_with(config, open)?);
-    if engine.index.stats()?.documents == 0 {
-        eprintln!("the index is empty: ingesting the configured sources");
-        engine.ingest(
-            None,
-            false,
-            &|_, _| {},
-            &std::sync::atomic::AtomicBool::new(false),
-        )?;
-    }
+    let engine = super::open_ingested(config, open)?;
     let report = runtime.block_on(drive(engine, o));
     fake.abort();
     report

@@ -1,4 +1,4 @@
-//! `cairn bench ingest | serve | streams | soak`: throughput and load figures (nothing is
+//! `cairn bench ingest | serve | streams | batches | soak`: throughput and load figures (nothing is
 //! kept, except a soak's index in `--dir`).
 
 use std::path::{Path, PathBuf};
@@ -69,6 +69,28 @@ pub enum BenchCommand {
         /// The question every stream asks (the index must hold something relevant to it).
         #[arg(long, default_value = "How long do refunds take?")]
         question: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interactive /ask latency under a fixed load, without and then with a batch running in
+    /// the same process: p50/p99 of each phase and their ratio.
+    #[command(
+        after_help = "Uses the configured index and answer route (an empty index ingests the configured sources first); the answer cache is turned off and anonymous callers get `ask` without a rate limit for the run.\nExample:\n  cairn --data-dir /var/tmp/batchbench bench batches --rate 4 --seconds 30"
+    )]
+    Batches {
+        /// Interactive requests per second (sent on schedule, whatever the answers do).
+        #[arg(long, default_value_t = 4.0)]
+        rate: f64,
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Requests in the batch (it should outlast the second phase).
+        #[arg(long, default_value_t = 2000)]
+        batch: usize,
+        /// JSON lines with a "question" each (the workload of both the client and the batch).
+        #[arg(long, default_value = "samples/qa.jsonl")]
+        questions: PathBuf,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -156,7 +178,9 @@ pub(super) fn run(
             };
             serve(engine, runtime, &options, json)
         }
-        BenchCommand::Streams { .. } | BenchCommand::Soak { .. } => Ok(ExitCode::SUCCESS),
+        BenchCommand::Streams { .. } | BenchCommand::Soak { .. } | BenchCommand::Batches { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -250,6 +274,43 @@ pub(super) fn streams(
     Ok(if report.problems.is_empty() {
         ExitCode::SUCCESS
     } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `cairn bench batches`: starts its own engine (cache off, anonymous `ask` unlimited).
+pub(super) fn batches(
+    config: Config,
+    open: &OpenOptions,
+    cmd: &BenchCommand,
+) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Batches {
+        rate,
+        seconds,
+        batch,
+        questions,
+        json,
+    } = cmd
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let options = crate::bench::batches::BatchBenchOptions {
+        rate: *rate,
+        seconds: *seconds,
+        batch: *batch,
+        questions: crate::bench::batches::read_questions(questions)?,
+    };
+    let report = crate::bench::batches::run(config, open, &options)?;
+    if *json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::bench::batches::print(&report);
+    }
+    let errors = report.without_batch.errors + report.with_batch.errors;
+    Ok(if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("error: {errors} interactive requests failed");
         ExitCode::from(1)
     })
 }

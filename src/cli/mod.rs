@@ -189,6 +189,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(cmd @ BenchCommand::Streams { .. }) = &cli.command {
         return bench::streams(config, &open, cmd);
     }
+    if let Command::Bench(cmd @ BenchCommand::Batches { .. }) = &cli.command {
+        return bench::batches(config, &open, cmd);
+    }
     let engine = Arc::new(Engine::open_with(config, &open)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

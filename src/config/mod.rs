@@ -39,6 +39,7 @@ use crate::http::auth::RawAuth;
 use crate::http::settings::RawServer;
 use crate::observe::audit::RawAudit;
 use crate::observe::traces::RawTraces;
+use crate::ops::batches::settings::RawBatches;
 use crate::ops::gate::RawQualityGate;
 use crate::ops::webhooks::settings::{RawWebhooks, WebhookSettings};
 use crate::providers::config::{
@@ -80,6 +81,8 @@ pub struct RawConfig {
     pub threads: RawThreads,
     /// Signed webhooks of events (no endpoints by default).
     pub webhooks: RawWebhooks,
+    /// Batches of questions answered in the background.
+    pub batches: RawBatches,
     pub sources: Vec<RawSource>,
 }
 
@@ -119,6 +122,7 @@ impl Default for RawConfig {
             audit: RawAudit::default(),
             threads: RawThreads::default(),
             webhooks: RawWebhooks::default(),
+            batches: RawBatches::default(),
             sources: Vec::new(),
         }
     }
@@ -157,6 +161,7 @@ pub struct Config {
     pub threads: ThreadSettings,
     /// `[webhooks]` with durations parsed and endpoint secrets decoded.
     pub webhooks: WebhookSettings,
+    pub batches: RawBatches,
     pub sources: Vec<RawSource>,
 }
 
@@ -336,6 +341,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let threads = raw.threads.validate(cx)?;
     let webhooks = raw.webhooks.validate(cx)?;
     let rerank = raw.rerank.validate(cx)?;
+    raw.batches.validate(cx)?;
     Ok(Config {
         origin: cx.origin.into(),
         data_dir: resolve_path(cx.base, &raw.data_dir),
@@ -361,6 +367,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         audit,
         threads,
         webhooks,
+        batches: raw.batches,
         sources,
     })
 }

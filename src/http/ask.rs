@@ -16,7 +16,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use rmcp::schemars;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -25,8 +24,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use cairn_index::{Filter, TimeRange};
 
 use crate::agent::settings::{AgentBudget, BudgetRequest};
-use crate::answer::events::{AnswerEvent, AskRequest, Citation, ModeView, StepView, UsageView};
+use crate::answer::events::{
+    AnswerEvent, AskRequest, Citation, Mode, ModeView, StepView, UsageView,
+};
 use crate::answer::handoff::{self, Handoff};
+use crate::answer::load::Lane;
 use crate::engine::Engine;
 use crate::http::auth::{Caller, Scope};
 use crate::http::error::ApiError;
@@ -55,18 +57,6 @@ pub struct Turn {
     pub content: String,
 }
 
-/// How `/ask` answers: one retrieval and one model call (`rag`, the default) or a tool loop
-/// (`agent`).
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum AskMode {
-    #[default]
-    Rag,
-    Agent,
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AskBody {
@@ -81,7 +71,7 @@ pub struct AskBody {
     pub thread_id: Option<String>,
     /// `agent` runs the tool loop (`[agent]`).
     #[serde(default)]
-    pub mode: AskMode,
+    pub mode: Mode,
     /// Agent mode's limits for this request, each at most the `[agent]` one.
     pub agent: Option<BudgetRequest>,
 }
@@ -211,23 +201,9 @@ pub fn validate_ask(
         ));
     }
     let filter = caller_filter(engine, caller, body.filters)?;
-    // Keys are charged by name; anonymous callers share one bucket (a name no key can have,
-    // because key buckets are prefixed).
-    let budget_key = if caller.anonymous {
-        "anonymous".to_string()
-    } else {
-        format!("key:{}", caller.name)
-    };
     // Refuse before retrieval so the status says it; a cap reached while this answer is
     // being prepared still ends it with an in-stream `budget_exhausted` error.
-    engine
-        .router
-        .budget
-        .check(
-            Some(crate::answer::prompt::ANSWER_MAX_TOKENS),
-            Some(&budget_key),
-        )
-        .map_err(ApiError::BudgetExhausted)?;
+    let budget_key = budget_key_with_room(engine, caller)?;
     let conversation = checked_conversation(engine, body.conversation)?;
     let agent = agent_budget(engine, body.mode, body.agent)?;
     Ok((
@@ -248,22 +224,44 @@ pub fn validate_ask(
 /// limits (none may exceed it); `None` in RAG mode, where `agent` limits are refused.
 fn agent_budget(
     engine: &Engine,
-    mode: AskMode,
+    mode: Mode,
     limits: Option<BudgetRequest>,
 ) -> Result<Option<AgentBudget>, ApiError> {
     match mode {
-        AskMode::Rag if limits.is_some() => Err(ApiError::InvalidRequest(
+        Mode::Rag if limits.is_some() => Err(ApiError::InvalidRequest(
             "`agent` limits apply only with `\"mode\": \"agent\"`; add it or leave `agent` out"
                 .into(),
         )),
-        AskMode::Rag => Ok(None),
-        AskMode::Agent => engine
+        Mode::Rag => Ok(None),
+        Mode::Agent => engine
             .config
             .agent
             .budget
             .narrowed(&limits.unwrap_or_default())
             .map(Some)
             .map_err(ApiError::AgentBudgetTooHigh),
+    }
+}
+
+/// `caller`'s `[budget]` bucket ([`budget_key`]) when it has room for one more answer; 429
+/// `budget_exhausted` when it has not.
+pub(super) fn budget_key_with_room(engine: &Engine, caller: &Caller) -> Result<String, ApiError> {
+    let key = budget_key(caller);
+    engine
+        .router
+        .budget
+        .check(Some(crate::answer::prompt::ANSWER_MAX_TOKENS), Some(&key))
+        .map_err(ApiError::BudgetExhausted)?;
+    Ok(key)
+}
+
+/// The `[budget]` bucket `caller` is charged in: keys by name; anonymous callers share one
+/// bucket (a name no key can have, because key buckets are prefixed).
+pub(super) fn budget_key(caller: &Caller) -> String {
+    if caller.anonymous {
+        "anonymous".to_string()
+    } else {
+        format!("key:{}", caller.name)
     }
 }
 
@@ -300,7 +298,7 @@ fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message
 
 /// The question, trimmed: not empty, within `[server] max_question_chars`, no control
 /// characters.
-fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
+pub(super) fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError> {
     let question = question.trim().to_string();
     if question.is_empty() {
         return Err(ApiError::EmptyQuery(
@@ -325,7 +323,7 @@ fn checked_question(engine: &Engine, question: &str) -> Result<String, ApiError>
 
 /// The caller's access groups plus the body's filters (sources must exist and be readable by
 /// the caller).
-fn caller_filter(
+pub(super) fn caller_filter(
     engine: &Engine,
     caller: &Caller,
     filters: Option<AskFilters>,
@@ -400,7 +398,12 @@ pub(super) fn start_answer(
             if panics {
                 panic!("injected answer panic (test hook)");
             }
-            crate::agent::ask(engine, req, caller, Some(route), tx).await
+            let from = crate::agent::Origin {
+                caller,
+                http_route: Some(route),
+                lane: Lane::Interactive,
+            };
+            crate::agent::answer_as(engine, req, from, tx).await
         })
     };
     tokio::spawn(supervise(task, engine, (caller, thread_id), route, tx));

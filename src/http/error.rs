@@ -107,6 +107,36 @@ pub enum ApiError {
     },
     #[error("internal error; the operator can find details in the server log")]
     Internal,
+    /// A request of a batch failed its check (`at`: `requests[3]` or `line 4`); the status
+    /// and code are the check's own.
+    #[error("{at}: {inner}")]
+    InBatch { at: String, inner: Box<ApiError> },
+    #[error("the batch holds no requests; send at least one")]
+    EmptyBatch,
+    #[error(
+        "the batch holds {count} requests; the limit is {limit} (`[batches] max_requests`): split it"
+    )]
+    BatchTooManyRequests { count: usize, limit: usize },
+    #[error(
+        "the batch body is larger than {limit} bytes (`[batches] max_bytes`): split it into smaller batches"
+    )]
+    BatchTooLarge { limit: usize },
+    #[error(
+        "`custom_id` `{custom_id}` is used by {first} and again by {again}; each request needs its own"
+    )]
+    DuplicateCustomId {
+        custom_id: String,
+        first: String,
+        again: String,
+    },
+    #[error(
+        "this key already has {0} batches queued or running (`[batches] max_active_per_key`); wait for one to finish or cancel one"
+    )]
+    TooManyBatches(usize),
+    #[error(
+        "send the batch as JSON (`content-type: application/json`) or as JSON lines (`content-type: application/x-ndjson`)"
+    )]
+    UnsupportedBatchMediaType,
 }
 
 /// The status of an answer that ended with the error event `code`: the model side failed
@@ -163,6 +193,19 @@ impl ApiError {
             ApiError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "deadline_exceeded"),
             ApiError::AnswerFailed { code, .. } => (answer_error_status(code), code),
             ApiError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::InBatch { inner, .. } => inner.status_and_code(),
+            ApiError::EmptyBatch => (StatusCode::UNPROCESSABLE_ENTITY, "empty_batch"),
+            ApiError::BatchTooManyRequests { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_many_requests")
+            }
+            ApiError::BatchTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "batch_too_large"),
+            ApiError::DuplicateCustomId { .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "duplicate_custom_id")
+            }
+            ApiError::TooManyBatches(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_batches"),
+            ApiError::UnsupportedBatchMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
         }
     }
 

@@ -161,7 +161,7 @@ pub struct AskArgs {
     /// `rag` (default: one retrieval, one model call) or `agent` (the model looks things up
     /// with tools, within the server's `[agent]` budget).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub mode: Option<crate::http::ask::AskMode>,
+    pub mode: Option<crate::answer::events::Mode>,
 }
 
 /// `get_document` input.
@@ -458,13 +458,12 @@ impl CairnMcp {
             .map_err(|e| ApiError::InvalidRequest(format!("ask: {e}")))?;
         let (req, _) = validate_ask(&engine, body, &caller)?;
         let (tx, mut rx) = mpsc::channel(64);
-        tokio::spawn(crate::agent::ask(
-            engine,
-            req,
-            caller.name.clone(),
-            None,
-            tx,
-        ));
+        let from = crate::agent::Origin {
+            caller: caller.name.clone(),
+            http_route: None,
+            lane: crate::answer::load::Lane::Interactive,
+        };
+        tokio::spawn(crate::agent::answer_as(engine, req, from, tx));
         let mut resp = AskResponse::default();
         while let Some(ev) = rx.recv().await {
             resp.apply(ev);

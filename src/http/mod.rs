@@ -1,11 +1,12 @@
 //! The HTTP server: the router over one file per surface (`ask`, `search`, `admin`,
-//! `openai_compat`, `mcp`, `threads`, `feedback`), the shared state, the one error shape with its exhaustive status
+//! `openai_compat`, `mcp`, `threads`, `feedback`, `batches`), the shared state, the one error shape with its exhaustive status
 //! table (`error`), and load shedding with the whole-request deadline (`limits`). Handlers parse, authorise and call the layer below; they hold no pipeline
 //! logic.
 
 pub mod admin;
 pub mod ask;
 pub mod auth;
+pub mod batches;
 pub mod error;
 pub mod feedback;
 pub mod limits;
@@ -39,6 +40,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/chat/completions",
             post(openai_compat::chat_completions),
         )
+        .route("/batches", post(batches::create_batch))
+        .route(
+            "/batches/{id}",
+            get(batches::get_batch).delete(batches::cancel_batch),
+        )
+        .route("/batches/{id}/results", get(batches::batch_results))
         .route(
             "/threads/{id}",
             get(threads::get_thread).delete(threads::delete_thread),

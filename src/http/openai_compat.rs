@@ -22,11 +22,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::answer::events::{AnswerEvent, UsageView};
+use crate::answer::events::{AnswerEvent, Mode, UsageView};
 use crate::answer::handoff;
-use crate::http::ask::{
-    AskBody, AskMode, AskResponse, Threaded, Turn, start_in_thread, until_terminal,
-};
+use crate::http::ask::{AskBody, AskResponse, Threaded, Turn, start_in_thread, until_terminal};
 use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
@@ -187,9 +185,9 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         conversation,
         thread_id: req.thread_id.clone(),
         mode: if req.model.as_deref() == Some(AGENT_MODEL) {
-            AskMode::Agent
+            Mode::Agent
         } else {
-            AskMode::Rag
+            Mode::Rag
         },
         agent: None,
     })

@@ -1,6 +1,7 @@
-//! What every handler holds: the engine, the API keys, the job queue and the sources'
-//! schedules, and the check of a request's key against the scope its route needs. Building it
-//! starts the server's background tasks (webhook delivery, scheduled syncs).
+//! What every handler holds: the engine, the API keys, the job queue, the sources'
+//! schedules and the batches, and the check of a request's key against the scope its route
+//! needs. Building it starts the server's background tasks (webhook delivery, scheduled syncs,
+//! the batch runner).
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,6 +10,7 @@ use axum::http::{HeaderMap, header};
 use crate::engine::Engine;
 use crate::http::auth::{Auth, AuthError, Caller, Scope};
 use crate::http::error::ApiError;
+use crate::ops::batches::Batches;
 use crate::ops::jobs::Jobs;
 use crate::ops::schedule::Schedules;
 
@@ -18,6 +20,9 @@ pub struct AppState {
     pub jobs: Arc<Jobs>,
     /// The `refresh` schedules of the sources (their task runs while this state lives).
     pub schedules: Arc<Schedules>,
+    /// Batches and their runner (started here when a runtime is running, else by the first
+    /// batch; stopped when the state is dropped).
+    pub batches: Batches,
     /// Test-only fault injection, see [`AppState::inject_answer_panic`].
     answer_panic: OnceLock<String>,
 }
@@ -28,11 +33,14 @@ impl AppState {
         let jobs = Jobs::open_for(&engine)?;
         engine.webhooks.start()?;
         let schedules = Schedules::start(&engine, &jobs);
+        let batches = Batches::new(&engine);
+        batches.start();
         Ok(Arc::new(AppState {
             engine,
             auth,
             jobs,
             schedules,
+            batches,
             answer_panic: OnceLock::new(),
         }))
     }

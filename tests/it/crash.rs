@@ -4,10 +4,8 @@
 //! (`index/tests/crash.rs`) kill a bare writer mid-commit; these add the process around it:
 //! the job record, the restart, the rerun and the HTTP side.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -16,7 +14,7 @@ use cairn::config::{Config, Overrides};
 use cairn::engine::Engine;
 use cairn_index::{Filter, SearchMode};
 
-use crate::support::{self, ADMIN};
+use crate::support::{self, ADMIN, Server};
 
 /// Documents already indexed before the killed runs, and documents those runs add.
 const BASELINE: usize = 600;
@@ -24,60 +22,7 @@ const ADDED: usize = 1800;
 /// Paragraphs per document.
 const PARAGRAPHS: usize = 3;
 
-/// A `cairn serve` child; its stderr is collected for log checks. Killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    base: String,
-    log: Arc<Mutex<String>>,
-}
-
 impl Server {
-    fn start(config: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
-            .arg("--config")
-            .arg(config)
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .env("CAIRN_LOG", "warn,cairn=info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn cairn serve");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("cairn is serving on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
-                let mut l = sink.lock().expect("log");
-                l.push_str(&line);
-                l.push('\n');
-            }
-        });
-        let base = rx
-            .recv_timeout(Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("cairn serve never listened: {}", log.lock().expect("log")));
-        Server { child, base, log }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().expect("log").clone()
-    }
-
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-
-    fn client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .expect("client")
-    }
-
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut req = Self::client()
             .request(method, format!("{}{path}", self.base))
@@ -154,13 +99,6 @@ impl Server {
             .iter()
             .map(|h| h["chunk_id"].as_str().expect("chunk id").to_string())
             .collect()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod agent;
 mod answer;
+mod batches;
 mod browser;
 mod cli;
 mod contract;

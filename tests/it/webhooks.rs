@@ -184,6 +184,40 @@ async fn a_completed_job_is_delivered_signed_and_the_reference_library_verifies_
 }
 
 #[tokio::test]
+async fn a_finished_batch_is_delivered_as_batch_completed_and_verifies() {
+    let (receiver, app) = receiving_app(&[], &["batch.completed", "batch.failed"], "").await;
+    let requests: Vec<Value> = ["How long do refunds take?", "How do I reset my password?"]
+        .iter()
+        .enumerate()
+        .map(|(i, q)| serde_json::json!({"custom_id": format!("r{i}"), "question": q}))
+        .collect();
+    let (status, batch) = support::post_as(
+        &app,
+        Some(ADMIN),
+        "/batches",
+        serde_json::json!({"requests": requests, "metadata": {"run": "nightly"}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{batch:#}");
+    let got = receiver.wait_for(1).await;
+    let event = got[0].json();
+    assert_eq!(event["type"], "batch.completed", "{event:#}");
+    let data = &event["data"];
+    assert_eq!(data["id"], batch["id"]);
+    assert_eq!(
+        (
+            data["state"].as_str(),
+            data["total"].as_u64(),
+            data["done"].as_u64()
+        ),
+        (Some("completed"), Some(2), Some(2)),
+        "{event:#}"
+    );
+    assert_eq!(data["metadata"]["run"], "nightly");
+    verify(&got[0]).expect("the Standard Webhooks library verifies the delivery");
+}
+
+#[tokio::test]
 async fn an_answer_handed_to_a_human_is_announced() {
     let (receiver, app) = receiving_app(&[], &["answer.handoff"], "").await;
     let plain = support::ask_refunds(&app).await;

@@ -3,10 +3,14 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -131,6 +135,69 @@ impl TestApp {
             let _ = axum::serve(listener, app).await;
         });
         addr
+    }
+}
+
+/// A `cairn serve` child process on a config file, listening on a loopback port the system
+/// picked; its stderr is collected for log checks. Killed (SIGKILL) on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    pub fn start(config: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .arg("--config")
+            .arg(config)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .env("CAIRN_LOG", "warn,cairn=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cairn serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("cairn is serving on ") {
+                    let _ = tx.send(url.trim().to_string());
+                }
+                let mut l = sink.lock().expect("log");
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("cairn serve never listened: {}", log.lock().expect("log")));
+        Server { child, base, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn kill(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+
+    pub fn client() -> reqwest::Client {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
