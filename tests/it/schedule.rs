@@ -1,6 +1,7 @@
 //! Scheduled source syncs: a source with a short `refresh` picks up a new file with no
 //! external trigger, as an ordinary reindex job marked `"trigger": "schedule"`, and
-//! `/admin/sources` shows its schedule.
+//! `/admin/sources` shows its schedule; with PostgreSQL two replicas keeping the same schedule
+//! run each scheduled sync once between them.
 
 use std::time::Duration;
 
@@ -139,4 +140,76 @@ async fn start_full_reindex(app: &TestApp) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("a manual reindex was never accepted");
+}
+
+/// Two replicas over one PostgreSQL index both keep a `refresh = "1s"` schedule of one shared
+/// folder: between them each scheduled sync runs once — no scheduled job starts before the
+/// previous one finished plus the refresh, whichever replica ran it — and both show the jobs.
+#[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
+fn with_postgres_each_scheduled_sync_runs_on_one_replica() {
+    use crate::replicas::{Schema, pg_url};
+    let schema = Schema::fresh(pg_url(), "schedule");
+    let live = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        live.path().join("first.md"),
+        "# First\n\nThe first page of the shared live folder.",
+    )
+    .expect("write");
+    let config = schema.config(&format!(
+        "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {:?}\nrefresh = \"1s\"\n",
+        cairn::http::auth::hash_key(ADMIN),
+        live.path()
+    ));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    // Built on the runtime's blocking threads (the PostgreSQL client is synchronous), so each
+    // replica's schedule task starts on this runtime.
+    let open = |config: String| {
+        runtime
+            .block_on(runtime.spawn_blocking(move || TestApp::with_config(&config)))
+            .expect("replica starts")
+    };
+    let (a, b) = (open(config.clone()), open(config));
+    let (from_a, from_b) = runtime.block_on(async {
+        // Several refresh periods.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        (
+            admin_get(&a, "/admin/jobs").await,
+            admin_get(&b, "/admin/jobs").await,
+        )
+    });
+    let scheduled = |jobs: &Value| -> Vec<Value> {
+        let mut v: Vec<Value> = jobs["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter(|j| j["trigger"] == "schedule")
+            .cloned()
+            .collect();
+        v.sort_by_key(|j| j["created_at"].as_str().unwrap_or_default().to_string());
+        v
+    };
+    let (runs, seen_by_b) = (scheduled(&from_a), scheduled(&from_b));
+    assert!(runs.len() >= 2, "{from_a:#}");
+    let ids = |v: &[Value]| v.iter().map(|j| j["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&runs),
+        ids(&seen_by_b),
+        "both replicas show the same jobs"
+    );
+    let at = |j: &Value, key: &str| {
+        chrono::DateTime::parse_from_rfc3339(
+            j[key].as_str().unwrap_or_else(|| panic!("{key}: {j}")),
+        )
+        .unwrap_or_else(|e| panic!("{key}: {e}: {j}"))
+    };
+    for pair in runs.windows(2) {
+        let (done, next) = (at(&pair[0], "finished_at"), at(&pair[1], "created_at"));
+        assert!(
+            next - done >= chrono::Duration::milliseconds(950),
+            "a scheduled sync started {} ms after the previous one finished (refresh 1 s): {:#}",
+            (next - done).num_milliseconds(),
+            Value::Array(runs.clone())
+        );
+    }
 }
