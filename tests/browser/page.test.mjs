@@ -208,6 +208,30 @@ test("an answer is rated with the keyboard and the rating reaches the server", a
   await page.close();
 });
 
+test("a follow-up continues the conversation and asking for a person is handed off", async () => {
+  const page = await freshPage();
+  await page.locator("#q").fill("I want to send back some unused boots.");
+  await page.locator("#q").press("Enter");
+  await page.locator("#answer-status", { hasText: "Done." }).waitFor({ timeout: 20_000 });
+  assert.ok(await page.locator("#handoff").isHidden(), "an answered question needs no person");
+  // The follow-up box appears once an answer has a thread; checked, the next question continues it.
+  await page.getByLabel("Follow-up to the last answer").check();
+  await page.locator("#q").fill("How many days do I have?");
+  const [req] = await Promise.all([
+    page.waitForRequest(r => r.url().endsWith("/ask") && r.method() === "POST"),
+    page.locator("#q").press("Enter"),
+  ]);
+  assert.ok(JSON.parse(req.postData()).thread_id, "the follow-up names the thread");
+  await page.locator("#answer-status", { hasText: "Done." }).waitFor({ timeout: 20_000 });
+  assert.match(await page.locator("#answer-query").textContent(), /boots/i, "the search used the earlier turn");
+  await page.locator("#q").fill("Can I talk to a human please?");
+  await page.locator("#q").press("Enter");
+  await page.locator("#handoff", { hasText: "asked to talk to a person" }).waitFor({ timeout: 20_000 });
+  await shot(page, "02c-follow-up-and-hand-off");
+  assert.deepEqual(page.errors, []);
+  await page.close();
+});
+
 test("Stop cancels the stream and keeps what arrived", async () => {
   const page = await freshPage();
   await page.locator("#q").fill("How do I return an item in its original packaging?");
