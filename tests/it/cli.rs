@@ -370,6 +370,38 @@ fn a_four_line_config_outside_the_repository_ingests_and_answers() {
     assert_eq!(json["citations"][0]["doc_id"], "docs:account.md", "{json}");
 }
 
+/// A short `bench batches`: both phases send their requests, none fails, the batch runs
+/// during the second phase only, and the ratios are reported.
+#[test]
+fn bench_batches_reports_both_phases_and_the_batch_running_in_the_second() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = support::write_config(dir.path(), "");
+    let out = stdout_of_success(cairn().arg("--config").arg(&config).args([
+        "-q",
+        "bench",
+        "batches",
+        "--rate",
+        "4",
+        "--seconds",
+        "2",
+        "--batch",
+        "400",
+        "--json",
+    ]));
+    let r: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    for phase in ["without_batch", "with_batch"] {
+        assert_eq!(r[phase]["requests"], 8, "{phase}: {r}");
+        assert_eq!(r[phase]["errors"], 0, "{phase}: {r}");
+        assert!(r[phase]["p99_ms"].as_f64().expect("p99") > 0.0, "{r}");
+    }
+    assert_eq!(r["without_batch"]["batch_done"], 0, "{r}");
+    assert!(
+        r["with_batch"]["batch_done"].as_u64().expect("done") > 0,
+        "{r}"
+    );
+    assert!(r["p99_ratio"].as_f64().expect("ratio") > 0.0, "{r}");
+}
+
 /// A short `bench soak`: commits and searches for a few seconds, reports every figure, and
 /// keeps the index in `--dir` when one is given.
 #[test]
