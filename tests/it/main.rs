@@ -4,6 +4,7 @@ mod agent;
 mod answer;
 mod browser;
 mod cli;
+mod condense;
 mod contract;
 mod crash;
 mod e2e;
