@@ -636,7 +636,8 @@ fn done(
 ) -> AnswerEvent {
     let phrases = &engine.config.answer.handoff_phrases;
     let requested = handoff::requested(&req.question, phrases)
-        || trace.condense.as_ref().is_some_and(|c| c.human);
+        || (engine.config.retrieval.condense_handoff
+            && trace.condense.as_ref().is_some_and(|c| c.human));
     AnswerEvent::Done {
         trace_id: trace.id.clone(),
         outcome,

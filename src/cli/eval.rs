@@ -248,6 +248,7 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
             "query made by condense model  {}",
             pct(r.condensed_by_model)
         );
+        println!("condense model heard: person  {}", r.condense_human);
         for (reason, n) in &r.condense_fallbacks {
             println!("  heuristic instead: {reason:<13} {n}");
         }

@@ -53,6 +53,8 @@ pub struct QaOutcome {
     pub condenser: Option<String>,
     /// Why the condense model's rewrite was not used, if it was called and was not.
     pub condense_fallback: Option<String>,
+    /// The condense model said the caller asks for a person.
+    pub condense_human: bool,
     /// The first hit is an expected source.
     pub top_hit: Option<bool>,
     /// Any retrieved hit is an expected source.
@@ -84,6 +86,8 @@ pub struct AnswerReport {
     pub condensed_by_model: Option<f64>,
     /// `condense = "model"`: questions whose query the heuristic made instead, by reason.
     pub condense_fallbacks: std::collections::BTreeMap<String, usize>,
+    /// `condense = "model"`: questions where the model said the caller asks for a person.
+    pub condense_human: usize,
     pub cost_usd_per_answer: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -184,6 +188,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
     {
         out.condenser = Some(condense.condenser);
         out.condense_fallback = condense.fallback;
+        out.condense_human = condense.human;
     }
     out.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     out.citation_markers += citations.len();
@@ -271,6 +276,7 @@ pub async fn answers(engine: Arc<Engine>, items: &[QaItem]) -> anyhow::Result<An
                 .filter(|o| o.condenser.as_deref() == Some("model"));
             by_model.count() as f64 / outcomes.len().max(1) as f64
         }),
+        condense_human: outcomes.iter().filter(|o| o.condense_human).count(),
         condense_fallbacks: outcomes
             .iter()
             .filter_map(|o| o.condense_fallback.clone())

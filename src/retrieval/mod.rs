@@ -129,6 +129,9 @@ pub struct RawRetrieval {
     /// `condense = "model"`: how long the condense call may take before the heuristic runs
     /// instead, in milliseconds.
     pub condense_timeout_ms: u64,
+    /// `condense = "model"`: the model's `"human": true` hands the answer off as `requested`
+    /// (as a handoff phrase does). Off for a model too small to tell.
+    pub condense_handoff: bool,
 }
 
 impl Default for RawRetrieval {
@@ -143,6 +146,7 @@ impl Default for RawRetrieval {
             condense_prompt: None,
             condense_max_tokens: 96,
             condense_timeout_ms: 3000,
+            condense_handoff: true,
         }
     }
 }

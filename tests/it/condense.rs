@@ -21,14 +21,16 @@ const REFUNDS: &str = "samples:help-center/refunds.md";
 /// model `fake` speaking `v`'s wire format (priced at $1000 per million tokens each way), with
 /// the condense time limit `timeout_ms` and `extra` config.
 fn app(v: Vendor, fake: &Fake, timeout_ms: u64, extra: &str) -> TestApp {
-    app_priced(v, fake, timeout_ms, (1000.0, 1000.0), extra)
+    let retrieval = format!("condense_timeout_ms = {timeout_ms}");
+    app_priced(v, fake, &retrieval, (1000.0, 1000.0), extra)
 }
 
-/// [`app`] with the condense model's (input, output) prices in dollars per million tokens.
+/// [`app`] with `retrieval` lines in `[retrieval]` and the condense model's (input, output)
+/// prices in dollars per million tokens.
 fn app_priced(
     v: Vendor,
     fake: &Fake,
-    timeout_ms: u64,
+    retrieval: &str,
     (input, output): (f64, f64),
     extra: &str,
 ) -> TestApp {
@@ -42,7 +44,7 @@ fn app_priced(
 record_text = true
 [retrieval]
 condense = "model"
-condense_timeout_ms = {timeout_ms}
+{retrieval}
 [providers.remote]
 kind = "{kind}"
 base_url = "{}{}"
@@ -223,7 +225,7 @@ async fn a_condense_call_the_budget_refuses_falls_back_without_calling_the_model
     let app = app_priced(
         Vendor::Compatible,
         &fake,
-        5000,
+        "condense_timeout_ms = 5000",
         (1e6, 0.0),
         "[budget]\ndaily_usd = 1.0\n",
     );
@@ -263,8 +265,23 @@ async fn the_condense_model_hearing_a_wish_for_a_person_hands_off_as_requested()
     );
 
     let heuristic = TestApp::new();
-    let (_, got) = post(&heuristic, None, "/ask", body).await;
+    let (_, got) = post(&heuristic, None, "/ask", body.clone()).await;
     assert_ne!(got["handoff"], json!({"reason": "requested"}), "{got}");
+    // `condense_handoff = false`: the model's word is recorded, not acted on.
+    let fake = Fake::start(vec![says(
+        r#"{"query": "refund help from the team", "human": true}"#,
+    )])
+    .await;
+    let ignoring = app_priced(
+        Vendor::Compatible,
+        &fake,
+        "condense_timeout_ms = 5000\ncondense_handoff = false",
+        (1000.0, 1000.0),
+        "",
+    );
+    let (_, got) = post(&ignoring, None, "/ask", body).await;
+    assert_eq!(got["handoff"], Value::Null, "{got}");
+    assert_eq!(last_condense(&ignoring)["human"], true);
 }
 
 #[test]
