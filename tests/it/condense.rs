@@ -311,3 +311,38 @@ fn condense_model_without_its_route_or_with_bad_limits_stops_startup() {
     }
     load(&format!("[retrieval]\ncondense = \"model\"\n{routes}")).expect("valid");
 }
+
+#[tokio::test]
+async fn the_condense_model_sees_placeholders_and_its_query_gets_the_values_back() {
+    // The model echoes the caller's masked e-mail address into its query.
+    let fake = Fake::start(vec![says(
+        r#"{"query": "final sale refund for [email-1]", "human": false}"#,
+    )])
+    .await;
+    let app = app(Vendor::Compatible, &fake, 5000, "");
+    let earlier = "I bought something marked final sale, my address is jo.doe@example.org";
+    let (status, got) = post(&app, None, "/ask", follow_up(earlier, SEND_BACK)).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let sent = fake.seen()[0].body["messages"].to_string();
+    assert!(!sent.contains("jo.doe@example.org"), "{sent}");
+    assert!(sent.contains("[email-1]"), "{sent}");
+    assert_eq!(
+        got["query"], "final sale refund for jo.doe@example.org",
+        "{got}"
+    );
+    // The condense prompt is audited like the answer's: route, provider, hash, no text.
+    let trace_id = got["trace_id"].as_str().expect("trace id");
+    let lines = cairn::observe::audit::read(app.engine.audit.path()).expect("audit log");
+    let rec = lines
+        .iter()
+        .find(|l| l["event"] == "provider_request" && l["route"] == "condense")
+        .unwrap_or_else(|| panic!("no condense audit record: {lines:?}"));
+    assert_eq!(rec["trace_id"], trace_id, "{rec}");
+    assert_eq!(
+        (&rec["provider"], &rec["outcome"]),
+        (&json!("remote"), &json!("served")),
+        "{rec}"
+    );
+    assert_eq!(rec["masked"]["email"], 1, "{rec}");
+    assert!(!rec.to_string().contains("jo.doe"), "{rec}");
+}
