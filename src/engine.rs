@@ -39,6 +39,8 @@ use crate::providers::Router;
 use crate::providers::cost::{SHARED_SPEND_REFRESH, SpendStore};
 use crate::providers::gateway::TimeBudget;
 use crate::retrieval::Retriever;
+use crate::retrieval::condense::Condense;
+use crate::retrieval::condense_model::CondensePrompt;
 use crate::retrieval::query_embed::QueryEmbedder;
 
 /// One source as a caller may see it ([`Engine::readable_sources`]).
@@ -83,6 +85,8 @@ pub struct Engine {
     pub router: Router,
     pub reranker: Arc<dyn Reranker>,
     pub prompt: Prompt,
+    /// The condense prompt, loaded when `[retrieval] condense = "model"`.
+    pub condense_prompt: Option<CondensePrompt>,
     pub cache: AnswerCache,
     pub traces: Traces,
     /// `[audit]`: admin actions and what was sent to which provider.
@@ -311,6 +315,13 @@ impl Engine {
             }
         };
         let prompt = Prompt::load(config.answer.prompt.as_deref()).map_err(anyhow::Error::msg)?;
+        let condense_prompt = match config.retrieval.condense {
+            Condense::Model => Some(
+                CondensePrompt::load(config.retrieval.condense_prompt.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            ),
+            Condense::Heuristic | Condense::Off => None,
+        };
         let router =
             Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
                 .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?
@@ -363,6 +374,7 @@ impl Engine {
             router,
             reranker,
             prompt,
+            condense_prompt,
             cache,
             traces,
             threads: Mutex::new(None),

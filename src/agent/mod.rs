@@ -595,8 +595,7 @@ impl<'a> Run<'a> {
             outcome,
             dropped_citations: filter.dropped,
             handoff: crate::answer::handoff::of_done(
-                &self.req.question,
-                phrases,
+                crate::answer::handoff::requested(&self.req.question, phrases),
                 outcome,
                 filter.dropped,
             ),

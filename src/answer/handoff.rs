@@ -1,5 +1,6 @@
 //! Hand-off: whether a human should take over an answer, and why — from how the answer ended
-//! and from the caller's own words (`[answer] handoff_phrases`).
+//! and from the caller's own words (`[answer] handoff_phrases`, and the condense model's
+//! reading of them when `[retrieval] condense = "model"`).
 //!
 //! Must not: depend on the engine or the pipeline (a pure function of what the answer produced).
 
@@ -59,15 +60,11 @@ pub fn requested(question: &str, phrases: &[String]) -> bool {
         .any(|p| p.trim() != "" && question.contains(&p))
 }
 
-/// The hand-off of an answer that ended with `done`: asked for, then nothing relevant found
-/// (or the model answered nothing), then citations the model invented.
-pub fn of_done(
-    question: &str,
-    phrases: &[String],
-    outcome: &str,
-    dropped_citations: usize,
-) -> Option<Handoff> {
-    let reason = if requested(question, phrases) {
+/// The hand-off of an answer that ended with `done`: asked for (`requested`: see
+/// [`requested`]), then nothing relevant found (or the model answered nothing), then citations
+/// the model invented.
+pub fn of_done(requested: bool, outcome: &str, dropped_citations: usize) -> Option<Handoff> {
+    let reason = if requested {
         "requested"
     } else if outcome == "no_answer" {
         "no_answer"
@@ -114,7 +111,7 @@ mod tests {
     #[test]
     fn a_request_outranks_how_the_answer_ended() {
         let p = default_phrases();
-        let reason = |q, o, d| of_done(q, &p, o, d).map(|h| h.reason);
+        let reason = |q, o, d| of_done(requested(q, &p), o, d).map(|h| h.reason);
         assert_eq!(reason("talk to someone", "answered", 0), Some("requested"));
         assert_eq!(reason("refunds?", "no_answer", 0), Some("no_answer"));
         assert_eq!(reason("refunds?", "answered", 2), Some("citations_dropped"));

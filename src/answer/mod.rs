@@ -35,7 +35,7 @@ use crate::answer::events::{AnswerEvent, AskRequest, Citation, ModeView, UsageVi
 use crate::answer::privacy::Unmasker;
 use crate::engine::Engine;
 use crate::observe::audit::AuditEvent;
-use crate::observe::trace::{RetrievedChunk, Trace};
+use crate::observe::trace::{CondenseTrace, RetrievedChunk, Trace};
 use crate::providers::Role;
 use crate::providers::cost::Exhausted;
 use crate::providers::gateway::Attempt;
@@ -44,6 +44,7 @@ use crate::providers::{
 };
 use crate::retrieval::HitView;
 use crate::retrieval::condense::{self, Condense};
+use crate::retrieval::condense_model::{self, Fallback};
 
 /// Whether a hit is relevant enough to ground an answer.
 pub(crate) fn relevant(hit: &Hit, min_similarity: f32) -> bool {
@@ -396,7 +397,8 @@ async fn run(
     out: &mut Out,
     started: Instant,
 ) -> &'static str {
-    let retrieved = match retrieve(engine, req, trace, out, started).await {
+    let query = condense_query(engine, req, trace, started).await;
+    let retrieved = match retrieve(engine, req, query, trace, out, started).await {
         Ok(r) => r,
         Err(outcome) => return outcome,
     };
@@ -447,13 +449,13 @@ struct Retrieved {
 async fn retrieve(
     engine: &Arc<Engine>,
     req: &AskRequest,
+    query: String,
     trace: &mut Trace,
     out: &mut Out,
     started: Instant,
 ) -> Result<Retrieved, &'static str> {
     let eng = engine.clone();
     let retrieval = &engine.config.retrieval;
-    let query = standalone_query(retrieval.condense, req);
     let (filter, k) = (req.filter.clone(), req.top_k);
     let min_sim = retrieval.min_similarity;
     let options = ContextOptions {
@@ -509,16 +511,129 @@ async fn retrieve(
     }
 }
 
-/// The query retrieval runs on for `req`: its question, made standalone from the caller's
-/// earlier turns as `[retrieval] condense` says (assistant turns never steer retrieval).
-fn standalone_query(mode: Condense, req: &AskRequest) -> String {
+/// Stage: the query retrieval runs on for `req` — its question, made standalone from the
+/// caller's earlier turns as `[retrieval] condense` says (assistant turns never steer
+/// retrieval); with `model`, the condense model's rewrite, or the heuristic's when the model
+/// failed. Which condenser ran, why it fell back and what the call cost go to the trace.
+async fn condense_query(
+    engine: &Engine,
+    req: &AskRequest,
+    trace: &mut Trace,
+    started: Instant,
+) -> String {
     let earlier: Vec<&str> = req
         .conversation
         .iter()
         .filter(|m| m.role == Role::User)
         .map(|m| m.content.as_str())
         .collect();
-    condense::standalone_query(mode, &req.question, &earlier)
+    let mode = engine.config.retrieval.condense;
+    let (query, record) = match mode {
+        Condense::Model => condense_by_model(engine, req, &earlier, trace, started).await,
+        Condense::Heuristic | Condense::Off => (
+            None,
+            CondenseTrace {
+                condenser: mode.label().into(),
+                ..CondenseTrace::default()
+            },
+        ),
+    };
+    trace.condense = Some(record);
+    query.unwrap_or_else(|| {
+        let mode = if mode == Condense::Off {
+            mode
+        } else {
+            Condense::Heuristic
+        };
+        condense::standalone_query(mode, &req.question, &earlier)
+    })
+}
+
+/// The condense model's query for `req` (`None`: the heuristic makes it) and the trace of the
+/// call. The model sees the question and the caller's `earlier` turns masked (`[privacy]`);
+/// its query is mapped back. A first question (no earlier turns) is retrieved as asked: the
+/// model is called for it only to hear whether the caller asks for a person.
+async fn condense_by_model(
+    engine: &Engine,
+    req: &AskRequest,
+    earlier: &[&str],
+    trace: &Trace,
+    started: Instant,
+) -> (Option<String>, CondenseTrace) {
+    let settings = &engine.config.retrieval;
+    let mut record = CondenseTrace {
+        condenser: Condense::Heuristic.label().into(),
+        ..CondenseTrace::default()
+    };
+    let Some(prompt) = &engine.condense_prompt else {
+        // The engine loads the prompt whenever condense = "model".
+        record.fallback = Some(Fallback::ProviderError.reason().into());
+        return (None, record);
+    };
+    record.prompt_version = Some(prompt.version.clone());
+    let mut masking = engine.config.privacy.start();
+    let question = masking.mask_caller(&req.question);
+    let turns: Vec<String> = earlier.iter().map(|t| masking.mask_caller(t)).collect();
+    let chat = prompt.render(&question, &turns, settings.condense_max_tokens);
+    let sent = SentPrompt {
+        engine,
+        trace_id: trace.id.clone(),
+        caller: trace.caller.clone(),
+        route: condense_model::ROUTE,
+        chat: &chat,
+        chunk_ids: Vec::new(),
+        masked: masking.counts().clone(),
+        recorded: false,
+    };
+    let began = Instant::now();
+    let timeout = std::time::Duration::from_millis(settings.condense_timeout_ms);
+    let deadline = started + engine.router.time.request;
+    let budget_key = req.budget_key.as_deref();
+    let call = condense_model::call(&engine.router, &chat, budget_key, timeout, deadline).await;
+    record.ms = began.elapsed().as_secs_f64() * 1000.0;
+    let outcome = match &call.reply {
+        Ok(_) => "served",
+        Err(f) => f.reason(),
+    };
+    sent.record(call.info.as_ref(), &call.attempts, outcome);
+    if let Some(info) = &call.info {
+        let usage = info.usage();
+        record.provider = Some(info.provider_name.clone());
+        record.model = Some(info.model.clone());
+        (record.input_tokens, record.output_tokens) = (usage.input_tokens, usage.output_tokens);
+        record.cost_usd = info.cost_usd();
+        count_usage(info);
+    }
+    record.error = call.error;
+    let read = call
+        .reply
+        .and_then(|r| condense_model::read_reply(&r.text, r.finish, &question, &turns));
+    let query = match read {
+        Ok(reply) => {
+            record.human = reply.human;
+            reply.query
+        }
+        Err(f) => Err(f),
+    };
+    match query {
+        Ok(query) => {
+            record.condenser = Condense::Model.label().into();
+            let query = if earlier.is_empty() {
+                req.question.clone()
+            } else {
+                masking.unmasker().apply(&query)
+            };
+            (Some(query), record)
+        }
+        Err(f) => {
+            tracing::info!(
+                reason = f.reason(),
+                "condense model not used; the heuristic makes the query"
+            );
+            record.fallback = Some(f.reason().into());
+            (None, record)
+        }
+    }
 }
 
 /// Records the query, the hits and the context selection in the trace and sends the query and
@@ -553,11 +668,14 @@ fn done(
     dropped_citations: usize,
 ) -> AnswerEvent {
     let phrases = &engine.config.answer.handoff_phrases;
+    let requested = handoff::requested(&req.question, phrases)
+        || (engine.config.retrieval.condense_handoff
+            && trace.condense.as_ref().is_some_and(|c| c.human));
     AnswerEvent::Done {
         trace_id: trace.id.clone(),
         outcome,
         dropped_citations,
-        handoff: handoff::of_done(&req.question, phrases, outcome, dropped_citations),
+        handoff: handoff::of_done(requested, outcome, dropped_citations),
         mode: ModeView::rag(req.agent.is_some()),
     }
 }

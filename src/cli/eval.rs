@@ -243,6 +243,16 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
     );
     println!("retrieval: first hit expected {}", pct(r.retrieval_top_hit));
     println!("retrieval: any hit expected   {}", pct(r.retrieval_any_hit));
+    if r.condensed_by_model.is_some() {
+        println!(
+            "query made by condense model  {}",
+            pct(r.condensed_by_model)
+        );
+        println!("condense model heard: person  {}", r.condense_human);
+        for (reason, n) in &r.condense_fallbacks {
+            println!("  heuristic instead: {reason:<13} {n}");
+        }
+    }
     println!(
         "cost per answer               {:.6} USD",
         r.cost_usd_per_answer

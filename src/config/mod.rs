@@ -262,6 +262,51 @@ fn check_budget(b: &BudgetConfig) -> Result<(), (&'static str, String)> {
     Ok(())
 }
 
+/// `[retrieval] condense = "model"` needs its route, a time limit inside the request deadline
+/// and a token limit the budget allows. (A check across sections: retrieval, routes, server,
+/// budget.)
+fn check_condense(
+    r: &RawRetrieval,
+    routes: &Routes,
+    budget: &BudgetConfig,
+    deadline_ms: u64,
+) -> Result<(), (&'static str, String)> {
+    use crate::retrieval::condense::Condense;
+    use crate::retrieval::condense_model::ROUTE;
+    if r.condense != Condense::Model {
+        return Ok(());
+    }
+    if !routes.contains_key(ROUTE) {
+        return Err((
+            "routes.condense",
+            format!(
+                "[retrieval] condense = \"model\" calls the `{ROUTE}` route, which [routes] does not define; add `{ROUTE} = [\"provider:model\"]` (a small, fast model) or set condense = \"heuristic\""
+            ),
+        ));
+    }
+    if r.condense_timeout_ms >= deadline_ms {
+        return Err((
+            "retrieval.condense_timeout_ms",
+            format!(
+                "{} ms leaves nothing of the {deadline_ms} ms request deadline ([server] request_timeout_secs) for the answer; use a shorter time",
+                r.condense_timeout_ms
+            ),
+        ));
+    }
+    if let Some(cap) = budget.max_tokens_per_request
+        && cap < r.condense_max_tokens
+    {
+        return Err((
+            "retrieval.condense_max_tokens",
+            format!(
+                "{} is above [budget] max_tokens_per_request ({cap}), so every condense call would be refused",
+                r.condense_max_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Route name → (provider name, model) in order.
 pub type Routes = BTreeMap<String, Vec<(String, String)>>;
 
@@ -308,7 +353,7 @@ fn providers_and_routes(
 fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
     let bind = raw.server.validate(cx)?;
     let embedder = raw.embedder.validate(cx)?;
-    raw.retrieval.validate(cx)?;
+    let retrieval = raw.retrieval.validate(cx)?;
     check_chunking(&raw.chunking, cx)?;
     raw.index.validate(cx)?;
     let postgres = raw.index.postgres_options(cx)?;
@@ -330,6 +375,8 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
             .map_err(|message| cx.key_err(&format!("routes.{}", answer.route), message))?;
     }
     check_budget(&raw.budget).map_err(|(key, message)| cx.key_err(key, message))?;
+    check_condense(&retrieval, &routes, &raw.budget, deadline_ms)
+        .map_err(|(key, message)| cx.key_err(key, message))?;
     check_prices(&raw.budget, &routes, &providers)
         .map_err(|(key, message)| cx.key_err(&key, message))?;
     let sources = validate_sources(raw.sources, cx)?;
@@ -352,7 +399,7 @@ fn validate(raw: RawConfig, cx: &Check) -> Result<Config, ConfigError> {
         chunking: raw.chunking,
         index: raw.index,
         postgres,
-        retrieval: raw.retrieval,
+        retrieval,
         answer,
         agent,
         providers,
@@ -418,14 +465,43 @@ mod tests {
     }
 
     #[test]
-    fn condense_is_heuristic_by_default_and_model_is_refused() {
+    fn condense_is_heuristic_by_default_and_model_needs_its_route_and_limits() {
         use crate::retrieval::condense::Condense;
         let c = load("", &[]).expect("valid");
         assert_eq!(c.retrieval.condense, Condense::Heuristic);
         let c = load("[retrieval]\ncondense = \"off\"\n", &[]).expect("valid");
         assert_eq!(c.retrieval.condense, Condense::Off);
-        let e = load("[retrieval]\ncondense = \"model\"\n", &[]).expect_err("refused");
-        assert!(e.to_string().contains("not available yet"), "{e}");
+        let model = "[retrieval]\ncondense = \"model\"\n";
+        let e = load(model, &[]).expect_err("no route");
+        assert!(e.to_string().contains("routes.condense"), "{e}");
+        let routes = "[routes]\nanswer = [\"local\"]\ncondense = [\"local\"]\n";
+        let c = load(&format!("{model}{routes}"), &[]).expect("valid");
+        assert_eq!(c.retrieval.condense, Condense::Model);
+        assert_eq!(c.retrieval.condense_max_tokens, 96);
+        for (bad, key) in [
+            ("condense_timeout_ms = 0", "retrieval.condense_timeout_ms"),
+            (
+                "condense_timeout_ms = 60000",
+                "retrieval.condense_timeout_ms",
+            ),
+            ("condense_max_tokens = 0", "retrieval.condense_max_tokens"),
+        ] {
+            let e = load(&format!("{model}{bad}\n{routes}"), &[]).expect_err(bad);
+            assert!(e.to_string().contains(key), "{bad}: {e}");
+        }
+        let capped = format!("{model}{routes}[budget]\nmax_tokens_per_request = 600\n");
+        load(&capped, &[]).expect("96 tokens fit the cap");
+        let e = load(
+            &format!(
+                "{model}condense_max_tokens = 700\n{routes}[budget]\nmax_tokens_per_request = 600\n"
+            ),
+            &[],
+        )
+        .expect_err("over the cap");
+        assert!(
+            e.to_string().contains("retrieval.condense_max_tokens"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! sources, the "I don't know" rate on unanswerable questions (and the false one on answerable
 //! questions), the share of answers containing a gold answer, retrieval hit rates of the
 //! expected sources (the first hit, and any of the hits retrieved, for the query `[retrieval]
-//! condense` made), and cost and latency per answer.
+//! condense` made; with `condense = "model"`, how many queries the model made and why the
+//! others fell back to the heuristic), and cost and latency per answer.
 //! With the offline provider every figure is reproducible.
 
 use std::collections::HashSet;
@@ -31,6 +32,7 @@ use cairn_index::Filter;
 
 use crate::engine::Engine;
 use crate::eval::qa::QaItem;
+use crate::retrieval::condense::Condense;
 
 /// What one question produced.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -47,6 +49,12 @@ pub struct QaOutcome {
     pub contains_gold: Option<bool>,
     /// The query retrieval ran on.
     pub query: String,
+    /// The condenser that made it (`model`, `heuristic`, `off`), from the answer's trace.
+    pub condenser: Option<String>,
+    /// Why the condense model's rewrite was not used, if it was called and was not.
+    pub condense_fallback: Option<String>,
+    /// The condense model said the caller asks for a person.
+    pub condense_human: bool,
     /// The first hit is an expected source.
     pub top_hit: Option<bool>,
     /// Any retrieved hit is an expected source.
@@ -74,6 +82,12 @@ pub struct AnswerReport {
     pub retrieval_top_hit: Option<f64>,
     /// Share of questions with expected sources with one among the retrieved hits.
     pub retrieval_any_hit: Option<f64>,
+    /// `condense = "model"`: the share of questions whose query the model made.
+    pub condensed_by_model: Option<f64>,
+    /// `condense = "model"`: questions whose query the heuristic made instead, by reason.
+    pub condense_fallbacks: std::collections::BTreeMap<String, usize>,
+    /// `condense = "model"`: questions where the model said the caller asks for a person.
+    pub condense_human: usize,
     pub cost_usd_per_answer: f64,
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
@@ -137,6 +151,7 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
     };
     let mut citations = Vec::new();
     let mut retrieved: Vec<String> = Vec::new();
+    let mut done_trace = None;
     while let Some(ev) = rx.recv().await {
         match ev {
             AnswerEvent::Token(t) => {
@@ -150,10 +165,12 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
             AnswerEvent::Done {
                 outcome,
                 dropped_citations,
+                trace_id,
                 ..
             } => {
                 out.outcome = outcome.to_string();
                 out.citation_markers = dropped_citations;
+                done_trace = Some(trace_id);
             }
             AnswerEvent::Error { code, .. } => out.outcome = code.to_string(),
             AnswerEvent::Retrieval { query, hits } => {
@@ -164,6 +181,15 @@ async fn run_one(engine: &Arc<Engine>, item: &QaItem) -> anyhow::Result<QaOutcom
         }
     }
     task.await.context("the answer task failed")?;
+    // The trace is kept once the task ended.
+    if let Some(condense) = done_trace
+        .and_then(|id| engine.traces.get(&id))
+        .and_then(|t| t.condense)
+    {
+        out.condenser = Some(condense.condenser);
+        out.condense_fallback = condense.fallback;
+        out.condense_human = condense.human;
+    }
     out.total_ms = started.elapsed().as_secs_f64() * 1000.0;
     out.citation_markers += citations.len();
     // Index reads may do I/O (a server-backed index): off the async threads.
@@ -244,6 +270,20 @@ pub async fn answers(engine: Arc<Engine>, items: &[QaItem]) -> anyhow::Result<An
         answer_contains_gold: rate(outcomes.iter().map(|o| o.contains_gold)),
         retrieval_top_hit: rate(outcomes.iter().map(|o| o.top_hit)),
         retrieval_any_hit: rate(outcomes.iter().map(|o| o.any_hit)),
+        condensed_by_model: (engine.config.retrieval.condense == Condense::Model).then(|| {
+            let by_model = outcomes
+                .iter()
+                .filter(|o| o.condenser.as_deref() == Some("model"));
+            by_model.count() as f64 / outcomes.len().max(1) as f64
+        }),
+        condense_human: outcomes.iter().filter(|o| o.condense_human).count(),
+        condense_fallbacks: outcomes
+            .iter()
+            .filter_map(|o| o.condense_fallback.clone())
+            .fold(Default::default(), |mut m, r| {
+                *m.entry(r).or_insert(0) += 1;
+                m
+            }),
         cost_usd_per_answer: mean(outcomes.iter().map(|o| o.cost_usd)).unwrap_or(0.0),
         latency_p50_ms: percentile(&latencies, 0.5),
         latency_p99_ms: percentile(&latencies, 0.99),

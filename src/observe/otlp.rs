@@ -472,6 +472,16 @@ fn request_attributes(trace: &Trace, record_text: bool) -> Vec<KeyValue> {
     if let Some(ttft) = trace.timings.first_token_ms {
         attrs.push(KeyValue::new("cairn.time_to_first_token_ms", ttft));
     }
+    if let Some(c) = &trace.condense {
+        attrs.push(KeyValue::new(
+            "cairn.condense.condenser",
+            c.condenser.clone(),
+        ));
+        if let Some(f) = &c.fallback {
+            attrs.push(KeyValue::new("cairn.condense.fallback", f.clone()));
+        }
+        attrs.push(KeyValue::new("cairn.condense.cost_usd", c.cost_usd));
+    }
     if record_text {
         if let Some(q) = &trace.question {
             attrs.push(KeyValue::new("cairn.question", q.clone()));

@@ -51,6 +51,41 @@ pub struct AgentStep {
     pub cost_usd: f64,
 }
 
+/// How the query was made (`[retrieval] condense`), and what the condense model call cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CondenseTrace {
+    /// The condenser whose query retrieval ran on: `model`, `heuristic` or `off`.
+    pub condenser: String,
+    /// `condense = "model"`: why the heuristic ran instead (`timeout`, `provider_error`,
+    /// `budget_exhausted`, `empty`, `unparsable`, `too_long`, `unrelated`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+    /// The error behind a `timeout` or `provider_error` fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The condense model said the caller asks for a person (hand-off `requested`).
+    #[serde(default)]
+    pub human: bool,
+    /// The condense prompt's version, when the model was called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_version: Option<String>,
+    /// The target that served the condense call, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Tokens and cost of the condense call (charged to the budget like the answer's), and
+    /// how long it took.
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: f64,
+    #[serde(default)]
+    pub ms: f64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Trace {
     pub id: String,
@@ -88,6 +123,9 @@ pub struct Trace {
     /// words of the caller's earlier turns); kept only with the question text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// How `query` was made; none for agent runs (they search with the model's own queries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condense: Option<CondenseTrace>,
     pub answer: Option<String>,
     /// The documents the answer cited, in order of first citation (feedback and its export
     /// name them).

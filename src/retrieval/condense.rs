@@ -1,6 +1,7 @@
 //! `[retrieval] condense`: the standalone query a follow-up question is retrieved with. A
 //! follow-up ("And how much is it?") names little of what it asks about; the heuristic adds
-//! the salient words of the caller's earlier turns to it, deterministically and offline.
+//! the salient words of the caller's earlier turns to it, deterministically and offline. The
+//! model rewrite (`condense = "model"`) lives in `condense_model.rs` and falls back to this.
 //!
 //! Must not: call a model or see assistant turns (only what the caller wrote steers retrieval).
 
@@ -17,7 +18,8 @@ pub enum Condense {
     Heuristic,
     /// The question alone.
     Off,
-    /// A model rewrite (not available yet: refused at startup).
+    /// A small model on the `[routes] condense` route rewrites the question (and says whether
+    /// the caller asks for a person); any failure falls back to `Heuristic`.
     Model,
 }
 
@@ -46,6 +48,17 @@ const ANAPHORA: &[&str] = &[
     "also", "else", "too",
 ];
 
+impl Condense {
+    /// The name traces record for the condenser (`model`, `heuristic`, `off`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Condense::Heuristic => "heuristic",
+            Condense::Off => "off",
+            Condense::Model => "model",
+        }
+    }
+}
+
 /// The lower-case words of `text` (letters and digits).
 fn words(text: &str) -> Vec<String> {
     text.split(|c: char| !c.is_alphanumeric())
@@ -55,7 +68,7 @@ fn words(text: &str) -> Vec<String> {
 }
 
 /// The words of `text` that name a topic: three letters or more (or a number), not a stopword.
-fn salient(text: &str) -> Vec<String> {
+pub fn salient(text: &str) -> Vec<String> {
     words(text)
         .into_iter()
         .filter(|w| w.chars().count() >= 3 || w.chars().all(|c| c.is_ascii_digit()))

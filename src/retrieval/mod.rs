@@ -5,6 +5,7 @@
 //! the index did not return for the caller.
 
 pub mod condense;
+pub mod condense_model;
 pub mod query_embed;
 pub mod rerank;
 
@@ -120,6 +121,17 @@ pub struct RawRetrieval {
     pub neighbours: bool,
     /// How a follow-up question becomes the query retrieval runs on.
     pub condense: Condense,
+    /// `condense = "model"`: a versioned condense prompt file; unset: the built-in one
+    /// (`prompts/condense.v1.toml`).
+    pub condense_prompt: Option<std::path::PathBuf>,
+    /// `condense = "model"`: output tokens the condense call may use.
+    pub condense_max_tokens: u32,
+    /// `condense = "model"`: how long the condense call may take before the heuristic runs
+    /// instead, in milliseconds.
+    pub condense_timeout_ms: u64,
+    /// `condense = "model"`: the model's `"human": true` hands the answer off as `requested`
+    /// (as a handoff phrase does). Off for a model too small to tell.
+    pub condense_handoff: bool,
 }
 
 impl Default for RawRetrieval {
@@ -131,19 +143,31 @@ impl Default for RawRetrieval {
             near_duplicate: 0.8,
             neighbours: true,
             condense: Condense::Heuristic,
+            condense_prompt: None,
+            condense_max_tokens: 96,
+            condense_timeout_ms: 3000,
+            condense_handoff: true,
         }
     }
 }
 
 impl RawRetrieval {
-    pub fn validate(&self, cx: &Check) -> Result<(), ConfigError> {
+    /// Checks the limits and resolves the condense prompt's path (when one is configured).
+    /// That the `condense` route exists is checked with the routes (`config::validate`).
+    pub fn validate(mut self, cx: &Check) -> Result<RawRetrieval, ConfigError> {
         if self.top_k == 0 || self.top_k > 50 {
             return Err(cx.key_err("retrieval.top_k", "must be between 1 and 50"));
         }
-        if self.condense == Condense::Model {
+        if self.condense_max_tokens == 0 || self.condense_max_tokens > 1024 {
             return Err(cx.key_err(
-                "retrieval.condense",
-                "\"model\" is not available yet; use \"heuristic\" (the default) or \"off\"",
+                "retrieval.condense_max_tokens",
+                "must be between 1 and 1024 (the reply is one short JSON line)",
+            ));
+        }
+        if self.condense_timeout_ms == 0 {
+            return Err(cx.key_err(
+                "retrieval.condense_timeout_ms",
+                "must be at least 1 (milliseconds the condense call may take)",
             ));
         }
         if !(self.near_duplicate > 0.0 && self.near_duplicate <= 1.0) {
@@ -152,6 +176,7 @@ impl RawRetrieval {
                 "must be above 0 and at most 1 (1 = leave out only hits whose words repeat exactly)",
             ));
         }
-        Ok(())
+        self.condense_prompt = self.condense_prompt.map(|p| cx.path(&p));
+        Ok(self)
     }
 }

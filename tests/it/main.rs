@@ -5,6 +5,7 @@ mod answer;
 mod batches;
 mod browser;
 mod cli;
+mod condense;
 mod contract;
 mod crash;
 mod e2e;

@@ -179,20 +179,7 @@ async fn a_follow_up_is_retrieved_with_the_earlier_user_turns() {
 
     let body =
         json!({"question": SEND_BACK, "conversation": [{"role": "user", "content": FINAL_SALE}]});
-    let resp = app
-        .router()
-        .oneshot(post_json("/ask", &body.to_string()))
-        .await
-        .expect("response");
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .expect("body");
-    let events = support::parse_sse(&String::from_utf8_lossy(&bytes));
-    let retrieval = events
-        .iter()
-        .find(|e| e.event == "retrieval")
-        .expect("retrieval");
-    let data: Value = serde_json::from_str(&retrieval.data).expect("json");
+    let data = support::first_streamed(&app, &body, "retrieval").await;
     assert_eq!(data["query"], query.as_str(), "{data}");
 }
 

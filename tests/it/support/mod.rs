@@ -500,6 +500,25 @@ pub fn parse_sse(text: &str) -> Vec<SseEvent> {
     out
 }
 
+/// The data of the first `name` event of the streamed `/ask` of `body` (anonymous).
+pub async fn first_streamed(app: &TestApp, body: &Value, name: &str) -> Value {
+    use tower::ServiceExt;
+    let resp = app
+        .router()
+        .oneshot(post_json("/ask", &body.to_string()))
+        .await
+        .expect("response");
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&bytes);
+    let event = parse_sse(&text)
+        .into_iter()
+        .find(|e| e.event == name)
+        .unwrap_or_else(|| panic!("no {name} event: {text}"));
+    serde_json::from_str(&event.data).expect("json")
+}
+
 /// The answer text of an `/ask` SSE stream: its `token` events' texts, in order.
 pub fn streamed_answer(events: &[SseEvent]) -> String {
     events
