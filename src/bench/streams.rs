@@ -235,15 +235,7 @@ pub fn run(
     let (base, fake) = runtime.block_on(start_fake(o.tokens, o.gap))?;
     configure(&mut config, &base, o.streams);
     let engine = Arc::new(Engine::open_with(config, open)?);
-    if engine.index.stats()?.documents == 0 {
-        eprintln!("the index is empty: ingesting the configured sources");
-        engine.ingest(
-            None,
-            false,
-            &|_, _| {},
-            &std::sync::atomic::AtomicBool::new(false),
-        )?;
-    }
+    engine.ingest_if_empty()?;
     let report = runtime.block_on(drive(engine, o));
     fake.abort();
     report
