@@ -8,8 +8,11 @@
 //! variant: medians of the whole answer, of the tool runs (the `step` events' `ms`), of the
 //! model's own time (the planner's time composing replies) and of the rest per model call (the
 //! gateway round trip: request building, loopback HTTP, SSE parsing, tool-call assembly, the
-//! loop's bookkeeping); and per `k` the time added per step over the baseline,
-//! `(median agent_k − median plain) / k`, less the model's own time per step.
+//! loop's bookkeeping); per `k` the time added per step over the baseline,
+//! `(median agent_k − median plain) / k`, less the model's own time per step (for small `k`
+//! this mixes in the plain answer's own retrieval, which agent mode replaces by its searches);
+//! and the marginal cost of one more step: the slope of the agent medians over `k`, less the
+//! model's own time per step, split into the tool run and the rest.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -68,6 +71,11 @@ pub struct Variant {
 pub struct AgentBenchReport {
     pub runs: usize,
     pub variants: Vec<Variant>,
+    /// What one more step costs: the least-squares slope of the agent variants' median totals
+    /// over their step counts, less the model's own time per step (with two step counts or more).
+    pub marginal_step_ms: Option<f64>,
+    /// Of that, the tool run: the slope of the median tool times.
+    pub marginal_tool_ms: Option<f64>,
     pub note: &'static str,
 }
 
@@ -200,7 +208,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn summarise(o: &AgentBenchOptions, samples: &[Vec<Sample>]) -> AgentBenchReport {
     let med = |v: &[Sample], f: &dyn Fn(&Sample) -> f64| median(v.iter().map(f).collect());
     let plain_total = med(&samples[0], &|s| s.total_ms);
-    let variants = samples
+    let variants: Vec<Variant> = samples
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -224,11 +232,30 @@ fn summarise(o: &AgentBenchOptions, samples: &[Vec<Sample>]) -> AgentBenchReport
             }
         })
         .collect();
+    let agents: Vec<&Variant> = variants.iter().filter(|v| v.steps > 0).collect();
+    let model_per_call = agents
+        .iter()
+        .map(|v| v.model_ms / f64::from(v.model_calls.max(1)))
+        .sum::<f64>()
+        / agents.len().max(1) as f64;
     AgentBenchReport {
         runs: o.runs,
+        marginal_step_ms: slope(&agents, |v| v.total_ms).map(|s| s - model_per_call),
+        marginal_tool_ms: slope(&agents, |v| v.tools_ms),
         variants,
         note: NOTE,
     }
+}
+
+/// The least-squares slope of `y` over the variants' step counts; `None` with fewer than two
+/// distinct step counts.
+fn slope(vs: &[&Variant], y: impl Fn(&Variant) -> f64) -> Option<f64> {
+    let n = vs.len() as f64;
+    let mx = vs.iter().map(|v| v.steps as f64).sum::<f64>() / n;
+    let my = vs.iter().map(|v| y(v)).sum::<f64>() / n;
+    let sxx: f64 = vs.iter().map(|v| (v.steps as f64 - mx).powi(2)).sum();
+    let sxy: f64 = vs.iter().map(|v| (v.steps as f64 - mx) * (y(v) - my)).sum();
+    (sxx > 0.0).then(|| sxy / sxx)
 }
 
 /// The report as a table.
@@ -245,6 +272,12 @@ pub fn print(r: &AgentBenchReport) {
         "rest/call ms",
         "added/step ms"
     );
+    if let (Some(step), Some(tool)) = (r.marginal_step_ms, r.marginal_tool_ms) {
+        println!(
+            "one more step: {step:.2} ms beyond the model's own time, of which the tool run {tool:.2} ms and the rest (gateway round trip, loop) {:.2} ms",
+            step - tool
+        );
+    }
     for v in &r.variants {
         println!(
             "{:<7} {:>5} {:>6} {:>10.2} {:>10.2} {:>10.3} {:>14.2} {:>14}",
@@ -295,5 +328,23 @@ mod tests {
         assert_eq!(a.total_ms, 20.0);
         assert!((a.added_per_step_ms.expect("agent") - (4.5 - 0.1)).abs() < 1e-9);
         assert!((a.rest_per_model_call_ms - (20.0 - 4.0 - 0.3) / 3.0).abs() < 1e-9);
+        assert!(r.marginal_step_ms.is_none(), "one step count has no slope");
+    }
+
+    #[test]
+    fn the_marginal_step_is_the_slope_over_step_counts() {
+        let v = |steps, total_ms, tools_ms| Variant {
+            mode: "agent",
+            steps,
+            model_calls: steps as u32 + 1,
+            total_ms,
+            tools_ms,
+            model_ms: 0.0,
+            rest_per_model_call_ms: 0.0,
+            added_per_step_ms: None,
+        };
+        let (a, b, c) = (v(1, 40.0, 30.0), v(2, 75.0, 60.0), v(4, 145.0, 120.0));
+        assert!((slope(&[&a, &b, &c], |x| x.total_ms).expect("slope") - 35.0).abs() < 1e-9);
+        assert!((slope(&[&a, &b, &c], |x| x.tools_ms).expect("slope") - 30.0).abs() < 1e-9);
     }
 }

@@ -241,4 +241,11 @@ fn bench_agent_reports_the_time_a_step_adds() {
         assert!(v[i]["tools_ms"].as_f64().is_some_and(|t| t > 0.0), "{r:#}");
         assert!(v[i]["added_per_step_ms"].is_number(), "{r:#}");
     }
+    let (step, tool) = (&r["marginal_step_ms"], &r["marginal_tool_ms"]);
+    assert!(
+        step.as_f64()
+            .zip(tool.as_f64())
+            .is_some_and(|(s, t)| s > 0.0 && t > 0.0),
+        "{r:#}"
+    );
 }
