@@ -452,7 +452,7 @@ fn report(items: &[QaItem], outcomes: Vec<QaOutcome>, mode: AskMode) -> AnswerRe
         ),
         tokens_per_question: mean(outcomes.iter().map(|o| o.tokens as f64)).unwrap_or(0.0),
         ran_as_rag: match mode {
-            AskMode::Agent => outcomes.iter().filter(|o| o.mode != "agent").count(),
+            AskMode::Agent => outcomes.iter().filter(|o| o.mode == "rag").count(),
             AskMode::Rag => 0,
         },
         items: outcomes,
