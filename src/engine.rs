@@ -491,6 +491,21 @@ impl Engine {
         })
     }
 
+    /// Ingests every configured source when the index holds no document (the benchmarks and
+    /// evaluations that open their own engine), saying so on stderr.
+    pub fn ingest_if_empty(&self) -> anyhow::Result<()> {
+        if self.index.stats()?.documents == 0 {
+            eprintln!("the index is empty: ingesting the configured sources");
+            self.ingest(
+                None,
+                false,
+                &|_, _| {},
+                &std::sync::atomic::AtomicBool::new(false),
+            )?;
+        }
+        Ok(())
+    }
+
     /// Runs the named source (or all) into the index, one at a time, keeping each report.
     pub fn ingest(
         &self,

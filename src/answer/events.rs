@@ -144,3 +144,13 @@ pub enum Mode {
     Rag,
     Agent,
 }
+
+impl Mode {
+    /// The mode's name as requests and reports spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Rag => "rag",
+            Mode::Agent => "agent",
+        }
+    }
+}

@@ -1,9 +1,10 @@
 //! Benchmarks run by `cairn bench`: ingest throughput, the loopback load generator for
 //! /search and /ask, many concurrent slow streams, interactive latency beside a running batch,
-//! and the index soak.
+//! the index soak, and the cost of an agent step.
 //!
 //! Must not: be used by the server; everything here drives it from outside.
 
+pub mod agent;
 pub mod batches;
 pub mod ingest;
 pub mod loadgen;
@@ -35,14 +36,6 @@ fn open_to_anonymous_load(config: &mut Config) {
 /// Opens the engine; an empty index ingests the configured sources first.
 fn open_ingested(config: Config, open: &OpenOptions) -> anyhow::Result<Arc<Engine>> {
     let engine = Arc::new(Engine::open_with(config, open)?);
-    if engine.index.stats()?.documents == 0 {
-        eprintln!("the index is empty: ingesting the configured sources");
-        engine.ingest(
-            None,
-            false,
-            &|_, _| {},
-            &std::sync::atomic::AtomicBool::new(false),
-        )?;
-    }
+    engine.ingest_if_empty()?;
     Ok(engine)
 }

@@ -1,4 +1,4 @@
-//! `cairn bench ingest | serve | streams | batches | soak`: throughput and load figures (nothing is
+//! `cairn bench ingest | serve | streams | batches | soak | agent`: throughput and load figures (nothing is
 //! kept, except a soak's index in `--dir`).
 
 use std::path::{Path, PathBuf};
@@ -115,6 +115,59 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The time an agent step adds beyond the model's own: plain answers and agent answers of
+    /// 1, 2 and 4 searches against an instant scripted model on loopback, medians per variant.
+    #[command(
+        after_help = "Uses the configured index (an empty one ingests the configured sources first); the answer and agent routes are pointed at the built-in scripted planner, the answer cache is off.\nExample:\n  cairn --data-dir /var/tmp/agentbench bench agent --runs 50 --json"
+    )]
+    Agent {
+        /// Measured iterations (each asks every variant once).
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Unmeasured iterations first.
+        #[arg(long, default_value_t = 5)]
+        warmup: usize,
+        /// Searches per agent variant (repeatable).
+        #[arg(long, default_values_t = [1, 2, 4])]
+        steps: Vec<usize>,
+        /// The question of the plain baseline.
+        #[arg(long, default_value = "How long do refunds take?")]
+        question: String,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `cairn bench agent`: opens its own engine with the routes on the scripted planner.
+pub(super) fn agent(
+    config: Config,
+    open: &OpenOptions,
+    cmd: &BenchCommand,
+) -> anyhow::Result<ExitCode> {
+    let BenchCommand::Agent {
+        runs,
+        warmup,
+        steps,
+        question,
+        json,
+    } = cmd
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let options = crate::bench::agent::AgentBenchOptions {
+        runs: *runs,
+        warmup: *warmup,
+        steps: steps.clone(),
+        question: question.clone(),
+    };
+    let report = crate::bench::agent::run(config, open, &options)?;
+    if *json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::bench::agent::print(&report);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `cairn bench soak`: needs no engine (no model), only `[index] stall_secs`.
@@ -178,9 +231,10 @@ pub(super) fn run(
             };
             serve(engine, runtime, &options, json)
         }
-        BenchCommand::Streams { .. } | BenchCommand::Soak { .. } | BenchCommand::Batches { .. } => {
-            Ok(ExitCode::SUCCESS)
-        }
+        BenchCommand::Streams { .. }
+        | BenchCommand::Soak { .. }
+        | BenchCommand::Batches { .. }
+        | BenchCommand::Agent { .. } => Ok(ExitCode::SUCCESS),
     }
 }
 

@@ -1,4 +1,6 @@
 //! `cairn eval retrieval | fusion | answers`: quality reports over a dataset or a question file.
+//! `eval answers --mode` compares plain RAG with agent mode; `--scripted` starts the scripted
+//! planner (`eval::planner`) and points the agent route at it before the engine opens.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,7 +8,10 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
-use crate::engine::Engine;
+use crate::answer::events::Mode;
+use crate::config::Config;
+use crate::engine::{Engine, OpenOptions};
+use crate::eval::answers::{AnswerReport, ModeComparison};
 
 #[derive(Debug, Subcommand)]
 pub enum EvalCommand {
@@ -49,14 +54,24 @@ pub enum EvalCommand {
         json: bool,
     },
     /// Citation validity, precision/recall, "I don't know" rate, gold-answer rate, cost and latency.
-    #[command(after_help = "Example:\n  cairn eval answers --qa samples/qa.jsonl --json")]
+    #[command(
+        after_help = "Without --mode the questions run in plain RAG mode and the report is one object; with --mode the output is {\"agent_model\", \"note\", \"modes\": [one report per mode]}.\n--scripted answers agent turns with the built-in scripted planner (it searches each question's `hops`, then quotes the best sentence of each result): it measures cairn's tool loop, not a model.\nExamples:\n  cairn eval answers --qa samples/qa.jsonl --json\n  cairn eval answers --qa samples/multihop.jsonl --mode both --scripted"
+    )]
     Answers {
-        /// JSON lines: {"question", "answers"?, "sources"?, "unanswerable"?, "conversation"?}.
+        /// JSON lines: {"question", "answers"?, "facts"?, "sources"?, "unanswerable"?,
+        /// "conversation"?, "hops"?}.
         #[arg(long)]
         qa: PathBuf,
         /// Print the report (with every question's outcome) as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Ask in plain RAG mode, agent mode (`[agent] route`), or both, and report per mode.
+        #[arg(long, value_parser = ["rag", "agent", "both"])]
+        mode: Option<String>,
+        /// Serve agent mode with the built-in scripted planner on 127.0.0.1 (needs --mode agent
+        /// or both).
+        #[arg(long, requires = "mode")]
+        scripted: bool,
     },
 }
 
@@ -80,8 +95,80 @@ pub(super) fn run(
             limit,
             json,
         } => fusion(engine, dataset, split, limit, json),
-        EvalCommand::Answers { qa, json } => answers(engine, runtime, &qa, json),
+        EvalCommand::Answers { qa, json, mode, .. } => match mode {
+            None => answers(engine, runtime, &qa, json),
+            Some(m) => {
+                let items = crate::eval::qa::read_qa(&qa)?;
+                compare(engine, runtime, &items, &modes_of(&m), false, json)
+            }
+        },
     }
+}
+
+/// The modes `--mode` names.
+fn modes_of(mode: &str) -> Vec<Mode> {
+    match mode {
+        "rag" => vec![Mode::Rag],
+        "agent" => vec![Mode::Agent],
+        _ => vec![Mode::Rag, Mode::Agent],
+    }
+}
+
+/// `eval answers --mode ... --scripted`: starts the scripted planner with the file's hops,
+/// points `[agent] route` at it, opens the engine (ingesting the configured sources into an
+/// empty index) and compares the modes.
+pub(super) fn scripted(
+    mut config: Config,
+    open: &OpenOptions,
+    cmd: EvalCommand,
+) -> anyhow::Result<ExitCode> {
+    let EvalCommand::Answers { qa, json, mode, .. } = cmd else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let modes = modes_of(mode.as_deref().unwrap_or("both"));
+    anyhow::ensure!(
+        modes.contains(&Mode::Agent),
+        "--scripted serves agent mode: use it with --mode agent or --mode both"
+    );
+    let items = crate::eval::qa::read_qa(&qa)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let script = crate::eval::planner::Script::new(
+        items
+            .iter()
+            .map(|i| (i.question.as_str(), i.hops.as_slice())),
+    );
+    let planner = runtime.block_on(crate::eval::planner::Planner::start(script))?;
+    planner.configure(&mut config, false);
+    let engine = Arc::new(Engine::open_with(config, open)?);
+    engine.ingest_if_empty()?;
+    let code = compare(&engine, &runtime, &items, &modes, true, json);
+    drop(planner);
+    code
+}
+
+fn compare(
+    engine: &Arc<Engine>,
+    runtime: &tokio::runtime::Runtime,
+    items: &[crate::eval::qa::QaItem],
+    modes: &[Mode],
+    scripted: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let report = runtime.block_on(crate::eval::answers::compare(
+        engine.clone(),
+        items,
+        modes,
+        scripted,
+    ))?;
+    engine.traces.flush_export();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_comparison(&report);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn answers(
@@ -274,5 +361,74 @@ fn print_answer_report(r: &crate::eval::answers::AnswerReport) {
             flag,
             item.cited_docs.join(", ")
         );
+    }
+}
+
+/// The per-mode table of `eval answers --mode`, then each question's outcome per mode.
+fn print_comparison(r: &ModeComparison) {
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1} %", v * 100.0));
+    let num = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+    println!("agent model: {}", r.agent_model);
+    println!("note: {}", r.note);
+    print!("{:<38}", "");
+    for m in &r.modes {
+        print!(" {:>12}", m.mode);
+    }
+    println!();
+    type Row<'a> = (&'a str, &'a dyn Fn(&AnswerReport) -> String);
+    let rows: [Row; 10] = [
+        ("questions", &|m| m.questions.to_string()),
+        ("answer contains every gold fact", &|m| {
+            pct(m.answer_contains_gold)
+        }),
+        ("citation validity (expected)", &|m| {
+            pct(m.citation_validity_expected)
+        }),
+        ("citations quoting their chunk", &|m| {
+            pct(m.citation_validity)
+        }),
+        ("every expected source returned", &|m| {
+            pct(m.all_sources_returned)
+        }),
+        ("every expected source cited", &|m| pct(m.all_sources_cited)),
+        ("steps per question", &|m| num(m.steps_per_question)),
+        ("model calls per question", &|m| {
+            num(m.model_calls_per_question)
+        }),
+        ("tokens per question", &|m| {
+            format!("{:.0}", m.tokens_per_question)
+        }),
+        ("latency p50 ms", &|m| format!("{:.1}", m.latency_p50_ms)),
+    ];
+    for (name, value) in rows {
+        print!("{name:<38}");
+        for m in &r.modes {
+            print!(" {:>12}", value(m));
+        }
+        println!();
+    }
+    for m in &r.modes {
+        println!(
+            "cost per answer ({}): {:.6} USD; ran as rag: {}",
+            m.mode, m.cost_usd_per_answer, m.ran_as_rag
+        );
+    }
+    for (i, item) in r.modes[0].items.iter().enumerate() {
+        print!("  {:<36}", item.id);
+        for m in &r.modes {
+            let o = &m.items[i];
+            let gold = match o.contains_gold {
+                Some(true) => "gold",
+                Some(false) => "miss",
+                None => "-",
+            };
+            let both = if o.all_sources_cited == Some(true) {
+                "both"
+            } else {
+                "part"
+            };
+            print!(" {:>12}", format!("{gold}/{both}"));
+        }
+        println!();
     }
 }

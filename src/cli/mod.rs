@@ -192,6 +192,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Bench(cmd @ BenchCommand::Batches { .. }) = &cli.command {
         return bench::batches(config, &open, cmd);
     }
+    if let Command::Bench(cmd @ BenchCommand::Agent { .. }) = &cli.command {
+        return bench::agent(config, &open, cmd);
+    }
+    if let Command::Eval(EvalCommand::Answers { scripted: true, .. }) = &cli.command {
+        let Command::Eval(cmd) = cli.command else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        return eval::scripted(config, &open, cmd);
+    }
     let engine = Arc::new(Engine::open_with(config, &open)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -28,6 +28,7 @@ use crate::eval::metrics::{Metrics, Qrels, distinct_documents};
 pub mod answers;
 pub mod fusion;
 pub mod metrics;
+pub mod planner;
 pub mod qa;
 
 /// One mode's results, as printed by `--json` (one object per line).

@@ -1,6 +1,9 @@
 //! The question file of `cairn eval answers` and the reindex quality gate: JSON lines, one
-//! question each, `{"id", "question", "answers"?, "sources"?, "unanswerable"?, "groups"?,
-//! "conversation"?}`.
+//! question each, `{"id", "question", "answers"?, "facts"?, "sources"?, "unanswerable"?,
+//! "groups"?, "conversation"?, "hops"?}`. `answers` are alternatives (one must occur in the
+//! answer), `facts` all must occur (a multi-hop question's gold facts, one per lookup); `hops`
+//! are the lookups a planner would make (the scripted planner of `cairn eval answers
+//! --scripted` searches exactly these).
 //!
 //! Must not: run anything; it only reads the file.
 
@@ -21,6 +24,9 @@ pub struct QaItem {
     pub question: String,
     #[serde(default)]
     pub answers: Vec<String>,
+    /// Gold facts that must all occur in the answer (case and spacing aside).
+    #[serde(default)]
+    pub facts: Vec<String>,
     #[serde(default)]
     pub sources: Vec<String>,
     #[serde(default)]
@@ -32,6 +38,9 @@ pub struct QaItem {
     /// the question is a follow-up.
     #[serde(default)]
     pub conversation: Vec<Message>,
+    /// The search queries that answer the question, one per lookup, in order.
+    #[serde(default)]
+    pub hops: Vec<String>,
 }
 
 /// Reads a QA file; a bad line is an error naming the line.
@@ -45,7 +54,7 @@ pub fn read_qa(path: &Path) -> anyhow::Result<Vec<QaItem>> {
         }
         let mut item: QaItem = serde_json::from_str(&line).with_context(|| {
             format!(
-                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?, \"conversation\"?}}",
+                "{} line {}: expected {{\"question\": ..., \"answers\"?, \"facts\"?, \"sources\"?, \"unanswerable\"?, \"groups\"?, \"conversation\"?, \"hops\"?}}",
                 path.display(),
                 i + 1
             )

@@ -18,6 +18,7 @@ mod hostile;
 mod llama;
 mod load;
 mod mcp;
+mod multihop;
 mod otlp;
 mod privacy;
 mod promises;
