@@ -23,6 +23,7 @@ use cairn_ingest::pipeline::{self, Gate, PipelineOptions, Progress, Report};
 use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
+use crate::agent::external::ExternalTools;
 use crate::answer::cache::AnswerCache;
 use crate::answer::prompt::Prompt;
 use crate::answer::threads::{Thread, ThreadFile, ThreadStore, Threads};
@@ -85,6 +86,8 @@ pub struct Engine {
     pub traces: Traces,
     /// `[audit]`: admin actions and what was sent to which provider.
     pub audit: AuditLog,
+    /// `[[agent.tools]]`: the external MCP tool servers and their cached tool lists.
+    pub external: ExternalTools,
     embed_cache: Arc<EmbeddingCache>,
     /// Query embeddings run here (own threads, concurrent questions batched), not on the
     /// global pool that ingest embedding saturates.
@@ -343,6 +346,7 @@ impl Engine {
             ),
             None => None,
         };
+        let external = ExternalTools::new(&config.agent.tools);
         Ok(Engine {
             config,
             index,
@@ -358,6 +362,7 @@ impl Engine {
             threads: Mutex::new(None),
             feedback: Mutex::new(None),
             audit,
+            external,
             embed_cache,
             queries,
             ingest_lock: Mutex::new(()),
