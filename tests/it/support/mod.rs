@@ -71,10 +71,32 @@ impl TestApp {
     /// As [`TestApp::with_setup`], returning the ingest reports instead of requiring that no
     /// document failed.
     pub fn with_setup_reports(setup: impl FnOnce(&Path) -> String) -> (TestApp, Vec<Report>) {
+        Self::with_setup_env_reports(setup, &[])
+    }
+
+    /// As [`TestApp::with_setup`], with `env` pairs visible to the config's `env:`
+    /// references next to the process environment (no test sets a process variable).
+    pub fn with_setup_env(setup: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> TestApp {
+        let (app, reports) = Self::with_setup_env_reports(setup, env);
+        assert!(reports.iter().all(|r| r.counts.failed == 0), "{reports:?}");
+        app
+    }
+
+    fn with_setup_env_reports(
+        setup: impl FnOnce(&Path) -> String,
+        env: &[(&str, &str)],
+    ) -> (TestApp, Vec<Report>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = setup(dir.path());
         let path = write_config(dir.path(), &extra);
-        let config = Config::load(&path, true, &Overrides::default()).expect("config");
+        let lookup = |k: &str| {
+            env.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.to_string())
+                .or_else(|| std::env::var(k).ok())
+        };
+        let config = Config::load_with_env(&path, true, &Overrides::default(), lookup, true)
+            .expect("config");
         let engine = Engine::open(config).expect("engine");
         let reports = engine
             .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
@@ -103,16 +125,20 @@ impl TestApp {
 
     /// Serves on a loopback port; returns the address.
     pub async fn serve(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = self.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        addr
+        serve_loopback(self.router()).await
     }
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns the address.
+pub async fn serve_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
 }
 
 /// Polls `<base>/healthz` until a `cairn serve` child answers (at most 60 s); kills the child
