@@ -153,7 +153,7 @@ impl ExternalTools {
                 .list_all_tools()
                 .await
                 .map_err(|e| format!("listing its tools failed: {e}"));
-            let _ = client.cancel().await;
+            close(client);
             tools
         };
         let tools = tokio::time::timeout_at(until.into(), listing)
@@ -178,7 +178,7 @@ impl ExternalTools {
                 .call_tool(params)
                 .await
                 .map_err(|e| format!("`{}` answered with an error: {e}", server.name));
-            let _ = client.cancel().await;
+            close(client);
             result
         };
         match tokio::time::timeout_at(until.into(), calling).await {
@@ -221,11 +221,22 @@ impl ExternalTools {
     }
 }
 
+/// Ends a session in the background: its result is in, and closing (bounded by the
+/// transport's own control timeout) must not hold it back.
+fn close(client: rmcp::service::RunningService<rmcp::RoleClient, ClientConfig>) {
+    tokio::spawn(async move {
+        let _ = client.cancel().await;
+    });
+}
+
 /// The allow-listed tools among those `server` listed, offered as `<server>__<tool>`.
 pub fn offers_of(server: &ExternalServer, tools: Vec<rmcp::model::Tool>) -> Vec<Offer> {
+    let mut seen = std::collections::HashSet::new();
     tools
         .into_iter()
         .filter(|t| server.allow.iter().any(|a| a == t.name.as_ref()))
+        // A server listing a name twice is offered it once.
+        .filter(|t| seen.insert(t.name.to_string()))
         .map(|t| {
             let mut schema = Value::Object((*t.input_schema).clone());
             if let Value::Object(o) = &mut schema {

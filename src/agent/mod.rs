@@ -563,9 +563,11 @@ impl<'a> Run<'a> {
                 (text, true, format!("failed: {message}"))
             }
             Outcome::Failed(message) => {
+                // An MCP error's message is the server's text: escaped and cut like output.
+                let message: String = message.chars().take(500).collect();
                 step.error = Some(message.clone());
                 let summary = format!("failed: {message}");
-                return (refused_call(call, &message), step, summary);
+                return (refused_call(call, &fence(&message)), step, summary);
             }
         };
         let masked = self.masking.mask(&external::bounded(&text));
