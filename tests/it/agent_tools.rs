@@ -418,3 +418,45 @@ async fn a_down_slow_or_failing_tool_server_is_an_error_step_and_the_agent_still
         started.elapsed()
     );
 }
+
+/// With `[privacy]` masking (on by default) the model sees a placeholder for the caller's
+/// e-mail address; the company's own tool receives the address itself, and its output reaches
+/// the model masked again.
+#[tokio::test(flavor = "multi_thread")]
+async fn masked_values_reach_the_tool_unmasked_and_its_output_reaches_the_model_masked() {
+    const ASKER: &str = "jane.roe@customer.example";
+    let (url, received) = order_server().await;
+    let v = Vendor::Compatible;
+    let fake = Fake::responding(move |body| {
+        let results = results_in(v, body);
+        if tools_refused(v, body) || !results.is_empty() {
+            return Reply::sse(v.success(&["Your order has shipped."]));
+        }
+        let text = body.to_string();
+        let placeholder = text
+            .find("[email-")
+            .and_then(|at| Some(text[at..at + text[at..].find(']')? + 1].to_string()))
+            .unwrap_or_default();
+        let args = json!({ "order_id": placeholder }).to_string();
+        Reply::sse(v.tool_calls(&[("call_1", "orders__order_status", &[args.as_str()])]))
+    })
+    .await;
+    let app = app(&fake, &orders_tool("orders", &url, 5000), None);
+    let (status, events) = ask_sse(
+        &app,
+        json!({"question": format!("Where is the order of {ASKER}?"), "mode": "agent"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(steps(&events).len(), 1, "{events:?}");
+    let got = received.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].order_id, ASKER, "the tool gets the real value");
+    for seen in fake.seen() {
+        let text = seen.body.to_string();
+        assert!(!text.contains(ASKER), "the model never sees it: {text}");
+    }
+    let results = results_in(v, &fake.seen()[1].body);
+    assert!(results[0].contains("Order [email-"), "{}", results[0]);
+}
