@@ -460,3 +460,56 @@ async fn masked_values_reach_the_tool_unmasked_and_its_output_reaches_the_model_
     let results = results_in(v, &fake.seen()[1].body);
     assert!(results[0].contains("Order [email-"), "{}", results[0]);
 }
+
+/// External calls are counted with the others: past `max_tool_calls` one is refused without
+/// reaching the server, and a slow one is cut at the run's wall time, not its own timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_calls_are_held_to_the_tool_call_and_wall_time_budgets() {
+    let (url, received) = order_server().await;
+    let fake = Fake::responding(scripted(vec![
+        ("orders__order_status", "{\"order_id\":\"A-1\"}"),
+        ("orders__order_status", "{\"order_id\":\"A-2\"}"),
+    ]))
+    .await;
+    let first = app(&fake, &orders_tool("orders", &url, 5000), None);
+    let (_, events) = ask_sse(
+        &first,
+        json!({"question": "Where are my orders?", "mode": "agent", "agent": {"max_tool_calls": 1}}),
+        None,
+    )
+    .await;
+    let d = done(&events);
+    assert_eq!(d["exhausted"], "max_tool_calls", "{d}");
+    assert_eq!(steps(&events).len(), 1);
+    assert_eq!(
+        received.lock().expect("lock").len(),
+        1,
+        "the second call never left"
+    );
+
+    let slow = Fake::responding(scripted(vec![(
+        "orders__order_status",
+        "{\"order_id\":\"slow\"}",
+    )]))
+    .await;
+    let second = app(&slow, &orders_tool("orders", &url, 5000), None);
+    let started = std::time::Instant::now();
+    let (_, events) = ask_sse(
+        &second,
+        json!({"question": "Where is my order?", "mode": "agent", "agent": {"max_wall_secs": 1}}),
+        None,
+    )
+    .await;
+    let steps = steps(&events);
+    assert_eq!(steps.len(), 1, "{events:?}");
+    assert!(
+        summary(&steps[0]).contains("did not answer in time"),
+        "{steps:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!crate::support::streamed_answer(&events).trim().is_empty());
+}
