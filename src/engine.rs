@@ -23,6 +23,7 @@ use cairn_ingest::pipeline::{self, Gate, PipelineOptions, Progress, Report};
 use cairn_ingest::rerank::Reranker;
 use cairn_ingest::{Chunker, Connector, Embedder, SyncState};
 
+use crate::agent::external::ExternalTools;
 use crate::answer::cache::AnswerCache;
 use crate::answer::load::AnswerLoad;
 use crate::answer::prompt::Prompt;
@@ -91,6 +92,8 @@ pub struct Engine {
     pub traces: Traces,
     /// `[audit]`: admin actions and what was sent to which provider.
     pub audit: AuditLog,
+    /// `[[agent.tools]]`: the external MCP tool servers and their cached tool lists.
+    pub external: ExternalTools,
     embed_cache: Arc<EmbeddingCache>,
     /// Query embeddings run here (own threads, concurrent questions batched), not on the
     /// global pool that ingest embedding saturates.
@@ -363,6 +366,7 @@ impl Engine {
         };
         let webhooks = Webhooks::open(config.webhooks.clone(), &config.data_dir)
             .with_context(|| format!("config {}: [webhooks]", config.origin))?;
+        let external = ExternalTools::new(&config.agent.tools);
         Ok(Engine {
             webhooks,
             config,
@@ -381,6 +385,7 @@ impl Engine {
             feedback: Mutex::new(None),
             load: Arc::default(),
             audit,
+            external,
             embed_cache,
             queries,
             ingest_lock: Mutex::new(()),

@@ -5,13 +5,16 @@
 //! with the same citation filter and quotes as a plain answer. When a limit is reached the
 //! loop stops and the agent answers from what it has (`budget_exhausted`, with a hand-off).
 //! A route whose first choice cannot call tools (the offline extractive provider) answers in
-//! plain RAG mode and says so in `done`.
+//! plain RAG mode and says so in `done`. External tools (`[[agent.tools]]`, [`external`]) are
+//! offered next to cairn's own; a call of one is a step like the others (budgeted, streamed,
+//! traced) and is audited; its output is fenced untrusted text, not a citable passage.
 //!
 //! Must not: call a provider directly (every model call goes through the gateway, audited as
 //! answers are), or let a tool result widen what the run may do: results are fenced untrusted
 //! data, tools run as the caller ([`tools::read`]), a call of a tool not offered is refused,
 //! and every limit is checked here, never asked of the model.
 
+pub mod external;
 pub mod settings;
 pub mod tools;
 
@@ -23,6 +26,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::agent::external::{Offer, Outcome};
 use crate::agent::settings::AgentBudget;
 use crate::agent::tools::Gathered;
 use crate::answer::citations::CitationFilter;
@@ -35,6 +39,7 @@ use crate::answer::{
     request_deadline, start_trace,
 };
 use crate::engine::Engine;
+use crate::observe::audit::AuditEvent;
 use crate::observe::trace::{AgentStep, Trace};
 use crate::providers::extractive::Extractive;
 use crate::providers::{
@@ -42,11 +47,11 @@ use crate::providers::{
     TargetInfo, ToolCall, ToolChoice, ToolResult, ToolRound,
 };
 
-/// The agent prompt compiled into the binary (`prompts/agent.v1.toml`).
-const BUILT_IN: &str = include_str!("../../prompts/agent.v1.toml");
+/// The agent prompt compiled into the binary (`prompts/agent.v2.toml`).
+const BUILT_IN: &str = include_str!("../../prompts/agent.v2.toml");
 
-/// The agent prompt: system text, the user turn, the closing instruction and the passage
-/// template of tool results.
+/// The agent prompt: system text, the user turn, the closing instruction, the note on
+/// external tools, and the templates of tool results (passages, external tool output).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentPrompt {
@@ -54,6 +59,8 @@ pub struct AgentPrompt {
     pub system: String,
     pub user: String,
     pub closing: String,
+    pub external: String,
+    pub tool_output: String,
     pub passage: String,
 }
 
@@ -67,6 +74,8 @@ impl AgentPrompt {
                 system: String::new(),
                 user: "Question: {question}".into(),
                 closing: String::new(),
+                external: String::new(),
+                tool_output: "<tool_output tool=\"{tool}\">\n{text}\n</tool_output>".into(),
                 passage: "<source n=\"{n}\">\n{text}\n</source>".into(),
             }
         })
@@ -173,6 +182,11 @@ struct Run<'a> {
     question: String,
     conversation: Vec<Message>,
     gathered: Gathered,
+    /// The external tools offered in this run (listed when it starts).
+    external: Vec<Offer>,
+    /// The run's trace id and caller, for the audit lines of external calls.
+    trace_id: String,
+    caller: String,
     rounds: Vec<ToolRound>,
     spent: Spent,
     steps: usize,
@@ -202,6 +216,9 @@ impl<'a> Run<'a> {
             question,
             conversation,
             gathered: Gathered::default(),
+            external: Vec::new(),
+            trace_id: String::new(),
+            caller: String::new(),
             rounds: Vec::new(),
             spent: Spent::default(),
             steps: 0,
@@ -214,6 +231,11 @@ impl<'a> Run<'a> {
     async fn run(&mut self, trace: &mut Trace, out: &mut Out) -> &'static str {
         // Dropping the guard (any return) cancels an upstream call still running.
         let _cancel_on_exit = self.cancel.clone().drop_guard();
+        self.trace_id = trace.id.clone();
+        self.caller = trace.caller.clone();
+        if !self.engine.external.is_empty() {
+            self.external = self.engine.external.offers(self.wall_end()).await;
+        }
         let mut exhausted = None;
         let answer = loop {
             if let Some(limit) = self.limit_reached() {
@@ -272,6 +294,10 @@ impl<'a> Run<'a> {
     /// The request as the model sees it now.
     fn chat(&self, tool_choice: ToolChoice) -> ChatRequest {
         let mut system = self.prompt.system.trim().to_string();
+        if !self.external.is_empty() {
+            system.push_str("\n\n");
+            system.push_str(self.prompt.external.trim());
+        }
         if tool_choice == ToolChoice::None {
             system.push_str("\n\n");
             system.push_str(self.prompt.closing.trim());
@@ -294,7 +320,10 @@ impl<'a> Run<'a> {
             question: Some(self.question.clone()),
             // A fallback to the extractive provider answers from these.
             context: self.gathered.shown.clone(),
-            tools: tools::offered(),
+            tools: tools::offered()
+                .into_iter()
+                .chain(self.external.iter().map(|o| o.offered.clone()))
+                .collect(),
             tool_choice,
             tool_rounds: self.rounds.clone(),
             ..ChatRequest::default()
@@ -477,6 +506,10 @@ impl<'a> Run<'a> {
             arguments: Some(arguments_value(call)),
             ..AgentStep::default()
         };
+        if let Some(offer) = self.external.iter().find(|o| o.offered.name == call.name) {
+            let offer = offer.clone();
+            return self.run_external(&offer, call, step).await;
+        }
         let fetched = match tools::read(self.engine, &self.req.filter, call) {
             Ok(request) => {
                 let engine = self.engine.clone();
@@ -509,6 +542,109 @@ impl<'a> Run<'a> {
             is_error: false,
         };
         (result, step, rendered.summary)
+    }
+
+    /// Calls an offered external tool within its timeout and the loop's wall time, audits the
+    /// call, and renders its output fenced (masked like a passage); a failure is an error
+    /// result with a summary, never the end of the run.
+    async fn run_external(
+        &mut self,
+        offer: &Offer,
+        call: &ToolCall,
+        mut step: AgentStep,
+    ) -> (ToolResult, AgentStep, String) {
+        let arguments = match object_arguments(call) {
+            Some(v) => self.unmasked(v),
+            None => {
+                let message = format!("the arguments of `{}` are not a JSON object", call.name);
+                step.error = Some(message.clone());
+                let summary = format!("refused: {message}");
+                return (refused_call(call, &message), step, summary);
+            }
+        };
+        let started = Instant::now();
+        let outcome = self
+            .engine
+            .external
+            .call(offer, arguments.clone(), self.wall_end())
+            .await;
+        self.audit_external(offer, &arguments, &outcome, started);
+        let (text, is_error, summary) = match outcome {
+            Outcome::Output(text) => {
+                let summary = format!(
+                    "{} characters from `{}`",
+                    text.chars().count(),
+                    offer.server
+                );
+                (text, false, summary)
+            }
+            Outcome::ToolError(text) => {
+                let message = format!("the tool reported an error: {}", first_line(&text));
+                step.error = Some(message.clone());
+                (text, true, format!("failed: {message}"))
+            }
+            Outcome::Failed(message) => {
+                // An MCP error's message is the server's text: escaped and cut like output.
+                let message: String = message.chars().take(500).collect();
+                step.error = Some(message.clone());
+                let summary = format!("failed: {message}");
+                return (refused_call(call, &fence(&message)), step, summary);
+            }
+        };
+        let masked = self.masking.mask(&external::bounded(&text));
+        let content = self
+            .prompt
+            .tool_output
+            .replace(
+                "{tool}",
+                &crate::answer::prompt::fence_attribute(&call.name),
+            )
+            .replace("{text}", &fence(&masked));
+        let result = ToolResult {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            content,
+            is_error,
+        };
+        (result, step, summary)
+    }
+
+    /// `v` with the masked values of this run put back in its strings: the company's own tool
+    /// needs the caller's real order number or address, which only the model must not see.
+    fn unmasked(&self, v: Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(self.masking.unmasker().apply(&s)),
+            Value::Array(a) => Value::Array(a.into_iter().map(|x| self.unmasked(x)).collect()),
+            Value::Object(o) => {
+                Value::Object(o.into_iter().map(|(k, x)| (k, self.unmasked(x))).collect())
+            }
+            other => other,
+        }
+    }
+
+    /// One audit line for a call sent to an external tool server.
+    fn audit_external(
+        &self,
+        offer: &Offer,
+        arguments: &Value,
+        outcome: &Outcome,
+        started: Instant,
+    ) {
+        let audit = &self.engine.audit;
+        if !audit.enabled() {
+            return;
+        }
+        let sent = arguments.to_string();
+        audit.record_or_warn(&AuditEvent::ExternalToolCall {
+            trace_id: self.trace_id.clone(),
+            caller: self.caller.clone(),
+            server: offer.server.clone(),
+            tool: offer.tool.clone(),
+            arguments_sha256: crate::observe::audit::sha256_hex(&sent),
+            outcome: outcome.code().to_string(),
+            ms: started.elapsed().as_secs_f64() * 1000.0,
+            arguments: audit.records_text().then(|| arguments.clone()),
+        });
     }
 
     /// The answer after the loop stopped at `exhausted`: one model call offered no tool, while
@@ -646,6 +782,25 @@ fn refused_call(call: &ToolCall, message: &str) -> ToolResult {
     }
 }
 
+/// A call's arguments when they are a JSON object (none sent: `{}`).
+fn object_arguments(call: &ToolCall) -> Option<Value> {
+    let text = call.arguments.trim();
+    match serde_json::from_str::<Value>(if text.is_empty() { "{}" } else { text }) {
+        Ok(v @ Value::Object(_)) => Some(v),
+        _ => None,
+    }
+}
+
+/// The first line of `text`, at most 200 characters, for a summary.
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
+}
+
 /// A call's arguments as JSON (`{}` when they are not a JSON object).
 fn arguments_value(call: &ToolCall) -> Value {
     ToolRound::arguments_object(call)
@@ -657,13 +812,15 @@ mod tests {
 
     #[test]
     fn the_built_in_agent_prompt_parses_with_its_placeholders() {
-        let p: AgentPrompt = toml::from_str(BUILT_IN).expect("prompts/agent.v1.toml parses");
-        assert_eq!(p.version, "agent.v1");
+        let p: AgentPrompt = toml::from_str(BUILT_IN).expect("prompts/agent.v2.toml parses");
+        assert_eq!(p.version, "agent.v2");
         assert!(p.user.contains("{question}"));
         for needle in ["{n}", "{title}", "{doc_id}", "{source}", "{text}"] {
             assert!(p.passage.contains(needle), "passage lacks {needle}");
         }
         assert!(p.system.contains("untrusted"));
+        assert!(p.tool_output.contains("{tool}") && p.tool_output.contains("{text}"));
+        assert!(p.external.contains("untrusted"));
         assert!(!p.closing.trim().is_empty());
     }
 

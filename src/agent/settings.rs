@@ -1,5 +1,7 @@
 //! `[agent]`: the route agent mode calls and its budgets (model calls, tool calls, tokens,
-//! cost, wall time), and how one request narrows them.
+//! cost, wall time), how one request narrows them, and the external tool servers
+//! (`[[agent.tools]]`) the agent may call, checked with their `env:` header references
+//! resolved.
 //!
 //! Must not: import the composed `Config` or the agent loop (the config loader imports this).
 
@@ -100,13 +102,93 @@ pub struct RawAgent {
     pub max_tokens: Option<u64>,
     pub max_cost_usd: Option<f64>,
     pub max_wall_secs: Option<u64>,
+    /// External MCP tool servers (`[[agent.tools]]`).
+    pub tools: Vec<RawExternalServer>,
 }
 
-/// `[agent]` checked: its route resolved and its budget complete.
+/// One `[[agent.tools]]` table as written.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExternalServer {
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Header name → `env:VARIABLE` reference.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// The one `kind` of external tool server: MCP over Streamable HTTP.
+pub const KIND_MCP: &str = "mcp";
+/// Between a server's name and its tool's in the name the model is offered
+/// (`orders__order_status`).
+pub const SEPARATOR: &str = "__";
+/// The longest tool name every vendor accepts (`^[a-zA-Z0-9_-]{1,64}$`).
+const MAX_OFFERED_NAME: usize = 64;
+/// The longest server name.
+const MAX_SERVER_NAME: usize = 32;
+/// How long one list or call of an external tool may take unless `timeout_ms` says.
+const DEFAULT_TOOL_TIMEOUT_MS: u64 = 10_000;
+/// Headers the MCP transport sets itself.
+const RESERVED_HEADERS: [&str; 6] = [
+    "accept",
+    "content-type",
+    "host",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+
+/// A `[[agent.tools]]` server checked: its headers resolved (values are secrets: never
+/// logged, printed or serialised).
+#[derive(Clone, PartialEq)]
+pub struct ExternalServer {
+    pub name: String,
+    pub url: String,
+    /// The tools of the server the model may be offered (MCP names).
+    pub allow: Vec<String>,
+    /// Header name (lowercase) and resolved value.
+    pub headers: Vec<(String, String)>,
+    /// The most one list or call may take (the run's wall time may cut it shorter).
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for ExternalServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ExternalServer")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("allow", &self.allow)
+            .field("headers", &names)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Serialize for ExternalServer {
+    /// Header names only: their values are secrets.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        let mut st = s.serialize_struct("ExternalServer", 4)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("url", &self.url)?;
+        st.serialize_field("allow", &self.allow)?;
+        st.serialize_field("headers", &names)?;
+        st.end()
+    }
+}
+
+/// `[agent]` checked: its route resolved, its budget complete, its tool servers checked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AgentSettings {
     pub route: String,
     pub budget: AgentBudget,
+    pub tools: Vec<ExternalServer>,
 }
 
 impl RawAgent {
@@ -161,8 +243,161 @@ impl RawAgent {
                 ),
             ));
         }
-        Ok(AgentSettings { route, budget })
+        let tools = check_servers(self.tools, cx)?;
+        Ok(AgentSettings {
+            route,
+            budget,
+            tools,
+        })
     }
+}
+
+/// Checks every `[[agent.tools]]` table; names must be distinct.
+fn check_servers(
+    raw: Vec<RawExternalServer>,
+    cx: &Check,
+) -> Result<Vec<ExternalServer>, ConfigError> {
+    let mut servers: Vec<ExternalServer> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let at = format!("agent.tools[{i}]");
+        if servers.iter().any(|s| s.name == r.name) {
+            return Err(cx.key_err(
+                &format!("{at}.name"),
+                format!(
+                    "`{}` names two tool servers; give each its own name",
+                    r.name
+                ),
+            ));
+        }
+        servers.push(r.check(&at, cx)?);
+    }
+    Ok(servers)
+}
+
+impl RawExternalServer {
+    /// Checks one table found at `at` (`agent.tools[0]`).
+    fn check(self, at: &str, cx: &Check) -> Result<ExternalServer, ConfigError> {
+        let err = |field: &str, message: String| cx.key_err(&format!("{at}.{field}"), message);
+        if let Some(problem) = server_name_problem(&self.name) {
+            return Err(err("name", format!("`{}` {problem}", self.name)));
+        }
+        if self.kind != KIND_MCP {
+            return Err(err(
+                "kind",
+                format!(
+                    "`{}` is not a tool server kind; the one kind is \"{KIND_MCP}\" (a Model Context Protocol server over Streamable HTTP)",
+                    self.kind
+                ),
+            ));
+        }
+        check_url(&self.url).map_err(|m| err("url", m))?;
+        if self.allow.is_empty() {
+            return Err(err(
+                "allow",
+                "lists no tool: name the tools of this server the agent may call (only those are offered)".into(),
+            ));
+        }
+        for tool in &self.allow {
+            if let Some(problem) = tool_name_problem(&self.name, tool) {
+                return Err(err("allow", format!("`{tool}` {problem}")));
+            }
+        }
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, reference) in &self.headers {
+            let key = format!("{at}.headers.{name}");
+            headers.push(check_header(name, reference, &key, cx)?);
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(DEFAULT_TOOL_TIMEOUT_MS);
+        if timeout_ms == 0 {
+            return Err(err("timeout_ms", "must be greater than 0".into()));
+        }
+        let mut allow = self.allow;
+        allow.dedup();
+        Ok(ExternalServer {
+            name: self.name,
+            url: self.url,
+            allow,
+            headers,
+            timeout: std::time::Duration::from_millis(timeout_ms),
+        })
+    }
+}
+
+/// Why `name` cannot name a tool server: offered names are `<name>__<tool>` and must start
+/// with a letter (Gemini) and split at the first `__`.
+fn server_name_problem(name: &str) -> Option<String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if name.is_empty() || name.len() > MAX_SERVER_NAME || !ok_chars {
+        Some(format!(
+            "is not a tool server name: use 1 to {MAX_SERVER_NAME} letters, digits, `_` or `-`"
+        ))
+    } else if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        Some("must start with a letter".into())
+    } else if name.contains(SEPARATOR) || name.ends_with('_') {
+        Some(format!(
+            "may not contain `{SEPARATOR}` or end with `_` (it separates the server from its tool in offered names)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why `tool` of server `server` cannot be offered under a vendor's tool-name rules.
+fn tool_name_problem(server: &str, tool: &str) -> Option<String> {
+    let ok_chars = tool
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let offered = server.len() + SEPARATOR.len() + tool.len();
+    if tool.is_empty() || !ok_chars {
+        Some("is not a tool name models accept: use letters, digits, `_` or `-`".into())
+    } else if offered > MAX_OFFERED_NAME {
+        Some(format!(
+            "is too long: `{server}{SEPARATOR}{tool}` is {offered} characters, models accept {MAX_OFFERED_NAME}; shorten the server name"
+        ))
+    } else {
+        None
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!(
+            "`{url}` must be an http:// or https:// URL of the server's MCP endpoint"
+        ));
+    }
+    Ok(())
+}
+
+/// One header: a valid name the transport does not set itself, its value an `env:`
+/// reference resolved now into a valid header value.
+fn check_header(
+    name: &str,
+    reference: &str,
+    key: &str,
+    cx: &Check,
+) -> Result<(String, String), ConfigError> {
+    let lower = name.to_ascii_lowercase();
+    if axum::http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+        return Err(cx.key_err(key, format!("`{name}` is not an HTTP header name")));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(cx.key_err(
+            key,
+            format!("`{name}` is set by the MCP transport itself; remove it"),
+        ));
+    }
+    let value = cx.reference(reference, key, "export it or remove the header")?;
+    if axum::http::HeaderValue::from_str(&value).is_err() {
+        return Err(cx.key_err(
+            key,
+            "the variable's value is not a valid header value (a line break or control character?)",
+        ));
+    }
+    Ok((lower, value))
 }
 
 #[cfg(test)]
@@ -201,6 +436,112 @@ mod tests {
         };
         let routes = BTreeMap::from([("default".to_string(), ())]);
         raw.validate(&cx, &routes, "default", request_timeout_secs)
+    }
+
+    /// `[agent]` holding the tool servers of `toml` (`[[tools]]` tables), checked with
+    /// `ORDERS_TOKEN` set.
+    fn with_tools(toml: &str) -> Result<AgentSettings, ConfigError> {
+        let raw: RawAgent = toml::from_str(toml).expect("parses");
+        let cx = Check {
+            origin: "cairn.toml",
+            base: std::path::Path::new("."),
+            env: &|v| (v == "ORDERS_TOKEN").then(|| "Bearer s3cret".to_string()),
+        };
+        let routes = BTreeMap::from([("default".to_string(), ())]);
+        raw.validate(&cx, &routes, "default", 60)
+    }
+
+    const ORDERS: &str = "[[tools]]\nname = \"orders\"\nkind = \"mcp\"\nurl = \"http://127.0.0.1:9/mcp\"\nallow = [\"order_status\"]\nheaders = { \"Authorization\" = \"env:ORDERS_TOKEN\" }\n";
+
+    #[test]
+    fn a_tool_server_resolves_its_header_references_and_keeps_them_out_of_debug_output() {
+        let s = with_tools(ORDERS).expect("valid");
+        let t = &s.tools[0];
+        assert_eq!(t.name, "orders");
+        assert_eq!(t.allow, vec!["order_status".to_string()]);
+        assert_eq!(
+            t.headers,
+            vec![("authorization".to_string(), "Bearer s3cret".to_string())]
+        );
+        assert_eq!(t.timeout, std::time::Duration::from_millis(10_000));
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert!(!serde_json::to_string(&s).expect("json").contains("s3cret"));
+    }
+
+    #[test]
+    fn bad_tool_servers_are_refused_naming_the_key() {
+        let cases = [
+            (
+                ORDERS.replace("\"mcp\"", "\"openapi\""),
+                "agent.tools[0].kind",
+                "\"mcp\"",
+            ),
+            (
+                ORDERS.replace("[\"order_status\"]", "[]"),
+                "agent.tools[0].allow",
+                "lists no tool",
+            ),
+            (
+                format!("{ORDERS}{ORDERS}"),
+                "agent.tools[1].name",
+                "names two tool servers",
+            ),
+            (
+                ORDERS.replace("http://127.0.0.1:9/mcp", "file:///etc/passwd"),
+                "agent.tools[0].url",
+                "http://",
+            ),
+            (
+                ORDERS.replace("http://127.0.0.1:9/mcp", "not a url"),
+                "agent.tools[0].url",
+                "not a URL",
+            ),
+            (
+                ORDERS.replace("env:ORDERS_TOKEN", "Bearer literal"),
+                "agent.tools[0].headers.Authorization",
+                "env:",
+            ),
+            (
+                ORDERS.replace("env:ORDERS_TOKEN", "env:UNSET_TOKEN"),
+                "agent.tools[0].headers.Authorization",
+                "UNSET_TOKEN is not set",
+            ),
+            (
+                ORDERS.replace("\"Authorization\"", "\"Mcp-Session-Id\""),
+                "agent.tools[0].headers.Mcp-Session-Id",
+                "transport",
+            ),
+            (
+                ORDERS.replace("\"orders\"", "\"or__ders\""),
+                "agent.tools[0].name",
+                "__",
+            ),
+            (
+                ORDERS.replace("\"orders\"", "\"9orders\""),
+                "agent.tools[0].name",
+                "letter",
+            ),
+            (
+                ORDERS.replace("\"order_status\"", "\"order.status\""),
+                "agent.tools[0].allow",
+                "letters, digits",
+            ),
+            (
+                ORDERS.replace("\"order_status\"", &format!("\"{}\"", "x".repeat(60))),
+                "agent.tools[0].allow",
+                "too long",
+            ),
+            (
+                format!("{ORDERS}timeout_ms = 0\n"),
+                "agent.tools[0].timeout_ms",
+                "greater than 0",
+            ),
+        ];
+        for (toml, key, needle) in cases {
+            let e = with_tools(&toml).expect_err(key).to_string();
+            assert!(e.contains(&format!("`{key}`")), "{key}: {e}");
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 
     #[test]

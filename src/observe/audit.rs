@@ -1,6 +1,8 @@
 //! The audit log (`[audit]`): an append-only JSON-lines file of admin actions (who started a
 //! reindex) and of what each answer request sent to which provider (trace id, provider, model,
-//! chunk ids, the SHA-256 of the prompt text — the text itself only with `record_text`).
+//! chunk ids, the SHA-256 of the prompt text — the text itself only with `record_text`), and
+//! of each call an agent run made of an external tool (server, tool, the SHA-256 of its
+//! arguments).
 //!
 //! Owns the file: every line is written with one `write` on a descriptor opened with
 //! `O_APPEND`, so lines from concurrent requests (or processes sharing the file) never
@@ -93,6 +95,25 @@ pub enum AuditEvent {
         /// The prompt text, only with `[audit] record_text = true`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         prompt: Option<String>,
+    },
+    /// A call an agent run made of an external tool (`[[agent.tools]]`): what was sent to
+    /// which server. A call that was refused (a tool not offered, the budget spent) sent
+    /// nothing and has no line.
+    ExternalToolCall {
+        trace_id: String,
+        caller: String,
+        /// The `[[agent.tools]]` name and the tool's name on that server.
+        server: String,
+        tool: String,
+        /// SHA-256 (hex) of the arguments as sent (compact JSON).
+        arguments_sha256: String,
+        /// `ok`, `tool_error` (the tool ran and reported a failure) or `failed` (no result:
+        /// unreachable, an MCP error, or out of time).
+        outcome: String,
+        ms: f64,
+        /// The arguments, only with `[audit] record_text = true`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        arguments: Option<serde_json::Value>,
     },
 }
 

@@ -16,9 +16,9 @@ use tower::ServiceExt;
 use crate::support::{SseEvent, TestApp, body_json, parse_sse, post_json, with_key};
 use crate::vendors::{Fake, Frame, Reply, Vendor};
 
-const BOT: &str = "agent-bot-key";
+pub(crate) const BOT: &str = "agent-bot-key";
 
-fn kind(v: Vendor) -> &'static str {
+pub(crate) fn kind(v: Vendor) -> &'static str {
     match v {
         Vendor::OpenAi => "openai",
         Vendor::Anthropic => "anthropic",
@@ -37,7 +37,7 @@ fn app(v: Vendor, fake: &Fake, extra: &str) -> TestApp {
 
 /// The provider, route, key and `hr` source part of [`app`]'s config; writes the `hr`
 /// source's one confidential page under `dir`.
-fn app_config(v: Vendor, fake: &Fake, dir: &std::path::Path) -> String {
+pub(crate) fn app_config(v: Vendor, fake: &Fake, dir: &std::path::Path) -> String {
     let secret = dir.join("secret");
     std::fs::create_dir_all(&secret).expect("mkdir");
     std::fs::write(
@@ -76,7 +76,7 @@ access_groups = ["hr"]
 }
 
 /// The tool results a request carries, oldest first, read from `v`'s wire format.
-fn results_in(v: Vendor, body: &Value) -> Vec<String> {
+pub(crate) fn results_in(v: Vendor, body: &Value) -> Vec<String> {
     let text = |x: &Value| x.as_str().unwrap_or_default().to_string();
     match v {
         Vendor::OpenAi | Vendor::Compatible | Vendor::Mistral => body["messages"]
@@ -111,7 +111,7 @@ fn results_in(v: Vendor, body: &Value) -> Vec<String> {
 }
 
 /// The passage numbers (`<source n="...">`) in a tool result, in order.
-fn numbers(result: &str) -> Vec<usize> {
+pub(crate) fn numbers(result: &str) -> Vec<usize> {
     result
         .split("<source n=\"")
         .skip(1)
@@ -128,7 +128,7 @@ fn doc_id_of(result: &str, n: usize) -> Option<String> {
 }
 
 /// Whether the request asked the model not to call tools (the closing answer).
-fn tools_refused(v: Vendor, body: &Value) -> bool {
+pub(crate) fn tools_refused(v: Vendor, body: &Value) -> bool {
     match v {
         Vendor::Anthropic => body["tool_choice"]["type"] == "none",
         Vendor::Gemini => body["toolConfig"]["functionCallingConfig"]["mode"] == "NONE",
@@ -136,7 +136,11 @@ fn tools_refused(v: Vendor, body: &Value) -> bool {
     }
 }
 
-async fn ask_sse(app: &TestApp, body: Value, key: Option<&str>) -> (StatusCode, Vec<SseEvent>) {
+pub(crate) async fn ask_sse(
+    app: &TestApp,
+    body: Value,
+    key: Option<&str>,
+) -> (StatusCode, Vec<SseEvent>) {
     let mut req = post_json("/ask", &body.to_string());
     if let Some(k) = key {
         req = with_key(req, k);
@@ -149,15 +153,15 @@ async fn ask_sse(app: &TestApp, body: Value, key: Option<&str>) -> (StatusCode, 
     (status, parse_sse(&String::from_utf8_lossy(&bytes)))
 }
 
-fn data(e: &SseEvent) -> Value {
+pub(crate) fn data(e: &SseEvent) -> Value {
     serde_json::from_str(&e.data).expect("event data is JSON")
 }
 
-fn named<'a>(events: &'a [SseEvent], name: &str) -> Vec<&'a SseEvent> {
+pub(crate) fn named<'a>(events: &'a [SseEvent], name: &str) -> Vec<&'a SseEvent> {
     events.iter().filter(|e| e.event == name).collect()
 }
 
-fn done(events: &[SseEvent]) -> Value {
+pub(crate) fn done(events: &[SseEvent]) -> Value {
     let d = named(events, "done");
     assert_eq!(d.len(), 1, "one done event: {events:?}");
     data(d[0])
@@ -281,7 +285,7 @@ async fn two_lookups_stream_steps_then_a_cited_answer(v: Vendor) {
     assert_eq!(trace.agent_steps[0].input_tokens, 21);
     assert_eq!(trace.agent_model_calls, Some(3));
     assert_eq!(trace.input_tokens, 63, "three calls of 21 input tokens");
-    assert_eq!(trace.prompt_version, "agent.v1");
+    assert_eq!(trace.prompt_version, "agent.v2");
 }
 
 /// A model that always searches (a new call id each time) unless told not to call tools,

@@ -1,6 +1,7 @@
 //! cairn's end-to-end tests, linked into one binary (faster to build than one per file).
 
 mod agent;
+mod agent_tools;
 mod answer;
 mod batches;
 mod browser;

@@ -51,14 +51,20 @@ pub const TEST_SECRETS: &[(&str, &str)] = &[(
 
 /// Loads a test config: [`TEST_SECRETS`], then the process environment.
 pub fn load_config(path: &Path) -> Config {
-    let env = |k: &str| {
-        TEST_SECRETS
-            .iter()
+    load_config_with(path, &[])
+}
+
+/// As [`load_config`], with `env` pairs visible to `env:` references before the test secrets
+/// and the process environment.
+pub fn load_config_with(path: &Path, env: &[(&str, &str)]) -> Config {
+    let lookup = |k: &str| {
+        env.iter()
+            .chain(TEST_SECRETS.iter())
             .find(|(name, _)| *name == k)
             .map(|(_, v)| v.to_string())
             .or_else(|| std::env::var(k).ok())
     };
-    Config::load_with_env(path, true, &Overrides::default(), env, true).expect("config")
+    Config::load_with_env(path, true, &Overrides::default(), lookup, true).expect("config")
 }
 
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
@@ -94,10 +100,25 @@ impl TestApp {
     /// As [`TestApp::with_setup`], returning the ingest reports instead of requiring that no
     /// document failed.
     pub fn with_setup_reports(setup: impl FnOnce(&Path) -> String) -> (TestApp, Vec<Report>) {
+        Self::with_setup_env_reports(setup, &[])
+    }
+
+    /// As [`TestApp::with_setup`], with `env` pairs visible to the config's `env:`
+    /// references next to the process environment (no test sets a process variable).
+    pub fn with_setup_env(setup: impl FnOnce(&Path) -> String, env: &[(&str, &str)]) -> TestApp {
+        let (app, reports) = Self::with_setup_env_reports(setup, env);
+        assert!(reports.iter().all(|r| r.counts.failed == 0), "{reports:?}");
+        app
+    }
+
+    fn with_setup_env_reports(
+        setup: impl FnOnce(&Path) -> String,
+        env: &[(&str, &str)],
+    ) -> (TestApp, Vec<Report>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let extra = setup(dir.path());
         let path = write_config(dir.path(), &extra);
-        let config = load_config(&path);
+        let config = load_config_with(&path, env);
         let engine = Engine::open(config).expect("engine");
         let reports = engine
             .ingest(None, false, &|_, _| {}, &AtomicBool::new(false))
@@ -126,15 +147,7 @@ impl TestApp {
 
     /// Serves on a loopback port; returns the address.
     pub async fn serve(&self) -> SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = self.router();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        addr
+        serve_loopback(self.router()).await
     }
 }
 
@@ -199,6 +212,18 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Serves `app` on a free loopback port for the rest of the test; returns the address.
+pub async fn serve_loopback(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
 }
 
 /// Polls `<base>/healthz` until a `cairn serve` child answers (at most 60 s); kills the child
