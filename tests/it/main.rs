@@ -20,6 +20,7 @@ mod mcp;
 mod otlp;
 mod privacy;
 mod promises;
+mod replica_batches;
 mod replicas;
 mod schedule;
 mod server;

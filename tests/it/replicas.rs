@@ -16,7 +16,7 @@ use std::time::Duration;
 use crate::support::{self, TestApp};
 
 /// The server URL; the tests are `#[ignore]`d with the reason and fail without it when run.
-fn pg_url() -> String {
+pub fn pg_url() -> String {
     match std::env::var("CAIRN_PG_URL") {
         Ok(url) if !url.is_empty() => url,
         _ => panic!("CAIRN_PG_URL is not set: run `eval \"$(scripts/start-postgres.sh)\"` first"),
@@ -24,14 +24,14 @@ fn pg_url() -> String {
 }
 
 /// Drops the test's schema when the test ends.
-struct Schema {
+pub struct Schema {
     url: String,
     name: String,
 }
 
 impl Schema {
     /// A schema name no other test (or test process) uses: `<prefix>_<pid>_<n>`.
-    fn fresh(url: String, prefix: &str) -> Schema {
+    pub fn fresh(url: String, prefix: &str) -> Schema {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Schema {
@@ -41,7 +41,7 @@ impl Schema {
     }
 
     /// A replica's config over this schema, followed by `extra`.
-    fn config(&self, extra: &str) -> String {
+    pub fn config(&self, extra: &str) -> String {
         format!(
             "[index]\nbackend = \"postgres\"\n[index.postgres]\nschema = \"{}\"\npool_size = 3\n{extra}",
             self.name
