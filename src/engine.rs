@@ -190,7 +190,9 @@ struct PgSpend(Arc<cairn_pg::PgIndex>);
 /// Runs a PostgreSQL call on a thread of its own: the budget is called from async tasks, and the
 /// synchronous client cannot run on a runtime's thread (it blocks for the call's round trip,
 /// as the spend file's writes do).
-fn off_runtime<T: Send>(call: impl FnOnce() -> Result<T, IndexError> + Send) -> Result<T, String> {
+pub(crate) fn off_runtime<T: Send>(
+    call: impl FnOnce() -> Result<T, IndexError> + Send,
+) -> Result<T, String> {
     std::thread::scope(|s| match s.spawn(call).join() {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err("the PostgreSQL call panicked".to_string()),

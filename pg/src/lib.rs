@@ -7,11 +7,12 @@
 //! score breakdown as the embedded index. [`PgIndex`] implements
 //! [`cairn_index::IndexBackend`]. Also here: the pool, the versioned schema migrations, error
 //! wording, and what replicas share besides the index (source state, source claims, admin
-//! jobs, model spend, conversation threads).
+//! jobs, model spend, conversation threads, batches).
 //!
 //! The API is synchronous, like the index API and the ingest pipeline: async callers run it on
 //! blocking threads, as they do the embedded index.
 
+mod batches;
 mod connect;
 mod index;
 mod jobs;
@@ -20,6 +21,7 @@ mod shared;
 mod spend;
 mod threads;
 
+pub use batches::BatchClaim;
 pub use connect::{PgOptions, redact_url};
 pub use index::PgIndex;
 pub use jobs::JobClaim;

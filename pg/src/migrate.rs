@@ -8,7 +8,7 @@ use crate::PgOptions;
 use crate::connect::{backend_error, describe, pg_error, quote_ident, redact_url};
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Migration `version`'s SQL. Names are unqualified: the migration runs with the schema first
 /// on the search path. `{dim}`, `{m}` and `{ef}` are the embedder dimension and HNSW settings.
@@ -136,6 +136,30 @@ fn migration(version: i32) -> Option<&'static str> {
                  record jsonb NOT NULL
              );
              CREATE INDEX threads_active ON threads (active_at);",
+        ),
+        // Batches shared by replicas, so any replica shows, cancels and runs any batch. A
+        // batch's `record` is the batch as cairn writes it (counts, cost, owner, groups); the
+        // columns are what listing and claiming query. A request's `result` is set once;
+        // `claimed_at` is its lease: a claim older than the lease may be taken again.
+        7 => Some(
+            "CREATE TABLE batches (
+                 id text PRIMARY KEY,
+                 owner text NOT NULL,
+                 state text NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 record jsonb NOT NULL
+             );
+             CREATE INDEX batches_owner ON batches (owner, state);
+             CREATE TABLE batch_requests (
+                 batch_id text NOT NULL REFERENCES batches (id) ON DELETE CASCADE,
+                 n integer NOT NULL,
+                 item jsonb NOT NULL,
+                 claimed_at timestamptz,
+                 result jsonb,
+                 PRIMARY KEY (batch_id, n)
+             );
+             CREATE INDEX batch_requests_open ON batch_requests (batch_id, n)
+                 WHERE result IS NULL;",
         ),
         _ => None,
     }

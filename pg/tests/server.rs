@@ -166,6 +166,8 @@ fn a_version_3_index_is_backfilled_for_bm25_on_open() {
          CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
          DROP TABLE spend;
          DROP TABLE threads;
+         DROP TABLE batch_requests;
+         DROP TABLE batches;
          DELETE FROM schema_version WHERE version >= 4;",
         s = schema.name
     ))
@@ -440,5 +442,82 @@ fn a_job_whose_replica_died_is_interrupted_by_another() {
     assert_eq!(
         b.insert_job("j2", None, &job_json("j2")).expect("insert"),
         Ok(())
+    );
+}
+
+/// Counts a result into a batch record as cairn does: `done` up, `completed` at `total`.
+fn count_one(mut record: serde_json::Value) -> (serde_json::Value, String, bool) {
+    let done = record["done"].as_u64().unwrap_or(0) + 1;
+    record["done"] = done.into();
+    let finished = Some(done) == record["total"].as_u64();
+    if finished {
+        record["state"] = "completed".into();
+    }
+    let state = record["state"].as_str().unwrap_or("running").to_string();
+    (record, state, finished)
+}
+
+/// Two replicas claiming at once get different requests; a claim is not handed out again
+/// within its lease but is after it; two replicas recording the same request at once store
+/// and count it once; the per-owner limit holds; a finished batch has nothing to claim.
+#[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
+fn batch_requests_are_claimed_with_a_lease_and_counted_once() {
+    use std::time::Duration;
+    let url = pg_url();
+    let schema = Schema::fresh(&url);
+    let a = open(&schema.options());
+    let b = open(&schema.options());
+    let record = serde_json::json!({"id": "b1", "state": "queued", "total": 2, "done": 0});
+    let items = [serde_json::json!({"q": 0}), serde_json::json!({"q": 1})];
+    let keys = ("b1", "bot", "queued");
+    assert!(a.insert_batch(keys, &record, &items, 1).expect("insert"));
+    let refused = b
+        .insert_batch(("b2", "bot", "queued"), &record, &items, 1)
+        .expect("insert");
+    assert!(!refused, "the owner's limit of one active batch was passed");
+
+    let long = Duration::from_secs(600);
+    let (ca, cb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.claim_batch_request(long).expect("claim"));
+        let tb = s.spawn(|| b.claim_batch_request(long).expect("claim"));
+        (ta.join().expect("a"), tb.join().expect("b"))
+    });
+    let mut claimed = [ca.expect("a claims").n, cb.expect("b claims").n];
+    claimed.sort_unstable();
+    assert_eq!(claimed, [0, 1]);
+    assert!(a.claim_batch_request(long).expect("claim").is_none());
+    // With a lease already over, both are free again.
+    std::thread::sleep(Duration::from_millis(20));
+    let again = b
+        .claim_batch_request(Duration::from_millis(1))
+        .expect("claim");
+    assert_eq!(again.map(|c| c.n), Some(0));
+
+    let result = serde_json::json!({"custom_id": "q0"});
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.record_batch_result(("b1", 0), &result, count_one));
+        let tb = s.spawn(|| b.record_batch_result(("b1", 0), &result, count_one));
+        (ta.join().expect("a"), tb.join().expect("b"))
+    });
+    let verdicts = [ra.expect("a").1, rb.expect("b").1];
+    assert_eq!(
+        verdicts.iter().filter(|v| v.is_some()).count(),
+        1,
+        "{verdicts:?}"
+    );
+    let (record, finished) = a
+        .record_batch_result(
+            ("b1", 1),
+            &serde_json::json!({"custom_id": "q1"}),
+            count_one,
+        )
+        .expect("record");
+    assert_eq!((record["done"].as_u64(), finished), (Some(2), Some(true)));
+    assert_eq!(b.batch_results("b1").expect("results").len(), 2);
+    assert!(
+        b.claim_batch_request(Duration::ZERO)
+            .expect("claim")
+            .is_none()
     );
 }

@@ -23,6 +23,7 @@ mod multihop;
 mod otlp;
 mod privacy;
 mod promises;
+mod replica_batches;
 mod replicas;
 mod schedule;
 mod server;

@@ -1,25 +1,29 @@
 //! Batches: questions submitted together (`POST /batches`) and answered in the background by
-//! this process's runner, each through the same entry point as an interactive answer
+//! the runner, each through the same entry point as an interactive answer
 //! ([`crate::answer::answer_as`]: cache, privacy, audit, traces, fallback, budgets), with the
 //! submitting key's name, access groups and budget bucket.
 //!
 //! Priority: `[batches] concurrency` workers each wait, before starting a request, until at most
 //! `[batches] max_interactive` interactive answers are in flight ([`AnswerLoad`]); a request
-//! that started runs to its end. Persistence: the store ([`store::BatchStore`]) writes each
-//! result and its counts in one transaction, and a restarted runner resumes every queued or
-//! running batch with the requests that have no result, so each request is answered once (an
-//! answer cut off by the stop is answered again; only one result is ever stored).
+//! that started runs to its end. Where batches live is a [`BatchBackend`]: without PostgreSQL,
+//! [`local::LocalBatches`] (the redb store [`store::BatchStore`], which writes each result and
+//! its counts in one transaction, and an in-memory queue; a restarted runner resumes every
+//! queued or running batch with the requests that have no result); with it,
+//! [`shared::PgBatches`] (tables every replica claims requests from, with a lease, so any
+//! replica shows, cancels and runs any batch). Either way each request has one result (an
+//! answer cut off by a stop is answered again; only one result is ever stored and counted),
+//! and [`finished`] runs once per batch.
 //!
 //! Must not: hold the engine or the store alive while idle (workers keep weak references, so a
 //! stopped server releases its files), or run more than `concurrency` requests at once.
 
+pub mod local;
 pub mod settings;
+pub mod shared;
 pub mod store;
 
-use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -33,8 +37,10 @@ use crate::answer::events::{AnswerEvent, AskRequest, Mode};
 use crate::answer::handoff;
 use crate::answer::load::{AnswerLoad, Lane};
 use crate::engine::Engine;
+use crate::ops::batches::local::LocalBatches;
 use crate::ops::batches::settings::RawBatches;
-use crate::ops::batches::store::{Batch, BatchItem, BatchResult, BatchState, BatchStore};
+use crate::ops::batches::shared::PgBatches;
+use crate::ops::batches::store::{Batch, BatchItem, BatchResult, BatchState};
 
 /// The HTTP route batch answers are recorded under in traces.
 pub const TRACE_ROUTE: &str = "/batches";
@@ -56,48 +62,70 @@ pub enum SubmitError {
     Store(anyhow::Error),
 }
 
-/// A batch whose requests are waiting: the batch as accepted and its requests not started.
-struct Waiting {
-    batch: Arc<Batch>,
-    items: VecDeque<(u32, BatchItem)>,
+/// One request taken for this process to answer.
+pub struct Claim {
+    pub batch: Arc<Batch>,
+    pub n: u32,
+    pub item: BatchItem,
 }
 
-/// The runner's queue: active batches oldest first.
-#[derive(Default)]
-struct Queue {
-    /// Whether active batches were read from the store (once, at the first claim).
-    loaded: bool,
-    batches: VecDeque<Waiting>,
+/// Where batches live and how requests are handed to the runner: this process's redb store
+/// and queue ([`LocalBatches`]), or PostgreSQL's tables shared by replicas ([`PgBatches`]).
+/// Calls block (file or database I/O).
+pub trait BatchBackend: Send + Sync {
+    /// Stores a new batch and its requests unless its owner already has `limit` active
+    /// batches (`Ok(false)`).
+    fn create(&self, batch: &Batch, items: Vec<BatchItem>, limit: usize) -> anyhow::Result<bool>;
+    fn get(&self, id: &str) -> anyhow::Result<Option<Batch>>;
+    /// The stored results of batch `id`, in request order.
+    fn results(&self, id: &str) -> anyhow::Result<Vec<BatchResult>>;
+    /// Marks batch `id` cancelled if it is active; the batch as stored.
+    fn cancel(&self, id: &str) -> anyhow::Result<Option<Batch>>;
+    /// Takes the next request to answer (marking its batch running), if any.
+    fn claim(&self) -> anyhow::Result<Option<Claim>>;
+    /// Stores request `n`'s result and counts it, once; the batch as stored and whether this
+    /// call finished it.
+    fn record(&self, id: &str, n: u32, result: &BatchResult) -> anyhow::Result<(Batch, bool)>;
 }
 
-/// One request taken off the queue.
-struct Claim {
-    batch: Arc<Batch>,
-    n: u32,
-    item: BatchItem,
+/// How long a replica's claim on a request of a shared batch holds: twice `[server]
+/// request_timeout_secs`, well past the time an answer takes. A claim older than this is taken
+/// by another replica (the claimer died, or is stuck).
+fn lease(engine: &Engine) -> Duration {
+    Duration::from_secs(
+        engine
+            .config
+            .server
+            .request_timeout_secs
+            .max(1)
+            .saturating_mul(2),
+    )
+}
+
+/// What cancelling does to a batch: an active one ends `cancelled` now; an ended one stays.
+pub fn cancel_active(b: &mut Batch) {
+    if b.state.active() {
+        b.state = BatchState::Cancelled;
+        b.finished_at = Some(chrono::Utc::now().to_rfc3339());
+    }
 }
 
 struct Inner {
     engine: Weak<Engine>,
-    path: PathBuf,
-    store: Mutex<Option<Arc<BatchStore>>>,
-    queue: Mutex<Queue>,
-    /// Serialises submissions, so the per-key count cannot be raced past.
+    backend: Arc<dyn BatchBackend>,
+    /// Serialises this process's submissions, so the per-key count cannot be raced past
+    /// (across replicas, PostgreSQL serialises them).
     submitting: tokio::sync::Mutex<()>,
     settings: RawBatches,
 }
 
-/// The batches of one server: the store and the runner's workers.
+/// The batches of one server: the backend and the runner's workers.
 pub struct Batches {
     inner: Arc<Inner>,
     wake: Arc<Notify>,
     load: Arc<AnswerLoad>,
     started: AtomicBool,
     stop: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for Batches {
@@ -107,15 +135,20 @@ impl Drop for Batches {
 }
 
 impl Batches {
-    /// The batches of `engine`'s data directory (`state/batches.redb`, opened on first use);
-    /// the runner starts with [`Batches::start`].
+    /// The batches of `engine`: PostgreSQL's `batches` tables with that backend, else the data
+    /// directory's `state/batches.redb` (opened on first use); the runner starts with
+    /// [`Batches::start`].
     pub fn new(engine: &Arc<Engine>) -> Batches {
+        let backend: Arc<dyn BatchBackend> = match engine.postgres() {
+            Some(pg) => Arc::new(PgBatches::new(pg.clone(), lease(engine))),
+            None => Arc::new(LocalBatches::new(
+                engine.config.data_dir.join("state").join("batches.redb"),
+            )),
+        };
         Batches {
             inner: Arc::new(Inner {
                 engine: Arc::downgrade(engine),
-                path: engine.config.data_dir.join("state").join("batches.redb"),
-                store: Mutex::new(None),
-                queue: Mutex::new(Queue::default()),
+                backend,
                 submitting: tokio::sync::Mutex::new(()),
                 settings: engine.config.batches.clone(),
             }),
@@ -159,18 +192,6 @@ impl Batches {
     ) -> Result<Batch, SubmitError> {
         self.start();
         let _one_at_a_time = self.inner.submitting.lock().await;
-        let store = self.inner.store(true).map_err(SubmitError::Store)?;
-        let store = store.ok_or_else(|| SubmitError::Store(anyhow::anyhow!("no store")))?;
-        let active = store
-            .all()
-            .map_err(SubmitError::Store)?
-            .iter()
-            .filter(|b| b.owner == who.name && b.state.active())
-            .count();
-        let limit = self.inner.settings.max_active_per_key;
-        if active >= limit {
-            return Err(SubmitError::TooManyActive(limit));
-        }
         let batch = Batch {
             id: uuid::Uuid::new_v4().to_string(),
             state: BatchState::Queued,
@@ -185,18 +206,22 @@ impl Batches {
             groups: who.groups.clone(),
             budget_key: who.budget_key.clone(),
         };
-        store.create(&batch, &items).map_err(SubmitError::Store)?;
-        self.inner.enqueue(&batch, items);
+        let limit = self.inner.settings.max_active_per_key;
+        let created = self
+            .inner
+            .backend
+            .create(&batch, items, limit)
+            .map_err(SubmitError::Store)?;
+        if !created {
+            return Err(SubmitError::TooManyActive(limit));
+        }
         self.wake.notify_waiters();
         Ok(batch)
     }
 
     /// Batch `id` when `owner` submitted it (`None`: absent or another key's).
     pub fn get(&self, id: &str, owner: &str) -> anyhow::Result<Option<Batch>> {
-        let Some(store) = self.inner.store(false)? else {
-            return Ok(None);
-        };
-        Ok(store.get(id)?.filter(|b| b.owner == owner))
+        Ok(self.inner.backend.get(id)?.filter(|b| b.owner == owner))
     }
 
     /// The results of batch `id` so far, when `owner` submitted it.
@@ -204,10 +229,7 @@ impl Batches {
         if self.get(id, owner)?.is_none() {
             return Ok(None);
         }
-        let Some(store) = self.inner.store(false)? else {
-            return Ok(None);
-        };
-        Ok(Some(store.results(id)?))
+        self.inner.backend.results(id).map(Some)
     }
 
     /// Cancels what has not started of batch `id` (requests running finish and keep their
@@ -216,112 +238,23 @@ impl Batches {
         if self.get(id, owner)?.is_none() {
             return Ok(None);
         }
-        let Some(store) = self.inner.store(false)? else {
-            return Ok(None);
-        };
-        // Off the queue first, so no worker starts one of its requests meanwhile.
-        lock(&self.inner.queue).batches.retain(|w| w.batch.id != id);
-        store.update(id, |b| {
-            if b.state.active() {
-                b.state = BatchState::Cancelled;
-                b.finished_at = Some(chrono::Utc::now().to_rfc3339());
-            }
-        })
+        self.inner.backend.cancel(id)
     }
 }
 
 impl Inner {
-    /// The store; opened on first use, and created only when `create` (a process that never
-    /// received a batch has no file).
-    fn store(&self, create: bool) -> anyhow::Result<Option<Arc<BatchStore>>> {
-        let mut slot = lock(&self.store);
-        if let Some(s) = slot.as_ref() {
-            return Ok(Some(s.clone()));
-        }
-        if !create && !self.path.exists() {
-            return Ok(None);
-        }
-        let opened = Arc::new(BatchStore::open(&self.path)?);
-        *slot = Some(opened.clone());
-        Ok(Some(opened))
-    }
-
-    /// Puts a new batch's requests at the end of the queue (unless the queue is yet to be read
-    /// from the store, which then finds it there).
-    fn enqueue(&self, batch: &Batch, items: Vec<BatchItem>) {
-        let mut queue = lock(&self.queue);
-        if !queue.loaded {
-            return;
-        }
-        queue.batches.push_back(Waiting {
-            batch: Arc::new(batch.clone()),
-            items: (0u32..).zip(items).collect(),
-        });
-    }
-
-    /// Reads the active batches and their requests without a result (the work a previous
-    /// run left, or none).
-    fn load(&self, queue: &mut Queue) -> anyhow::Result<()> {
-        let Some(store) = self.store(false)? else {
-            queue.loaded = true;
-            return Ok(());
-        };
-        for batch in store.all()?.into_iter().filter(|b| b.state.active()) {
-            let items = store.pending(&batch.id)?;
-            tracing::info!(batch = %batch.id, left = items.len(), "resuming a batch");
-            queue.batches.push_back(Waiting {
-                batch: Arc::new(batch),
-                items: items.into(),
-            });
-        }
-        queue.loaded = true;
-        Ok(())
-    }
-
-    /// Takes the next request of the oldest batch with one waiting; marks its batch running.
-    fn claim(&self) -> anyhow::Result<Option<Claim>> {
-        let mut queue = lock(&self.queue);
-        if !queue.loaded {
-            self.load(&mut queue)?;
-        }
-        while let Some(front) = queue.batches.front_mut() {
-            let Some((n, item)) = front.items.pop_front() else {
-                queue.batches.pop_front();
-                continue;
-            };
-            let batch = front.batch.clone();
-            if batch.state == BatchState::Queued
-                && let Some(store) = self.store(false)?
-            {
-                let running = store.update(&batch.id, |b| {
-                    if b.state == BatchState::Queued {
-                        b.state = BatchState::Running;
-                    }
-                })?;
-                if let Some(running) = running {
-                    front.batch = Arc::new(running);
-                }
-            }
-            return Ok(Some(Claim { batch, n, item }));
-        }
-        Ok(None)
-    }
-
     /// Answers a claimed request and stores its result.
     async fn run(&self, engine: Arc<Engine>, claim: Claim) {
         let result = answer_one(engine.clone(), &claim.batch, &claim.item).await;
-        let Ok(Some(store)) = self.store(false) else {
-            tracing::error!(batch = %claim.batch.id, "the batch store is gone; result dropped");
-            return;
-        };
+        let backend = self.backend.clone();
         let id = claim.batch.id.clone();
         let n = claim.n;
-        let recorded = tokio::task::spawn_blocking(move || store.record(&id, n, &result)).await;
+        let recorded = tokio::task::spawn_blocking(move || backend.record(&id, n, &result)).await;
         match recorded {
             Ok(Ok((batch, true))) => finished(&engine, &batch),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                tracing::error!(batch = %claim.batch.id, request = n, error = %e, "a batch result could not be stored; the request is answered again after a restart")
+                tracing::error!(batch = %claim.batch.id, request = n, error = %e, "a batch result could not be stored; the request is answered again after a restart (or, with PostgreSQL, once its lease ends)")
             }
             Err(e) => tracing::error!(error = %e, "storing a batch result panicked"),
         }
@@ -369,7 +302,7 @@ async fn worker(
         let Some(strong) = inner.upgrade() else {
             return;
         };
-        let claim = match strong.claim() {
+        let claim = match strong.backend.claim() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "reading the batch queue failed; retrying");

@@ -34,6 +34,17 @@ impl BatchState {
     pub fn active(self) -> bool {
         matches!(self, BatchState::Queued | BatchState::Running)
     }
+
+    /// The state's name, as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Queued => "queued",
+            BatchState::Running => "running",
+            BatchState::Completed => "completed",
+            BatchState::Failed => "failed",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
 }
 
 /// A batch: what `GET /batches/{id}` shows, and what it runs with (its key's name, access
@@ -251,7 +262,7 @@ impl BatchStore {
 }
 
 /// Counts `result` into `batch`; whether the batch just finished.
-fn count(batch: &mut Batch, result: &BatchResult) -> bool {
+pub fn count(batch: &mut Batch, result: &BatchResult) -> bool {
     batch.done += 1;
     if result.error.is_some() {
         batch.failed += 1;
