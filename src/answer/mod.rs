@@ -597,33 +597,45 @@ async fn condense_by_model(
     };
     sent.record(call.info.as_ref(), &call.attempts, outcome);
     if let Some(info) = &call.info {
-        let usage = info.usage();
-        record.provider = Some(info.provider_name.clone());
-        record.model = Some(info.model.clone());
-        (record.input_tokens, record.output_tokens) = (usage.input_tokens, usage.output_tokens);
-        record.cost_usd = info.cost_usd();
-        count_usage(info);
+        record_condense_usage(&mut record, info);
     }
     record.error = call.error;
     let read = call
         .reply
         .and_then(|r| condense_model::read_reply(&r.text, r.finish, &question, &turns));
-    let query = match read {
-        Ok(reply) => {
-            record.human = reply.human;
-            reply.query
-        }
-        Err(f) => Err(f),
-    };
+    // A first question is retrieved as asked; a follow-up's query gets the masked values back.
+    let original = earlier.is_empty().then_some(req.question.as_str());
+    let query = adopt_condensed(read, &mut record, original, masking.unmasker());
+    (query, record)
+}
+
+/// Tokens, cost and the serving provider of the condense call into its trace and the metrics.
+fn record_condense_usage(record: &mut CondenseTrace, info: &TargetInfo) {
+    let usage = info.usage();
+    record.provider = Some(info.provider_name.clone());
+    record.model = Some(info.model.clone());
+    (record.input_tokens, record.output_tokens) = (usage.input_tokens, usage.output_tokens);
+    record.cost_usd = info.cost_usd();
+    count_usage(info);
+}
+
+/// The query the condense model's reply gives (`original` when given, else the reply's query
+/// unmasked), recording whether it asked for a person; `None` with the fallback reason
+/// recorded when the reply cannot be used.
+fn adopt_condensed(
+    read: Result<condense_model::Reply, Fallback>,
+    record: &mut CondenseTrace,
+    original: Option<&str>,
+    mut unmasker: Unmasker,
+) -> Option<String> {
+    let query = read.and_then(|reply| {
+        record.human = reply.human;
+        reply.query
+    });
     match query {
         Ok(query) => {
             record.condenser = Condense::Model.label().into();
-            let query = if earlier.is_empty() {
-                req.question.clone()
-            } else {
-                masking.unmasker().apply(&query)
-            };
-            (Some(query), record)
+            Some(original.map_or_else(|| unmasker.apply(&query), str::to_string))
         }
         Err(f) => {
             tracing::info!(
@@ -631,7 +643,7 @@ async fn condense_by_model(
                 "condense model not used; the heuristic makes the query"
             );
             record.fallback = Some(f.reason().into());
-            (None, record)
+            None
         }
     }
 }
