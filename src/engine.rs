@@ -147,6 +147,59 @@ pub fn index_options(config: &Config, embedder: EmbedderInfo) -> IndexOptions {
 }
 
 /// Opens the embedded index in the data directory; see [`OpenOptions`] for a changed embedder.
+/// The index `config` names: PostgreSQL (returned twice: as the backend and as itself, for
+/// what replicas share) or the embedded one (likewise).
+type OpenedIndex = (
+    Arc<dyn IndexBackend>,
+    Option<Arc<cairn_pg::PgIndex>>,
+    Option<Arc<Index>>,
+);
+
+fn open_index(
+    config: &Config,
+    options: IndexOptions,
+    open: &OpenOptions,
+) -> anyhow::Result<OpenedIndex> {
+    match &config.postgres {
+        Some(pg) => {
+            let opened = Arc::new(cairn_pg::PgIndex::open(pg, &options).with_context(|| {
+                format!(
+                    "opening the PostgreSQL index (schema `{}` at {})",
+                    pg.schema,
+                    cairn_pg::redact_url(&pg.url)
+                )
+            })?);
+            Ok((opened.clone(), Some(opened), None))
+        }
+        None => {
+            let opened = Arc::new(open_embedded(config, options, open)?);
+            Ok((opened.clone(), None, Some(opened)))
+        }
+    }
+}
+
+/// The provider gateway of `config` with its time budget, its spend kept in PostgreSQL when
+/// `pg` is given (shared by replicas) or in `state/budget.redb`; warns about unpriced models.
+fn build_router(config: &Config, pg: Option<&Arc<cairn_pg::PgIndex>>) -> anyhow::Result<Router> {
+    let router = Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
+        .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?
+        .with_time(TimeBudget {
+            request: std::time::Duration::from_secs(config.server.request_timeout_secs.max(1)),
+            fallback_share: config.gateway.fallback_share,
+        });
+    match pg {
+        Some(pg) => router.budget.persist(Box::new(PgSpend(pg.clone()))),
+        None => router
+            .budget
+            .persist_to(&config.data_dir.join("state").join("budget.redb")),
+    }
+    .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
+    for (provider, model) in router.unpriced() {
+        tracing::warn!(%provider, %model, "routed model has no price: its calls count as $0 in costs and [budget]; add a price table for it");
+    }
+    Ok(router)
+}
+
 fn open_embedded(
     config: &Config,
     mut options: IndexOptions,
@@ -300,25 +353,7 @@ impl Engine {
     pub fn open_with(config: Config, open: &OpenOptions) -> anyhow::Result<Engine> {
         let embedder = crate::embedder::build(&config.embedder, open.feedback)?;
         let options = index_options(&config, embedder.info());
-        let mut embedded = None;
-        let (index, pg): (Arc<dyn IndexBackend>, _) = match &config.postgres {
-            Some(pg) => {
-                let opened =
-                    Arc::new(cairn_pg::PgIndex::open(pg, &options).with_context(|| {
-                        format!(
-                            "opening the PostgreSQL index (schema `{}` at {})",
-                            pg.schema,
-                            cairn_pg::redact_url(&pg.url)
-                        )
-                    })?);
-                (opened.clone(), Some(opened))
-            }
-            None => {
-                let opened = Arc::new(open_embedded(&config, options, open)?);
-                embedded = Some(opened.clone());
-                (opened, None)
-            }
-        };
+        let (index, pg, embedded) = open_index(&config, options, open)?;
         let prompt = Prompt::load(config.answer.prompt.as_deref()).map_err(anyhow::Error::msg)?;
         let condense_prompt = match config.retrieval.condense {
             Condense::Model => Some(
@@ -327,25 +362,7 @@ impl Engine {
             ),
             Condense::Heuristic | Condense::Off => None,
         };
-        let router =
-            Router::from_config_with_budget(&config.providers, &config.routes, &config.budget)
-                .map_err(|e| anyhow::anyhow!("config {}: {e}", config.origin))?
-                .with_time(TimeBudget {
-                    request: std::time::Duration::from_secs(
-                        config.server.request_timeout_secs.max(1),
-                    ),
-                    fallback_share: config.gateway.fallback_share,
-                });
-        match &pg {
-            Some(pg) => router.budget.persist(Box::new(PgSpend(pg.clone()))),
-            None => router
-                .budget
-                .persist_to(&config.data_dir.join("state").join("budget.redb")),
-        }
-        .map_err(|e| anyhow::anyhow!("[budget]: {e}"))?;
-        for (provider, model) in router.unpriced() {
-            tracing::warn!(%provider, %model, "routed model has no price: its calls count as $0 in costs and [budget]; add a price table for it");
-        }
+        let router = build_router(&config, pg.as_ref())?;
         let reranker = crate::retrieval::rerank::build(&config.rerank, &router, &config.privacy)
             .with_context(|| format!("config {}: [rerank]", config.origin))?;
         let chunker = Chunker::new(config.chunking.clone(), embedder.clone());
