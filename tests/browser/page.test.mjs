@@ -320,6 +320,18 @@ test("admin view: key prompt, sources, reindex with progress and report, traces,
   await page.locator("#feedback-rows tr", { hasText: "It does not say when the money arrives." }).waitFor();
   assert.ok(await page.locator("#feedback-svg rect").count() >= 1, "today's ratings are a bar");
   assert.match(await page.locator("#feedback-svg").getAttribute("aria-label"), /0% helpful of 1/);
+  // The reindex's job.completed webhook is listed with its outcome (delivery is in the
+  // background: reload until it shows).
+  let delivered = false;
+  for (let i = 0; i < 20 && !delivered; i++) {
+    await page.reload();
+    await page.locator("#hook-rows tr").first().waitFor();
+    delivered = await page.locator("#hook-rows tr", { hasText: "job.completed" }).filter({ hasText: "delivered" }).count() > 0;
+    if (!delivered) await page.waitForTimeout(500);
+  }
+  assert.ok(delivered, "the job.completed delivery is shown as delivered");
+  assert.match(await page.locator("#hook-endpoints").textContent(), /\/hook \(job\.completed\)/);
+  assert.match(await page.locator("#sources-rows tr", { hasText: "samples" }).textContent(), /manual/, "a source without refresh is synced manually");
   await shot(page, "04-admin");
   assert.deepEqual(page.errors, []);
   await page.close();

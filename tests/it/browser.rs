@@ -77,9 +77,18 @@ async fn page_works_in_chromium() {
         );
     }
 
+    // A webhook receiver that accepts everything, so the admin view has a delivery to show.
+    let hooks = crate::support::serve_loopback(axum::Router::new().route(
+        "/hook",
+        axum::routing::post(|| async { axum::http::StatusCode::OK }),
+    ))
+    .await;
     let app = TestApp::with_config(&format!(
-        "[[auth.keys]]\nname = \"page-admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\n",
-        cairn::http::auth::hash_key(ADMIN_KEY)
+        "[[auth.keys]]\nname = \"page-admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\n\
+         [webhooks]\nallow_private_addresses = true\n\
+         [[webhooks.endpoints]]\nurl = \"http://{hooks}/hook\"\nevents = [\"job.completed\"]\nsecret = \"env:{}\"\n",
+        cairn::http::auth::hash_key(ADMIN_KEY),
+        crate::support::TEST_SECRETS[0].0,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
