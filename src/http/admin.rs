@@ -129,6 +129,13 @@ pub struct LimitParams {
     pub limit: Option<usize>,
 }
 
+impl LimitParams {
+    /// The newest entries a listing shows: `limit`, default 50, at most 1000.
+    pub fn capped(&self) -> usize {
+        self.limit.unwrap_or(50).min(1000)
+    }
+}
+
 pub(super) async fn admin_jobs(
     State(s): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -217,7 +224,7 @@ pub(super) async fn admin_webhook_deliveries(
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = p.limit.unwrap_or(50).min(1000);
+    let limit = p.capped();
     let hooks = s.engine.webhooks.clone();
     let read = tokio::task::spawn_blocking(move || {
         anyhow::Ok((hooks.deliveries(limit)?, hooks.endpoints()?))
@@ -241,7 +248,7 @@ pub(super) async fn admin_traces(
 ) -> Result<Response, ApiError> {
     s.authorize_scope(&headers, Scope::Admin)?;
     let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = p.limit.unwrap_or(50).min(1000);
+    let limit = p.capped();
     Ok(Json(json!({"traces": s.engine.traces.recent(limit)})).into_response())
 }
 

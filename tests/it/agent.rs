@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::support::{SseEvent, TestApp, body_json, parse_sse, post_json, with_key};
+use crate::support::{self, SseEvent, TestApp, body_json, parse_sse, post_json, with_key};
 use crate::vendors::{Fake, Frame, Reply, Vendor};
 
 pub(crate) const BOT: &str = "agent-bot-key";
@@ -38,13 +38,10 @@ fn app(v: Vendor, fake: &Fake, extra: &str) -> TestApp {
 /// The provider, route, key and `hr` source part of [`app`]'s config; writes the `hr`
 /// source's one confidential page under `dir`.
 pub(crate) fn app_config(v: Vendor, fake: &Fake, dir: &std::path::Path) -> String {
-    let secret = dir.join("secret");
-    std::fs::create_dir_all(&secret).expect("mkdir");
-    std::fs::write(
-        secret.join("salaries.md"),
+    let hr = support::hr_source(
+        dir,
         "# Salary bands\n\nThe salary band for senior engineers is confidential: 120k to 150k.",
-    )
-    .expect("write");
+    );
     format!(
         r#"
 [providers.remote]
@@ -60,18 +57,13 @@ anonymous_scopes = ["ask", "search"]
 name = "bot"
 hash = "{}"
 scopes = ["ask", "search"]
-[[sources]]
-name = "hr"
-kind = "files"
-path = {:?}
-access_groups = ["hr"]
-"#,
+{}"#,
         kind(v),
         fake.base,
         v.base_path(),
         v.model(),
         cairn::http::auth::hash_key(BOT),
-        secret
+        hr
     )
 }
 

@@ -90,14 +90,8 @@ async fn page_works_in_chromium() {
         cairn::http::auth::hash_key(ADMIN_KEY),
         crate::support::TEST_SECRETS[0].0,
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let router = app.router().layer(middleware::from_fn(pace_answers));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
+    let addr =
+        crate::support::serve_loopback(app.router().layer(middleware::from_fn(pace_answers))).await;
 
     let artifacts = repo().join("target/browser-artifacts");
     std::fs::create_dir_all(&artifacts).expect("artifacts dir");

@@ -26,13 +26,10 @@ fn app(record_text: bool) -> TestApp {
 }
 
 fn config(dir: &Path, record_text: bool) -> String {
-    let secret = dir.join("secret");
-    std::fs::create_dir_all(&secret).expect("mkdir");
-    std::fs::write(
-        secret.join("salaries.md"),
+    let hr = support::hr_source(
+        dir,
         "# Salary bands\n\nSalary bands are reviewed every March.",
-    )
-    .expect("write");
+    );
     let key = |name: &str, k: &str, scopes: &str, groups: &str| {
         format!(
             "[[auth.keys]]\nname = \"{name}\"\nhash = \"{}\"\nscopes = {scopes}\naccess_groups = {groups}\nburst = 100\n",
@@ -40,7 +37,7 @@ fn config(dir: &Path, record_text: bool) -> String {
         )
     };
     format!(
-        "[traces]\nrecord_text = {record_text}\n[auth]\nanonymous_scopes = [\"ask\", \"search\", \"metrics\"]\n{}{}{}{}[[sources]]\nname = \"hr\"\nkind = \"files\"\npath = {secret:?}\naccess_groups = [\"hr\"]\n",
+        "[traces]\nrecord_text = {record_text}\n[auth]\nanonymous_scopes = [\"ask\", \"search\", \"metrics\"]\n{}{}{}{}{hr}",
         key("admin", ADMIN, r#"["admin", "ask", "search"]"#, "[]"),
         key("bot", BOT, r#"["ask", "search"]"#, "[]"),
         key("other", OTHER, r#"["ask", "search"]"#, "[]"),

@@ -45,13 +45,7 @@ async fn collector() -> (String, mpsc::UnboundedReceiver<Received>) {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = crate::support::serve_loopback(app).await;
     (format!("http://{addr}"), rx)
 }
 

@@ -432,16 +432,12 @@ async fn two_serve_processes_share_jobs_and_survive_a_killed_replica() {
         hold: Arc::new(AtomicBool::new(false)),
         asked: Arc::new(tokio::sync::Notify::new()),
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let kb_addr = listener.local_addr().expect("addr");
-    let kb_app = axum::Router::new()
-        .route("/articles", axum::routing::get(kb_page))
-        .with_state(kb.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, kb_app).await;
-    });
+    let kb_addr = support::serve_loopback(
+        axum::Router::new()
+            .route("/articles", axum::routing::get(kb_page))
+            .with_state(kb.clone()),
+    )
+    .await;
 
     let extra = format!(
         "[embedder]\nkind = \"hash\"\n\

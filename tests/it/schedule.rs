@@ -20,6 +20,17 @@ async fn admin_get(app: &TestApp, uri: &str) -> Value {
     support::body_json(resp).await
 }
 
+/// Source `name` of a `/admin/sources` answer.
+fn source_named(sources: &Value, name: &str) -> Value {
+    sources["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no source {name}: {sources}"))
+        .clone()
+}
+
 #[tokio::test]
 async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
     let app = TestApp::with_setup(|dir| {
@@ -36,21 +47,10 @@ async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
         )
     });
     let sources = admin_get(&app, "/admin/sources").await;
-    let live = sources["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|s| s["name"] == "live")
-        .expect("live")
-        .clone();
+    let live = source_named(&sources, "live");
     assert_eq!(live["schedule"]["refresh"], "1s", "{live:#}");
     assert!(live["schedule"]["next_run"].is_string(), "{live:#}");
-    let manual = sources["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|s| s["name"] == "samples")
-        .expect("samples");
+    let manual = source_named(&sources, "samples");
     assert!(manual["schedule"].is_null(), "no refresh: manual only");
 
     std::fs::write(
@@ -77,13 +77,7 @@ async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
         .collect();
     assert!(!scheduled.is_empty(), "{jobs:#}");
     assert!(scheduled.iter().all(|j| j["source"] == "live"), "{jobs:#}");
-    let live = admin_get(&app, "/admin/sources").await["sources"]
-        .as_array()
-        .expect("sources")
-        .iter()
-        .find(|s| s["name"] == "live")
-        .expect("live")
-        .clone();
+    let live = source_named(&admin_get(&app, "/admin/sources").await, "live");
     assert!(live["schedule"]["last_run"].is_string(), "{live:#}");
     assert!(live["schedule"]["last_job"].is_string(), "{live:#}");
 }
@@ -105,13 +99,7 @@ async fn a_scheduled_run_is_skipped_with_its_reason_while_another_job_holds_the_
     let mut skipped = Value::Null;
     for _ in 0..100 {
         let sources = admin_get(&app, "/admin/sources").await;
-        let live = sources["sources"]
-            .as_array()
-            .expect("sources")
-            .iter()
-            .find(|s| s["name"] == "live")
-            .expect("live")
-            .clone();
+        let live = source_named(&sources, "live");
         if live["schedule"]["last_skipped"].is_object() {
             skipped = live["schedule"]["last_skipped"].clone();
             break;

@@ -290,16 +290,24 @@ pub fn keyed_app() -> TestApp {
     keyed_app_with("")
 }
 
+/// Writes the `hr` source's one page (`salaries.md`, text `page`) under `dir` and returns its
+/// `[[sources]]` table: source `hr`, readable by access group `hr` only.
+pub fn hr_source(dir: &Path, page: &str) -> String {
+    let secret = dir.join("secret");
+    std::fs::create_dir_all(&secret).expect("mkdir");
+    std::fs::write(secret.join("salaries.md"), page).expect("write");
+    format!(
+        "[[sources]]\nname = \"hr\"\nkind = \"files\"\npath = {secret:?}\naccess_groups = [\"hr\"]\n"
+    )
+}
+
 /// As [`keyed_app`], with `extra` config after the keys and the `hr` source.
 pub fn keyed_app_with(extra: &str) -> TestApp {
     TestApp::with_setup(|dir| {
-        let secret = dir.join("secret");
-        std::fs::create_dir_all(&secret).expect("mkdir");
-        std::fs::write(
-            secret.join("salaries.md"),
+        let hr = hr_source(
+            dir,
             "# Salary bands\n\nThe salary band for senior engineers is confidential and reviewed every March.",
-        )
-        .expect("write");
+        );
         format!(
             r#"
 [auth]
@@ -320,17 +328,12 @@ name = "hr"
 hash = "{}"
 scopes = ["ask", "search"]
 access_groups = ["hr"]
-[[sources]]
-name = "hr"
-kind = "files"
-path = {:?}
-access_groups = ["hr"]
-{}
+{}{}
 "#,
             cairn::http::auth::hash_key(ADMIN),
             cairn::http::auth::hash_key(BOT),
             cairn::http::auth::hash_key(HR),
-            secret,
+            hr,
             extra
         )
     })
