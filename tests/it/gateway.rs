@@ -320,6 +320,90 @@ async fn an_empty_200_from_the_remote_falls_back_to_the_next_target() {
     );
 }
 
+/// A batch is answered on its key's allowance: its requests are charged like `/ask`, a request
+/// whose reservation no longer fits ends `budget_exhausted` without reaching the provider, the
+/// batch's `cost_usd` sums what was spent, and the key's next `/ask` and batch are refused while
+/// another key keeps its own allowance.
+#[tokio::test]
+async fn a_batch_is_charged_to_its_keys_budget() {
+    let fake = Fake::start(vec![remote_answer()]).await;
+    // As in the per-key test: the cap holds one reservation ($0.512), not a cost ($0.007) and
+    // another, so the first request is answered and the rest are refused.
+    let app = app_with_remote_priced(
+        &fake,
+        0.0,
+        "[budget]\ndaily_usd_per_key = 0.515\ndaily_usd = 2.0\n[batches]\nconcurrency = 1\n",
+    );
+    let requests: Vec<Value> = [
+        "How long do refunds take?",
+        "What does express shipping cost?",
+        "Can I return a sale item?",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, q)| serde_json::json!({"custom_id": format!("r{i}"), "question": q}))
+    .collect();
+    let body = serde_json::json!({ "requests": requests }).to_string();
+    let resp = app
+        .router()
+        .oneshot(with_key(post_json("/batches", &body), BOT))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let id = body_json(resp).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let started = Instant::now();
+    let batch = loop {
+        let b = app
+            .state
+            .batches
+            .get(&id, "bot")
+            .expect("read")
+            .expect("batch");
+        if b.finished_at.is_some() {
+            break b.view();
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{}", b.view());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(batch["state"], "completed", "{batch}");
+    assert_eq!(
+        (&batch["done"], &batch["failed"]),
+        (&Value::from(3), &Value::from(2)),
+        "{batch}"
+    );
+    let cost = batch["cost_usd"].as_f64().expect("cost");
+    assert!((cost - 0.007).abs() < 1e-9, "{batch}");
+    let lines = app
+        .state
+        .batches
+        .results(&id, "bot")
+        .expect("read")
+        .expect("results");
+    let outcomes: Vec<&str> = lines.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["answered", "budget_exhausted", "budget_exhausted"],
+        "{lines:?}"
+    );
+    assert_eq!(fake.hits(), 1, "refused requests never reach the provider");
+
+    let (status, json, _) = ask_json(&app, BOT, "Do you ship to Norway?").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(json["error"]["code"], "budget_exhausted");
+    let resp = app
+        .router()
+        .oneshot(with_key(post_json("/batches", &body), BOT))
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(body_json(resp).await["error"]["code"], "budget_exhausted");
+    let (status, json, _) = ask_json(&app, HR, "Do you ship to Norway?").await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+}
+
 /// Spend is kept in the data dir: a restarted server starts the day with what was already
 /// spent, and its cap counts it.
 #[tokio::test]
