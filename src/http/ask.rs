@@ -53,7 +53,9 @@ pub struct AskFilters {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Turn {
-    pub role: Role,
+    /// `user` or `assistant`; anything else is refused by [`checked_conversation`] with the
+    /// turn's place (400 `invalid_role`).
+    pub role: String,
     pub content: String,
 }
 
@@ -265,9 +267,8 @@ pub(super) fn budget_key(caller: &Caller) -> String {
     }
 }
 
-/// The conversation as messages, within `[server] max_conversation_turns` and
-/// `max_conversation_chars` (roles other than user and assistant were refused when the body
-/// was read).
+/// The conversation as messages: user and assistant turns only (400 `invalid_role` naming
+/// the turn), within `[server] max_conversation_turns` and `max_conversation_chars`.
 fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message>, ApiError> {
     let server = &engine.config.server;
     let too_long = |what, key, value, limit| {
@@ -287,13 +288,26 @@ fn checked_conversation(engine: &Engine, turns: Vec<Turn>) -> Result<Vec<Message
         let limit = server.max_conversation_chars;
         return too_long("characters", "max_conversation_chars", chars, limit);
     }
-    Ok(turns
+    turns
         .into_iter()
-        .map(|t| Message {
-            role: t.role,
-            content: t.content,
+        .enumerate()
+        .map(|(i, t)| {
+            let role = match t.role.as_str() {
+                "user" => Role::User,
+                "assistant" => Role::Assistant,
+                other => {
+                    let shown: String = other.chars().take(40).collect();
+                    return Err(ApiError::InvalidRole(format!(
+                        "`conversation[{i}].role` is `{shown}`; a conversation holds `user` and `assistant` turns only: put instructions in the question"
+                    )));
+                }
+            };
+            Ok(Message {
+                role,
+                content: t.content,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The question, trimmed: not empty, within `[server] max_question_chars`, no control

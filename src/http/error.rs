@@ -25,6 +25,10 @@ pub enum ApiError {
     /// nothing to search for).
     #[error("{0}")]
     EmptyQuery(String),
+    /// A conversation turn whose role is not one the route takes (400: the conversation
+    /// itself is malformed).
+    #[error("{0}")]
+    InvalidRole(String),
     #[error("the question is {chars} characters; the limit is {limit}")]
     QuestionTooLong { chars: usize, limit: usize },
     /// `what` is `turns` or `characters`, with the `[server]` key that limits it.
@@ -160,6 +164,7 @@ impl ApiError {
             ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
             ApiError::InvalidRequest(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
             ApiError::EmptyQuery(_) => (StatusCode::BAD_REQUEST, "empty_query"),
+            ApiError::InvalidRole(_) => (StatusCode::BAD_REQUEST, "invalid_role"),
             ApiError::QuestionTooLong { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "question_too_long")
             }

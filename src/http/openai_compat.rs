@@ -29,7 +29,6 @@ use crate::http::auth::Scope;
 use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::http::threads::THREAD_HEADER;
-use crate::providers::Role;
 
 /// One message. `name` and an assistant's `refusal` are accepted and ignored; `tool_calls` and
 /// `tool_call_id` are refused (cairn offers no tools).
@@ -135,20 +134,22 @@ fn text_of(content: &Value) -> Result<String, ApiError> {
 
 /// The role a message takes in cairn's conversation: user and assistant as they are; system
 /// and developer messages become caller turns (they carry the caller's authority, never
-/// cairn's system prompt's); tool messages and tool calls are refused.
-fn role_of(m: &ChatMessage) -> Result<Role, ApiError> {
+/// cairn's system prompt's); tool messages and tool calls are refused, an unknown role is 400
+/// `invalid_role`.
+fn role_of(m: &ChatMessage) -> Result<&'static str, ApiError> {
     let tools = |what: &str| {
         ApiError::InvalidRequest(format!(
             "a `{what}` message is not supported: cairn offers no tools; send the conversation without tool turns"
         ))
     };
     match m.role.as_str() {
-        "user" | "system" | "developer" => Ok(Role::User),
+        "user" | "system" | "developer" => Ok("user"),
         "assistant" if m.tool_calls.is_some() => Err(tools("tool_calls")),
-        "assistant" => Ok(Role::Assistant),
+        "assistant" => Ok("assistant"),
         "tool" | "function" => Err(tools(&m.role)),
-        other => Err(ApiError::InvalidRequest(format!(
-            "unknown message role `{other}`; use user, assistant, system or developer"
+        other => Err(ApiError::InvalidRole(format!(
+            "unknown message role `{}`; use user, assistant, system or developer",
+            other.chars().take(40).collect::<String>()
         ))),
     }
 }
@@ -166,7 +167,7 @@ fn to_ask(req: &ChatCompletionRequest) -> Result<AskBody, ApiError> {
         .iter()
         .map(|m| {
             Ok(Turn {
-                role: role_of(m)?,
+                role: role_of(m)?.to_string(),
                 content: text_of(&m.content)?,
             })
         })
