@@ -1,8 +1,8 @@
 //! Signed webhooks end to end: a local receiver (a loopback HTTP server answering a scripted
 //! list of statuses) gets `job.completed` and `answer.handoff` deliveries that the Standard
 //! Webhooks reference library verifies; 500s are retried, a 410 disables the endpoint, a
-//! pending delivery resumes after a restart, and the address guard refuses loopback unless
-//! `allow_private_addresses` is set.
+//! pending delivery resumes after a restart, redirects are not followed, a silent receiver
+//! times out, and the address guard refuses loopback unless `allow_private_addresses` is set.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -328,6 +328,102 @@ async fn a_410_disables_the_endpoint() {
         after["deliveries"].as_array().expect("list").len(),
         1,
         "{after:#}"
+    );
+}
+
+/// A receiver that redirects is not followed (the redirect's target never gets the event, the
+/// attempt records the 3xx and is retried), and one that does not answer within `[webhooks]
+/// timeout` is an attempt that failed with a time-out, retried later, not a hung delivery.
+#[tokio::test]
+async fn redirects_are_not_followed_and_a_silent_receiver_times_out() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let target_hits = Arc::new(AtomicUsize::new(0));
+    let slow_hits = Arc::new(AtomicUsize::new(0));
+    let (target, slow) = (target_hits.clone(), slow_hits.clone());
+    let receiver = axum::Router::new()
+        .route(
+            "/moved",
+            axum::routing::post(|| async {
+                (StatusCode::TEMPORARY_REDIRECT, [("location", "/target")])
+            }),
+        )
+        .route(
+            "/target",
+            axum::routing::post(move || async move {
+                target.fetch_add(1, Ordering::SeqCst);
+                StatusCode::OK
+            }),
+        )
+        .route(
+            "/slow",
+            axum::routing::post(move || async move {
+                slow.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                StatusCode::OK
+            }),
+        );
+    let addr = support::serve_loopback(receiver).await;
+    let config = webhook_config(
+        &[
+            format!("http://{addr}/moved"),
+            format!("http://{addr}/slow"),
+        ],
+        &["job.completed"],
+        "allow_private_addresses = true\ntimeout = \"300ms\"\nfirst_retry = \"100ms\"",
+    );
+    let app = TestApp::with_config(&config);
+    support::reindex_and_wait(&app, "").await;
+    let attempted_twice = |d: &Value| {
+        d["deliveries"].as_array().is_some_and(|list| {
+            list.len() == 2
+                && list
+                    .iter()
+                    .all(|d| d["attempts"].as_array().is_some_and(|a| a.len() >= 2))
+        })
+    };
+    let seen = deliveries_until(&app, attempted_twice).await;
+    let delivery_to = |path: &str| {
+        seen["deliveries"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|d| d["endpoint"].as_str().is_some_and(|u| u.ends_with(path)))
+            .unwrap_or_else(|| panic!("no delivery to {path}: {seen:#}"))
+            .clone()
+    };
+    let moved = delivery_to("/moved");
+    assert_ne!(moved["state"], "delivered", "{moved:#}");
+    let first = &moved["attempts"][0];
+    assert_eq!(first["status"], 307, "{moved:#}");
+    assert!(
+        first["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirects are not followed")),
+        "{moved:#}"
+    );
+    assert_eq!(
+        target_hits.load(Ordering::SeqCst),
+        0,
+        "the redirect was followed"
+    );
+
+    let slow = delivery_to("/slow");
+    assert_ne!(slow["state"], "delivered", "{slow:#}");
+    let first = &slow["attempts"][0];
+    assert!(first["status"].is_null(), "{slow:#}");
+    assert!(
+        first["error"].as_str().is_some_and(
+            |e| e.to_lowercase().contains("timed out") || e.to_lowercase().contains("timeout")
+        ),
+        "{slow:#}"
+    );
+    assert!(
+        first["ms"].as_u64().is_some_and(|ms| ms < 5_000),
+        "the attempt was cut at the time-out: {slow:#}"
+    );
+    assert!(
+        slow_hits.load(Ordering::SeqCst) >= 2,
+        "a timed-out delivery is retried"
     );
 }
 
