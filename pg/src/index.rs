@@ -44,11 +44,37 @@ const MARK_END: char = '\u{2}';
 
 /// The PostgreSQL index. Cheap to share behind an `Arc`; every call takes a pooled connection.
 pub struct PgIndex {
-    pool: Pool,
+    /// Taken only by `Drop`, which closes the connections on a thread of their own.
+    pool: Option<Pool>,
     schema: String,
     embedder: EmbedderInfo,
     fusion: Fusion,
     candidates: usize,
+}
+
+/// The synchronous PostgreSQL client closes a connection by blocking on a runtime of its own,
+/// which panics on a tokio worker thread, and the last reference to an index can be dropped
+/// there (a server's background task ending at shutdown). So the pool is closed on a thread
+/// of its own, and the drop waits for it.
+impl Drop for PgIndex {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else {
+            return;
+        };
+        let closing = std::thread::Builder::new()
+            .name("cairn-pg-close".into())
+            .spawn(move || drop(pool));
+        match closing {
+            Ok(thread) => {
+                if thread.join().is_err() {
+                    tracing::warn!("closing the PostgreSQL connections panicked");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no thread to close the PostgreSQL connections on")
+            }
+        }
+    }
 }
 
 impl PgIndex {
@@ -61,7 +87,7 @@ impl PgIndex {
         migrate::prepare(&mut conn, pg, &index.embedder)?;
         drop(conn);
         Ok(PgIndex {
-            pool,
+            pool: Some(pool),
             schema: pg.schema.clone(),
             embedder: index.embedder.clone(),
             fusion: index.fusion.clone(),
@@ -70,11 +96,13 @@ impl PgIndex {
     }
 
     fn conn(&self) -> Result<connect::Conn> {
-        connect::get(&self.pool)
+        connect::get(self.pool())
     }
 
     pub(crate) fn pool(&self) -> &Pool {
-        &self.pool
+        self.pool
+            .as_ref()
+            .expect("the pool is taken only when the index is dropped")
     }
 
     /// The schema holding this index's tables.

@@ -1,6 +1,7 @@
 //! What is specific to a server-backed index: clear errors when the server is unreachable or
-//! lacks pgvector, the embedder manifest, versioned migrations under concurrent start-up, and
-//! several replicas sharing one index, source claims and admin jobs.
+//! lacks pgvector, the embedder manifest, versioned migrations under concurrent start-up,
+//! several replicas sharing one index, source claims and admin jobs, and an index dropped on
+//! a tokio worker thread.
 
 mod common;
 
@@ -229,6 +230,28 @@ fn a_large_commit_vacuums_the_word_tables() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
     assert_eq!(vacuumed, 2);
+}
+
+/// An index whose last reference goes away on a tokio worker thread (a server's background
+/// task ending at shutdown) closes its connections without panicking: the synchronous client
+/// closes by blocking on a runtime of its own, which must not happen on that thread.
+#[test]
+#[ignore = "needs PostgreSQL with pgvector: eval \"$(scripts/start-postgres.sh)\" sets CAIRN_PG_URL"]
+fn an_index_dropped_on_a_tokio_worker_thread_closes_its_connections() {
+    let url = pg_url();
+    let schema = Schema::fresh(&url);
+    let index = open(&schema.options());
+    assert!(
+        index.generation().is_ok(),
+        "the index answers before the drop"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dropped = runtime.block_on(async { tokio::spawn(async move { drop(index) }).await });
+    assert!(dropped.is_ok(), "dropping the index panicked: {dropped:?}");
 }
 
 #[test]
