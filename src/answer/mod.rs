@@ -415,7 +415,7 @@ async fn run(
     {
         return replay_cached(engine, req, (cached, kind), trace, out, started).await;
     }
-    let prompt = mask_and_render(engine, req, &retrieved.context);
+    let prompt = mask_and_render(engine, req, &retrieved.query, &retrieved.context);
     // Dropping the guard (any return below) cancels an upstream call still running.
     let cancel = CancellationToken::new();
     let _cancel_on_exit = cancel.clone().drop_guard();
@@ -798,8 +798,14 @@ struct MaskedPrompt {
 /// personal data in the question, the conversation and the passages — every provider of the
 /// route alike, as which one serves is only known after the call. Its answer is mapped back
 /// with this request's own values, which the caller could see: they came from its question or
-/// its access-filtered retrieval. Citations quote the unmasked chunks (`context`).
-fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> MaskedPrompt {
+/// its access-filtered retrieval. Citations quote the unmasked chunks (`context`). A follow-up's
+/// standalone `query` (the caller's words too) goes along for the extractive provider.
+fn mask_and_render(
+    engine: &Engine,
+    req: &AskRequest,
+    query: &str,
+    context: &[Passage],
+) -> MaskedPrompt {
     let mut masking = engine.config.privacy.start();
     let passages: Vec<ContextPassage> = context
         .iter()
@@ -812,8 +818,12 @@ fn mask_and_render(engine: &Engine, req: &AskRequest, context: &[Passage]) -> Ma
         .collect();
     let question = masking.mask_caller(&req.question);
     let conversation = masking.mask_turns(&req.conversation);
+    let mut chat = engine.prompt.render(&question, &passages, &conversation);
+    if query != req.question {
+        chat.query = Some(masking.mask_caller(query));
+    }
     MaskedPrompt {
-        chat: engine.prompt.render(&question, &passages, &conversation),
+        chat,
         unmasker: masking.unmasker(),
         masked: masking.counts().clone(),
         passages: passages.len(),

@@ -1,7 +1,8 @@
 //! The `extractive` provider: the offline default. It composes an answer from the retrieved
-//! passages themselves — the sentences that best cover the question's words, each followed by
-//! its `[n]` citation — and streams it word by word through the same path as a real model.
-//! Deterministic: the same passages and question give the same answer.
+//! passages themselves — the sentences that best cover the question's words (a follow-up's:
+//! the standalone query retrieval used), each followed by its `[n]` citation — and streams it
+//! word by word through the same path as a real model. Deterministic: the same passages and
+//! question (and query) give the same answer.
 
 use std::collections::HashSet;
 
@@ -135,7 +136,9 @@ impl Extractive {
             .clone()
             .or_else(|| req.messages.last().map(|m| m.content.clone()))
             .unwrap_or_default();
-        let answer = self.compose(&question, &req.context);
+        // A follow-up's standalone query says what the question is about ("Can I send it
+        // back?" after "I bought a final-sale item").
+        let answer = self.compose(req.query.as_deref().unwrap_or(&question), &req.context);
         let input_tokens: u64 = req
             .context
             .iter()
@@ -200,6 +203,45 @@ mod tests {
             "{answer}"
         );
         assert!(!answer.contains("[1]"), "{answer}");
+    }
+
+    /// The streamed answer of a request whose question is "Can I send it back?".
+    fn streamed(query: Option<&str>) -> String {
+        use futures::StreamExt;
+        let req = ChatRequest {
+            question: Some("Can I send it back?".into()),
+            query: query.map(str::to_string),
+            context: vec![p(
+                1,
+                "When you get your money back after a return. Items marked as final sale cannot be returned. Gift cards never expire.",
+            )],
+            ..ChatRequest::default()
+        };
+        let events = futures::executor::block_on(
+            Extractive { max_sentences: 1 }
+                .stream("extractive", &req)
+                .collect::<Vec<_>>(),
+        );
+        events
+            .into_iter()
+            .filter_map(|e| match e {
+                Ok(ChatEvent::TextDelta(t)) => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_follow_ups_query_picks_the_sentences_it_is_about() {
+        let bare = streamed(None);
+        assert!(bare.contains("money back"), "{bare}");
+        let standalone = streamed(Some(
+            "Can I send it back? bought something marked final sale",
+        ));
+        assert!(
+            standalone.contains("final sale cannot be returned"),
+            "{standalone}"
+        );
     }
 
     #[test]

@@ -137,6 +137,11 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     /// The question being answered, when the request is a grounded answer.
     pub question: Option<String>,
+    /// What retrieval searched for when it is not the question: a follow-up made standalone
+    /// with the earlier turns (`[retrieval] condense`). The extractive provider picks the
+    /// sentences that cover it; other providers read only the rendered messages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
     pub context: Vec<ContextPassage>,
     /// Tools offered to the model (empty: none).
     pub tools: Vec<Tool>,

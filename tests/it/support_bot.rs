@@ -174,6 +174,9 @@ async fn a_follow_up_is_retrieved_with_the_earlier_user_turns() {
         "{got}"
     );
     assert_eq!(got["retrieval"][0]["doc_id"], REFUNDS, "{got}");
+    // The offline answer is composed for what the follow-up is about, not its bare words.
+    let answer = got["answer"].as_str().unwrap_or_default();
+    assert!(answer.contains("final sale cannot be returned"), "{answer}");
     let trace = &app.engine.traces.recent(1)[0];
     assert_eq!(trace.query.as_deref(), Some(query.as_str()));
 
