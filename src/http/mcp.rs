@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
-    ErrorData, ListResourceTemplatesResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, ResourceContents, ResourceTemplate,
-    ServerCapabilities, ServerConfig,
+    ErrorData, Implementation, ListResourceTemplatesResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ResourceContents,
+    ResourceTemplate, ServerCapabilities, ServerConfig,
 };
 use rmcp::service::RequestContext;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -344,9 +344,14 @@ impl ServerHandler for CairnMcp {
             .enable_tools()
             .enable_resources()
             .build();
-        ServerConfig::new(capabilities).with_instructions(
-            "cairn: search the knowledge base, ask questions answered with verified citations, read documents (also as cairn://doc/{doc_id} resources).",
-        )
+        // Clients show this name and version (the SDK's own would say `rmcp`).
+        let server = Implementation::new("cairn", env!("CARGO_PKG_VERSION"))
+            .with_title("cairn knowledge base");
+        ServerConfig::new(capabilities)
+            .with_server_info(server)
+            .with_instructions(
+                "cairn: search the knowledge base, ask questions answered with verified citations, read documents (also as cairn://doc/{doc_id} resources).",
+            )
     }
 
     async fn list_resource_templates(

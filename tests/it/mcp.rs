@@ -115,7 +115,9 @@ async fn mcp_refuses_foreign_origins_and_accepts_loopback_ones() {
     let local = format!("http://localhost:{}", addr.port());
     let (status, _, body) = post(addr, &[("origin", &local)], initialize()).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body["result"]["serverInfo"]["name"].is_string(), "{body}");
+    let server = &body["result"]["serverInfo"];
+    assert_eq!(server["name"], "cairn", "{body}");
+    assert_eq!(server["version"], env!("CARGO_PKG_VERSION"), "{body}");
     let (status, _, body) = post(addr, &[], initialize()).await;
     assert_eq!(status, 200, "a client without Origin is served: {body}");
 }
