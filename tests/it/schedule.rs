@@ -31,21 +31,26 @@ fn source_named(sources: &Value, name: &str) -> Value {
         .clone()
 }
 
-#[tokio::test]
-async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
-    let app = TestApp::with_setup(|dir| {
+/// An app with an admin key and a `live` files source refreshed every `refresh`, holding one
+/// page (`name`, `text`).
+fn live_app(refresh: &str, (name, text): (&str, &str)) -> TestApp {
+    TestApp::with_setup(|dir| {
         let live = dir.join("live");
         std::fs::create_dir_all(&live).expect("mkdir");
-        std::fs::write(
-            live.join("first.md"),
-            "# First\n\nThe first page of the live folder.",
-        )
-        .expect("write");
+        std::fs::write(live.join(name), text).expect("write");
         format!(
-            "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"1s\"\n",
+            "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"{refresh}\"\n",
             cairn::http::auth::hash_key(ADMIN)
         )
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
+    let app = live_app(
+        "1s",
+        ("first.md", "# First\n\nThe first page of the live folder."),
+    );
     let sources = admin_get(&app, "/admin/sources").await;
     let live = source_named(&sources, "live");
     assert_eq!(live["schedule"]["refresh"], "1s", "{live:#}");
@@ -84,15 +89,7 @@ async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
 
 #[tokio::test]
 async fn a_scheduled_run_is_skipped_with_its_reason_while_another_job_holds_the_lock() {
-    let app = TestApp::with_setup(|dir| {
-        let live = dir.join("live");
-        std::fs::create_dir_all(&live).expect("mkdir");
-        std::fs::write(live.join("a.md"), "# A\n\nA page.").expect("write");
-        format!(
-            "[auth]\n[[auth.keys]]\nname = \"admin\"\nhash = \"{}\"\nscopes = [\"admin\", \"ask\", \"search\"]\nburst = 500\n[[sources]]\nname = \"live\"\nkind = \"files\"\npath = {live:?}\nrefresh = \"1s\"\n",
-            cairn::http::auth::hash_key(ADMIN)
-        )
-    });
+    let app = live_app("1s", ("a.md", "# A\n\nA page."));
     // A manual full reindex of every source, slowed by a stalled store write, holds the lock.
     let job = start_full_reindex(&app).await;
     assert!(app.engine.inject_store_stall(Duration::from_secs(4)));
