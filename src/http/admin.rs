@@ -205,7 +205,7 @@ pub(super) async fn admin_sources(
                     "last_reconciled": state.last_reconciled,
                     "last_sync": report.as_ref().map(|r| r.finished_at.clone()),
                     "last_counts": report.as_ref().map(|r| r.counts.clone()),
-                    "schedule": schedules.view(name),
+                    "schedule": schedules.view(&engine, name),
                 })
             })
             .collect::<Vec<_>>()

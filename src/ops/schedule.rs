@@ -125,10 +125,20 @@ impl Schedules {
         this
     }
 
-    /// `source`'s schedule, if it has one.
-    pub fn view(&self, source: &str) -> Option<ScheduleView> {
-        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(source).map(|e| e.view.clone())
+    /// `source`'s schedule, if it has one, with `last_run` as of now: the schedule learns of
+    /// a sync only at its next turn, so a sync that ended since (this schedule's own job, a
+    /// manual one, another replica's) is read from the source's last report (blocking).
+    pub fn view(&self, engine: &Engine, source: &str) -> Option<ScheduleView> {
+        let mut view = {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.get(source).map(|e| e.view.clone())?
+        };
+        if let Some(last) = last_sync(engine, source).map(stamp)
+            && view.last_run.as_ref().is_none_or(|known| *known < last)
+        {
+            view.last_run = Some(last);
+        }
+        Some(view)
     }
 
     /// Starts the job of every due source (blocking: reads job and source state).

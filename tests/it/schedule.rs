@@ -87,6 +87,35 @@ async fn a_source_with_a_short_refresh_syncs_without_any_trigger() {
     assert!(live["schedule"]["last_job"].is_string(), "{live:#}");
 }
 
+/// `last_run` is the source's latest sync, whoever ran it: a manual reindex between two
+/// scheduled turns shows at once, not at the schedule's next turn (an hour away here).
+#[tokio::test]
+async fn last_run_shows_a_sync_made_between_scheduled_turns() {
+    let app = live_app("1h", ("a.md", "# A\n\nA page."));
+    let time = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{v} is not a time: {e}"))
+    };
+    let before = source_named(&admin_get(&app, "/admin/sources").await, "live");
+    let started_with = time(&before["last_sync"]);
+    let job = support::reindex_and_wait(&app, r#"{"source":"live"}"#).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    let live = source_named(&admin_get(&app, "/admin/sources").await, "live");
+    let (last_run, last_sync) = (
+        time(&live["schedule"]["last_run"]),
+        time(&live["last_sync"]),
+    );
+    assert!(
+        last_run > started_with,
+        "last_run is the start-up sync's: {live:#}"
+    );
+    // The same sync, shown to the millisecond.
+    assert!(
+        (last_sync - last_run).num_milliseconds() == 0,
+        "last_run {last_run} is not the last sync {last_sync}: {live:#}"
+    );
+}
+
 #[tokio::test]
 async fn a_scheduled_run_is_skipped_with_its_reason_while_another_job_holds_the_lock() {
     let app = live_app("1s", ("a.md", "# A\n\nA page."));
