@@ -240,16 +240,16 @@ fn open_embedded(
 /// [`SHARED_SPEND_REFRESH`].
 struct PgSpend(Arc<cairn_pg::PgIndex>);
 
-/// Runs a PostgreSQL call on a thread of its own: the budget is called from async tasks, and the
-/// synchronous client cannot run on a runtime's thread (it blocks for the call's round trip,
-/// as the spend file's writes do).
+/// Runs a PostgreSQL call through [`cairn_pg::off_runtime`]: the budget, threads and batches
+/// are called from async tasks (the call blocks for its round trip, as the spend file's writes
+/// do); errors as text.
 pub(crate) fn off_runtime<T: Send>(
     call: impl FnOnce() -> Result<T, IndexError> + Send,
 ) -> Result<T, String> {
-    std::thread::scope(|s| match s.spawn(call).join() {
+    match cairn_pg::off_runtime(call) {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => Err("the PostgreSQL call panicked".to_string()),
-    })
+    }
 }
 
 impl std::fmt::Debug for PgSpend {

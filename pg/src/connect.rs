@@ -11,6 +11,14 @@ use r2d2_postgres::PostgresConnectionManager;
 use crate::BACKEND;
 
 pub type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Runs `work` with the synchronous client on a thread of its own and waits for it: the client
+/// blocks on a runtime of its own for every round trip (closing a connection too), which
+/// panics on a tokio worker thread — where async callers, and the last reference to an index,
+/// can be. `Err` when `work` panicked.
+pub fn off_runtime<T: Send>(work: impl FnOnce() -> T + Send) -> std::thread::Result<T> {
+    std::thread::scope(|s| s.spawn(work).join())
+}
 pub type Conn = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
 
 /// How to reach the server and lay out the index in it. `Debug` never shows the password.

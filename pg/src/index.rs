@@ -52,27 +52,15 @@ pub struct PgIndex {
     candidates: usize,
 }
 
-/// The synchronous PostgreSQL client closes a connection by blocking on a runtime of its own,
-/// which panics on a tokio worker thread, and the last reference to an index can be dropped
-/// there (a server's background task ending at shutdown). So the pool is closed on a thread
-/// of its own, and the drop waits for it.
+/// The last reference to an index can go away on a tokio worker thread (a server's background
+/// task ending at shutdown), where the client cannot close its connections: they are closed
+/// through [`connect::off_runtime`].
 impl Drop for PgIndex {
     fn drop(&mut self) {
-        let Some(pool) = self.pool.take() else {
-            return;
-        };
-        let closing = std::thread::Builder::new()
-            .name("cairn-pg-close".into())
-            .spawn(move || drop(pool));
-        match closing {
-            Ok(thread) => {
-                if thread.join().is_err() {
-                    tracing::warn!("closing the PostgreSQL connections panicked");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "no thread to close the PostgreSQL connections on")
-            }
+        if let Some(pool) = self.pool.take()
+            && connect::off_runtime(move || drop(pool)).is_err()
+        {
+            tracing::warn!("closing the PostgreSQL connections panicked");
         }
     }
 }

@@ -22,7 +22,7 @@ mod spend;
 mod threads;
 
 pub use batches::BatchClaim;
-pub use connect::{PgOptions, redact_url};
+pub use connect::{PgOptions, off_runtime, redact_url};
 pub use index::PgIndex;
 pub use jobs::JobClaim;
 pub use migrate::SCHEMA_VERSION;
