@@ -338,16 +338,13 @@ impl<'a> Run<'a> {
         let closing = choice == ToolChoice::None;
         let chat = self.chat(choice);
         let route = &engine.config.agent.route;
-        let sent = SentPrompt {
+        let sent = SentPrompt::new(
             engine,
-            trace_id: trace.id.clone(),
-            caller: trace.caller.clone(),
-            route,
-            chat: &chat,
-            chunk_ids: self.gathered.chunk_ids(),
-            masked: self.masking.counts().clone(),
-            recorded: false,
-        };
+            trace,
+            (route, &chat),
+            self.gathered.chunk_ids(),
+            self.masking.counts().clone(),
+        );
         let request_end = self.started + engine.router.time.request;
         let deadline = if closing {
             request_end

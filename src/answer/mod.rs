@@ -297,17 +297,37 @@ pub(crate) fn count_usage(info: &TargetInfo) {
 /// (the request's deadline or a panic ended the pipeline first), as `cancelled`: the prompt may
 /// have reached any provider of the route by then.
 pub(crate) struct SentPrompt<'a> {
-    pub(crate) engine: &'a Engine,
-    pub(crate) trace_id: String,
-    pub(crate) caller: String,
-    pub(crate) route: &'a str,
-    pub(crate) chat: &'a ChatRequest,
-    pub(crate) chunk_ids: Vec<String>,
-    pub(crate) masked: BTreeMap<String, usize>,
-    pub(crate) recorded: bool,
+    engine: &'a Engine,
+    trace_id: String,
+    caller: String,
+    route: &'a str,
+    chat: &'a ChatRequest,
+    chunk_ids: Vec<String>,
+    masked: BTreeMap<String, usize>,
+    recorded: bool,
 }
 
-impl SentPrompt<'_> {
+impl<'a> SentPrompt<'a> {
+    /// The prompt `chat` of `trace`'s request, handed to `route`; not yet recorded.
+    pub(crate) fn new(
+        engine: &'a Engine,
+        trace: &Trace,
+        (route, chat): (&'a str, &'a ChatRequest),
+        chunk_ids: Vec<String>,
+        masked: BTreeMap<String, usize>,
+    ) -> SentPrompt<'a> {
+        SentPrompt {
+            engine,
+            trace_id: trace.id.clone(),
+            caller: trace.caller.clone(),
+            route,
+            chat,
+            chunk_ids,
+            masked,
+            recorded: false,
+        }
+    }
+
     /// Records which provider received the prompt (`served`, and the `attempts` that were
     /// called and failed) and what became of it (`outcome`).
     pub(crate) fn record(
@@ -575,16 +595,8 @@ async fn condense_by_model(
     let question = masking.mask_caller(&req.question);
     let turns: Vec<String> = earlier.iter().map(|t| masking.mask_caller(t)).collect();
     let chat = prompt.render(&question, &turns, settings.condense_max_tokens);
-    let sent = SentPrompt {
-        engine,
-        trace_id: trace.id.clone(),
-        caller: trace.caller.clone(),
-        route: condense_model::ROUTE,
-        chat: &chat,
-        chunk_ids: Vec::new(),
-        masked: masking.counts().clone(),
-        recorded: false,
-    };
+    let route = (condense_model::ROUTE, &chat);
+    let sent = SentPrompt::new(engine, trace, route, Vec::new(), masking.counts().clone());
     let began = Instant::now();
     let timeout = std::time::Duration::from_millis(settings.condense_timeout_ms);
     let deadline = started + engine.router.time.request;
@@ -844,16 +856,14 @@ async fn open_stream(
     out: &mut Out,
 ) -> Result<(ChatStream, TargetInfo), &'static str> {
     let route = &engine.config.answer.route;
-    let sent = SentPrompt {
+    let chunk_ids = key.versions.iter().map(|(id, _)| id.clone()).collect();
+    let sent = SentPrompt::new(
         engine,
-        trace_id: trace.id.clone(),
-        caller: trace.caller.clone(),
-        route,
-        chat: &prompt.chat,
-        chunk_ids: key.versions.iter().map(|(id, _)| id.clone()).collect(),
-        masked: prompt.masked.clone(),
-        recorded: false,
-    };
+        trace,
+        (route, &prompt.chat),
+        chunk_ids,
+        prompt.masked.clone(),
+    );
     let budget_key = req.budget_key.as_deref();
     let opened = tokio::select! {
         r = engine.router.stream_until(route, &prompt.chat, cancel, budget_key, deadline) => r,
