@@ -18,6 +18,7 @@ use crate::http::error::ApiError;
 use crate::http::state::AppState;
 use crate::observe::audit::AuditEvent;
 use crate::ops::jobs::{StartError, Trigger};
+use crate::ops::schedule;
 
 /// Index counts, read on a blocking thread (a server-backed index does I/O); `None`, logged,
 /// when the index cannot answer.
@@ -129,11 +130,16 @@ pub struct LimitParams {
     pub limit: Option<usize>,
 }
 
-impl LimitParams {
-    /// The newest entries a listing shows: `limit`, default 50, at most 1000.
-    pub fn capped(&self) -> usize {
-        self.limit.unwrap_or(50).min(1000)
-    }
+/// An admin listing's checks: the `admin` scope, then the query's `limit` (default 50, at most
+/// 1000), the number of newest entries it shows.
+fn admin_listing_limit(
+    s: &AppState,
+    headers: &HeaderMap,
+    params: Result<Query<LimitParams>, QueryRejection>,
+) -> Result<usize, ApiError> {
+    s.authorize_scope(headers, Scope::Admin)?;
+    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    Ok(p.limit.unwrap_or(50).min(1000))
 }
 
 pub(super) async fn admin_jobs(
@@ -205,7 +211,7 @@ pub(super) async fn admin_sources(
                     "last_reconciled": state.last_reconciled,
                     "last_sync": report.as_ref().map(|r| r.finished_at.clone()),
                     "last_counts": report.as_ref().map(|r| r.counts.clone()),
-                    "schedule": schedules.view(&engine, name),
+                    "schedule": schedules.view(name, report.as_ref().and_then(schedule::finished)),
                 })
             })
             .collect::<Vec<_>>()
@@ -222,9 +228,7 @@ pub(super) async fn admin_webhook_deliveries(
     headers: HeaderMap,
     params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.authorize_scope(&headers, Scope::Admin)?;
-    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = p.capped();
+    let limit = admin_listing_limit(&s, &headers, params)?;
     let hooks = s.engine.webhooks.clone();
     let read = tokio::task::spawn_blocking(move || {
         anyhow::Ok((hooks.deliveries(limit)?, hooks.endpoints()?))
@@ -246,9 +250,7 @@ pub(super) async fn admin_traces(
     headers: HeaderMap,
     params: Result<Query<LimitParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    s.authorize_scope(&headers, Scope::Admin)?;
-    let Query(p) = params.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = p.capped();
+    let limit = admin_listing_limit(&s, &headers, params)?;
     Ok(Json(json!({"traces": s.engine.traces.recent(limit)})).into_response())
 }
 

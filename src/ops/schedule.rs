@@ -17,6 +17,8 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 
+use cairn_ingest::pipeline::Report;
+
 use crate::engine::Engine;
 use crate::ops::jobs::{Jobs, StartError, Trigger};
 
@@ -80,7 +82,11 @@ fn after(t: DateTime<Utc>, every: Duration) -> DateTime<Utc> {
 
 /// When `source` last finished a sync, from its last report (shared by replicas).
 fn last_sync(engine: &Engine, source: &str) -> Option<DateTime<Utc>> {
-    let report = engine.last_report(source)?;
+    finished(&engine.last_report(source)?)
+}
+
+/// When a sync report's run finished.
+pub fn finished(report: &Report) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(&report.finished_at)
         .ok()
         .map(|t| t.with_timezone(&Utc))
@@ -125,15 +131,16 @@ impl Schedules {
         this
     }
 
-    /// `source`'s schedule, if it has one, with `last_run` as of now: the schedule learns of
-    /// a sync only at its next turn, so a sync that ended since (this schedule's own job, a
-    /// manual one, another replica's) is read from the source's last report (blocking).
-    pub fn view(&self, engine: &Engine, source: &str) -> Option<ScheduleView> {
+    /// `source`'s schedule, if it has one, with `last_run` as of `last_sync` (when the source
+    /// last finished a sync, from its report): the schedule learns of a sync only at its next
+    /// turn, so one that ended since (this schedule's own job, a manual one, another
+    /// replica's) is taken from there.
+    pub fn view(&self, source: &str, last_sync: Option<DateTime<Utc>>) -> Option<ScheduleView> {
         let mut view = {
             let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
             entries.get(source).map(|e| e.view.clone())?
         };
-        if let Some(last) = last_sync(engine, source).map(stamp)
+        if let Some(last) = last_sync.map(stamp)
             && view.last_run.as_ref().is_none_or(|known| *known < last)
         {
             view.last_run = Some(last);
